@@ -1,0 +1,45 @@
+import FlowIR
+
+/// Graph → execution plan: verify, run the pass pipeline, split load-time work, record
+/// liveness. Fusion and memory planning slot in as further passes.
+public enum Compiler {
+    public struct Options: Sendable {
+        public var verifyEachPass: Bool = _isDebugAssertConfiguration()
+        public init() {}
+    }
+
+    public static func defaultPasses() -> [any CompilerPass] {
+        [DeadCodeElimination(), ShapeInference()]
+    }
+
+    public static func compile(_ input: Graph, constants: [String: TensorType], options: Options = Options()) throws -> ExecutionPlan {
+        do { try Verifier.verify(input, constants: constants) } catch {
+            throw CompilerError("input graph is invalid: \(error)")
+        }
+        var g = input
+        let log = try PassPipeline(defaultPasses(), verifyEachPass: options.verifyEachPass)
+            .run(&g, context: PassContext(constants: constants))
+
+        // Values that depend on graph inputs (directly or transitively); the rest is load-time.
+        var dynamic = [Bool](repeating: false, count: g.values.count)
+        for v in g.inputs { dynamic[v] = true }
+        var load: [ExecutionPlan.Step] = []
+        var run: [ExecutionPlan.Step] = []
+        for n in g.nodes {
+            let step = ExecutionPlan.Step(op: n.op, inputs: n.inputs, outputs: n.outputs)
+            var isDynamic = n.inputs.contains { dynamic[$0] }
+            // A fill whose shape names a symbol can only run once the symbol is bound.
+            if case .full(_, let shape) = n.op, shape.contains(where: { $0.fixedSize == nil }) { isDynamic = true }
+            if case .constant = n.op { isDynamic = false }
+            if isDynamic {
+                for o in n.outputs { dynamic[o] = true }
+                run.append(step)
+            } else {
+                load.append(step)
+            }
+        }
+        var lastUse = [Int](repeating: -1, count: g.values.count)
+        for (i, s) in run.enumerated() { for v in s.inputs { lastUse[v] = i } }
+        return ExecutionPlan(graph: g, loadSteps: load, steps: run, lastUse: lastUse, passLog: log)
+    }
+}

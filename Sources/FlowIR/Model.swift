@@ -1,0 +1,160 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Bytes of one tensor: owned, or a window of a memory-mapped model file kept alive by `owner`.
+public final class TensorBytes: @unchecked Sendable {
+    public let pointer: UnsafeRawPointer
+    public let count: Int
+    let owner: AnyObject?
+    let owned: UnsafeMutableRawPointer?
+
+    /// Copies `bytes` into 64-byte-aligned memory owned by this object.
+    public init(copying bytes: UnsafeRawBufferPointer) {
+        let p = UnsafeMutableRawPointer.allocate(byteCount: max(bytes.count, 1), alignment: 64)
+        if let base = bytes.baseAddress, bytes.count > 0 { p.copyMemory(from: base, byteCount: bytes.count) }
+        pointer = UnsafeRawPointer(p)
+        count = bytes.count
+        owner = nil
+        owned = p
+    }
+
+    public convenience init(_ bytes: [UInt8]) {
+        self.init(copying: bytes.withUnsafeBytes { $0 })
+    }
+
+    public convenience init(floats: [Float]) {
+        self.init(copying: floats.withUnsafeBytes { $0 })
+    }
+
+    init(window pointer: UnsafeRawPointer, count: Int, owner: AnyObject) {
+        self.pointer = pointer
+        self.count = count
+        self.owner = owner
+        owned = nil
+    }
+
+    deinit { owned?.deallocate() }
+
+    public var buffer: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: pointer, count: count) }
+}
+
+/// A constant of the tensor table.
+public struct WeightTensor: Sendable {
+    public var name: String
+    public var dtype: DType
+    public var shape: [Int]
+    public var bytes: TensorBytes
+
+    public init(name: String, dtype: DType, shape: [Int], bytes: TensorBytes) {
+        self.name = name
+        self.dtype = dtype
+        self.shape = shape
+        self.bytes = bytes
+    }
+
+    /// The type a `constant` op reading this tensor has.
+    public var graphType: TensorType { TensorType(dtype.computeType, shape.map { .fixed($0) }) }
+
+    /// Values widened to Float (float16 and bfloat16 are converted; int64 is converted too).
+    public func floats() -> [Float] {
+        let n = bytes.count / dtype.byteSize
+        let p = bytes.pointer
+        switch dtype {
+        case .float32:
+            return [Float](unsafeUninitializedCapacity: n) { buf, c in
+                memcpy(buf.baseAddress!, p, n * 4)
+                c = n
+            }
+        case .float16:
+            return (0..<n).map { Float(halfBits: p.loadUnaligned(fromByteOffset: 2 * $0, as: UInt16.self)) }
+        case .bfloat16:
+            return (0..<n).map { Float(bitPattern: UInt32(p.loadUnaligned(fromByteOffset: 2 * $0, as: UInt16.self)) << 16) }
+        case .int64:
+            return (0..<n).map { Float(p.loadUnaligned(fromByteOffset: 8 * $0, as: Int64.self)) }
+        }
+    }
+
+    public func int64s() -> [Int64] {
+        guard dtype == .int64 else { return floats().map { Int64($0) } }
+        let n = bytes.count / 8
+        return (0..<n).map { bytes.pointer.loadUnaligned(fromByteOffset: 8 * $0, as: Int64.self) }
+    }
+}
+
+extension Float {
+    /// IEEE half to single, done by hand so it works on every platform.
+    public init(halfBits h: UInt16) {
+        let sign = UInt32(h & 0x8000) << 16
+        let exp = Int((h >> 10) & 0x1f)
+        let mant = UInt32(h & 0x3ff)
+        if exp == 0 {
+            // Zero or subnormal: mant × 2^-24.
+            let v = Float(mant) * Float(sign: .plus, exponent: -24, significand: 1)
+            self = sign != 0 ? -v : v
+        } else if exp == 31 {
+            self = Float(bitPattern: sign | 0x7f80_0000 | (mant << 13))
+        } else {
+            self = Float(bitPattern: sign | UInt32(exp + 112) << 23 | (mant << 13))
+        }
+    }
+}
+
+/// A metadata value.
+public enum MetadataValue: Sendable, Hashable, CustomStringConvertible {
+    case string(String), int(Int64), double(Double), bool(Bool)
+
+    public var description: String {
+        switch self {
+        case .string(let s): "\"\(s)\""
+        case .int(let i): String(i)
+        case .double(let d): String(d)
+        case .bool(let b): String(b)
+        }
+    }
+
+    public var intValue: Int? { if case .int(let i) = self { Int(i) } else { nil } }
+    public var doubleValue: Double? {
+        switch self {
+        case .double(let d): d
+        case .int(let i): Double(i)
+        default: nil
+        }
+    }
+    public var boolValue: Bool? { if case .bool(let b) = self { b } else { nil } }
+    public var stringValue: String? { if case .string(let s) = self { s } else { nil } }
+}
+
+/// What a model file holds: graphs, the tensor table with its bytes, and metadata.
+public struct Model: Sendable {
+    public var graphs: [Graph]
+    public var tensors: [WeightTensor]
+    public var metadata: [String: MetadataValue]
+
+    public init(graphs: [Graph], tensors: [WeightTensor], metadata: [String: MetadataValue]) {
+        self.graphs = graphs
+        self.tensors = tensors
+        self.metadata = metadata
+    }
+
+    public func graph(named name: String) -> Graph? { graphs.first { $0.name == name } }
+
+    public func tensor(named name: String) -> WeightTensor? { tensors.first { $0.name == name } }
+
+    /// The tensor table as graph types, for the verifier and builders.
+    public var constantTypes: [String: TensorType] {
+        Dictionary(tensors.map { ($0.name, $0.graphType) }, uniquingKeysWith: { a, _ in a })
+    }
+
+    /// Runs the verifier on every graph against the tensor table.
+    public func verify() throws(IRError) {
+        let c = constantTypes
+        var seen = Set<String>()
+        for g in graphs {
+            if !seen.insert(g.name).inserted { throw IRError(rule: "F7", "graph name '\(g.name)' is used twice") }
+            try Verifier.verify(g, constants: c)
+        }
+    }
+}

@@ -1,0 +1,234 @@
+import Foundation
+import SwiftProtobuf
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Reads and writes the model file format of Spec/ModelFile.md:
+/// magic, version, flags, header length, protobuf `ModelHeader`, 64-byte-aligned tensor data.
+/// Reading maps the file and hands out windows of the mapping, so weights are never copied.
+public enum ModelFile {
+    public static let magic: [UInt8] = Array("TFLOWMDL".utf8)
+    public static let formatVersion: UInt32 = 1
+    public static let alignment = 64
+    static let prefixSize = 24
+
+    // MARK: Reading
+
+    public static func read(contentsOf url: URL) throws -> Model {
+        let file = try MappedFile(path: url.path)
+        do {
+            return try decode(file.buffer, owner: file)
+        } catch let e as IRError {
+            throw e.located(url.path)
+        }
+    }
+
+    /// Decodes a whole model file held in memory (copied; used by tests and fuzzers).
+    public static func decode(_ bytes: [UInt8]) throws -> Model {
+        let holder = TensorBytes(bytes)
+        return try decode(holder.buffer, owner: holder)
+    }
+
+    static func decode(_ buf: UnsafeRawBufferPointer, owner: AnyObject) throws -> Model {
+        guard buf.count >= prefixSize else { throw IRError(rule: "F1", "file is \(buf.count) bytes, too short for a model file") }
+        guard Array(buf[0..<8]) == magic else { throw IRError(rule: "F1", "not a model file (bad magic); convert a checkpoint with `tarflow convert`") }
+        let version = buf.loadUnaligned(fromByteOffset: 8, as: UInt32.self).littleEndian
+        guard version == formatVersion else {
+            throw IRError(rule: "F2", "format version \(version) is not supported (this build reads version \(formatVersion)); use a matching tarflow")
+        }
+        let headerLength = buf.loadUnaligned(fromByteOffset: 16, as: UInt64.self).littleEndian
+        guard headerLength <= UInt64(buf.count - prefixSize) else {
+            throw IRError(rule: "F3", "header length \(headerLength) runs past the end of the \(buf.count)-byte file (truncated?)")
+        }
+        let n = Int(headerLength)
+        let header: Flowir_ModelHeader
+        do {
+            header = try Flowir_ModelHeader(serializedBytes: Array(buf[prefixSize..<(prefixSize + n)]))
+        } catch {
+            throw IRError(rule: "F3", "header is not a valid ModelHeader protobuf: \(error)")
+        }
+        guard header.formatVersion == formatVersion else {
+            throw IRError(rule: "F2", "header says format version \(header.formatVersion), file prefix says \(formatVersion)")
+        }
+        let dataOffset = align(prefixSize + n)
+        guard dataOffset <= buf.count || header.tensors.isEmpty else {
+            throw IRError(rule: "F4", "data section starts past the end of the file (truncated?)")
+        }
+        let dataSize = max(0, buf.count - dataOffset)
+
+        // Tensor table: validate every entry before touching its bytes.
+        var tensors: [WeightTensor] = []
+        var names = Set<String>()
+        var extents: [(Int, Int, String)] = []
+        for info in header.tensors {
+            let where_ = "tensor '\(info.name)'"
+            guard !info.name.isEmpty, names.insert(info.name).inserted else {
+                throw IRError(rule: "F5", "tensor name '\(info.name)' is empty or used twice")
+            }
+            guard let dtype = DType(proto: info.dtype) else { throw IRError(rule: "F5", "\(where_): unknown dtype \(info.dtype.rawValue)") }
+            guard info.shape.count <= 8, info.shape.allSatisfy({ $0 >= 0 && $0 <= Int64(Int32.max) }),
+                let count = elementCount(info.shape.map { Int($0) }),
+                case let (bytes, o) = count.multipliedReportingOverflow(by: dtype.byteSize), !o
+            else { throw IRError(rule: "F5", "\(where_): invalid shape \(info.shape)") }
+            guard info.byteSize == UInt64(bytes) else {
+                throw IRError(rule: "F5", "\(where_): byte_size \(info.byteSize) but shape \(info.shape) of \(dtype) needs \(bytes)")
+            }
+            guard info.offset % UInt64(alignment) == 0 else { throw IRError(rule: "F6", "\(where_): offset \(info.offset) is not a multiple of 64") }
+            guard info.offset <= UInt64(dataSize), UInt64(bytes) <= UInt64(dataSize) - info.offset else {
+                throw IRError(rule: "F4", "\(where_): bytes \(info.offset)..<\(info.offset + UInt64(bytes)) lie outside the \(dataSize)-byte data section (truncated?)")
+            }
+            let off = Int(info.offset)
+            extents.append((off, bytes, info.name))
+            tensors.append(WeightTensor(
+                name: info.name, dtype: dtype, shape: info.shape.map { Int($0) },
+                bytes: TensorBytes(window: buf.baseAddress! + dataOffset + off, count: bytes, owner: owner)))
+        }
+        extents.sort { $0.0 < $1.0 }
+        for i in extents.indices.dropFirst() where extents[i - 1].0 + extents[i - 1].1 > extents[i].0 {
+            throw IRError(rule: "F8", "tensors '\(extents[i - 1].2)' and '\(extents[i].2)' overlap")
+        }
+
+        var metadata: [String: MetadataValue] = [:]
+        for m in header.metadata {
+            switch m.value {
+            case .stringValue(let s): metadata[m.key] = .string(s)
+            case .intValue(let i): metadata[m.key] = .int(i)
+            case .doubleValue(let d): metadata[m.key] = .double(d)
+            case .boolValue(let b): metadata[m.key] = .bool(b)
+            case nil: throw IRError(rule: "F9", "metadata '\(m.key)' has no value")
+            }
+        }
+        let graphs = try header.graphs.map { (g) throws(IRError) -> Graph in try Graph(proto: g) }
+        let model = Model(graphs: graphs, tensors: tensors, metadata: metadata)
+        try model.verify()
+        return model
+    }
+
+    // MARK: Writing
+
+    /// The exact bytes of a model file. Deterministic: equal models give equal bytes.
+    public static func encode(_ model: Model) throws -> [UInt8] {
+        var header = Flowir_ModelHeader()
+        header.formatVersion = formatVersion
+        header.graphs = model.graphs.map { $0.proto }
+        var offset = 0
+        for t in model.tensors {
+            var info = Flowir_TensorInfo()
+            info.name = t.name
+            info.dtype = t.dtype.proto
+            info.shape = t.shape.map { Int64($0) }
+            info.offset = UInt64(offset)
+            info.byteSize = UInt64(t.bytes.count)
+            header.tensors.append(info)
+            offset = align(offset + t.bytes.count)
+        }
+        header.metadata = model.metadata.keys.sorted().map { key in
+            var m = Flowir_Metadata()
+            m.key = key
+            switch model.metadata[key]! {
+            case .string(let s): m.stringValue = s
+            case .int(let i): m.intValue = i
+            case .double(let d): m.doubleValue = d
+            case .bool(let b): m.boolValue = b
+            }
+            return m
+        }
+        let headerBytes: [UInt8] = try header.serializedBytes()
+        let dataOffset = align(prefixSize + headerBytes.count)
+        var out = [UInt8]()
+        out.reserveCapacity(dataOffset + offset)
+        out += magic
+        withUnsafeBytes(of: formatVersion.littleEndian) { out += $0 }
+        withUnsafeBytes(of: UInt32(0).littleEndian) { out += $0 }
+        withUnsafeBytes(of: UInt64(headerBytes.count).littleEndian) { out += $0 }
+        out += headerBytes
+        out += [UInt8](repeating: 0, count: dataOffset - out.count)
+        for t in model.tensors {
+            out += t.bytes.buffer
+            out += [UInt8](repeating: 0, count: align(out.count) - out.count)
+        }
+        return out
+    }
+
+    /// Writes atomically: a failed write leaves an existing file untouched.
+    public static func write(_ model: Model, to url: URL) throws {
+        try model.verify()
+        try FileIO.writeAtomically(try encode(model), to: url)
+    }
+
+    @inline(__always) static func align(_ n: Int) -> Int { (n + alignment - 1) / alignment * alignment }
+}
+
+/// A read-only private mapping of a whole file.
+final class MappedFile {
+    let base: UnsafeRawPointer?
+    let length: Int
+
+    init(path: String) throws {
+        let fd = open(path, O_RDONLY)
+        guard fd >= 0 else { throw FileIO.Error(path: path, message: "cannot open: \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw FileIO.Error(path: path, message: "cannot stat: \(String(cString: strerror(errno)))") }
+        guard (st.st_mode & S_IFMT) == S_IFREG else { throw FileIO.Error(path: path, message: "not a regular file") }
+        length = Int(st.st_size)
+        if length == 0 {
+            base = nil
+            return
+        }
+        let p = mmap(nil, length, PROT_READ, MAP_PRIVATE, fd, 0)
+        guard let p, p != MAP_FAILED else { throw FileIO.Error(path: path, message: "cannot map: \(String(cString: strerror(errno)))") }
+        base = UnsafeRawPointer(p)
+    }
+
+    var buffer: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: base, count: length) }
+
+    deinit { if let base { munmap(UnsafeMutableRawPointer(mutating: base), length) } }
+}
+
+/// File helpers shared by every writer in the project.
+public enum FileIO {
+    public struct Error: Swift.Error, CustomStringConvertible, Sendable {
+        public var path: String
+        public var message: String
+        public init(path: String, message: String) {
+            self.path = path
+            self.message = message
+        }
+        public var description: String { "\(path): \(message)" }
+    }
+
+    /// Writes to a temporary file in the destination's folder, syncs, then renames over the
+    /// destination, so readers never see a half-written file and a failure changes nothing.
+    public static func writeAtomically(_ bytes: [UInt8], to url: URL) throws {
+        let dir = url.deletingLastPathComponent().path
+        let tmpl = (dir.isEmpty ? "." : dir) + "/.\(url.lastPathComponent).tmp-XXXXXX"
+        var name = Array(tmpl.utf8CString)
+        let fd = name.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
+        guard fd >= 0 else { throw Error(path: url.path, message: "cannot create a temporary file in \(dir): \(String(cString: strerror(errno)))") }
+        let tmp = String(cString: name)
+        var ok = false
+        defer {
+            if !ok { unlink(tmp) }
+        }
+        var written = 0
+        let failure: String? = bytes.withUnsafeBytes { raw in
+            while written < raw.count {
+                let r = Glibc.write(fd, raw.baseAddress! + written, raw.count - written)
+                if r < 0 {
+                    if errno == EINTR { continue }
+                    return String(cString: strerror(errno))
+                }
+                written += r
+            }
+            if fsync(fd) != 0 { return String(cString: strerror(errno)) }
+            return nil
+        }
+        fchmod(fd, 0o644)
+        close(fd)
+        if let failure { throw Error(path: url.path, message: "write failed: \(failure)") }
+        guard rename(tmp, url.path) == 0 else { throw Error(path: url.path, message: "cannot rename into place: \(String(cString: strerror(errno)))") }
+        ok = true
+    }
+}

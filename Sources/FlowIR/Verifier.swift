@@ -1,0 +1,86 @@
+/// Checks the well-formedness rules W1–W9 of Spec/IR.md. Every error names its rule.
+///
+/// Run on every graph a file brings (untrusted) and, in debug builds, between compiler passes.
+public enum Verifier {
+    /// - Parameter constants: the tensor table (name → type as seen in the graph); when given,
+    ///   constants are checked against it (rule W6).
+    public static func verify(_ g: Graph, constants: [String: TensorType]? = nil) throws(IRError) {
+        let loc = "graph '\(g.name)'"
+        let nv = g.values.count
+        func inRange(_ v: ValueID) -> Bool { v >= 0 && v < nv }
+
+        // W7: names.
+        var names = Set<String>()
+        for (i, v) in g.values.enumerated() {
+            if v.name.isEmpty { throw IRError(rule: "W7", "value %\(i) has an empty name", at: loc) }
+            if !names.insert(v.name).inserted { throw IRError(rule: "W7", "value name '\(v.name)' is used twice", at: loc) }
+        }
+        // W1: indices in range.
+        for v in g.inputs + g.outputs where !inRange(v) {
+            throw IRError(rule: "W1", "graph input/output index \(v) out of range (\(nv) values)", at: loc)
+        }
+        for (ni, n) in g.nodes.enumerated() {
+            for v in n.inputs + n.outputs where !inRange(v) {
+                throw IRError(rule: "W1", "value index \(v) out of range (\(nv) values)", at: "\(loc), node \(ni) (\(n.op.name))")
+            }
+        }
+        // W2 + W3: single definition, topological order.
+        var defined = [Bool](repeating: false, count: nv)
+        for v in g.inputs {
+            if defined[v] { throw IRError(rule: "W2", "value '\(g.values[v].name)' is a graph input twice", at: loc) }
+            defined[v] = true
+            if g.values[v].type.dtype != .float32 && g.values[v].type.dtype != .int64 {
+                throw IRError(rule: "W9", "graph input '\(g.values[v].name)' must be f32 or i64", at: loc)
+            }
+        }
+        let inputSymbols = Set(g.inputs.flatMap { g.values[$0].type.shape.compactMap { if case .symbol(let s) = $0 { s } else { nil } } })
+        for (ni, n) in g.nodes.enumerated() {
+            let nloc = "\(loc), node \(ni) (\(n.op.name) -> \(n.outputs.map { "%" + g.values[$0].name }.joined(separator: ",")))"
+            for v in n.inputs where !defined[v] {
+                throw IRError(rule: "W3", "input '\(g.values[v].name)' is used before it is defined", at: nloc)
+            }
+            // W4: arity.
+            guard n.op.arity.contains(n.inputs.count) else {
+                throw IRError(rule: "W4", "\(n.op.name) cannot take \(n.inputs.count) inputs", at: nloc)
+            }
+            guard n.outputs.count == 1 else {
+                throw IRError(rule: "W4", "\(n.op.name) has exactly one output, has \(n.outputs.count)", at: nloc)
+            }
+            let out = n.outputs[0]
+            if defined[out] { throw IRError(rule: "W2", "value '\(g.values[out].name)' is defined twice", at: nloc) }
+            defined[out] = true
+            let declared = g.values[out].type
+            // W5 / W6: types.
+            let expected: TensorType
+            if case .constant(let t) = n.op {
+                if let constants {
+                    guard let ct = constants[t] else { throw IRError(rule: "W6", "constant '\(t)' is not in the tensor table", at: nloc) }
+                    expected = ct
+                } else {
+                    expected = declared
+                }
+                if declared.shape.contains(where: { $0.fixedSize == nil }) {
+                    throw IRError(rule: "W6", "constant '\(t)' must have a fixed shape", at: nloc)
+                }
+            } else {
+                do { expected = try n.op.resultType(n.inputs.map { g.values[$0].type }) } catch { throw error.located(nloc) }
+            }
+            if expected != declared {
+                throw IRError(rule: n.op.isConstant ? "W6" : "W5", "declared type \(declared) differs from the op's result type \(expected)", at: nloc)
+            }
+            // W8: symbols must be bindable from the inputs.
+            for d in declared.shape {
+                if case .symbol(let s) = d, !inputSymbols.contains(s) {
+                    throw IRError(rule: "W8", "symbol '\(s)' does not appear in any graph input's shape", at: nloc)
+                }
+            }
+        }
+        for v in g.outputs where !defined[v] {
+            throw IRError(rule: "W3", "output '\(g.values[v].name)' is never defined", at: loc)
+        }
+    }
+}
+
+extension Op {
+    var isConstant: Bool { if case .constant = self { true } else { false } }
+}

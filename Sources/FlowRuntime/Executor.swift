@@ -1,0 +1,202 @@
+import COpenBLAS
+import FlowCompiler
+import FlowIR
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Runs an execution plan. Weights stay where the model file mapped them (float32) or are
+/// widened once (float16/bfloat16); load-time steps run once in `init`. For each binding of
+/// the graph's symbols (each batch size) the executor prepares an instance once — buffer
+/// pointers, kernel sizes, strides — so a run only copies inputs in, walks the prepared steps
+/// and copies outputs out.
+public final class Executor: @unchecked Sendable {
+    public let plan: ExecutionPlan
+    public let threads: Int
+    /// Pointers of values available before any input: constants and load-step results.
+    var fixed: [ValueID: UnsafeMutableRawPointer] = [:]
+    var owned: [UnsafeMutableRawPointer] = []
+    let model: Model
+    var instances: [[Int]: Instance] = [:]
+    let lock = NSLockLike()
+
+    public init(plan: ExecutionPlan, model: Model, threads: Int = 1) throws {
+        self.plan = plan
+        self.model = model
+        self.threads = max(1, threads)
+        let g = plan.graph
+        for n in g.nodes {
+            guard case .constant(let name) = n.op else { continue }
+            guard let t = model.tensor(named: name) else { throw RuntimeError("constant '\(name)' is missing from the model") }
+            let out = n.outputs[0]
+            if t.dtype == .float32 || t.dtype == .int64, Int(bitPattern: t.bytes.pointer) % t.dtype.byteSize == 0 {
+                fixed[out] = UnsafeMutableRawPointer(mutating: t.bytes.pointer)
+            } else {
+                let f = t.floats()
+                let p = allocate(f.count * 4)
+                f.withUnsafeBytes { p.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+                fixed[out] = p
+            }
+        }
+        // Load-time steps: fixed shapes, evaluated once.
+        var shapes: [ValueID: [Int]] = [:]
+        for s in plan.loadSteps {
+            for v in s.inputs + s.outputs {
+                guard let sh = g.values[v].type.concreteShape([:]) else { throw RuntimeError("load-time value '\(g.values[v].name)' has a symbolic shape") }
+                shapes[v] = sh
+            }
+            for o in s.outputs where fixed[o] == nil {
+                fixed[o] = allocate(max(1, elementCount(shapes[o]!)!) * (g.values[o].type.dtype == .int64 ? 8 : 4))
+            }
+            if case .constant = s.op { continue }
+            let prepared = try Self.prepare(s, graph: g, shapes: { shapes[$0]! }, pointer: { self.fixed[$0]! }, scratch: { self.allocate($0) })
+            try prepared.execute()
+        }
+    }
+
+    deinit {
+        for p in owned { p.deallocate() }
+    }
+
+    func allocate(_ bytes: Int) -> UnsafeMutableRawPointer {
+        let p = UnsafeMutableRawPointer.allocate(byteCount: max(bytes, 8), alignment: 64)
+        p.initializeMemory(as: UInt8.self, repeating: 0, count: max(bytes, 8))
+        owned.append(p)
+        return p
+    }
+
+    // MARK: Running
+
+    /// Runs the plan; inputs by graph input name, outputs by graph output name.
+    public func run(_ inputs: [String: Tensor]) throws -> [String: Tensor] {
+        let inst = try instance(for: inputs)
+        try inst.execute()
+        var out: [String: Tensor] = [:]
+        for v in plan.graph.outputs { out[plan.graph.values[v].name] = inst.read(v) }
+        return out
+    }
+
+    /// Runs the plan and returns every value it computed (for differential tests and debugging).
+    public func runCapturingAll(_ inputs: [String: Tensor]) throws -> [Tensor?] {
+        let inst = try instance(for: inputs)
+        try inst.execute()
+        return plan.graph.values.indices.map { v in inst.pointers[v] == nil ? nil : inst.read(v) }
+    }
+
+    /// Binds symbols from the inputs' shapes, then finds or prepares the instance and copies
+    /// the inputs into it.
+    func instance(for inputs: [String: Tensor]) throws -> Instance {
+        let g = plan.graph
+        var bindings: [String: Int] = [:]
+        for v in g.inputs {
+            let val = g.values[v]
+            guard let t = inputs[val.name] else { throw RuntimeError("missing input '\(val.name)' (\(val.type))") }
+            guard t.dtype == val.type.dtype else { throw RuntimeError("input '\(val.name)' must be \(val.type.dtype), is \(t.dtype)") }
+            guard t.shape.count == val.type.rank else { throw RuntimeError("input '\(val.name)' must have shape \(val.type), has \(t.shape)") }
+            for (d, n) in zip(val.type.shape, t.shape) {
+                switch d {
+                case .fixed(let f) where f != n:
+                    throw RuntimeError("input '\(val.name)' must have shape \(val.type), has \(t.shape)")
+                case .symbol(let s):
+                    if let b = bindings[s], b != n { throw RuntimeError("symbol \(s) is \(b) in one input and \(n) in '\(val.name)'") }
+                    bindings[s] = n
+                default: break
+                }
+            }
+        }
+        for name in inputs.keys where g.value(named: name).map({ g.inputs.contains($0) }) != true {
+            throw RuntimeError("'\(name)' is not an input of graph '\(g.name)' (inputs: \(plan.inputNames.joined(separator: ", ")))")
+        }
+        let key = bindings.keys.sorted().map { bindings[$0]! }
+        lock.lock()
+        defer { lock.unlock() }
+        let inst: Instance
+        if let i = instances[key] {
+            inst = i
+        } else {
+            inst = try Instance(executor: self, bindings: bindings)
+            instances[key] = inst
+        }
+        for v in g.inputs {
+            let t = inputs[g.values[v].name]!
+            switch t.storage {
+            case .float32(let f): f.withUnsafeBytes { inst.pointers[v]!.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+            case .int64(let i): i.withUnsafeBytes { inst.pointers[v]!.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+            }
+        }
+        return inst
+    }
+
+    /// Everything prepared for one binding of the symbols.
+    final class Instance {
+        let shapes: [[Int]]
+        var pointers: [UnsafeMutableRawPointer?]
+        var steps: [PreparedStep] = []
+        let arena: UnsafeMutableRawPointer
+        let arenaBytes: Int
+        var scratch: [UnsafeMutableRawPointer] = []
+        let graph: Graph
+
+        init(executor e: Executor, bindings: [String: Int]) throws {
+            let g = e.plan.graph
+            graph = g
+            shapes = try ShapeInference.concreteShapes(g, bindings: bindings)
+            pointers = [UnsafeMutableRawPointer?](repeating: nil, count: g.values.count)
+            for (v, p) in e.fixed { pointers[v] = p }
+            // One arena; every non-fixed value gets its own 64-byte-aligned slot.
+            var offsets: [ValueID: Int] = [:]
+            var total = 0
+            let dynamicValues = g.inputs + e.plan.steps.flatMap(\.outputs)
+            for v in dynamicValues where pointers[v] == nil && offsets[v] == nil {
+                offsets[v] = total
+                let bytes = (elementCount(shapes[v]) ?? 0) * (g.values[v].type.dtype == .int64 ? 8 : 4)
+                total += (bytes + 63) / 64 * 64
+            }
+            arenaBytes = total
+            arena = UnsafeMutableRawPointer.allocate(byteCount: max(total, 64), alignment: 64)
+            arena.initializeMemory(as: UInt8.self, repeating: 0, count: max(total, 64))
+            for (v, o) in offsets { pointers[v] = arena + o }
+            var scratch: [UnsafeMutableRawPointer] = []
+            for s in e.plan.steps {
+                steps.append(try Executor.prepare(s, graph: g, shapes: { self.shapes[$0] }, pointer: { self.pointers[$0]! }, scratch: { n in
+                    let p = UnsafeMutableRawPointer.allocate(byteCount: max(n, 8), alignment: 64)
+                    scratch.append(p)
+                    return p
+                }))
+            }
+            self.scratch = scratch
+        }
+
+        deinit {
+            arena.deallocate()
+            for p in scratch { p.deallocate() }
+        }
+
+        func execute() throws {
+            for s in steps { try s.execute() }
+        }
+
+        func read(_ v: ValueID) -> Tensor {
+            let n = elementCount(shapes[v]) ?? 0
+            let p = pointers[v]!
+            if graph.values[v].type.dtype == .int64 {
+                return Tensor(shape: shapes[v], int64s: Array(UnsafeBufferPointer(start: p.assumingMemoryBound(to: Int64.self), count: n)))
+            }
+            return Tensor(shape: shapes[v], floats: Array(UnsafeBufferPointer(start: p.assumingMemoryBound(to: Float.self), count: n)))
+        }
+    }
+
+    /// Sets the OpenBLAS thread count (process-wide).
+    public static func setBLASThreads(_ n: Int) {
+        openblas_set_num_threads(Int32(max(1, n)))
+    }
+}
+
+/// A tiny mutex (Foundation-free), guarding the instance cache.
+final class NSLockLike: @unchecked Sendable {
+    var m = pthread_mutex_t()
+    init() { pthread_mutex_init(&m, nil) }
+    deinit { pthread_mutex_destroy(&m) }
+    func lock() { pthread_mutex_lock(&m) }
+    func unlock() { pthread_mutex_unlock(&m) }
+}

@@ -1,0 +1,183 @@
+import COpenBLAS
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Compute kernels on raw float buffers. Every kernel takes pointers and sizes prepared once
+/// per batch size by the executor; none allocates.
+enum Kernels {
+    /// y[R, N] = x[R, K] · W[N, K]ᵀ (+ bias), bias pre-filled so it rides on β = 1.
+    static func linear(x: UnsafePointer<Float>, w: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
+                       y: UnsafeMutablePointer<Float>, rows: Int, k: Int, n: Int) {
+        guard rows > 0, n > 0 else { return }
+        var beta: Float = 0
+        if let bias {
+            for r in 0..<rows { (y + r * n).update(from: bias, count: n) }
+            beta = 1
+        }
+        if k == 0 {
+            if bias == nil { y.update(repeating: 0, count: rows * n) }
+            return
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(rows), Int32(n), Int32(k),
+                    1, x, Int32(k), w, Int32(k), beta, y, Int32(n))
+    }
+
+    /// One GEMM of a batched matmul: c[M, N] = op(a) · op(b).
+    static func gemm(a: UnsafePointer<Float>, b: UnsafePointer<Float>, c: UnsafeMutablePointer<Float>,
+                     m: Int, n: Int, k: Int, transA: Bool, transB: Bool) {
+        guard m > 0, n > 0 else { return }
+        if k == 0 {
+            c.update(repeating: 0, count: m * n)
+            return
+        }
+        cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
+                    Int32(m), Int32(n), Int32(k), 1, a, Int32(transA ? m : k), b, Int32(transB ? k : n), 0, c, Int32(n))
+    }
+
+    static func layerNorm(x: UnsafePointer<Float>, w: UnsafePointer<Float>, b: UnsafePointer<Float>,
+                          y: UnsafeMutablePointer<Float>, rows: Int, c: Int, eps: Float) {
+        guard c > 0 else { return }
+        for r in 0..<rows {
+            let xr = x + r * c, yr = y + r * c
+            var sum: Float = 0
+            for i in 0..<c { sum += xr[i] }
+            let mean = sum / Float(c)
+            var sq: Float = 0
+            for i in 0..<c {
+                let d = xr[i] - mean
+                sq += d * d
+            }
+            let rstd = 1 / (sq / Float(c) + eps).squareRoot()
+            for i in 0..<c { yr[i] = (xr[i] - mean) * rstd * w[i] + b[i] }
+        }
+    }
+
+    /// Softmax along an axis of a tensor viewed as [outer, n, inner].
+    static func softmax(x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>, outer: Int, n: Int, inner: Int) {
+        guard n > 0 else { return }
+        for o in 0..<outer {
+            for i in 0..<inner {
+                let base = o * n * inner + i
+                var m = -Float.infinity
+                for j in 0..<n { m = Swift.max(m, x[base + j * inner]) }
+                // A row that is entirely -inf has no defined softmax; PyTorch gives NaN too.
+                var s: Float = 0
+                for j in 0..<n {
+                    let e = expf(x[base + j * inner] - m)
+                    y[base + j * inner] = e
+                    s += e
+                }
+                let inv = 1 / s
+                for j in 0..<n { y[base + j * inner] *= inv }
+            }
+        }
+    }
+
+    static func causalMask(x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>, matrices: Int, m: Int, n: Int, value: Float) {
+        let off = n - m
+        for t in 0..<matrices {
+            let xs = x + t * m * n, ys = y + t * m * n
+            if UnsafePointer(ys) != xs { ys.update(from: xs, count: m * n) }
+            for i in 0..<m where i + off + 1 < n {
+                (ys + i * n + i + off + 1).update(repeating: value, count: n - (i + off + 1))
+            }
+        }
+    }
+
+    @inline(__always) static func gelu(_ v: Float) -> Float { 0.5 * v * (1 + erff(v * 0.70710678118654752440)) }
+
+    /// Views a tensor as [outer, n, inner] around `axis`.
+    static func around(_ shape: [Int], _ axis: Int) -> (outer: Int, n: Int, inner: Int) {
+        (shape[..<axis].reduce(1, *), shape[axis], shape[(axis + 1)...].reduce(1, *))
+    }
+}
+
+/// A strided N-d walk: `outer` dims iterated by an odometer, the last dim done by a tight loop.
+/// Strides are in elements; up to 8 dims. Filled once at prepare time.
+struct StridedWalk {
+    var rank = 0
+    var dims: (Int, Int, Int, Int, Int, Int, Int, Int) = (1, 1, 1, 1, 1, 1, 1, 1)
+    var sa: (Int, Int, Int, Int, Int, Int, Int, Int) = (0, 0, 0, 0, 0, 0, 0, 0)
+    var sb: (Int, Int, Int, Int, Int, Int, Int, Int) = (0, 0, 0, 0, 0, 0, 0, 0)
+
+    /// Merges adjacent dims that are contiguous for both operands (fewer, longer inner loops).
+    init(dims d: [Int], stridesA a: [Int], stridesB b: [Int]) {
+        var dd: [Int] = [], aa: [Int] = [], bb: [Int] = []
+        for i in d.indices where d[i] != 1 {
+            if let last = dd.indices.last, aa[last] == a[i] * d[i], bb[last] == b[i] * d[i] {
+                dd[last] *= d[i]
+                aa[last] = a[i]
+                bb[last] = b[i]
+            } else {
+                dd.append(d[i])
+                aa.append(a[i])
+                bb.append(b[i])
+            }
+        }
+        if dd.isEmpty { dd = [1]; aa = [0]; bb = [0] }
+        precondition(dd.count <= 8, "rank > 8")
+        rank = dd.count
+        withUnsafeMutableBytes(of: &dims) { p in for i in 0..<rank { p.storeBytes(of: dd[i], toByteOffset: i * 8, as: Int.self) } }
+        withUnsafeMutableBytes(of: &sa) { p in for i in 0..<rank { p.storeBytes(of: aa[i], toByteOffset: i * 8, as: Int.self) } }
+        withUnsafeMutableBytes(of: &sb) { p in for i in 0..<rank { p.storeBytes(of: bb[i], toByteOffset: i * 8, as: Int.self) } }
+    }
+
+    /// Calls `body(offsetA, offsetB, innerCount, innerStrideA, innerStrideB)` for every inner row;
+    /// the output is written contiguously in walk order by the caller.
+    @inline(__always)
+    func forEachRow(_ body: (Int, Int, Int, Int, Int) -> Void) {
+        withUnsafeBytes(of: dims) { dp in
+            withUnsafeBytes(of: sa) { ap in
+                withUnsafeBytes(of: sb) { bp in
+                    let d = dp.bindMemory(to: Int.self), a = ap.bindMemory(to: Int.self), b = bp.bindMemory(to: Int.self)
+                    let r = rank
+                    let inner = d[r - 1], ia = a[r - 1], ib = b[r - 1]
+                    var idx: (Int, Int, Int, Int, Int, Int, Int, Int) = (0, 0, 0, 0, 0, 0, 0, 0)
+                    withUnsafeMutableBytes(of: &idx) { ip in
+                        let ix = ip.bindMemory(to: Int.self)
+                        var offA = 0, offB = 0
+                        while true {
+                            body(offA, offB, inner, ia, ib)
+                            // Odometer over dims 0..<r-1.
+                            var k = r - 2
+                            while k >= 0 {
+                                ix[k] += 1
+                                offA += a[k]
+                                offB += b[k]
+                                if ix[k] < d[k] { break }
+                                offA -= a[k] * d[k]
+                                offB -= b[k] * d[k]
+                                ix[k] = 0
+                                k -= 1
+                            }
+                            if k < 0 { return }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Row-major strides of a shape.
+func contiguousStrides(_ shape: [Int]) -> [Int] {
+    var s = [Int](repeating: 1, count: shape.count)
+    var acc = 1
+    for i in shape.indices.reversed() {
+        s[i] = acc
+        acc *= shape[i]
+    }
+    return s
+}
+
+/// Strides of `shape` broadcast to `out` (0 on broadcast dims), right-aligned as in NumPy.
+func broadcastStrides(_ shape: [Int], to out: [Int]) -> [Int] {
+    let cs = contiguousStrides(shape)
+    let off = out.count - shape.count
+    return out.indices.map { i in
+        let j = i - off
+        if j < 0 || shape[j] == 1 { return 0 }
+        return cs[j]
+    }
+}

@@ -1,0 +1,274 @@
+import Foundation
+
+// MARK: - Public types
+
+/// Element types a TarFlow checkpoint may hold. Anything else is refused at read time, so the
+/// rest of the runtime never has to guess how to interpret bytes.
+public enum CheckpointDType: String, Sendable {
+    case float32, float16, bfloat16, int64
+
+    /// Bytes per element.
+    public var elementSize: Int {
+        switch self {
+        case .float32: return 4
+        case .float16, .bfloat16: return 2
+        case .int64: return 8
+        }
+    }
+}
+
+/// One named tensor, always materialized as contiguous row-major little-endian bytes so callers
+/// never deal with strides, storage sharing or file layout.
+public struct CheckpointTensor: Sendable {
+    public var name: String
+    public var dtype: CheckpointDType
+    public var shape: [Int]
+    /// Contiguous row-major little-endian bytes; `count == shape.product * dtype.elementSize`.
+    public var data: [UInt8]
+
+    public init(name: String, dtype: CheckpointDType, shape: [Int], data: [UInt8]) {
+        self.name = name
+        self.dtype = dtype
+        self.shape = shape
+        self.data = data
+    }
+
+    /// Number of elements (product of `shape`; 1 for a scalar). The readers guarantee it fits.
+    public var elementCount: Int { shape.reduce(1, &*) }
+
+    /// The values as `Float`. float16/bfloat16 widen exactly; int64 converts numerically
+    /// (rounding above 2^24), which is what label or counter buffers need at most.
+    public func floats() -> [Float] {
+        let count = data.count / dtype.elementSize
+        var out = [Float](repeating: 0, count: count)
+        data.withUnsafeBytes { (raw: UnsafeRawBufferPointer) in
+            out.withUnsafeMutableBufferPointer { dst in
+                switch dtype {
+                case .float32:
+                    for i in 0..<count {
+                        dst[i] = Float(bitPattern: UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: 4 * i, as: UInt32.self)))
+                    }
+                case .float16:
+                    for i in 0..<count {
+                        dst[i] = CheckpointTensor.halfToFloat(UInt16(littleEndian: raw.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)))
+                    }
+                case .bfloat16:
+                    for i in 0..<count {
+                        let bits = UInt16(littleEndian: raw.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self))
+                        dst[i] = Float(bitPattern: UInt32(bits) << 16)
+                    }
+                case .int64:
+                    for i in 0..<count {
+                        dst[i] = Float(Int64(littleEndian: raw.loadUnaligned(fromByteOffset: 8 * i, as: Int64.self)))
+                    }
+                }
+            }
+        }
+        return out
+    }
+
+    /// IEEE binary16 -> binary32 by bit manipulation (the `Float16` type is not available on
+    /// every platform Swift targets).
+    static func halfToFloat(_ h: UInt16) -> Float {
+        let sign = UInt32(h & 0x8000) << 16
+        let exponent = UInt32(h >> 10) & 0x1F
+        var mantissa = UInt32(h & 0x03FF)
+        if exponent == 0x1F {  // inf / nan
+            return Float(bitPattern: sign | 0x7F80_0000 | (mantissa << 13))
+        }
+        if exponent == 0 {
+            if mantissa == 0 { return Float(bitPattern: sign) }
+            // Subnormal: normalize into a binary32 normal number.
+            var e: UInt32 = 127 - 15 + 1
+            while mantissa & 0x0400 == 0 {
+                mantissa <<= 1
+                e -= 1
+            }
+            mantissa &= 0x03FF
+            return Float(bitPattern: sign | (e << 23) | (mantissa << 13))
+        }
+        return Float(bitPattern: sign | ((exponent + 127 - 15) << 23) | (mantissa << 13))
+    }
+}
+
+/// A checkpoint could not be read. One line says which file, which tensor / opcode / global,
+/// what is wrong and what to do.
+public struct CheckpointError: Error, CustomStringConvertible, Sendable {
+    public enum Kind: String, Sendable {
+        /// The file could not be opened or read.
+        case unreadableFile
+        /// Neither a zip-format `torch.save` archive nor safetensors.
+        case unknownFormat
+        /// The file ends before the structure it describes.
+        case truncated
+        /// Zip archive structure is wrong (missing entries, bad sizes, checksum mismatch).
+        case malformedArchive
+        /// The pickle program is inconsistent (stack underflow, wrong argument types, ...).
+        case malformedPickle
+        /// The pickle imports a global outside the state_dict allowlist.
+        case refusedGlobal
+        /// The pickle uses an opcode this restricted reader does not implement.
+        case unsupportedOpcode
+        /// A safety limit (memo, stack, nesting, sizes) was exceeded.
+        case limitExceeded
+        /// A tensor uses an element type other than float32/float16/bfloat16/int64.
+        case unsupportedDType
+        /// A tensor's shape, strides or offsets do not fit its data.
+        case malformedTensor
+        /// The safetensors JSON header is invalid.
+        case malformedHeader
+        /// The archive was written on a big-endian machine.
+        case bigEndian
+        /// The file holds something other than a flat name -> tensor dictionary.
+        case notAStateDict
+    }
+
+    public var kind: Kind
+    /// The checkpoint file.
+    public var file: String
+    /// The tensor, opcode, global or entry concerned, when there is one.
+    public var subject: String?
+    /// What is wrong.
+    public var message: String
+    /// What to do about it.
+    public var hint: String?
+
+    public init(_ kind: Kind, file: String, subject: String? = nil, _ message: String, hint: String? = nil) {
+        self.kind = kind
+        self.file = file
+        self.subject = subject
+        self.message = message
+        self.hint = hint
+    }
+
+    public var description: String {
+        var text = "checkpoint \(file): "
+        if let subject { text += "\(subject): " }
+        text += message
+        if let hint { text += " (\(hint))" }
+        return text
+    }
+}
+
+/// Entry point: reads a PyTorch `torch.save(state_dict)` zip archive or a safetensors file.
+public enum Checkpoint {
+    /// Reads every tensor of the checkpoint at `url`, in file order (pickle dict order for
+    /// `.pth`, header order for safetensors). The format is chosen by content, not extension.
+    public static func read(contentsOf url: URL) throws -> [CheckpointTensor] {
+        let path = url.path
+        let file = try CheckpointFile(url: url)
+        defer { file.close() }
+        let head = try file.read(at: 0, count: min(9, file.size), what: "file header")
+        if head.count >= 4, head[0] == 0x50, head[1] == 0x4B, head[2] == 0x03, head[3] == 0x04 {
+            file.close()
+            return try CheckpointTorchZip.read(url: url, fileSize: file.size)
+        }
+        if head.count == 9, head[8] == UInt8(ascii: "{") {
+            return try CheckpointSafetensors.read(file: file)
+        }
+        if head.count >= 2, head[0] == 0x80, head[1] <= 5 {
+            throw CheckpointError(
+                .unknownFormat, file: path,
+                "this is a bare pickle (legacy torch.save format before PyTorch 1.6), not a zip archive",
+                hint: "re-save it with a current torch.save(model.state_dict(), path) or convert it to safetensors")
+        }
+        let magic = head.prefix(8).map { String(format: "%02x", $0) }.joined(separator: " ")
+        throw CheckpointError(
+            .unknownFormat, file: path,
+            "not a PyTorch zip checkpoint (starts with PK\\x03\\x04) nor safetensors (8-byte length then '{'); first bytes: \(magic.isEmpty ? "none, the file is empty" : magic)",
+            hint: "pass the .pth written by torch.save(model.state_dict()) or a .safetensors file")
+    }
+}
+
+// MARK: - File access shared by the readers
+
+/// Positional reads with every range checked against the file length before allocating.
+final class CheckpointFile {
+    let path: String
+    let size: Int
+    private let handle: FileHandle
+    private var closed = false
+
+    init(url: URL) throws {
+        path = url.path
+        do {
+            handle = try FileHandle(forReadingFrom: url)
+            let end = try handle.seekToEnd()
+            guard end <= UInt64(Int.max) else {
+                throw CheckpointError(.unreadableFile, file: url.path, "file too large")
+            }
+            size = Int(end)
+        } catch let error as CheckpointError {
+            throw error
+        } catch {
+            throw CheckpointError(.unreadableFile, file: url.path, "cannot open: \(error.localizedDescription)",
+                                  hint: "check the path and permissions")
+        }
+    }
+
+    func close() {
+        if !closed {
+            closed = true
+            try? handle.close()
+        }
+    }
+
+    deinit { close() }
+
+    /// Reads exactly `count` bytes at `offset`; `what` names the structure for the error.
+    func read(at offset: Int, count: Int, what: String) throws -> [UInt8] {
+        guard offset >= 0, count >= 0, offset <= size, count <= size - offset else {
+            throw CheckpointError(.truncated, file: path, subject: what,
+                                  "needs bytes \(offset)..<\(offset &+ count) but the file has \(size) bytes",
+                                  hint: "the file is truncated or corrupted; download or save it again")
+        }
+        if count == 0 { return [] }
+        do {
+            try handle.seek(toOffset: UInt64(offset))
+            var out = [UInt8]()
+            out.reserveCapacity(count)
+            while out.count < count {
+                guard let chunk = try handle.read(upToCount: min(count - out.count, 1 << 26)), !chunk.isEmpty else {
+                    break
+                }
+                out.append(contentsOf: chunk)
+            }
+            guard out.count == count else {
+                throw CheckpointError(.truncated, file: path, subject: what,
+                                      "short read: got \(out.count) of \(count) bytes at offset \(offset)",
+                                      hint: "the file changed or is truncated")
+            }
+            return out
+        } catch let error as CheckpointError {
+            throw error
+        } catch {
+            throw CheckpointError(.unreadableFile, file: path, subject: what,
+                                  "read failed: \(error.localizedDescription)")
+        }
+    }
+}
+
+/// Overflow-checked helpers shared by the readers.
+enum CheckpointMath {
+    /// Product of non-negative dimensions, or nil on overflow.
+    static func product(_ dims: [Int]) -> Int? {
+        var total = 1
+        for d in dims {
+            guard d >= 0 else { return nil }
+            let (p, overflow) = total.multipliedReportingOverflow(by: d)
+            if overflow { return nil }
+            total = p
+        }
+        return total
+    }
+
+    static func multiply(_ a: Int, _ b: Int) -> Int? {
+        let (p, overflow) = a.multipliedReportingOverflow(by: b)
+        return overflow ? nil : p
+    }
+
+    static func add(_ a: Int, _ b: Int) -> Int? {
+        let (s, overflow) = a.addingReportingOverflow(b)
+        return overflow ? nil : s
+    }
+}

@@ -1,0 +1,339 @@
+import Foundation
+
+/// Reads safetensors: an 8-byte little-endian header length N, N bytes of JSON
+/// (`{"name": {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {...}}`),
+/// then the data buffer the offsets index. The JSON is parsed by a small order-preserving parser
+/// so tensors come back in header order.
+enum CheckpointSafetensors {
+    /// The reference implementation's header size cap.
+    static let maxHeaderBytes = 100_000_000
+
+    /// One header entry, validated against the data buffer.
+    struct Spec {
+        var name: String
+        var dtype: CheckpointDType
+        var shape: [Int]
+        var begin: Int
+        var end: Int
+    }
+
+    static func read(file: CheckpointFile) throws -> [CheckpointTensor] {
+        let path = file.path
+        let lengthBytes = try file.read(at: 0, count: 8, what: "safetensors header length")
+        var headerLength: UInt64 = 0
+        for (i, b) in lengthBytes.enumerated() { headerLength |= UInt64(b) << (8 * UInt64(i)) }
+        guard headerLength <= UInt64(file.size - 8) else {
+            throw CheckpointError(.truncated, file: path, subject: "safetensors header",
+                                  "header length \(headerLength) exceeds the \(file.size - 8) bytes after the length field",
+                                  hint: "the file is truncated or not safetensors")
+        }
+        guard headerLength <= UInt64(maxHeaderBytes) else {
+            throw CheckpointError(.limitExceeded, file: path, subject: "safetensors header",
+                                  "header of \(headerLength) bytes exceeds the \(maxHeaderBytes)-byte limit")
+        }
+        let header = try file.read(at: 8, count: Int(headerLength), what: "safetensors header")
+        let dataStart = 8 + Int(headerLength)
+        let dataLength = file.size - dataStart
+
+        var parser = JSONParser(bytes: header)
+        let root: JSONValue
+        do {
+            root = try parser.parseDocument()
+        } catch let error as JSONParser.Failure {
+            throw CheckpointError(.malformedHeader, file: path, subject: "safetensors header",
+                                  "invalid JSON at byte \(error.offset): \(error.message)",
+                                  hint: "the file is corrupted or not safetensors")
+        }
+        guard case .object(let members) = root else {
+            throw CheckpointError(.malformedHeader, file: path, subject: "safetensors header",
+                                  "header is not a JSON object")
+        }
+
+        var specs: [Spec] = []
+        var seen = Set<String>()
+        for (name, value) in members {
+            guard seen.insert(name).inserted else {
+                throw CheckpointError(.malformedHeader, file: path, subject: name, "tensor name appears twice in the header")
+            }
+            if name == "__metadata__" {
+                guard case .object = value else {
+                    throw CheckpointError(.malformedHeader, file: path, subject: name, "__metadata__ is not an object")
+                }
+                continue
+            }
+            specs.append(try parseSpec(name: name, value: value, dataLength: dataLength, file: path))
+        }
+
+        // Offsets must not overlap: each byte of the buffer belongs to at most one tensor.
+        let byBegin = specs.indices.sorted { (specs[$0].begin, specs[$0].end) < (specs[$1].begin, specs[$1].end) }
+        var previousEnd = 0
+        var previousName = ""
+        for i in byBegin where specs[i].end > specs[i].begin {
+            let spec = specs[i]
+            guard spec.begin >= previousEnd else {
+                throw CheckpointError(.malformedHeader, file: path, subject: spec.name,
+                                      "data_offsets [\(spec.begin), \(spec.end)] overlap tensor '\(previousName)' (which ends at \(previousEnd))",
+                                      hint: "the file is corrupted or was written incorrectly")
+            }
+            previousEnd = spec.end
+            previousName = spec.name
+        }
+
+        var tensors: [CheckpointTensor] = []
+        tensors.reserveCapacity(specs.count)
+        for spec in specs {
+            let bytes = try file.read(at: dataStart + spec.begin, count: spec.end - spec.begin, what: spec.name)
+            tensors.append(CheckpointTensor(name: spec.name, dtype: spec.dtype, shape: spec.shape, data: bytes))
+        }
+        return tensors
+    }
+
+    private static func parseSpec(name: String, value: JSONValue, dataLength: Int, file: String) throws -> Spec {
+        guard case .object(let fields) = value else {
+            throw CheckpointError(.malformedHeader, file: file, subject: name, "tensor entry is not an object")
+        }
+        func field(_ key: String) -> JSONValue? { fields.first { $0.0 == key }?.1 }
+        guard case .string(let dtypeName)? = field("dtype") else {
+            throw CheckpointError(.malformedHeader, file: file, subject: name, "missing string field \"dtype\"")
+        }
+        let dtype: CheckpointDType
+        switch dtypeName {
+        case "F32": dtype = .float32
+        case "F16": dtype = .float16
+        case "BF16": dtype = .bfloat16
+        case "I64": dtype = .int64
+        default:
+            throw CheckpointError(.unsupportedDType, file: file, subject: name,
+                                  "dtype \(dtypeName) is not supported (only F32, F16, BF16, I64)",
+                                  hint: "convert the tensor, e.g. to float32, before saving")
+        }
+        guard case .array(let dims)? = field("shape") else {
+            throw CheckpointError(.malformedHeader, file: file, subject: name, "missing array field \"shape\"")
+        }
+        var shape: [Int] = []
+        for dim in dims {
+            guard case .integer(let d) = dim, d >= 0 else {
+                throw CheckpointError(.malformedHeader, file: file, subject: name, "shape entries must be non-negative integers")
+            }
+            shape.append(d)
+        }
+        guard case .array(let offsets)? = field("data_offsets"), offsets.count == 2,
+              case .integer(let begin) = offsets[0], case .integer(let end) = offsets[1] else {
+            throw CheckpointError(.malformedHeader, file: file, subject: name,
+                                  "missing field \"data_offsets\": [begin, end]")
+        }
+        guard begin >= 0, begin <= end, end <= dataLength else {
+            throw CheckpointError(.truncated, file: file, subject: name,
+                                  "data_offsets [\(begin), \(end)] fall outside the \(dataLength)-byte data buffer",
+                                  hint: "the file is truncated or corrupted")
+        }
+        guard let count = CheckpointMath.product(shape), let nbytes = CheckpointMath.multiply(count, dtype.elementSize) else {
+            throw CheckpointError(.malformedHeader, file: file, subject: name, "element count of shape \(shape) overflows")
+        }
+        guard nbytes == end - begin else {
+            throw CheckpointError(.malformedHeader, file: file, subject: name,
+                                  "shape \(shape) of \(dtypeName) needs \(nbytes) bytes but data_offsets span \(end - begin)",
+                                  hint: "the file is corrupted")
+        }
+        return Spec(name: name, dtype: dtype, shape: shape, begin: begin, end: end)
+    }
+
+    // MARK: - Minimal order-preserving JSON
+
+    indirect enum JSONValue {
+        case object([(String, JSONValue)])
+        case array([JSONValue])
+        case string(String)
+        case integer(Int)
+        case number(Double)
+        case bool(Bool)
+        case null
+    }
+
+    struct JSONParser {
+        struct Failure: Error {
+            var offset: Int
+            var message: String
+        }
+
+        static let maxDepth = 32
+        let bytes: [UInt8]
+        var pos = 0
+
+        init(bytes: [UInt8]) { self.bytes = bytes }
+
+        func fail(_ message: String) -> Failure { Failure(offset: pos, message: message) }
+
+        /// One value, then only whitespace (writers may pad the header with spaces).
+        mutating func parseDocument() throws -> JSONValue {
+            let value = try parseValue(depth: 0)
+            skipWhitespace()
+            guard pos == bytes.count else { throw fail("unexpected data after the header object") }
+            return value
+        }
+
+        mutating func skipWhitespace() {
+            while pos < bytes.count, bytes[pos] == 0x20 || bytes[pos] == 0x0A || bytes[pos] == 0x0D || bytes[pos] == 0x09 {
+                pos += 1
+            }
+        }
+
+        mutating func parseValue(depth: Int) throws -> JSONValue {
+            guard depth < Self.maxDepth else { throw fail("nested deeper than \(Self.maxDepth) levels") }
+            skipWhitespace()
+            guard pos < bytes.count else { throw fail("unexpected end of header") }
+            switch bytes[pos] {
+            case UInt8(ascii: "{"):
+                pos += 1
+                var members: [(String, JSONValue)] = []
+                skipWhitespace()
+                if pos < bytes.count, bytes[pos] == UInt8(ascii: "}") { pos += 1; return .object(members) }
+                while true {
+                    skipWhitespace()
+                    guard pos < bytes.count, bytes[pos] == UInt8(ascii: "\"") else { throw fail("expected a string key") }
+                    let key = try parseString()
+                    skipWhitespace()
+                    guard pos < bytes.count, bytes[pos] == UInt8(ascii: ":") else { throw fail("expected ':'") }
+                    pos += 1
+                    members.append((key, try parseValue(depth: depth + 1)))
+                    skipWhitespace()
+                    guard pos < bytes.count else { throw fail("unterminated object") }
+                    if bytes[pos] == UInt8(ascii: ",") { pos += 1; continue }
+                    if bytes[pos] == UInt8(ascii: "}") { pos += 1; return .object(members) }
+                    throw fail("expected ',' or '}'")
+                }
+            case UInt8(ascii: "["):
+                pos += 1
+                var items: [JSONValue] = []
+                skipWhitespace()
+                if pos < bytes.count, bytes[pos] == UInt8(ascii: "]") { pos += 1; return .array(items) }
+                while true {
+                    items.append(try parseValue(depth: depth + 1))
+                    skipWhitespace()
+                    guard pos < bytes.count else { throw fail("unterminated array") }
+                    if bytes[pos] == UInt8(ascii: ",") { pos += 1; continue }
+                    if bytes[pos] == UInt8(ascii: "]") { pos += 1; return .array(items) }
+                    throw fail("expected ',' or ']'")
+                }
+            case UInt8(ascii: "\""):
+                return .string(try parseString())
+            case UInt8(ascii: "t"):
+                try expectLiteral("true")
+                return .bool(true)
+            case UInt8(ascii: "f"):
+                try expectLiteral("false")
+                return .bool(false)
+            case UInt8(ascii: "n"):
+                try expectLiteral("null")
+                return .null
+            case UInt8(ascii: "-"), UInt8(ascii: "0")...UInt8(ascii: "9"):
+                return try parseNumber()
+            default:
+                throw fail("unexpected character")
+            }
+        }
+
+        mutating func expectLiteral(_ literal: String) throws {
+            let utf8 = Array(literal.utf8)
+            guard bytes.count - pos >= utf8.count, Array(bytes[pos..<(pos + utf8.count)]) == utf8 else {
+                throw fail("invalid literal")
+            }
+            pos += utf8.count
+        }
+
+        mutating func parseNumber() throws -> JSONValue {
+            let start = pos
+            if bytes[pos] == UInt8(ascii: "-") { pos += 1 }
+            var isInteger = true
+            func isDigit(_ b: UInt8) -> Bool { b >= 0x30 && b <= 0x39 }
+            guard pos < bytes.count, isDigit(bytes[pos]) else { throw fail("invalid number") }
+            while pos < bytes.count, isDigit(bytes[pos]) { pos += 1 }
+            if pos < bytes.count, bytes[pos] == UInt8(ascii: ".") {
+                isInteger = false
+                pos += 1
+                guard pos < bytes.count, isDigit(bytes[pos]) else { throw fail("invalid number") }
+                while pos < bytes.count, isDigit(bytes[pos]) { pos += 1 }
+            }
+            if pos < bytes.count, bytes[pos] == UInt8(ascii: "e") || bytes[pos] == UInt8(ascii: "E") {
+                isInteger = false
+                pos += 1
+                if pos < bytes.count, bytes[pos] == UInt8(ascii: "+") || bytes[pos] == UInt8(ascii: "-") { pos += 1 }
+                guard pos < bytes.count, isDigit(bytes[pos]) else { throw fail("invalid number") }
+                while pos < bytes.count, isDigit(bytes[pos]) { pos += 1 }
+            }
+            let text = String(decoding: bytes[start..<pos], as: UTF8.self)
+            if isInteger {
+                guard let value = Int(text) else { throw Failure(offset: start, message: "integer \(text.prefix(32)) out of range") }
+                return .integer(value)
+            }
+            guard let value = Double(text) else { throw Failure(offset: start, message: "invalid number") }
+            return .number(value)
+        }
+
+        mutating func parseString() throws -> String {
+            pos += 1  // opening quote
+            var out: [UInt8] = []
+            while true {
+                guard pos < bytes.count else { throw fail("unterminated string") }
+                let b = bytes[pos]
+                pos += 1
+                switch b {
+                case UInt8(ascii: "\""):
+                    guard let s = String(validating: out, as: UTF8.self) else { throw fail("string is not valid UTF-8") }
+                    return s
+                case UInt8(ascii: "\\"):
+                    guard pos < bytes.count else { throw fail("unterminated escape") }
+                    let e = bytes[pos]
+                    pos += 1
+                    switch e {
+                    case UInt8(ascii: "\""): out.append(0x22)
+                    case UInt8(ascii: "\\"): out.append(0x5C)
+                    case UInt8(ascii: "/"): out.append(0x2F)
+                    case UInt8(ascii: "b"): out.append(0x08)
+                    case UInt8(ascii: "f"): out.append(0x0C)
+                    case UInt8(ascii: "n"): out.append(0x0A)
+                    case UInt8(ascii: "r"): out.append(0x0D)
+                    case UInt8(ascii: "t"): out.append(0x09)
+                    case UInt8(ascii: "u"):
+                        var scalar = try parseHex4()
+                        if (0xD800..<0xDC00).contains(scalar) {
+                            guard bytes.count - pos >= 6, bytes[pos] == UInt8(ascii: "\\"), bytes[pos + 1] == UInt8(ascii: "u") else {
+                                throw fail("unpaired surrogate")
+                            }
+                            pos += 2
+                            let low = try parseHex4()
+                            guard (0xDC00..<0xE000).contains(low) else { throw fail("unpaired surrogate") }
+                            scalar = 0x10000 + ((scalar - 0xD800) << 10) + (low - 0xDC00)
+                        }
+                        guard let unicode = Unicode.Scalar(scalar) else { throw fail("invalid \\u escape") }
+                        out.append(contentsOf: Array(String(Character(unicode)).utf8))
+                    default:
+                        throw fail("invalid escape")
+                    }
+                case 0x00..<0x20:
+                    throw fail("control character in string")
+                default:
+                    out.append(b)
+                }
+            }
+        }
+
+        mutating func parseHex4() throws -> UInt32 {
+            guard bytes.count - pos >= 4 else { throw fail("truncated \\u escape") }
+            var value: UInt32 = 0
+            for _ in 0..<4 {
+                let b = bytes[pos]
+                pos += 1
+                let digit: UInt32
+                switch b {
+                case 0x30...0x39: digit = UInt32(b - 0x30)
+                case 0x41...0x46: digit = UInt32(b - 0x41 + 10)
+                case 0x61...0x66: digit = UInt32(b - 0x61 + 10)
+                default: throw fail("invalid hex digit in \\u escape")
+                }
+                value = value << 4 | digit
+            }
+            return value
+        }
+    }
+}

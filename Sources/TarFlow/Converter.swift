@@ -1,0 +1,177 @@
+import Foundation
+import FlowIR
+
+/// Checkpoint → model file: reads an official `state_dict` (.pth or .safetensors), infers the
+/// architecture from tensor names and shapes, checks every tensor, and builds the graphs.
+public enum Converter {
+    /// What the shapes cannot tell: one of image size, input channels or patch size (the
+    /// tensors fix D = C·p² and T = (H/p)²), and the training noise level.
+    public struct Options: Sendable {
+        public var imageSize: Int?
+        public var inChannels: Int?
+        public var patchSize: Int?
+        public var noiseStd: Double?
+        public var headDim: Int = 64
+        public init(imageSize: Int? = nil, inChannels: Int? = nil, patchSize: Int? = nil, noiseStd: Double? = nil) {
+            self.imageSize = imageSize
+            self.inChannels = inChannels
+            self.patchSize = patchSize
+            self.noiseStd = noiseStd
+        }
+    }
+
+    public static func convert(checkpoint url: URL, options: Options) throws -> Model {
+        let tensors = try Checkpoint.read(contentsOf: url)
+        var opts = options
+        if opts.noiseStd == nil { opts.noiseStd = noiseStd(fromFileName: url.lastPathComponent) }
+        var model = try convert(tensors: tensors, options: opts)
+        model.metadata["source.file"] = .string(url.lastPathComponent)
+        model.metadata["source.format"] = .string(url.pathExtension.lowercased() == "safetensors" ? "safetensors" : "pytorch")
+        return model
+    }
+
+    /// The noise level in an official checkpoint name, e.g. `afhq_model_8_768_8_8_0.07.pth` → 0.07.
+    public static func noiseStd(fromFileName name: String) -> Double? {
+        let parts = name.split(separator: "_")
+        guard let i = parts.lastIndex(of: "model"), parts.count - i == 6 else { return nil }
+        guard parts[(i + 1)..<(parts.count - 1)].allSatisfy({ Int($0) != nil }) else { return nil }
+        let last = parts[parts.count - 1]
+        guard let dot = last.lastIndex(of: "."), let v = Double(last[..<dot]), v >= 0, v.isFinite else { return nil }
+        return v
+    }
+
+    public static func convert(tensors: [CheckpointTensor], options: Options) throws -> Model {
+        var byName: [String: CheckpointTensor] = [:]
+        for t in tensors {
+            guard byName[t.name] == nil else { throw TarFlowError.invalidCheckpoint("tensor '\(t.name)' appears twice") }
+            byName[t.name] = t
+        }
+        func shape(_ n: String) throws -> [Int] {
+            guard let t = byName[n] else { throw TarFlowError.invalidCheckpoint("tensor '\(n)' is missing; is this an official TarFlow state_dict?") }
+            return t.shape
+        }
+        // Architecture from names and shapes.
+        var numBlocks = 0
+        while byName["blocks.\(numBlocks).proj_in.weight"] != nil { numBlocks += 1 }
+        guard numBlocks > 0 else { throw TarFlowError.invalidCheckpoint("no 'blocks.0.proj_in.weight': not a TarFlow state_dict") }
+        var layers = 0
+        while byName["blocks.0.attn_blocks.\(layers).attention.qkv.weight"] != nil { layers += 1 }
+        let pin = try shape("blocks.0.proj_in.weight")
+        guard pin.count == 2 else { throw TarFlowError.invalidCheckpoint("blocks.0.proj_in.weight must be 2-D, is \(pin)") }
+        let channels = pin[0], D = pin[1]
+        let pos = try shape("blocks.0.pos_embed")
+        guard pos.count == 2, pos[1] == channels else { throw TarFlowError.invalidCheckpoint("blocks.0.pos_embed has shape \(pos), expected [T, \(channels)]") }
+        let T = pos[0]
+        let pout = try shape("blocks.0.proj_out.weight")
+        guard pout.count == 2, pout[0] == D || pout[0] == 2 * D else {
+            throw TarFlowError.invalidCheckpoint("blocks.0.proj_out.weight has shape \(pout), expected [\(2 * D) or \(D), \(channels)]")
+        }
+        let nvp = pout[0] == 2 * D
+        let numClasses = byName["blocks.0.class_embed"].map { $0.shape.first ?? 0 } ?? 0
+        var expansion = 4
+        if layers > 0 {
+            let m0 = try shape("blocks.0.attn_blocks.0.mlp.main.0.weight")
+            guard m0.count == 2, channels > 0, m0[0] % channels == 0 else { throw TarFlowError.invalidCheckpoint("mlp.main.0.weight has shape \(m0)") }
+            expansion = m0[0] / channels
+        }
+        let (img, inC, p) = try geometry(patchDim: D, tokens: T, options: options)
+        let config = TarFlowConfig(inChannels: inC, imgSize: img, patchSize: p, channels: channels, numBlocks: numBlocks,
+                                   layersPerBlock: layers, nvp: nvp, numClasses: numClasses, headDim: options.headDim, expansion: expansion)
+        do { try config.validate() } catch { throw TarFlowError.invalidCheckpoint("\(error)") }
+
+        // Every tensor the official model has, with its exact shape; nothing unexpected.
+        let expected = expectedShapes(config)
+        for (name, s) in expected {
+            let got = try shape(name)
+            guard got == s else { throw TarFlowError.invalidCheckpoint("tensor '\(name)' has shape \(got), the inferred config \(summary(config)) needs \(s)") }
+        }
+        for t in tensors where expected[t.name] == nil {
+            if t.name.hasSuffix(".attn_mask") { continue }  // the causal mask is an op, not a weight
+            throw TarFlowError.invalidCheckpoint("unexpected tensor '\(t.name)' (shape \(t.shape)) for config \(summary(config))")
+        }
+        var weights: [WeightTensor] = []
+        for name in expected.keys.sorted() {
+            let t = byName[name]!
+            let dtype: DType = switch t.dtype {
+            case .float32: .float32
+            case .float16: .float16
+            case .bfloat16: .bfloat16
+            case .int64: .int64
+            }
+            guard dtype != .int64 else { throw TarFlowError.invalidCheckpoint("tensor '\(name)' is int64; TarFlow weights are floating point") }
+            weights.append(WeightTensor(name: name, dtype: dtype, shape: t.shape, bytes: TensorBytes(t.data)))
+        }
+        return try assemble(config: config, weights: weights, noiseStd: options.noiseStd)
+    }
+
+    /// Builds the graphs over the given weights and records the config as metadata.
+    public static func assemble(config: TarFlowConfig, weights: [WeightTensor], noiseStd: Double?) throws -> Model {
+        var model = Model(graphs: [], tensors: weights, metadata: config.metadata)
+        let types = model.constantTypes
+        model.graphs = [try TarFlowGraphs.forward(config, constants: types)]
+        if let noiseStd { model.metadata["tarflow.noise_std"] = .double(noiseStd) }
+        model.metadata["converter"] = .string("tarflow convert (swift-tarflow, format \(ModelFile.formatVersion))")
+        try model.verify()
+        return model
+    }
+
+    static func summary(_ c: TarFlowConfig) -> String {
+        "(C=\(c.inChannels), \(c.imgSize)px, p=\(c.patchSize), \(c.channels) ch, \(c.numBlocks) blocks x \(c.layersPerBlock) layers, classes=\(c.numClasses), nvp=\(c.nvp))"
+    }
+
+    /// Solves D = C·p², T = (H/p)² from any consistent subset of the options.
+    static func geometry(patchDim D: Int, tokens T: Int, options o: Options) throws -> (img: Int, inChannels: Int, patch: Int) {
+        let side = Int(Double(T).squareRoot().rounded())
+        guard side * side == T, side > 0 else { throw TarFlowError.invalidCheckpoint("pos_embed has \(T) tokens, not a square number") }
+        var p: Int
+        if let ps = o.patchSize {
+            p = ps
+        } else if let img = o.imageSize {
+            guard img % side == 0 else { throw TarFlowError.invalidInput("--image-size \(img) is not a multiple of the \(side)x\(side) patch grid") }
+            p = img / side
+        } else if let c = o.inChannels {
+            guard c > 0, D % c == 0 else { throw TarFlowError.invalidInput("--in-channels \(c) does not divide the patch dimension \(D)") }
+            p = Int(Double(D / c).squareRoot().rounded())
+            guard p * p * c == D else { throw TarFlowError.invalidInput("--in-channels \(c): patch dimension \(D) / \(c) is not a square") }
+        } else {
+            throw TarFlowError.invalidInput("the checkpoint fixes C·p² = \(D) and (H/p)² = \(T) but not C, p and H: pass one of --image-size, --in-channels, --patch-size")
+        }
+        guard p > 0, D % (p * p) == 0 else { throw TarFlowError.invalidInput("patch size \(p) does not fit the patch dimension \(D) = C·p²") }
+        let c = D / (p * p), img = side * p
+        if let x = o.patchSize, x != p { throw TarFlowError.invalidInput("--patch-size \(x) disagrees with the other flags (they imply \(p))") }
+        if let x = o.imageSize, x != img { throw TarFlowError.invalidInput("--image-size \(x) disagrees: with patch size \(p) the checkpoint's \(T) tokens make \(img)px images") }
+        if let x = o.inChannels, x != c { throw TarFlowError.invalidInput("--in-channels \(x) disagrees: with patch size \(p) the patch dimension \(D) means \(c) channels") }
+        return (img, c, p)
+    }
+
+    /// Names and shapes of every parameter and buffer of the official model (except `attn_mask`).
+    public static func expectedShapes(_ c: TarFlowConfig) -> [String: [Int]] {
+        let C = c.channels, D = c.patchDim, T = c.numPatches
+        var s: [String: [Int]] = ["var": [T, D]]
+        for k in 0..<c.numBlocks {
+            let b = "blocks.\(k)"
+            s["\(b).proj_in.weight"] = [C, D]
+            s["\(b).proj_in.bias"] = [C]
+            s["\(b).pos_embed"] = [T, C]
+            if c.numClasses > 0 { s["\(b).class_embed"] = [c.numClasses, 1, C] }
+            s["\(b).proj_out.weight"] = [c.nvp ? 2 * D : D, C]
+            s["\(b).proj_out.bias"] = [c.nvp ? 2 * D : D]
+            for l in 0..<c.layersPerBlock {
+                let a = "\(b).attn_blocks.\(l)"
+                s["\(a).attention.norm.weight"] = [C]
+                s["\(a).attention.norm.bias"] = [C]
+                s["\(a).attention.qkv.weight"] = [3 * C, C]
+                s["\(a).attention.qkv.bias"] = [3 * C]
+                s["\(a).attention.proj.weight"] = [C, C]
+                s["\(a).attention.proj.bias"] = [C]
+                s["\(a).mlp.norm.weight"] = [C]
+                s["\(a).mlp.norm.bias"] = [C]
+                s["\(a).mlp.main.0.weight"] = [C * c.expansion, C]
+                s["\(a).mlp.main.0.bias"] = [C * c.expansion]
+                s["\(a).mlp.main.2.weight"] = [C, C * c.expansion]
+                s["\(a).mlp.main.2.bias"] = [C]
+            }
+        }
+        return s
+    }
+}

@@ -1,0 +1,166 @@
+import CTarFlowZlib
+import Foundation
+
+/// IDX files, the container of the MNIST data set (`t10k-images-idx3-ubyte[.gz]`), plain or
+/// gzip-compressed.
+///
+/// The header is two zero bytes, a type byte, a dimension count, then one big-endian `UInt32`
+/// per dimension; the data follows big-endian. Images (magic 0x00000803) come back as uint8
+/// [N, H, W], labels (0x00000801) as uint8 [N]. Types 0x08 (ubyte), 0x09 (sbyte, widened to
+/// int32), 0x0B (short, widened to int32), 0x0C (int32), 0x0D (float32), 0x0E (float64) are read.
+public enum IDX {
+    /// Largest accepted file and largest accepted decompressed size.
+    public static let maxBytes = 1 << 30
+    /// IDX allows up to 255 dimensions; nothing real uses more than a handful.
+    public static let maxDimensions = 16
+
+    public static func read(contentsOf url: URL) throws -> HostArray {
+        let path = url.path
+        let file = try readFileBytes(at: url, maxBytes: maxBytes)
+        let bytes = isGzip(file) ? try gunzip(file, limit: maxBytes, path: path) : file
+        return try parse(bytes, path: path)
+    }
+
+    /// Decodes an uncompressed, in-memory IDX file; `path` only labels errors.
+    public static func parse(_ bytes: [UInt8], path: String = "<memory>") throws -> HostArray {
+        guard bytes.count >= 4, bytes[0] == 0, bytes[1] == 0 else { throw IDXError.notIDX(path: path) }
+        let type = bytes[2]
+        let rank = Int(bytes[3])
+        guard (1...maxDimensions).contains(rank) else {
+            throw IDXError.invalid(path: path, reason: "\(rank) dimensions (expected 1...\(maxDimensions))")
+        }
+        let dataStart = 4 + 4 * rank
+        guard bytes.count >= dataStart else {
+            throw IDXError.truncated(path: path, expected: dataStart, actual: bytes.count)
+        }
+        let shape = (0..<rank).map { i -> Int in
+            let at = 4 + 4 * i
+            return Int(bytes[at]) << 24 | Int(bytes[at + 1]) << 16 | Int(bytes[at + 2]) << 8 | Int(bytes[at + 3])
+        }
+        let fileSize: Int
+        switch type {
+        case 0x08, 0x09: fileSize = 1
+        case 0x0B: fileSize = 2
+        case 0x0C, 0x0D: fileSize = 4
+        case 0x0E: fileSize = 8
+        default: throw IDXError.unsupportedType(path: path, type: type)
+        }
+        guard let count = HostArray.elementCount(of: shape) else {
+            throw IDXError.invalid(path: path, reason: "dimensions \(shape) overflow the element count")
+        }
+        let (byteLength, overflow) = count.multipliedReportingOverflow(by: fileSize)
+        guard !overflow else { throw IDXError.invalid(path: path, reason: "dimensions \(shape) overflow the byte count") }
+        let available = bytes.count - dataStart
+        guard available >= byteLength else {
+            throw IDXError.truncated(path: path, expected: dataStart + byteLength, actual: bytes.count)
+        }
+        guard available == byteLength else {
+            throw IDXError.invalid(path: path, reason: "\(available - byteLength) bytes after the data for dimensions \(shape)")
+        }
+
+        let storage: HostArray.Storage = bytes.withUnsafeBytes { raw in
+            let data = UnsafeRawBufferPointer(rebasing: raw[dataStart...])
+            switch type {
+            case 0x08: return .uint8(Array(data))
+            case 0x09: return .int32(data.map { Int32(Int8(bitPattern: $0)) })
+            case 0x0B:
+                let shorts: [Int16] = HostArray.loadIntegers(data, count: count, bigEndian: true)
+                return .int32(shorts.map { Int32($0) })
+            case 0x0C: return HostArray.decode(data, element: .int32, count: count, bigEndian: true)
+            case 0x0D: return HostArray.decode(data, element: .float32, count: count, bigEndian: true)
+            default: return HostArray.decode(data, element: .float64, count: count, bigEndian: true)
+            }
+        }
+        return HostArray(shape: shape, storage: storage)
+    }
+
+    static func isGzip(_ bytes: [UInt8]) -> Bool {
+        bytes.count >= 2 && bytes[0] == 0x1F && bytes[1] == 0x8B
+    }
+
+    /// Inflates a gzip file (all members, as `gzip -d` does), refusing output beyond `limit`
+    /// bytes so that a small hostile file cannot exhaust memory.
+    static func gunzip(_ input: [UInt8], limit: Int, path: String) throws -> [UInt8] {
+        guard input.count <= Int(UInt32.max) else {
+            throw IDXError.gzip(path: path, message: "compressed file larger than 4 GiB")
+        }
+        var stream = z_stream()
+        // 15 + 32: largest window, and accept either a zlib or a gzip header.
+        guard inflateInit2_(&stream, 15 + 32, ZLIB_VERSION, Int32(MemoryLayout<z_stream>.size)) == Z_OK else {
+            throw IDXError.gzip(path: path, message: "inflateInit2 failed")
+        }
+        defer { inflateEnd(&stream) }
+
+        var output = [UInt8](repeating: 0, count: min(limit + 1, max(1 << 16, input.count * 4)))
+        var produced = 0
+        try input.withUnsafeBytes { inRaw in
+            guard let inBase = inRaw.bindMemory(to: Bytef.self).baseAddress else { return }
+            stream.next_in = UnsafeMutablePointer(mutating: inBase)
+            stream.avail_in = uInt(inRaw.count)
+            while true {
+                if produced == output.count {
+                    guard output.count <= limit else {
+                        throw IDXError.gzip(path: path, message: "decompresses to more than \(limit) bytes")
+                    }
+                    output += repeatElement(0, count: min(output.count, limit + 1 - output.count))
+                }
+                let status = output.withUnsafeMutableBytes { outRaw -> Int32 in
+                    guard let outBase = outRaw.bindMemory(to: Bytef.self).baseAddress else { return Z_MEM_ERROR }
+                    stream.next_out = outBase + produced
+                    stream.avail_out = uInt(outRaw.count - produced)
+                    let before = Int(stream.avail_out)
+                    let result = inflate(&stream, Z_NO_FLUSH)
+                    produced += before - Int(stream.avail_out)
+                    return result
+                }
+                switch status {
+                case Z_STREAM_END:
+                    let rest = Int(stream.avail_in)
+                    if rest == 0 { return }
+                    // Another gzip member may follow (as written by `cat a.gz b.gz`).
+                    let next = inRaw.count - rest
+                    guard rest >= 2, inRaw[next] == 0x1F, inRaw[next + 1] == 0x8B else {
+                        throw IDXError.gzip(path: path, message: "\(rest) bytes of trailing garbage after the gzip data")
+                    }
+                    guard inflateReset(&stream) == Z_OK else { throw IDXError.gzip(path: path, message: "inflateReset failed") }
+                case Z_OK:
+                    continue
+                case Z_BUF_ERROR where stream.avail_in == 0 && stream.avail_out > 0:
+                    throw IDXError.gzip(path: path, message: "the compressed data ends early (truncated file)")
+                case Z_BUF_ERROR:
+                    continue
+                default:
+                    let message = stream.msg.map { String(cString: $0) } ?? "zlib error \(status)"
+                    throw IDXError.gzip(path: path, message: message)
+                }
+            }
+        }
+        output.removeLast(output.count - produced)
+        return output
+    }
+}
+
+/// Failures of IDX reading.
+public enum IDXError: Error, Sendable, CustomStringConvertible {
+    case notIDX(path: String)
+    case unsupportedType(path: String, type: UInt8)
+    case truncated(path: String, expected: Int, actual: Int)
+    case invalid(path: String, reason: String)
+    case gzip(path: String, message: String)
+
+    public var description: String {
+        switch self {
+        case let .notIDX(path):
+            return "\(path) is not an IDX file (the magic number must start with two zero bytes)"
+        case let .unsupportedType(path, type):
+            return "\(path): IDX data type 0x\(String(type, radix: 16)) is not supported "
+                + "(expected 0x08, 0x09, 0x0b, 0x0c, 0x0d or 0x0e)"
+        case let .truncated(path, expected, actual):
+            return "\(path) is truncated: \(expected) bytes needed, \(actual) present; download the file again"
+        case let .invalid(path, reason):
+            return "\(path) is not a valid IDX file: \(reason)"
+        case let .gzip(path, message):
+            return "\(path): cannot decompress: \(message)"
+        }
+    }
+}

@@ -1,0 +1,130 @@
+import Foundation
+import FlowRuntime
+
+/// Images to evaluate: float images in model space [−1, 1], or integer images in 0…255.
+///
+/// Sources: a `.npy` (float32/float64 used as is; uint8 as integers) of shape (B, C, H, W),
+/// or (B, H, W) when C = 1; a folder of PNG files in lexicographic file-name order; or MNIST
+/// IDX files, plain or gzipped.
+public struct ImageSet: Sendable {
+    public enum Pixels: Sendable {
+        case float([Float])
+        case integer([UInt8])
+    }
+
+    public var count: Int
+    public var channels: Int
+    public var size: Int
+    public var pixels: Pixels
+
+    public var isInteger: Bool { if case .integer = pixels { true } else { false } }
+    var imageDim: Int { channels * size * size }
+
+    public init(count: Int, channels: Int, size: Int, pixels: Pixels) {
+        self.count = count
+        self.channels = channels
+        self.size = size
+        self.pixels = pixels
+    }
+
+    /// How integer images become model-space floats.
+    public enum Dequantization: Sendable {
+        /// ((x + u) / 256) · 2 − 1 with u uniform from a counter-based stream (the likelihood's).
+        case uniform(seed: UInt64)
+        /// x / 255 · 2 − 1, no noise (the official notebook's classifier).
+        case none
+    }
+
+    /// Images `range` as a model-space batch f32[n, C, H, W]. The noise of image i depends on
+    /// i alone, so batching and offsets do not change results.
+    public func batch(_ range: Range<Int>, dequantization: Dequantization) -> Tensor {
+        let d = imageDim
+        let out: [Float]
+        switch pixels {
+        case .float(let f):
+            out = Array(f[(range.lowerBound * d)..<(range.upperBound * d)])
+        case .integer(let px):
+            out = [Float](unsafeUninitializedCapacity: range.count * d) { buf, n in
+                let base = range.lowerBound * d
+                switch dequantization {
+                case .uniform(let seed):
+                    let rng = CounterRNG(seed: seed)
+                    for j in 0..<(range.count * d) {
+                        buf[j] = ((Float(px[base + j]) + rng.uniform(UInt64(base + j))) / 256) * 2 - 1
+                    }
+                case .none:
+                    for j in 0..<(range.count * d) { buf[j] = Float(px[base + j]) / 255 * 2 - 1 }
+                }
+                n = range.count * d
+            }
+        }
+        return Tensor(shape: [range.count, channels, size, size], floats: out)
+    }
+
+    /// Loads images for a model with `channels` channels of `size`×`size` pixels.
+    public static func load(contentsOf url: URL, channels: Int, size: Int) throws -> ImageSet {
+        func bad(_ m: String) -> TarFlowError { .invalidInput("\(url.path): \(m)") }
+        var isDir: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: url.path, isDirectory: &isDir) else { throw bad("no such file or folder") }
+        let expect = "(B, \(channels), \(size), \(size))" + (channels == 1 ? " or (B, \(size), \(size))" : "")
+        if isDir.boolValue {
+            let names = try FileManager.default.contentsOfDirectory(atPath: url.path).filter { $0.lowercased().hasSuffix(".png") }.sorted()
+            guard !names.isEmpty else { throw bad("the folder has no .png files") }
+            var px: [UInt8] = []
+            px.reserveCapacity(names.count * channels * size * size)
+            for n in names {
+                let img = try PNGImage.read(contentsOf: url.appendingPathComponent(n))
+                guard img.width == size, img.height == size else { throw bad("\(n) is \(img.width)x\(img.height); the model takes \(size)x\(size)") }
+                guard img.channels == channels else { throw bad("\(n) has \(img.channels) channel(s) after dropping alpha; the model takes \(channels)") }
+                // HWC → CHW.
+                for c in 0..<channels { for i in 0..<(size * size) { px.append(img.pixels[i * channels + c]) } }
+            }
+            return ImageSet(count: names.count, channels: channels, size: size, pixels: .integer(px))
+        }
+        let lower = url.lastPathComponent.lowercased()
+        let array: HostArray
+        if lower.hasSuffix(".npy") {
+            array = try NPY.read(contentsOf: url)
+        } else if lower.contains("idx") || lower.hasSuffix(".gz") || lower.contains("ubyte") {
+            array = try IDX.read(contentsOf: url)
+        } else {
+            throw bad("unknown image format; give a .npy file, a folder of PNG files, or an MNIST IDX file")
+        }
+        let s = array.shape
+        let ok = (s.count == 4 && s[1] == channels && s[2] == size && s[3] == size) || (s.count == 3 && channels == 1 && s[1] == size && s[2] == size)
+        guard ok else { throw bad("images have shape \(s); the model takes \(expect)") }
+        let n = s[0]
+        switch array.storage {
+        case .float32(let f):
+            try checkFinite(f, dim: channels * size * size, url)
+            return ImageSet(count: n, channels: channels, size: size, pixels: .float(f))
+        case .float64(let d):
+            let f = d.map { Float($0) }
+            try checkFinite(f, dim: channels * size * size, url)
+            return ImageSet(count: n, channels: channels, size: size, pixels: .float(f))
+        case .uint8(let b):
+            return ImageSet(count: n, channels: channels, size: size, pixels: .integer(b))
+        default:
+            throw bad("images must be float32, float64 or uint8, are \(array.element)")
+        }
+    }
+
+    static func checkFinite(_ f: [Float], dim: Int, _ url: URL) throws {
+        if let i = f.firstIndex(where: { !$0.isFinite }) {
+            throw TarFlowError.invalidInput("\(url.path): image \(i / dim) contains NaN or Inf")
+        }
+    }
+
+    /// Labels from an int64/int32 `.npy` or an IDX labels file.
+    public static func loadLabels(contentsOf url: URL) throws -> [Int] {
+        let lower = url.lastPathComponent.lowercased()
+        let a = lower.hasSuffix(".npy") ? try NPY.read(contentsOf: url) : try IDX.read(contentsOf: url)
+        guard a.shape.count == 1 else { throw TarFlowError.invalidInput("\(url.path): labels must be 1-D, have shape \(a.shape)") }
+        switch a.storage {
+        case .int64(let v): return v.map { Int($0) }
+        case .int32(let v): return v.map { Int($0) }
+        case .uint8(let v): return v.map { Int($0) }
+        default: throw TarFlowError.invalidInput("\(url.path): labels must be int64 or int32, are \(a.element)")
+        }
+    }
+}

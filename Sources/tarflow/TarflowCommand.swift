@@ -1,0 +1,128 @@
+import ArgumentParser
+import Foundation
+import FlowCompiler
+import FlowIR
+import FlowRuntime
+import TarFlow
+
+struct TarflowCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "tarflow",
+        abstract: "Run TarFlow normalizing flows: exact likelihoods, sampling, no Python.",
+        subcommands: [Convert.self, Inspect.self, Likelihood.self]
+    )
+}
+
+/// Prints one line on stderr and exits non-zero: the way every command reports bad input.
+func fail(_ message: String) -> Never {
+    FileHandle.standardError.write(Data("error: \(message)\n".utf8))
+    Foundation.exit(1)
+}
+
+/// Runs a command body, turning any thrown error into one line and exit code 1.
+func guarded(_ body: () throws -> Void) {
+    do { try body() } catch let e as CancellationError {
+        fail("cancelled: \(e)")
+    } catch {
+        fail("\(error)")
+    }
+}
+
+struct Convert: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Convert an official checkpoint (.pth or .safetensors) into a model file.")
+
+    @Argument(help: "The checkpoint: torch.save(model.state_dict()) output, or a .safetensors file.")
+    var checkpoint: String
+    @Option(name: .shortAndLong, help: "The model file to write (.tflow).")
+    var output: String
+    @Option(help: "Image side in pixels.") var imageSize: Int?
+    @Option(help: "Image channels.") var inChannels: Int?
+    @Option(help: "Patch size.") var patchSize: Int?
+    @Option(help: "Training noise level σ (read from official file names like afhq_model_8_768_8_8_0.07.pth when absent).")
+    var noiseStd: Double?
+
+    func run() throws {
+        guarded {
+            if let n = noiseStd, !(n >= 0 && n.isFinite) { throw TarFlowError.invalidInput("--noise-std must be a finite number >= 0") }
+            let model = try Converter.convert(checkpoint: URL(fileURLWithPath: checkpoint),
+                                              options: .init(imageSize: imageSize, inChannels: inChannels, patchSize: patchSize, noiseStd: noiseStd))
+            try ModelFile.write(model, to: URL(fileURLWithPath: output))
+            let c = try TarFlowConfig(metadata: model.metadata)
+            print("wrote \(output): \(c.inChannels)x\(c.imgSize)x\(c.imgSize), patch \(c.patchSize), \(c.channels) channels, \(c.numBlocks) blocks x \(c.layersPerBlock) layers, \(c.numClasses) classes, nvp=\(c.nvp), noise_std=\(model.metadata["tarflow.noise_std"]?.description ?? "unknown")")
+        }
+    }
+}
+
+struct Inspect: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Print a model file: metadata, tensor table and graphs.")
+
+    @Argument(help: "The model file.") var model: String
+    @Flag(help: "Also print the compiled execution plan.") var plan = false
+
+    func run() throws {
+        guarded {
+            let m = try ModelFile.read(contentsOf: URL(fileURLWithPath: model))
+            print("metadata:")
+            for k in m.metadata.keys.sorted() { print("  \(k) = \(m.metadata[k]!)") }
+            let total = m.tensors.reduce(0) { $0 + $1.bytes.count }
+            print("tensors: \(m.tensors.count), \(total) bytes")
+            for t in m.tensors { print("  \(t.name): \(t.dtype)[\(t.shape.map(String.init).joined(separator: ","))]") }
+            for g in m.graphs {
+                print()
+                print(Printer.print(g), terminator: "")
+                if plan {
+                    let p = try Compiler.compile(g, constants: m.constantTypes)
+                    print("plan '\(g.name)': \(p.loadSteps.count) load-time steps, \(p.steps.count) run steps; passes changed: \(p.passLog.joined(separator: ", "))")
+                    for (i, s) in p.steps.enumerated() {
+                        let outs = s.outputs.map { "%" + p.graph.values[$0].name }.joined(separator: ",")
+                        print(String(format: "  %4d ", i) + "\(outs) = \(s.op.name)(\(s.inputs.map { "%" + p.graph.values[$0].name }.joined(separator: ", ")))")
+                    }
+                }
+            }
+        }
+    }
+}
+
+struct Likelihood: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Exact log-likelihood and bits/dim of images.")
+
+    @Argument(help: "The model file.") var model: String
+    @Option(help: "Images: a .npy (float in [-1, 1] used as is; uint8 dequantized), a folder of PNG files, or an MNIST IDX file (plain or .gz).")
+    var images: String
+    @Option(help: "Labels: an int64/int32 .npy or an IDX labels file; -1 = unconditional.") var labels: String?
+    @Option(help: "Seed of the dequantization noise for integer images.") var seed: UInt64 = 0
+    @Option(help: "Images per forward pass.") var batchSize: Int = 64
+    @Option(help: "Index of the first image.") var offset: Int = 0
+    @Option(help: "Number of images (default: all after --offset).") var limit: Int?
+    @Option(help: "Write z (B,T,D), logdets (B) and bpd (B) to this .safetensors file.") var save: String?
+    @Option(help: "Threads for the GEMMs.") var threads: Int = 1
+    @Flag(help: "Print one JSON line.") var json = false
+
+    func run() throws {
+        guarded {
+            guard batchSize > 0 else { throw TarFlowError.invalidInput("--batch-size must be positive") }
+            guard offset >= 0 else { throw TarFlowError.invalidInput("--offset must be >= 0") }
+            if let limit, limit <= 0 { throw TarFlowError.invalidInput("--limit must be positive") }
+            guard threads > 0 else { throw TarFlowError.invalidInput("--threads must be positive") }
+            let m = try TarFlowModel(contentsOf: URL(fileURLWithPath: model), threads: threads)
+            let set = try ImageSet.load(contentsOf: URL(fileURLWithPath: images), channels: m.config.inChannels, size: m.config.imgSize)
+            let labs = try labels.map { try ImageSet.loadLabels(contentsOf: URL(fileURLWithPath: $0)) }
+            guard offset < set.count else { throw TarFlowError.invalidInput("--offset \(offset) is past the \(set.count) images") }
+            let end = limit.map { min(set.count, offset + $0) } ?? set.count
+            let r = try m.likelihood(images: set, labels: labs, range: offset..<end, batchSize: batchSize, seed: seed, keepLatents: save != nil)
+            if let save {
+                let n = r.count
+                try SafetensorsWriter.write([
+                    ("z", HostArray(shape: [n, m.config.numPatches, m.config.patchDim], floats: r.z)),
+                    ("logdets", HostArray(shape: [n], floats: r.logdets)),
+                    ("bpd", HostArray(shape: [n], floats: r.bitsPerDim.map { Float($0) })),
+                ], to: URL(fileURLWithPath: save))
+            }
+            if json {
+                print("{\"bits_per_dim\": \(r.meanBitsPerDim), \"nll\": \(r.meanNLL), \"count\": \(r.count)}")
+            } else {
+                print(String(format: "bits/dim %.4f  nll %.4f nats/dim  count %d", r.meanBitsPerDim, r.meanNLL, r.count))
+            }
+        }
+    }
+}
