@@ -31,6 +31,7 @@ public struct DeadCodeElimination: CompilerPass {
         graph.values = values
         graph.inputs = graph.inputs.map { remap[$0] }
         graph.outputs = graph.outputs.map { remap[$0] }
+        graph.state = graph.state.map { StateBinding(input: remap[$0.input], output: remap[$0.output]) }
         return true
     }
 }

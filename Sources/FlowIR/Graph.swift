@@ -22,6 +22,17 @@ public struct Node: Sendable, Hashable {
     }
 }
 
+/// A state kept by the runtime between calls: `output` is the new value of graph input
+/// `input`, computed in place (rule W10). A KV cache is one.
+public struct StateBinding: Sendable, Hashable {
+    public var input: ValueID
+    public var output: ValueID
+    public init(input: ValueID, output: ValueID) {
+        self.input = input
+        self.output = output
+    }
+}
+
 /// A function in SSA form: nodes in topological order, each value defined once.
 public struct Graph: Sendable, Hashable {
     public var name: String
@@ -29,13 +40,17 @@ public struct Graph: Sendable, Hashable {
     public var nodes: [Node]
     public var inputs: [ValueID]
     public var outputs: [ValueID]
+    /// Inputs whose new values (also graph outputs) the runtime keeps in place between calls.
+    public var state: [StateBinding]
 
-    public init(name: String, values: [Value] = [], nodes: [Node] = [], inputs: [ValueID] = [], outputs: [ValueID] = []) {
+    public init(name: String, values: [Value] = [], nodes: [Node] = [], inputs: [ValueID] = [], outputs: [ValueID] = [],
+                state: [StateBinding] = []) {
         self.name = name
         self.values = values
         self.nodes = nodes
         self.inputs = inputs
         self.outputs = outputs
+        self.state = state
     }
 
     public func value(named name: String) -> ValueID? {

@@ -37,6 +37,12 @@ public enum Op: Sendable, Hashable {
     case pad(axis: Int, before: Int, after: Int)
     /// Rows of `table` (axis 0) picked by int64 `indices`; a negative index counts from the end.
     case gather
+    /// `state` with the slice [position, position + u) along `axis` replaced by `update`
+    /// (u = update's size on that axis). Runtimes do it in place when `state` is a graph state.
+    case writeSlice(axis: Int)
+    /// Sets entries of the last axis with index j > position to `value` (a causal mask for a
+    /// single query row at a run-time position, as in a KV-cache decode step).
+    case maskAfter(value: Float)
 
     // Reductions.
     case reduceSum(axes: [Int], keepDims: Bool)
@@ -69,6 +75,8 @@ public enum Op: Sendable, Hashable {
         case .flip: "flip"
         case .pad: "pad"
         case .gather: "gather"
+        case .writeSlice: "write_slice"
+        case .maskAfter: "mask_after"
         case .reduceSum: "reduce_sum"
         case .reduceMean: "reduce_mean"
         }
@@ -78,7 +86,8 @@ public enum Op: Sendable, Hashable {
     public var arity: ClosedRange<Int> {
         switch self {
         case .constant, .full: 0...0
-        case .add, .sub, .mul, .div, .matmul, .gather: 2...2
+        case .add, .sub, .mul, .div, .matmul, .gather, .maskAfter: 2...2
+        case .writeSlice: 3...3
         case .neg, .exp, .gelu, .sqrt, .log, .scale, .softmax, .causalMask, .reshape, .transpose,
             .slice, .flip, .pad, .reduceSum, .reduceMean:
             1...1

@@ -14,6 +14,7 @@ public enum Printer {
             let type = n.outputs.map { g.values[$0].type.description }.joined(separator: ", ")
             s += "  \(outs) = \(n.op.name)\(attrs.isEmpty ? "" : "[\(attrs)]")(\(ins)) : \(type)\n"
         }
+        for st in g.state { s += "  state %\(g.values[st.input].name) <- %\(g.values[st.output].name)\n" }
         s += "}\n"
         return s
     }
@@ -35,11 +36,11 @@ public enum Printer {
         case .matmul(let ta, let tb): [ta ? "transpose_a" : nil, tb ? "transpose_b" : nil].compactMap { $0 }.joined(separator: ", ")
         case .layerNorm(let eps): "eps=\(fmt(eps))"
         case .softmax(let axis): "axis=\(axis)"
-        case .causalMask(let v): "value=\(fmt(v))"
+        case .causalMask(let v), .maskAfter(let v): "value=\(fmt(v))"
         case .reshape(let shape): "shape=\(dims(shape))"
         case .transpose(let perm): "perm=\(perm.map(String.init).joined(separator: ","))"
         case .slice(let axis, let start, let end): "axis=\(axis), \(start):\(end)"
-        case .concat(let axis), .flip(let axis): "axis=\(axis)"
+        case .concat(let axis), .flip(let axis), .writeSlice(let axis): "axis=\(axis)"
         case .pad(let axis, let before, let after): "axis=\(axis), before=\(before), after=\(after)"
         case .reduceSum(let axes, let keep), .reduceMean(let axes, let keep):
             "axes=\(axes.map(String.init).joined(separator: ","))\(keep ? ", keep_dims" : "")"

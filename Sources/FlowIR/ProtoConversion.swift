@@ -62,7 +62,8 @@ extension Graph {
                 nodes.append(Node(op: try Op(proto: n), inputs: n.inputs.map { Int($0) }, outputs: n.outputs.map { Int($0) }))
             } catch { throw error.located("\(loc), node \(i)") }
         }
-        self.init(name: g.name, values: values, nodes: nodes, inputs: g.inputs.map { Int($0) }, outputs: g.outputs.map { Int($0) })
+        self.init(name: g.name, values: values, nodes: nodes, inputs: g.inputs.map { Int($0) }, outputs: g.outputs.map { Int($0) },
+                  state: g.state.map { StateBinding(input: Int($0.input), output: Int($0.output)) })
     }
 
     var proto: Flowir_Graph {
@@ -83,6 +84,12 @@ extension Graph {
         }
         g.inputs = inputs.map { UInt32($0) }
         g.outputs = outputs.map { UInt32($0) }
+        g.state = state.map { st in
+            var b = Flowir_StateBinding()
+            b.input = UInt32(st.input)
+            b.output = UInt32(st.output)
+            return b
+        }
         return g
     }
 }
@@ -130,6 +137,8 @@ extension Op {
         case .opFlip: self = .flip(axis: try small(n.axis, "axis"))
         case .opPad: self = .pad(axis: try small(n.axis, "axis"), before: try small(n.before, "before"), after: try small(n.after, "after"))
         case .opGather: self = .gather
+        case .opWriteSlice: self = .writeSlice(axis: try small(n.axis, "axis"))
+        case .opMaskAfter: self = .maskAfter(value: n.value)
         case .opReduceSum: self = .reduceSum(axes: try ints(n.axes, "axes"), keepDims: n.keepDims)
         case .opReduceMean: self = .reduceMean(axes: try ints(n.axes, "axes"), keepDims: n.keepDims)
         case .opUnspecified, .UNRECOGNIZED:
@@ -164,6 +173,8 @@ extension Op {
         case .flip(let axis): p.op = .opFlip; p.axis = Int64(axis)
         case .pad(let axis, let b, let a): p.op = .opPad; p.axis = Int64(axis); p.before = Int64(b); p.after = Int64(a)
         case .gather: p.op = .opGather
+        case .writeSlice(let axis): p.op = .opWriteSlice; p.axis = Int64(axis)
+        case .maskAfter(let v): p.op = .opMaskAfter; p.value = v
         case .reduceSum(let axes, let keep): p.op = .opReduceSum; p.axes = axes.map { Int64($0) }; p.keepDims = keep
         case .reduceMean(let axes, let keep): p.op = .opReduceMean; p.axes = axes.map { Int64($0) }; p.keepDims = keep
         }

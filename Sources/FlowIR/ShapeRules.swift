@@ -122,6 +122,24 @@ extension Op {
             guard table.rank >= 1 else { throw fail("table needs rank >= 1") }
             _ = try fixedAxis(table, 0)
             return TensorType(.float32, idx.shape + table.shape.dropFirst())
+        case .writeSlice(let axis):
+            let s = inputs[0], u = inputs[1], p = inputs[2]
+            try needFloat(s, "state")
+            try needFloat(u, "update")
+            guard p.dtype == .int64, p.shape == [1] else { throw IRError(rule: "W9", "write_slice: position must be i64[1], is \(p)") }
+            guard s.rank == u.rank else { throw fail("state and update differ in rank") }
+            let n = try fixedAxis(s, axis), m = try fixedAxis(u, axis)
+            guard m <= n else { throw fail("update is longer (\(m)) than the state (\(n)) on axis \(axis)") }
+            for i in 0..<s.rank where i != axis && s.shape[i] != u.shape[i] {
+                throw fail("state and update differ on axis \(i): \(s.shape[i]) vs \(u.shape[i])")
+            }
+            return s
+        case .maskAfter:
+            let x = inputs[0], p = inputs[1]
+            try needFloat(x, "input")
+            guard x.rank >= 1 else { throw fail("needs rank >= 1") }
+            guard p.dtype == .int64, p.shape == [1] else { throw IRError(rule: "W9", "mask_after: position must be i64[1], is \(p)") }
+            return x
         case .reduceSum(let axes, let keep), .reduceMean(let axes, let keep):
             let x = inputs[0]
             try needFloat(x, "input")

@@ -78,6 +78,32 @@ public enum Verifier {
         for v in g.outputs where !defined[v] {
             throw IRError(rule: "W3", "output '\(g.values[v].name)' is never defined", at: loc)
         }
+        // W10: a state's new value is written in place: it is a graph output made by a chain of
+        // write_slice ops starting at the state input, and nothing else reads the old value.
+        var stateInputs = Set<ValueID>()
+        for st in g.state {
+            guard inRange(st.input), inRange(st.output) else { throw IRError(rule: "W1", "state binding index out of range", at: loc) }
+            let name = g.values[st.input].name
+            guard g.inputs.contains(st.input), g.outputs.contains(st.output) else {
+                throw IRError(rule: "W10", "state '\(name)' must bind a graph input to a graph output", at: loc)
+            }
+            guard stateInputs.insert(st.input).inserted else { throw IRError(rule: "W10", "state '\(name)' is bound twice", at: loc) }
+            guard g.values[st.input].type == g.values[st.output].type else {
+                throw IRError(rule: "W10", "state '\(name)' changes type", at: loc)
+            }
+            var chain = Set([st.input])
+            var cur = st.input
+            while cur != st.output {
+                let readers = g.nodes.filter { $0.inputs.contains(cur) }
+                guard readers.count == 1, case .writeSlice = readers[0].op, readers[0].inputs[0] == cur,
+                    readers[0].inputs.dropFirst().allSatisfy({ !chain.contains($0) })
+                else {
+                    throw IRError(rule: "W10", "state '\(name)': '\(g.values[cur].name)' must be read only by the write_slice that updates it", at: loc)
+                }
+                cur = readers[0].outputs[0]
+                chain.insert(cur)
+            }
+        }
     }
 }
 

@@ -17,7 +17,7 @@ public final class Executor: @unchecked Sendable {
     var fixed: [ValueID: UnsafeMutableRawPointer] = [:]
     var owned: [UnsafeMutableRawPointer] = []
     let model: Model
-    var instances: [[Int]: Instance] = [:]
+    var instances: [[Int]: BoundPlan] = [:]
     let lock = NSLockLike()
 
     public init(plan: ExecutionPlan, model: Model, threads: Int = 1) throws {
@@ -67,13 +67,28 @@ public final class Executor: @unchecked Sendable {
 
     // MARK: Running
 
-    /// Runs the plan; inputs by graph input name, outputs by graph output name.
+    /// Runs the plan; inputs by graph input name, outputs by graph output name. State inputs
+    /// may be omitted (the bound plan keeps them); state outputs are not returned.
     public func run(_ inputs: [String: Tensor]) throws -> [String: Tensor] {
         let inst = try instance(for: inputs)
         try inst.execute()
         var out: [String: Tensor] = [:]
-        for v in plan.graph.outputs { out[plan.graph.values[v].name] = inst.read(v) }
+        let states = Set(plan.graph.state.map(\.output))
+        for v in plan.graph.outputs where !states.contains(v) { out[plan.graph.values[v].name] = inst.read(v) }
         return out
+    }
+
+    /// The plan prepared for one binding of the symbols (e.g. `["B": 16]`), for callers that
+    /// write inputs and read outputs in place, call after call, with no allocation: the sampler's
+    /// decode steps. Bound plans are cached; state (KV caches) lives in them.
+    public func bind(_ bindings: [String: Int]) throws -> BoundPlan {
+        let key = bindings.keys.sorted().map { bindings[$0]! }
+        lock.lock()
+        defer { lock.unlock() }
+        if let i = instances[key] { return i }
+        let i = try BoundPlan(executor: self, bindings: bindings)
+        instances[key] = i
+        return i
     }
 
     /// Runs the plan and returns every value it computed (for differential tests and debugging).
@@ -85,12 +100,16 @@ public final class Executor: @unchecked Sendable {
 
     /// Binds symbols from the inputs' shapes, then finds or prepares the instance and copies
     /// the inputs into it.
-    func instance(for inputs: [String: Tensor]) throws -> Instance {
+    func instance(for inputs: [String: Tensor]) throws -> BoundPlan {
         let g = plan.graph
         var bindings: [String: Int] = [:]
+        let stateInputs = Set(g.state.map(\.input))
         for v in g.inputs {
             let val = g.values[v]
-            guard let t = inputs[val.name] else { throw RuntimeError("missing input '\(val.name)' (\(val.type))") }
+            guard let t = inputs[val.name] else {
+                if stateInputs.contains(v) { continue }
+                throw RuntimeError("missing input '\(val.name)' (\(val.type))")
+            }
             guard t.dtype == val.type.dtype else { throw RuntimeError("input '\(val.name)' must be \(val.type.dtype), is \(t.dtype)") }
             guard t.shape.count == val.type.rank else { throw RuntimeError("input '\(val.name)' must have shape \(val.type), has \(t.shape)") }
             for (d, n) in zip(val.type.shape, t.shape) {
@@ -107,18 +126,13 @@ public final class Executor: @unchecked Sendable {
         for name in inputs.keys where g.value(named: name).map({ g.inputs.contains($0) }) != true {
             throw RuntimeError("'\(name)' is not an input of graph '\(g.name)' (inputs: \(plan.inputNames.joined(separator: ", ")))")
         }
-        let key = bindings.keys.sorted().map { bindings[$0]! }
-        lock.lock()
-        defer { lock.unlock() }
-        let inst: Instance
-        if let i = instances[key] {
-            inst = i
-        } else {
-            inst = try Instance(executor: self, bindings: bindings)
-            instances[key] = inst
+        for s in Set(g.inputs.flatMap { g.values[$0].type.shape.compactMap { if case .symbol(let s) = $0 { s } else { nil } } })
+        where bindings[s] == nil {
+            throw RuntimeError("symbol \(s) appears only in state inputs; bind it with bind(_:)")
         }
+        let inst = try bind(bindings)
         for v in g.inputs {
-            let t = inputs[g.values[v].name]!
+            guard let t = inputs[g.values[v].name] else { continue }
             switch t.storage {
             case .float32(let f): f.withUnsafeBytes { inst.pointers[v]!.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
             case .int64(let i): i.withUnsafeBytes { inst.pointers[v]!.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
@@ -127,8 +141,11 @@ public final class Executor: @unchecked Sendable {
         return inst
     }
 
-    /// Everything prepared for one binding of the symbols.
-    final class Instance {
+}
+
+/// Everything prepared for one binding of the symbols: concrete shapes, one arena holding every
+/// buffer, kernels with their pointers and sizes. State inputs keep their values between runs.
+public final class BoundPlan: @unchecked Sendable {
         let shapes: [[Int]]
         var pointers: [UnsafeMutableRawPointer?]
         var steps: [PreparedStep] = []
@@ -143,11 +160,21 @@ public final class Executor: @unchecked Sendable {
             shapes = try ShapeInference.concreteShapes(g, bindings: bindings)
             pointers = [UnsafeMutableRawPointer?](repeating: nil, count: g.values.count)
             for (v, p) in e.fixed { pointers[v] = p }
+            // write_slice chains starting at a state input update it in place (rule W10).
+            var aliasOf: [ValueID: ValueID] = [:]
+            var chain = Set(g.state.map(\.input))
+            for s in e.plan.steps {
+                if case .writeSlice = s.op, chain.contains(s.inputs[0]) {
+                    aliasOf[s.outputs[0]] = aliasOf[s.inputs[0]] ?? s.inputs[0]
+                    chain.insert(s.outputs[0])
+                }
+            }
+            stateBuffers = g.state.map(\.input)
             // One arena; every non-fixed value gets its own 64-byte-aligned slot.
             var offsets: [ValueID: Int] = [:]
             var total = 0
             let dynamicValues = g.inputs + e.plan.steps.flatMap(\.outputs)
-            for v in dynamicValues where pointers[v] == nil && offsets[v] == nil {
+            for v in dynamicValues where pointers[v] == nil && offsets[v] == nil && aliasOf[v] == nil {
                 offsets[v] = total
                 let bytes = (elementCount(shapes[v]) ?? 0) * (g.values[v].type.dtype == .int64 ? 8 : 4)
                 total += (bytes + 63) / 64 * 64
@@ -156,6 +183,7 @@ public final class Executor: @unchecked Sendable {
             arena = UnsafeMutableRawPointer.allocate(byteCount: max(total, 64), alignment: 64)
             arena.initializeMemory(as: UInt8.self, repeating: 0, count: max(total, 64))
             for (v, o) in offsets { pointers[v] = arena + o }
+            for (v, root) in aliasOf { pointers[v] = pointers[root] }
             var scratch: [UnsafeMutableRawPointer] = []
             for s in e.plan.steps {
                 steps.append(try Executor.prepare(s, graph: g, shapes: { self.shapes[$0] }, pointer: { self.pointers[$0]! }, scratch: { n in
@@ -172,11 +200,32 @@ public final class Executor: @unchecked Sendable {
             for p in scratch { p.deallocate() }
         }
 
+        let stateBuffers: [ValueID]
+
         func execute() throws {
             for s in steps { try s.execute() }
         }
 
-        func read(_ v: ValueID) -> Tensor {
+        /// Runs the prepared steps on whatever the input buffers hold.
+        public func run() throws { try execute() }
+
+        /// Zeroes every state buffer (e.g. empties the KV caches before a new sequence).
+        public func resetState() {
+            for v in stateBuffers { pointers[v]!.initializeMemory(as: UInt8.self, repeating: 0, count: byteCount(v)) }
+        }
+
+        func byteCount(_ v: ValueID) -> Int { (elementCount(shapes[v]) ?? 0) * (graph.values[v].type.dtype == .int64 ? 8 : 4) }
+
+        /// The buffer of a graph input or output (or any value) by name, and its concrete shape.
+        public func buffer(_ name: String) -> (pointer: UnsafeMutableRawPointer, shape: [Int])? {
+            guard let v = graph.value(named: name), let p = pointers[v] else { return nil }
+            return (p, shapes[v])
+        }
+
+        /// Bytes of the arena holding every buffer of this binding.
+        public var arenaByteCount: Int { arenaBytes }
+
+        public func read(_ v: ValueID) -> Tensor {
             let n = elementCount(shapes[v]) ?? 0
             let p = pointers[v]!
             if graph.values[v].type.dtype == .int64 {
@@ -184,7 +233,9 @@ public final class Executor: @unchecked Sendable {
             }
             return Tensor(shape: shapes[v], floats: Array(UnsafeBufferPointer(start: p.assumingMemoryBound(to: Float.self), count: n)))
         }
-    }
+}
+
+extension Executor {
 
     /// Sets the OpenBLAS thread count (process-wide).
     public static func setBLASThreads(_ n: Int) {

@@ -24,6 +24,8 @@ enum PreparedStep {
     case gather(table: FPtr, rows: Int, rowSize: Int, indices: UnsafeMutablePointer<Int64>, count: Int, y: FPtr)
     case reduce(x: FPtr, y: FPtr, walk: StridedWalk, acc: UnsafeMutablePointer<Double>, outCount: Int, scale: Double)
     case fill(y: FPtr, count: Int, value: Float)
+    case writeSlice(x: FPtr, update: FPtr, position: UnsafeMutablePointer<Int64>, y: FPtr, outer: Int, n: Int, m: Int, inner: Int)
+    case maskAfter(x: FPtr, position: UnsafeMutablePointer<Int64>, y: FPtr, rows: Int, n: Int, value: Float)
 
     enum BinaryKind { case add, sub, mul, div }
     enum UnaryKind { case neg, exp, gelu, sqrt, log, scale(Float) }
@@ -118,6 +120,16 @@ enum PreparedStep {
             for i in 0..<outCount { y[i] = Float(acc[i] * scale) }
         case let .fill(y, count, value):
             y.update(repeating: value, count: count)
+        case let .writeSlice(x, update, position, y, outer, n, m, inner):
+            let p = Int(position[0])
+            guard p >= 0, p + m <= n else { throw RuntimeError("write_slice: position \(p) + \(m) is outside 0..<\(n)") }
+            if x != y { y.update(from: x, count: outer * n * inner) }
+            for o in 0..<outer { (y + (o * n + p) * inner).update(from: update + o * m * inner, count: m * inner) }
+        case let .maskAfter(x, position, y, rows, n, value):
+            let p = Int(position[0])
+            if x != y { y.update(from: x, count: rows * n) }
+            let first = max(0, min(n, p + 1))
+            if first < n { for r in 0..<rows { (y + r * n + first).update(repeating: value, count: n - first) } }
         }
     }
 }
@@ -217,6 +229,15 @@ extension Executor {
             let rowSize = elementCount(Array(t.dropFirst())) ?? 0
             let idx = pointer(s.inputs[1]).assumingMemoryBound(to: Int64.self)
             return .gather(table: f(x), rows: t[0], rowSize: rowSize, indices: idx, count: elementCount(shapeOf(s.inputs[1])) ?? 0, y: f(out))
+        case .writeSlice(let axis):
+            let (o, n, i) = Kernels.around(xshape, axis)
+            let m = shapeOf(s.inputs[1])[axis]
+            return .writeSlice(x: f(x), update: f(s.inputs[1]), position: pointer(s.inputs[2]).assumingMemoryBound(to: Int64.self),
+                               y: f(out), outer: o, n: n, m: m, inner: i)
+        case .maskAfter(let value):
+            let n = xshape.last ?? 1
+            return .maskAfter(x: f(x), position: pointer(s.inputs[1]).assumingMemoryBound(to: Int64.self), y: f(out),
+                              rows: n == 0 ? 0 : ocount / n, n: n, value: value)
         case .reduceSum(let axes, _), .reduceMean(let axes, _):
             // Walk the input contiguously; B-offsets address the kept dims of the output.
             var ostr = [Int](repeating: 0, count: xshape.count)

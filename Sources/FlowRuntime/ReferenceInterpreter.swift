@@ -241,6 +241,23 @@ public enum ReferenceInterpreter {
                 out += t.data[(r * rs)..<((r + 1) * rs)]
             }
             return RefTensor(shape: x[1].shape + t.shape.dropFirst(), data: out)
+        case .writeSlice(let axis):
+            let s = x[0].shape, u = x[1].shape
+            let p = Int(x[2].data[0])
+            guard p >= 0, p + u[axis] <= s[axis] else { throw RuntimeError("reference: write_slice position \(p) out of range") }
+            var out = x[0].data
+            for i in x[1].data.indices {
+                var idx = unravel(i, u)
+                idx[axis] += p
+                out[ravel(idx, s)] = x[1].data[i]
+            }
+            return RefTensor(shape: s, data: out)
+        case .maskAfter(let value):
+            let s = x[0].shape
+            let p = Int(x[1].data[0])
+            var out = x[0].data
+            for i in out.indices where unravel(i, s)[s.count - 1] > p { out[i] = Double(value) }
+            return RefTensor(shape: s, data: out)
         case .reduceSum(let axes, let keep), .reduceMean(let axes, let keep):
             let s = x[0].shape
             let kept = s.enumerated().map { axes.contains($0.offset) ? 1 : $0.element }

@@ -139,6 +139,12 @@ public nonisolated enum Flowir_OpCode: SwiftProtobuf.Enum, Swift.CaseIterable {
   /// table[N, ...], indices int64 [...]; negative index counts from the end
   case opGather // = 56
 
+  /// attr: axis; inputs state, update, position int64 [1] -> state with
+  case opWriteSlice // = 57
+
+  /// [position, position + update size) along axis replaced (in place)
+  case opMaskAfter // = 58
+
   /// Reductions.
   case opReduceSum // = 60
 
@@ -177,6 +183,8 @@ public nonisolated enum Flowir_OpCode: SwiftProtobuf.Enum, Swift.CaseIterable {
     case 54: self = .opFlip
     case 55: self = .opPad
     case 56: self = .opGather
+    case 57: self = .opWriteSlice
+    case 58: self = .opMaskAfter
     case 60: self = .opReduceSum
     case 61: self = .opReduceMean
     default: self = .UNRECOGNIZED(rawValue)
@@ -210,6 +218,8 @@ public nonisolated enum Flowir_OpCode: SwiftProtobuf.Enum, Swift.CaseIterable {
     case .opFlip: return 54
     case .opPad: return 55
     case .opGather: return 56
+    case .opWriteSlice: return 57
+    case .opMaskAfter: return 58
     case .opReduceSum: return 60
     case .opReduceMean: return 61
     case .UNRECOGNIZED(let i): return i
@@ -243,6 +253,8 @@ public nonisolated enum Flowir_OpCode: SwiftProtobuf.Enum, Swift.CaseIterable {
     .opFlip,
     .opPad,
     .opGather,
+    .opWriteSlice,
+    .opMaskAfter,
     .opReduceSum,
     .opReduceMean,
   ]
@@ -402,6 +414,22 @@ public nonisolated struct Flowir_Node: @unchecked Sendable {
   fileprivate var _storage = _StorageClass.defaultInstance
 }
 
+/// A state the runtime keeps between calls (e.g. a KV cache): `output` is the new value of
+/// graph input `input`, computed in place in the same buffer (rule W10).
+public nonisolated struct Flowir_StateBinding: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var input: UInt32 = 0
+
+  public var output: UInt32 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 /// A function: values, nodes in a topological order, and which values are inputs and outputs.
 public nonisolated struct Flowir_Graph: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
@@ -417,6 +445,8 @@ public nonisolated struct Flowir_Graph: Sendable {
   public var inputs: [UInt32] = []
 
   public var outputs: [UInt32] = []
+
+  public var state: [Flowir_StateBinding] = []
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -530,7 +560,7 @@ nonisolated extension Flowir_DType: SwiftProtobuf._ProtoNameProviding {
 }
 
 nonisolated extension Flowir_OpCode: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0OP_UNSPECIFIED\0\u{1}OP_CONSTANT\0\u{1}OP_FULL\0\u{2}\u{8}OP_ADD\0\u{1}OP_SUB\0\u{1}OP_MUL\0\u{1}OP_DIV\0\u{1}OP_NEG\0\u{1}OP_EXP\0\u{1}OP_GELU\0\u{1}OP_SQRT\0\u{1}OP_LOG\0\u{1}OP_SCALE\0\u{2}\u{b}OP_MATMUL\0\u{1}OP_LINEAR\0\u{2}\u{9}OP_LAYER_NORM\0\u{1}OP_SOFTMAX\0\u{1}OP_CAUSAL_MASK\0\u{2}\u{8}OP_RESHAPE\0\u{1}OP_TRANSPOSE\0\u{1}OP_SLICE\0\u{1}OP_CONCAT\0\u{1}OP_FLIP\0\u{1}OP_PAD\0\u{1}OP_GATHER\0\u{2}\u{4}OP_REDUCE_SUM\0\u{1}OP_REDUCE_MEAN\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0OP_UNSPECIFIED\0\u{1}OP_CONSTANT\0\u{1}OP_FULL\0\u{2}\u{8}OP_ADD\0\u{1}OP_SUB\0\u{1}OP_MUL\0\u{1}OP_DIV\0\u{1}OP_NEG\0\u{1}OP_EXP\0\u{1}OP_GELU\0\u{1}OP_SQRT\0\u{1}OP_LOG\0\u{1}OP_SCALE\0\u{2}\u{b}OP_MATMUL\0\u{1}OP_LINEAR\0\u{2}\u{9}OP_LAYER_NORM\0\u{1}OP_SOFTMAX\0\u{1}OP_CAUSAL_MASK\0\u{2}\u{8}OP_RESHAPE\0\u{1}OP_TRANSPOSE\0\u{1}OP_SLICE\0\u{1}OP_CONCAT\0\u{1}OP_FLIP\0\u{1}OP_PAD\0\u{1}OP_GATHER\0\u{1}OP_WRITE_SLICE\0\u{1}OP_MASK_AFTER\0\u{2}\u{2}OP_REDUCE_SUM\0\u{1}OP_REDUCE_MEAN\0")
 }
 
 nonisolated extension Flowir_Dim: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
@@ -808,9 +838,44 @@ nonisolated extension Flowir_Node: SwiftProtobuf.Message, SwiftProtobuf._Message
   }
 }
 
+nonisolated extension Flowir_StateBinding: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".StateBinding"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}input\0\u{1}output\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt32Field(value: &self.input) }()
+      case 2: try { try decoder.decodeSingularUInt32Field(value: &self.output) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.input != 0 {
+      try visitor.visitSingularUInt32Field(value: self.input, fieldNumber: 1)
+    }
+    if self.output != 0 {
+      try visitor.visitSingularUInt32Field(value: self.output, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Flowir_StateBinding, rhs: Flowir_StateBinding) -> Bool {
+    if lhs.input != rhs.input {return false}
+    if lhs.output != rhs.output {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
 nonisolated extension Flowir_Graph: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Graph"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}values\0\u{1}nodes\0\u{1}inputs\0\u{1}outputs\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}values\0\u{1}nodes\0\u{1}inputs\0\u{1}outputs\0\u{1}state\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -823,6 +888,7 @@ nonisolated extension Flowir_Graph: SwiftProtobuf.Message, SwiftProtobuf._Messag
       case 3: try { try decoder.decodeRepeatedMessageField(value: &self.nodes) }()
       case 4: try { try decoder.decodeRepeatedUInt32Field(value: &self.inputs) }()
       case 5: try { try decoder.decodeRepeatedUInt32Field(value: &self.outputs) }()
+      case 6: try { try decoder.decodeRepeatedMessageField(value: &self.state) }()
       default: break
       }
     }
@@ -844,6 +910,9 @@ nonisolated extension Flowir_Graph: SwiftProtobuf.Message, SwiftProtobuf._Messag
     if !self.outputs.isEmpty {
       try visitor.visitPackedUInt32Field(value: self.outputs, fieldNumber: 5)
     }
+    if !self.state.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.state, fieldNumber: 6)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -853,6 +922,7 @@ nonisolated extension Flowir_Graph: SwiftProtobuf.Message, SwiftProtobuf._Messag
     if lhs.nodes != rhs.nodes {return false}
     if lhs.inputs != rhs.inputs {return false}
     if lhs.outputs != rhs.outputs {return false}
+    if lhs.state != rhs.state {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
