@@ -44,11 +44,11 @@ let package = Package(
 
         // MARK: - Tests
         .testTarget(name: "FlowIRTests", dependencies: ["FlowIR"]),
-        .testTarget(name: "FlowCompilerTests", dependencies: ["FlowIR", "FlowCompiler"]),
+        .testTarget(name: "FlowCompilerTests", dependencies: ["FlowIR", "FlowCompiler", "FlowRuntime"]),
         .testTarget(name: "FlowRuntimeTests", dependencies: ["FlowIR", "FlowCompiler", "FlowRuntime"]),
         .testTarget(
             name: "TarFlowTests",
-            dependencies: ["TarFlow", "FlowIR", "FlowCompiler", "FlowRuntime"],
+            dependencies: ["TarFlow", "FlowIR", "FlowCompiler", "FlowRuntime", "tarflow"],
             exclude: [],
             resources: []
         ),

@@ -11,6 +11,8 @@ public enum Op: Sendable, Hashable {
     // Elementwise; binary ops broadcast as NumPy does.
     case add, sub, mul, div
     case neg, exp, gelu, sqrt, log
+    /// The error function; the derivative of `gelu` needs it.
+    case erf
     /// `value * x`.
     case scale(Float)
 
@@ -62,6 +64,7 @@ public enum Op: Sendable, Hashable {
         case .gelu: "gelu"
         case .sqrt: "sqrt"
         case .log: "log"
+        case .erf: "erf"
         case .scale: "scale"
         case .matmul: "matmul"
         case .linear: "linear"
@@ -88,7 +91,7 @@ public enum Op: Sendable, Hashable {
         case .constant, .full: 0...0
         case .add, .sub, .mul, .div, .matmul, .gather, .maskAfter: 2...2
         case .writeSlice: 3...3
-        case .neg, .exp, .gelu, .sqrt, .log, .scale, .softmax, .causalMask, .reshape, .transpose,
+        case .neg, .exp, .gelu, .sqrt, .log, .erf, .scale, .softmax, .causalMask, .reshape, .transpose,
             .slice, .flip, .pad, .reduceSum, .reduceMean:
             1...1
         case .linear: 2...3
@@ -100,7 +103,7 @@ public enum Op: Sendable, Hashable {
     /// True for ops whose output element i depends only on input element i (same shape).
     public var isUnaryElementwise: Bool {
         switch self {
-        case .neg, .exp, .gelu, .sqrt, .log, .scale: true
+        case .neg, .exp, .gelu, .sqrt, .log, .erf, .scale: true
         default: false
         }
     }

@@ -31,7 +31,7 @@ public enum Printer {
         switch op {
         case .constant(let t): "\"\(t)\""
         case .full(let v, let shape): "value=\(fmt(v)), shape=\(dims(shape))"
-        case .add, .sub, .mul, .div, .neg, .exp, .gelu, .sqrt, .log, .linear, .gather: ""
+        case .add, .sub, .mul, .div, .neg, .exp, .gelu, .sqrt, .log, .erf, .linear, .gather: ""
         case .scale(let v): "value=\(fmt(v))"
         case .matmul(let ta, let tb): [ta ? "transpose_a" : nil, tb ? "transpose_b" : nil].compactMap { $0 }.joined(separator: ", ")
         case .layerNorm(let eps): "eps=\(fmt(eps))"

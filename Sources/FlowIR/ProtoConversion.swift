@@ -124,6 +124,7 @@ extension Op {
         case .opGelu: self = .gelu
         case .opSqrt: self = .sqrt
         case .opLog: self = .log
+        case .opErf: self = .erf
         case .opScale: self = .scale(n.value)
         case .opMatmul: self = .matmul(transposeA: n.transposeA, transposeB: n.transposeB)
         case .opLinear: self = .linear
@@ -160,6 +161,7 @@ extension Op {
         case .gelu: p.op = .opGelu
         case .sqrt: p.op = .opSqrt
         case .log: p.op = .opLog
+        case .erf: p.op = .opErf
         case .scale(let v): p.op = .opScale; p.value = v
         case .matmul(let ta, let tb): p.op = .opMatmul; p.transposeA = ta; p.transposeB = tb
         case .linear: p.op = .opLinear

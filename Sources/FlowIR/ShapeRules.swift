@@ -28,7 +28,7 @@ extension Op {
             try needFloat(inputs[0], "lhs")
             try needFloat(inputs[1], "rhs")
             return TensorType(.float32, try Op.broadcast(inputs[0].shape, inputs[1].shape, fail))
-        case .neg, .exp, .gelu, .sqrt, .log, .scale:
+        case .neg, .exp, .gelu, .sqrt, .log, .erf, .scale:
             try needFloat(inputs[0], "input")
             return inputs[0]
         case .matmul(let ta, let tb):

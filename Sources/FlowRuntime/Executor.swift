@@ -157,6 +157,7 @@ public final class BoundPlan: @unchecked Sendable {
         init(executor e: Executor, bindings: [String: Int]) throws {
             let g = e.plan.graph
             graph = g
+            threads = e.threads
             shapes = try ShapeInference.concreteShapes(g, bindings: bindings)
             pointers = [UnsafeMutableRawPointer?](repeating: nil, count: g.values.count)
             for (v, p) in e.fixed { pointers[v] = p }
@@ -202,7 +203,10 @@ public final class BoundPlan: @unchecked Sendable {
 
         let stateBuffers: [ValueID]
 
+        let threads: Int
+
         func execute() throws {
+            Executor.setBLASThreads(threads)
             for s in steps { try s.execute() }
         }
 
@@ -237,10 +241,18 @@ public final class BoundPlan: @unchecked Sendable {
 
 extension Executor {
 
-    /// Sets the OpenBLAS thread count (process-wide).
+    /// Sets the OpenBLAS thread count (process-wide; OpenBLAS has no per-call setting).
     public static func setBLASThreads(_ n: Int) {
-        openblas_set_num_threads(Int32(max(1, n)))
+        let n = max(1, n)
+        blasLock.lock()
+        defer { blasLock.unlock() }
+        if blasThreads != n {
+            openblas_set_num_threads(Int32(n))
+            blasThreads = n
+        }
     }
+    nonisolated(unsafe) static var blasThreads = 0
+    static let blasLock = NSLockLike()
 }
 
 /// A tiny mutex (Foundation-free), guarding the instance cache.

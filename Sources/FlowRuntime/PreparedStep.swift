@@ -28,7 +28,7 @@ enum PreparedStep {
     case maskAfter(x: FPtr, position: UnsafeMutablePointer<Int64>, y: FPtr, rows: Int, n: Int, value: Float)
 
     enum BinaryKind { case add, sub, mul, div }
-    enum UnaryKind { case neg, exp, gelu, sqrt, log, scale(Float) }
+    enum UnaryKind { case neg, exp, gelu, sqrt, log, erf, scale(Float) }
 
     func execute() throws {
         switch self {
@@ -57,6 +57,7 @@ enum PreparedStep {
             case .gelu: for i in 0..<count { y[i] = Kernels.gelu(x[i]) }
             case .sqrt: for i in 0..<count { y[i] = x[i].squareRoot() }
             case .log: for i in 0..<count { y[i] = logf(x[i]) }
+            case .erf: for i in 0..<count { y[i] = erff(x[i]) }
             case .scale(let s): for i in 0..<count { y[i] = s * x[i] }
             }
         case let .layerNorm(x, w, b, y, rows, c, eps):
@@ -164,6 +165,7 @@ extension Executor {
         case .gelu: return .unary(.gelu, x: f(x), y: f(out), count: ocount)
         case .sqrt: return .unary(.sqrt, x: f(x), y: f(out), count: ocount)
         case .log: return .unary(.log, x: f(x), y: f(out), count: ocount)
+        case .erf: return .unary(.erf, x: f(x), y: f(out), count: ocount)
         case .scale(let v): return .unary(.scale(v), x: f(x), y: f(out), count: ocount)
         case .linear:
             let w = shapeOf(s.inputs[1])

@@ -107,6 +107,7 @@ public enum ReferenceInterpreter {
         case .gelu: return RefTensor(shape: x[0].shape, data: x[0].data.map { 0.5 * $0 * (1 + erf($0 / 2.0.squareRoot())) })
         case .sqrt: return RefTensor(shape: x[0].shape, data: x[0].data.map { $0.squareRoot() })
         case .log: return RefTensor(shape: x[0].shape, data: x[0].data.map { Glibc.log($0) })
+        case .erf: return RefTensor(shape: x[0].shape, data: x[0].data.map { Glibc.erf($0) })
         case .scale(let v): return RefTensor(shape: x[0].shape, data: x[0].data.map { Double(v) * $0 })
         case .linear:
             let w = x[1]

@@ -109,6 +109,7 @@ public enum Converter {
         var model = Model(graphs: [], tensors: weights, metadata: config.metadata)
         let types = model.constantTypes
         model.graphs = [try TarFlowGraphs.forward(config, constants: types)]
+        for k in 0..<config.numBlocks { model.graphs.append(try TarFlowGraphs.decodeStep(config, block: k, constants: types)) }
         if let noiseStd { model.metadata["tarflow.noise_std"] = .double(noiseStd) }
         model.metadata["converter"] = .string("tarflow convert (swift-tarflow, format \(ModelFile.formatVersion))")
         try model.verify()

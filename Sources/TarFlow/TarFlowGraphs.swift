@@ -32,7 +32,14 @@ public enum TarFlowGraphs {
                 hcur = try b.apply(.add, hcur, try classEmbedding(b, pre: pre, labels: y, classes: c.numClasses, channels: C))
             }
             for l in 0..<c.layersPerBlock {
-                hcur = try attentionLayer(b, pre: "\(pre).attn_blocks.\(l)", h: hcur, c: c, tokens: T)
+                hcur = try attentionLayer(b, pre: "\(pre).attn_blocks.\(l)", h: hcur, c: c, tokens: T) { (q, k, v) throws(IRError) in
+                    // scaled_dot_product_attention with scale (hd^-1/4)^2 and a lower-triangular mask.
+                    var s = try b.apply(.matmul(transposeA: false, transposeB: true), q, k)
+                    s = try b.apply(.scale(attentionScale(c)), s)
+                    s = try b.apply(.causalMask(value: -.infinity), s)
+                    s = try b.apply(.softmax(axis: 3), s)
+                    return try b.apply(.matmul(transposeA: false, transposeB: false), s, v)
+                }
             }
             let out = try b.apply(.linear, inputs: [hcur, try b.constant("\(pre).proj_out.weight"), try b.constant("\(pre).proj_out.bias")])
             // Shift by one token: row t takes the output of row t − 1, row 0 is zero.
@@ -68,8 +75,79 @@ public enum TarFlowGraphs {
         return try b.apply(.reshape(shape: [.batch, 1, .fixed(C)]), rows)
     }
 
-    /// Pre-LayerNorm causal self-attention and MLP, each with a residual connection.
-    static func attentionLayer(_ b: GraphBuilder, pre: String, h: ValueID, c: TarFlowConfig, tokens T: Int) throws(IRError) -> ValueID {
+    /// The official logit scale, `head_dim ** -0.25` squared.
+    static func attentionScale(_ c: TarFlowConfig) -> Float {
+        let r = 1 / Double(c.headDim).squareRoot().squareRoot()
+        return Float(r * r)
+    }
+
+    /// One step of `MetaBlock.reverse` for block `k`: token i in, (a, b) for token i + 1 out,
+    /// with the K/V cache of every layer as graph state updated in place.
+    ///
+    /// Inputs: `x` f32[B,1,D] (token i, in the block's permuted order), `pos` i64[1] (= i),
+    /// `y` i64[B] for conditional models (−1 = mean class embedding), `logit_scale` f32[B,1,1,1]
+    /// (the attention scale divided by the row's attention temperature), and the states
+    /// `cache.k{l}`, `cache.v{l}` f32[B,H,T,hd]. Outputs: `a`, `b` f32[B,1,D] (a = 0 when
+    /// volume-preserving). Guidance runs the unguided branch as more rows of the same batch.
+    public static func decodeStep(_ c: TarFlowConfig, block k: Int, constants: [String: TensorType]) throws(IRError) -> Graph {
+        let b = GraphBuilder(name: "decode\(k)", constants: constants)
+        let B = Dim.batch
+        let T = c.numPatches, D = c.patchDim, C = c.channels, H = c.numHeads, hd = c.headDim
+        let pre = "blocks.\(k)"
+        let x = b.input("x", TensorType(.float32, [B, 1, .fixed(D)]))
+        let pos = b.input("pos", TensorType(.int64, [1]))
+        let y: ValueID? = c.numClasses > 0 ? b.input("y", TensorType(.int64, [B])) : nil
+        let logitScale = b.input("logit_scale", TensorType(.float32, [B, 1, 1, 1]))
+        let cacheType = TensorType(.float32, [B, .fixed(H), .fixed(T), .fixed(hd)])
+        var caches: [(ValueID, ValueID)] = []
+        for l in 0..<c.layersPerBlock {
+            caches.append((b.input("cache.k\(l)", cacheType), b.input("cache.v\(l)", cacheType)))
+        }
+
+        var table = try b.constant("\(pre).pos_embed")
+        if k % 2 == 1 { table = try b.apply(.flip(axis: 0), table) }
+        let posRow = try b.apply(.reshape(shape: [1, 1, .fixed(C)]), try b.apply(.gather, table, pos))
+        var h = try b.apply(.linear, inputs: [x, try b.constant("\(pre).proj_in.weight"), try b.constant("\(pre).proj_in.bias")])
+        h = try b.apply(.add, h, posRow)
+        if let y { h = try b.apply(.add, h, try classEmbedding(b, pre: pre, labels: y, classes: c.numClasses, channels: C)) }
+        var newCaches: [(ValueID, ValueID)] = []
+        for l in 0..<c.layersPerBlock {
+            h = try attentionLayer(b, pre: "\(pre).attn_blocks.\(l)", h: h, c: c, tokens: 1) { (q, kNew, vNew) throws(IRError) in
+                let kc = try b.apply(.writeSlice(axis: 2), caches[l].0, kNew, pos, name: "cache.k\(l).next")
+                let vc = try b.apply(.writeSlice(axis: 2), caches[l].1, vNew, pos, name: "cache.v\(l).next")
+                newCaches.append((kc, vc))
+                var s = try b.apply(.matmul(transposeA: false, transposeB: true), q, kc)  // [B,H,1,T]
+                s = try b.apply(.mul, s, logitScale)
+                s = try b.apply(.maskAfter(value: -.infinity), s, pos)
+                s = try b.apply(.softmax(axis: 3), s)
+                return try b.apply(.matmul(transposeA: false, transposeB: false), s, vc)
+            }
+        }
+        let out = try b.apply(.linear, inputs: [h, try b.constant("\(pre).proj_out.weight"), try b.constant("\(pre).proj_out.bias")])
+        let a: ValueID, bb: ValueID
+        if c.nvp {
+            a = try b.apply(.slice(axis: 2, start: 0, end: D), out, name: "a")
+            bb = try b.apply(.slice(axis: 2, start: D, end: 2 * D), out, name: "b")
+        } else {
+            a = try b.apply(.full(value: 0, shape: [B, 1, .fixed(D)]), name: "a")
+            bb = out
+            b.rename(out, "b")
+        }
+        b.output(a)
+        b.output(bb)
+        var g = b.graph
+        for (l, (kc, vc)) in newCaches.enumerated() {
+            g.outputs += [kc, vc]
+            g.state.append(StateBinding(input: caches[l].0, output: kc))
+            g.state.append(StateBinding(input: caches[l].1, output: vc))
+        }
+        return g
+    }
+
+    /// Pre-LayerNorm self-attention and MLP, each with a residual connection. `attend` maps
+    /// per-head q, k, v [B,H,tokens,hd] to the attention output [B,H,tokens,hd].
+    static func attentionLayer(_ b: GraphBuilder, pre: String, h: ValueID, c: TarFlowConfig, tokens T: Int,
+                               attend: (ValueID, ValueID, ValueID) throws(IRError) -> ValueID) throws(IRError) -> ValueID {
         let B = Dim.batch, C = c.channels, H = c.numHeads, hd = c.headDim
         let eps: Float = 1e-5
         func const(_ n: String) throws(IRError) -> ValueID { try b.constant("\(pre).\(n)") }
@@ -81,13 +159,7 @@ public enum TarFlowGraphs {
         let q = try b.apply(.slice(axis: 1, start: 0, end: H), heads)
         let k = try b.apply(.slice(axis: 1, start: H, end: 2 * H), heads)
         let v = try b.apply(.slice(axis: 1, start: 2 * H, end: 3 * H), heads)
-        // scaled_dot_product_attention with scale = (hd^-1/4)^2 and a lower-triangular mask.
-        let scale = Float(Double(hd).squareRoot().squareRoot().reciprocal * Double(hd).squareRoot().squareRoot().reciprocal)
-        var s = try b.apply(.matmul(transposeA: false, transposeB: true), q, k)
-        s = try b.apply(.scale(scale), s)
-        s = try b.apply(.causalMask(value: -.infinity), s)
-        s = try b.apply(.softmax(axis: 3), s)
-        var o = try b.apply(.matmul(transposeA: false, transposeB: false), s, v)
+        var o = try attend(q, k, v)
         o = try b.apply(.reshape(shape: [B, .fixed(T), .fixed(C)]), try b.apply(.transpose(perm: [0, 2, 1, 3]), o))
         let attn = try b.apply(.linear, inputs: [o, try const("attention.proj.weight"), try const("attention.proj.bias")])
         let h1 = try b.apply(.add, h, attn)
@@ -98,8 +170,4 @@ public enum TarFlowGraphs {
         m = try b.apply(.linear, inputs: [m, try const("mlp.main.2.weight"), try const("mlp.main.2.bias")])
         return try b.apply(.add, h1, m)
     }
-}
-
-extension Double {
-    fileprivate var reciprocal: Double { 1 / self }
 }

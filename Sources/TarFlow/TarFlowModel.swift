@@ -3,6 +3,9 @@ import FlowCompiler
 import FlowIR
 import FlowRuntime
 
+/// The runtime's host tensor, so users of the TarFlow library need no other import.
+public typealias Tensor = FlowRuntime.Tensor
+
 /// A TarFlow model loaded from a model file: its config, weights and compiled graphs.
 ///
 /// ```swift
@@ -21,6 +24,7 @@ public final class TarFlowModel: @unchecked Sendable {
     public let threads: Int
     let lock = NSLock()
     var forwardExecutor: Executor?
+    var decodeExecutors: [Int: Executor] = [:]
 
     public convenience init(contentsOf url: URL, threads: Int = 1) throws {
         try self.init(model: try ModelFile.read(contentsOf: url), threads: threads)
@@ -40,7 +44,6 @@ public final class TarFlowModel: @unchecked Sendable {
         defer { lock.unlock() }
         if let e = forwardExecutor { return e }
         let plan = try Compiler.compile(model.graph(named: "forward")!, constants: model.constantTypes)
-        Executor.setBLASThreads(threads)
         let e = try Executor(plan: plan, model: model, threads: threads)
         forwardExecutor = e
         return e

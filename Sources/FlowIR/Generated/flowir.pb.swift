@@ -103,6 +103,9 @@ public nonisolated enum Flowir_OpCode: SwiftProtobuf.Enum, Swift.CaseIterable {
   /// attr: value (y = value * x)
   case opScale // = 19
 
+  /// the error function (the derivative of gelu uses it)
+  case opErf // = 20
+
   /// Linear algebra.
   case opMatmul // = 30
 
@@ -171,6 +174,7 @@ public nonisolated enum Flowir_OpCode: SwiftProtobuf.Enum, Swift.CaseIterable {
     case 17: self = .opSqrt
     case 18: self = .opLog
     case 19: self = .opScale
+    case 20: self = .opErf
     case 30: self = .opMatmul
     case 31: self = .opLinear
     case 40: self = .opLayerNorm
@@ -206,6 +210,7 @@ public nonisolated enum Flowir_OpCode: SwiftProtobuf.Enum, Swift.CaseIterable {
     case .opSqrt: return 17
     case .opLog: return 18
     case .opScale: return 19
+    case .opErf: return 20
     case .opMatmul: return 30
     case .opLinear: return 31
     case .opLayerNorm: return 40
@@ -241,6 +246,7 @@ public nonisolated enum Flowir_OpCode: SwiftProtobuf.Enum, Swift.CaseIterable {
     .opSqrt,
     .opLog,
     .opScale,
+    .opErf,
     .opMatmul,
     .opLinear,
     .opLayerNorm,
@@ -560,7 +566,7 @@ nonisolated extension Flowir_DType: SwiftProtobuf._ProtoNameProviding {
 }
 
 nonisolated extension Flowir_OpCode: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0OP_UNSPECIFIED\0\u{1}OP_CONSTANT\0\u{1}OP_FULL\0\u{2}\u{8}OP_ADD\0\u{1}OP_SUB\0\u{1}OP_MUL\0\u{1}OP_DIV\0\u{1}OP_NEG\0\u{1}OP_EXP\0\u{1}OP_GELU\0\u{1}OP_SQRT\0\u{1}OP_LOG\0\u{1}OP_SCALE\0\u{2}\u{b}OP_MATMUL\0\u{1}OP_LINEAR\0\u{2}\u{9}OP_LAYER_NORM\0\u{1}OP_SOFTMAX\0\u{1}OP_CAUSAL_MASK\0\u{2}\u{8}OP_RESHAPE\0\u{1}OP_TRANSPOSE\0\u{1}OP_SLICE\0\u{1}OP_CONCAT\0\u{1}OP_FLIP\0\u{1}OP_PAD\0\u{1}OP_GATHER\0\u{1}OP_WRITE_SLICE\0\u{1}OP_MASK_AFTER\0\u{2}\u{2}OP_REDUCE_SUM\0\u{1}OP_REDUCE_MEAN\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0OP_UNSPECIFIED\0\u{1}OP_CONSTANT\0\u{1}OP_FULL\0\u{2}\u{8}OP_ADD\0\u{1}OP_SUB\0\u{1}OP_MUL\0\u{1}OP_DIV\0\u{1}OP_NEG\0\u{1}OP_EXP\0\u{1}OP_GELU\0\u{1}OP_SQRT\0\u{1}OP_LOG\0\u{1}OP_SCALE\0\u{1}OP_ERF\0\u{2}\u{a}OP_MATMUL\0\u{1}OP_LINEAR\0\u{2}\u{9}OP_LAYER_NORM\0\u{1}OP_SOFTMAX\0\u{1}OP_CAUSAL_MASK\0\u{2}\u{8}OP_RESHAPE\0\u{1}OP_TRANSPOSE\0\u{1}OP_SLICE\0\u{1}OP_CONCAT\0\u{1}OP_FLIP\0\u{1}OP_PAD\0\u{1}OP_GATHER\0\u{1}OP_WRITE_SLICE\0\u{1}OP_MASK_AFTER\0\u{2}\u{2}OP_REDUCE_SUM\0\u{1}OP_REDUCE_MEAN\0")
 }
 
 nonisolated extension Flowir_Dim: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {

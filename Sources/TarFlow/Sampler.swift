@@ -1,0 +1,165 @@
+import Foundation
+import FlowCompiler
+import FlowIR
+import FlowRuntime
+
+/// Classifier-free guidance and temperature settings of `Model.reverse`.
+public struct SamplingOptions: Sendable, Hashable {
+    /// Guidance weight W ≥ 0; 0 runs no unguided branch.
+    public var guidance: Float = 0
+    /// Which of a, b guidance acts on.
+    public var guideA = true
+    public var guideB = true
+    /// The unguided branch divides its attention logits by this (> 0).
+    public var attentionTemperature: Float = 1
+    /// g_i = (i + 1) / (T − 1) · W instead of W.
+    public var annealed = false
+    /// Scales the prior noise (τ).
+    public var temperature: Float = 1
+
+    public init(guidance: Float = 0, guideWhat: String = "ab", attentionTemperature: Float = 1, annealed: Bool = false,
+                temperature: Float = 1) {
+        self.guidance = guidance
+        guideA = guideWhat.contains("a")
+        guideB = guideWhat.contains("b")
+        self.attentionTemperature = attentionTemperature
+        self.annealed = annealed
+        self.temperature = temperature
+    }
+
+    func validate() throws {
+        guard guidance >= 0, guidance.isFinite else { throw TarFlowError.invalidInput("guidance must be a finite number >= 0, is \(guidance)") }
+        guard attentionTemperature > 0, attentionTemperature.isFinite else {
+            throw TarFlowError.invalidInput("attention temperature must be > 0, is \(attentionTemperature)")
+        }
+        guard temperature >= 0, temperature.isFinite else { throw TarFlowError.invalidInput("temperature must be a finite number >= 0, is \(temperature)") }
+    }
+}
+
+/// Where sampling is: block (in the order run, 0 first) and token, for progress reports.
+public struct SamplingProgress: Sendable {
+    public var block: Int
+    public var blocks: Int
+    public var token: Int
+    public var tokens: Int
+    /// Fraction done, 0…1.
+    public var fraction: Double { (Double(block) + Double(token) / Double(max(tokens, 1))) / Double(max(blocks, 1)) }
+}
+
+extension TarFlowModel {
+    /// Prior noise f32[count, T, D] from the counter-based generator: element i of stream
+    /// `seed` is `CounterRNG(seed).gaussian(i)`, identical on every machine and thread count.
+    public func noise(count: Int, seed: UInt64) -> Tensor {
+        let n = count * config.numPatches * config.patchDim
+        let rng = CounterRNG(seed: seed)
+        return Tensor(shape: [count, config.numPatches, config.patchDim], floats: (0..<n).map { rng.gaussian(UInt64($0)) })
+    }
+
+    /// The compiled decode step of block `k`.
+    func decodePlan(_ k: Int) throws -> Executor {
+        lock.lock()
+        defer { lock.unlock() }
+        if let e = decodeExecutors[k] { return e }
+        guard let g = model.graph(named: "decode\(k)") else {
+            throw TarFlowError.invalidModel("the model file has no 'decode\(k)' graph; re-convert it with this version of `tarflow convert`")
+        }
+        let e = try Executor(plan: try Compiler.compile(g, constants: model.constantTypes), model: model, threads: threads)
+        decodeExecutors[k] = e
+        return e
+    }
+
+    /// `Model.reverse`: prior noise f32[B, T, D] → images f32[B, C, H, W] in model space.
+    /// Labels: one per image, −1 = no label (mean class embedding); nil = all −1.
+    public func sample(noise: Tensor, labels: [Int]? = nil, options: SamplingOptions = SamplingOptions(),
+                       progress: ((SamplingProgress) -> Void)? = nil, isCancelled: (() -> Bool)? = nil) throws -> Tensor {
+        try options.validate()
+        let T = config.numPatches, D = config.patchDim
+        guard noise.dtype == .float32, noise.shape.count == 3, noise.shape[1] == T, noise.shape[2] == D, noise.shape[0] > 0 else {
+            throw TarFlowError.invalidInput("noise has shape \(noise.shape); this model samples from [B, \(T), \(D)] float32")
+        }
+        let B = noise.shape[0]
+        if let i = noise.floats.firstIndex(where: { !$0.isFinite }) { throw TarFlowError.invalidInput("noise contains NaN or Inf at element \(i)") }
+        let labs: [Int]
+        if config.numClasses > 0 {
+            labs = try checkLabels(labels, count: B)
+        } else {
+            if let labels, labels.contains(where: { $0 != -1 }) {
+                throw TarFlowError.invalidInput("labels were given but the model is unconditional (num_classes = 0)")
+            }
+            labs = [Int](repeating: -1, count: B)
+        }
+        guard let varTensor = model.tensor(named: "var") else { throw TarFlowError.invalidModel("the prior 'var' tensor is missing") }
+        let sd = varTensor.floats().map { $0.squareRoot() }
+        var x = noise.floats
+        for i in x.indices { x[i] = x[i] * options.temperature * sd[i % (T * D)] }
+
+        let guided = options.guidance > 0 && (options.guideA || options.guideB)
+        let rows = guided ? 2 * B : B
+        let scale = TarFlowGraphs.attentionScale(config)
+        for (run, k) in (0..<config.numBlocks).reversed().enumerated() {
+            let bound = try decodePlan(k).bind(["B": rows])
+            bound.resetState()
+            guard let xin = bound.buffer("x"), let pos = bound.buffer("pos"), let ls = bound.buffer("logit_scale"),
+                let aOut = bound.buffer("a"), let bOut = bound.buffer("b")
+            else { throw TarFlowError.invalidModel("decode\(k) lacks the inputs x, pos, logit_scale or outputs a, b") }
+            let xp = xin.pointer.assumingMemoryBound(to: Float.self)
+            let pp = pos.pointer.assumingMemoryBound(to: Int64.self)
+            let lp = ls.pointer.assumingMemoryBound(to: Float.self)
+            let ap = aOut.pointer.assumingMemoryBound(to: Float.self), bp = bOut.pointer.assumingMemoryBound(to: Float.self)
+            for r in 0..<rows { lp[r] = r < B ? scale : scale / options.attentionTemperature }
+            if let y = bound.buffer("y") {
+                let yp = y.pointer.assumingMemoryBound(to: Int64.self)
+                for r in 0..<rows { yp[r] = r < B ? Int64(labs[r]) : -1 }
+            }
+            let flip = k % 2 == 1
+            // Token t of the permuted sequence is token perm(t) of x.
+            @inline(__always) func tok(_ t: Int) -> Int { flip ? T - 1 - t : t }
+            for i in 0..<(T - 1) {
+                if isCancelled?() == true { throw CancellationError() }
+                pp[0] = Int64(i)
+                for r in 0..<rows {
+                    let src = (r % B) * T * D + tok(i) * D
+                    for d in 0..<D { xp[r * D + d] = x[src + d] }
+                }
+                try bound.run()
+                let g: Float = options.annealed ? Float(i + 1) / Float(T - 1) * options.guidance : options.guidance
+                for r in 0..<B {
+                    let dst = r * T * D + tok(i + 1) * D
+                    for d in 0..<D {
+                        var a = ap[r * D + d], bb = bp[r * D + d]
+                        if guided {
+                            if options.guideA { a = a + g * (a - ap[(B + r) * D + d]) }
+                            if options.guideB { bb = bb + g * (bb - bp[(B + r) * D + d]) }
+                        }
+                        x[dst + d] = x[dst + d] * expf(a) + bb
+                    }
+                }
+                progress?(SamplingProgress(block: run, blocks: config.numBlocks, token: i + 1, tokens: T - 1))
+            }
+        }
+        return unpatchify(Tensor(shape: [B, T, D], floats: x))
+    }
+
+    /// (B, T, D) patches → (B, C, H, W) images, the inverse of the forward graph's patchify.
+    public func unpatchify(_ t: Tensor) -> Tensor {
+        let c = config, p = c.patchSize, h = c.imgSize / p, C = c.inChannels, S = c.imgSize
+        let B = t.shape[0]
+        let src = t.floats
+        var out = [Float](repeating: 0, count: B * C * S * S)
+        for b in 0..<B {
+            for i in 0..<h {
+                for j in 0..<h {
+                    let tokenBase = (b * h * h + i * h + j) * c.patchDim
+                    for ch in 0..<C {
+                        for ki in 0..<p {
+                            for kj in 0..<p {
+                                out[((b * C + ch) * S + i * p + ki) * S + j * p + kj] = src[tokenBase + (ch * p + ki) * p + kj]
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        return Tensor(shape: [B, C, S, S], floats: out)
+    }
+}

@@ -1,0 +1,104 @@
+import Foundation
+import XCTest
+
+/// The `tarflow` command end to end: exit codes, one-line errors, outputs.
+final class CLITests: XCTestCase {
+    let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    var tmp: URL!
+
+    override func setUpWithError() throws {
+        tmp = FileManager.default.temporaryDirectory.appendingPathComponent("tarflow-cli-\(UUID())")
+        try FileManager.default.createDirectory(at: tmp, withIntermediateDirectories: true)
+    }
+
+    override func tearDownWithError() throws { try? FileManager.default.removeItem(at: tmp) }
+
+    @discardableResult
+    func tarflow(_ args: [String]) throws -> (status: Int32, out: String, err: String) {
+        let p = Process()
+        p.executableURL = Bundle.main.bundleURL.appendingPathComponent("tarflow")
+        if !FileManager.default.fileExists(atPath: p.executableURL!.path) {
+            p.executableURL = repo.appendingPathComponent(".build/debug/tarflow")
+        }
+        p.arguments = args
+        let o = Pipe(), e = Pipe()
+        p.standardOutput = o
+        p.standardError = e
+        try p.run()
+        let out = o.fileHandleForReading.readDataToEndOfFile(), err = e.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return (p.terminationStatus, String(decoding: out, as: UTF8.self), String(decoding: err, as: UTF8.self))
+    }
+
+    var mnist: String { repo.appendingPathComponent("Models/mnist.tflow").path }
+    var idx: String { repo.appendingPathComponent("Tests/Fixtures/io/t10k-head8-images-idx3-ubyte.gz").path }
+    var idxLabels: String { repo.appendingPathComponent("Tests/Fixtures/io/t10k-head8-labels-idx1-ubyte.gz").path }
+
+    func testConvertAndInspect() throws {
+        let out = tmp.appendingPathComponent("m.tflow").path
+        let r = try tarflow(["convert", repo.appendingPathComponent("Tests/Fixtures/vp_prior/model.pth").path, "-o", out, "--in-channels", "1"])
+        XCTAssertEqual(r.status, 0, r.err)
+        let i = try tarflow(["inspect", out])
+        XCTAssertEqual(i.status, 0)
+        XCTAssertTrue(i.out.contains("graph forward(%x: f32[B,1,8,8]) -> ("), i.out)
+        XCTAssertTrue(i.out.contains("tarflow.nvp = false"))
+        // No geometry flag: a one-line error naming the flags, exit 1, nothing written.
+        let bad = tmp.appendingPathComponent("bad.tflow").path
+        let f = try tarflow(["convert", repo.appendingPathComponent("Tests/Fixtures/vp_prior/model.pth").path, "-o", bad])
+        XCTAssertEqual(f.status, 1)
+        XCTAssertTrue(f.err.contains("--image-size"), f.err)
+        XCTAssertEqual(f.err.split(separator: "\n").count, 1)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: bad))
+    }
+
+    func testLikelihoodJSONAndSave() throws {
+        let save = tmp.appendingPathComponent("out.safetensors").path
+        let r = try tarflow(["likelihood", mnist, "--images", idx, "--labels", idxLabels, "--limit", "4", "--offset", "2", "--json", "--save", save])
+        XCTAssertEqual(r.status, 0, r.err)
+        let obj = try JSONSerialization.jsonObject(with: Data(r.out.utf8)) as! [String: Any]
+        XCTAssertEqual(obj["count"] as? Int, 4)
+        let bpd = obj["bits_per_dim"] as! Double
+        XCTAssertGreaterThan(bpd, 3)
+        XCTAssertLessThan(bpd, 8)
+        XCTAssertEqual((obj["nll"] as! Double) / log(2.0), bpd, accuracy: 1e-9)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: save))
+        // Same seed, same numbers; batch size does not matter.
+        let again = try tarflow(["likelihood", mnist, "--images", idx, "--labels", idxLabels, "--limit", "4", "--offset", "2", "--json", "--batch-size", "3"])
+        XCTAssertEqual(again.out, r.out)
+    }
+
+    func testSamplePNGAndNPY() throws {
+        let png = tmp.appendingPathComponent("s.png").path
+        let r = try tarflow(["sample", mnist, "--count", "4", "--label", "-1", "--seed", "3", "-o", png, "--quiet"])
+        XCTAssertEqual(r.status, 0, r.err)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: png))
+        let npy1 = tmp.appendingPathComponent("a.npy").path, npy2 = tmp.appendingPathComponent("b.npy").path
+        XCTAssertEqual(try tarflow(["sample", mnist, "--count", "2", "--label", "4", "--guidance", "1", "--seed", "3", "-o", npy1, "--quiet"]).status, 0)
+        XCTAssertEqual(try tarflow(["sample", mnist, "--count", "2", "--label", "4", "--guidance", "1", "--seed", "3", "-o", npy2, "--quiet"]).status, 0)
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: npy1)), try Data(contentsOf: URL(fileURLWithPath: npy2)))
+        let dir = tmp.appendingPathComponent("each").path
+        XCTAssertEqual(try tarflow(["sample", mnist, "--count", "3", "--out-dir", dir, "--quiet"]).status, 0)
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir).sorted(), ["00000.png", "00001.png", "00002.png"])
+    }
+
+    func testBadInputsFailCleanlyAndLeaveOutputsUntouched() throws {
+        let out = tmp.appendingPathComponent("keep.npy")
+        try Data("precious".utf8).write(to: out)
+        for args in [
+            ["sample", mnist, "--count", "2", "--guidance", "-1", "-o", out.path],
+            ["sample", mnist, "--count", "2", "--attn-temp", "0", "-o", out.path],
+            ["sample", mnist, "--count", "2", "--label", "10", "-o", out.path],
+            ["sample", mnist, "--count", "0", "-o", out.path],
+            ["sample", "/nonexistent.tflow", "--count", "1", "-o", out.path],
+            ["sample", repo.appendingPathComponent("README.md").path, "--count", "1", "-o", out.path],
+            ["likelihood", mnist, "--images", repo.appendingPathComponent("README.md").path],
+            ["likelihood", mnist, "--images", idx, "--offset", "100"],
+        ] {
+            let r = try tarflow(args)
+            XCTAssertNotEqual(r.status, 0, "\(args) should fail")
+            XCTAssertEqual(r.err.split(separator: "\n").count, 1, "\(args): \(r.err)")
+            XCTAssertFalse(r.err.contains("Fatal error"), r.err)
+        }
+        XCTAssertEqual(try String(contentsOf: out, encoding: .utf8), "precious")
+    }
+}
