@@ -11,6 +11,14 @@ public final class GraphBuilder {
         constantTypes = constants
     }
 
+    /// Continues an existing graph (e.g. to add a loss on top of a forward pass).
+    public init(extending g: Graph, name: String? = nil, constants: [String: TensorType]) {
+        graph = g
+        if let name { graph.name = name }
+        constantTypes = constants
+        counter = g.values.count
+    }
+
     /// A graph input.
     public func input(_ name: String, _ type: TensorType) -> ValueID {
         let id = newValue(name, type)
@@ -45,7 +53,11 @@ public final class GraphBuilder {
     }
 
     func newValue(_ name: String?, _ t: TensorType) -> ValueID {
-        let n = name ?? { counter += 1; return "t\(counter)" }()
+        var n = name ?? { counter += 1; return "t\(counter)" }()
+        while name == nil && graph.values.contains(where: { $0.name == n }) {
+            counter += 1
+            n = "t\(counter)"
+        }
         graph.values.append(Value(name: n, type: t))
         return graph.values.count - 1
     }

@@ -25,6 +25,7 @@ public final class TarFlowModel: @unchecked Sendable {
     let lock = NSLock()
     var forwardExecutor: Executor?
     var decodeExecutors: [Int: Executor] = [:]
+    var gradientExecutor: Executor?
 
     public convenience init(contentsOf url: URL, threads: Int = 1) throws {
         try self.init(model: try ModelFile.read(contentsOf: url), threads: threads)

@@ -21,6 +21,8 @@ struct Sample: ParsableCommand {
     @Option(parsing: .unconditional, help: "Attention temperature of the unguided branch (> 0).") var attnTemp: Float = 1
     @Flag(help: "Annealed guidance: g_i = (i+1)/(T-1)·W.") var annealed = false
     @Option(parsing: .unconditional, help: "Scale of the prior noise.") var temperature: Float = 1
+    @Flag(help: "Follow sampling with one score-based denoising step (x + σ²∇ log p), the official pipeline.") var denoise = false
+    @Option(parsing: .unconditional, help: "Noise level σ for --denoise (default: the model's).") var noiseStd: Double?
     @Option(name: .shortAndLong, help: "Output: OUT.npy (float32 B,C,H,W in [-1, 1]) or OUT.png (a grid).") var output: String?
     @Option(help: "Write one PNG per image into this folder.") var outDir: String?
     @Option(help: "Columns of the PNG grid (default: the square root of the count).") var gridColumns: Int?
@@ -63,8 +65,9 @@ struct Sample: ParsableCommand {
             if let label { labs = [Int](repeating: label, count: b) }
 
             let bar = ProgressBar(enabled: !quiet, images: b)
-            let x = try m.sample(noise: z, labels: labs, options: opts, progress: { bar.update($0) })
+            var x = try m.sample(noise: z, labels: labs, options: opts, progress: { bar.update($0) })
             bar.finish()
+            if denoise { x = try m.denoise(images: x, labels: labs, noiseStd: noiseStd).images }
             try writeImages(x, output: output, outDir: outDir, columns: gridColumns, normalize: normalize)
             if !quiet { FileHandle.standardError.write(Data("sampled \(b) image(s) in \(String(format: "%.2f", bar.elapsed)) s\n".utf8)) }
         }

@@ -81,6 +81,27 @@ final class CLITests: XCTestCase {
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir).sorted(), ["00000.png", "00001.png", "00002.png"])
     }
 
+    func testDenoiseAndClassify() throws {
+        let noisy = tmp.appendingPathComponent("x.npy").path
+        XCTAssertEqual(try tarflow(["sample", mnist, "--count", "3", "--label", "2", "-o", noisy, "--quiet"]).status, 0)
+        let clean = tmp.appendingPathComponent("clean.npy").path, grad = tmp.appendingPathComponent("g.npy").path
+        let d = try tarflow(["denoise", mnist, "--images", noisy, "--labels", repo.appendingPathComponent("docs/mnist-grid-labels.npy").path,
+                             "-o", clean, "--save-grad", grad])
+        XCTAssertNotEqual(d.status, 0, "100 labels for 3 images must be refused")
+        XCTAssertEqual(try tarflow(["denoise", mnist, "--images", noisy, "-o", clean, "--save-grad", grad, "--batch-size", "2"]).status, 0)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: grad))
+        XCTAssertNotEqual(try Data(contentsOf: URL(fileURLWithPath: clean)), try Data(contentsOf: URL(fileURLWithPath: noisy)))
+        // Integer images are refused by denoise.
+        XCTAssertEqual(try tarflow(["denoise", mnist, "--images", idx, "-o", clean]).status, 1)
+
+        let c = try tarflow(["classify", mnist, "--images", idx, "--true-labels", idxLabels, "--limit", "6", "--json",
+                             "--save", tmp.appendingPathComponent("p.npy").path, "--save-losses", tmp.appendingPathComponent("l.npy").path])
+        XCTAssertEqual(c.status, 0, c.err)
+        let obj = try JSONSerialization.jsonObject(with: Data(c.out.utf8)) as! [String: Any]
+        XCTAssertEqual(obj["count"] as? Int, 6)
+        XCTAssertEqual(obj["accuracy"] as? Double, 1.0)  // the official model also gets the first 6 right
+    }
+
     func testBadInputsFailCleanlyAndLeaveOutputsUntouched() throws {
         let out = tmp.appendingPathComponent("keep.npy")
         try Data("precious".utf8).write(to: out)

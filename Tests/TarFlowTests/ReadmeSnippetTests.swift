@@ -18,6 +18,11 @@ func drawDigits(modelPath: String) throws -> Tensor {
     return try model.sample(noise: noise, labels: Array(0..<10),
                             options: SamplingOptions(guidance: 1), progress: { print($0.fraction) })
 }
+func denoiseAndClassify(model: TarFlowModel, images: Tensor, set: ImageSet) throws -> (Tensor, [Int]) {
+    let clean = try model.denoise(images: images, labels: nil).images   // σ from the model file
+    let predictions = try model.classify(images: set, batchSize: 64).predictions
+    return (clean, predictions)
+}
 // snippet-end
 
 final class ReadmeSnippetTests: XCTestCase {
