@@ -5,11 +5,16 @@ import FlowIR
 public enum Compiler {
     public struct Options: Sendable {
         public var verifyEachPass: Bool = _isDebugAssertConfiguration()
+        /// Run the fusion passes (off: the plan runs the primitive ops as written).
+        public var fusion = true
         public init() {}
+        public init(fusion: Bool) { self.fusion = fusion }
     }
 
-    public static func defaultPasses() -> [any CompilerPass] {
-        [DeadCodeElimination(), ShapeInference()]
+    public static func defaultPasses(fusion: Bool = true) -> [any CompilerPass] {
+        var p: [any CompilerPass] = [DeadCodeElimination(), ShapeInference()]
+        if fusion { p += [FuseAttention(), FuseAffineCoupling(), FuseLinearEpilogue(), DeadCodeElimination()] }
+        return p
     }
 
     public static func compile(_ input: Graph, constants: [String: TensorType], options: Options = Options()) throws -> ExecutionPlan {
@@ -17,7 +22,7 @@ public enum Compiler {
             throw CompilerError("input graph is invalid: \(error)")
         }
         var g = input
-        let log = try PassPipeline(defaultPasses(), verifyEachPass: options.verifyEachPass)
+        let log = try PassPipeline(defaultPasses(fusion: options.fusion), verifyEachPass: options.verifyEachPass)
             .run(&g, context: PassContext(constants: constants))
 
         // Values that depend on graph inputs (directly or transitively); the rest is load-time.

@@ -250,6 +250,8 @@ public struct Differentiate: CompilerPass {
             return [nil, nil]
         case .writeSlice:
             throw NoRule(what: "write_slice", why: "write_slice is not differentiable here; keep it off the path from the wrt inputs to the output")
+        case .attention, .fusedLinear, .affineCoupling:
+            throw NoRule(what: op.name, why: "fused ops have no rules: differentiate the graph before the fusion passes run")
         case .reduceSum(let axes, let keep), .reduceMean(let axes, let keep):
             // Broadcast G back over the reduced axes (÷ their size for a mean).
             let xs = t.type(x[0]).shape

@@ -76,7 +76,10 @@ public enum ModelFile {
             }
             guard info.offset % UInt64(alignment) == 0 else { throw IRError(rule: "F6", "\(where_): offset \(info.offset) is not a multiple of 64") }
             guard info.offset <= UInt64(dataSize), UInt64(bytes) <= UInt64(dataSize) - info.offset else {
-                throw IRError(rule: "F4", "\(where_): bytes \(info.offset)..<\(info.offset + UInt64(bytes)) lie outside the \(dataSize)-byte data section (truncated?)")
+                // The offset comes from the file: its end may not fit in 64 bits.
+                let (end, overflow) = info.offset.addingReportingOverflow(UInt64(bytes))
+                let endText = overflow ? "\(info.offset) + \(bytes)" : "\(end)"
+                throw IRError(rule: "F4", "\(where_): bytes \(info.offset)..<\(endText) lie outside the \(dataSize)-byte data section (truncated?)")
             }
             let off = Int(info.offset)
             extents.append((off, bytes, info.name))

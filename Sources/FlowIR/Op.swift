@@ -1,6 +1,21 @@
 /// The closed op set of FlowIR. Every `switch` over it is exhaustive, so a new op cannot be
 /// forgotten by the verifier, the printer, the serializer, the compiler or a runtime.
 /// Spec/IR.md gives the exact math and shape rule of each.
+/// Which scores an attention op masks out.
+public enum AttentionMask: Int, Sendable, Hashable {
+    case none = 0
+    /// Key j > query i + N − M (the causal mask for M queries over N keys).
+    case causal = 1
+    /// Key j > position, the op's last input (int64 [1]): a decode step at a run-time position.
+    case afterPosition = 2
+}
+
+/// An activation applied in a GEMM epilogue.
+public enum Activation: Int, Sendable, Hashable {
+    case none = 0
+    case gelu = 1
+}
+
 public enum Op: Sendable, Hashable {
     // Sources.
     /// A tensor of the model's tensor table.
@@ -50,6 +65,18 @@ public enum Op: Sendable, Hashable {
     case reduceSum(axes: [Int], keepDims: Bool)
     case reduceMean(axes: [Int], keepDims: Bool)
 
+    // Fused ops (made by the compiler's fusion passes; Spec/IR.md "Fused ops").
+    /// Multi-head attention over row layouts: q, k, v are [B, M|N, width] sources whose head h
+    /// occupies columns offset + h·d ..< offset + (h+1)·d; the output [B, M, heads·d] has the
+    /// heads merged. Scores are `scale` (× a per-row factor when `rowScale`) · q·k, masked, and
+    /// softmax-normalized per query row.
+    case attention(heads: Int, scale: Float, mask: AttentionMask, offsets: [Int], rowScale: Bool)
+    /// act(x · Wᵀ + bias) + residual, the GEMM with its epilogue.
+    case fusedLinear(activation: Activation, hasBias: Bool, hasResidual: Bool)
+    /// z_t = (x_t − b_{t−s})·exp(−a_{t−s}) for t ≥ s and z_t = x_t for t < s, along axis 1, where
+    /// the last axis of `params` holds [a, b] (`hasScale`) or just b; optionally token-reversed.
+    case affineCoupling(shift: Int, hasScale: Bool, flip: Bool)
+
     /// The name used by the text printer and in error messages.
     public var name: String {
         switch self {
@@ -80,6 +107,9 @@ public enum Op: Sendable, Hashable {
         case .gather: "gather"
         case .writeSlice: "write_slice"
         case .maskAfter: "mask_after"
+        case .attention: "attention"
+        case .fusedLinear: "fused_linear"
+        case .affineCoupling: "affine_coupling"
         case .reduceSum: "reduce_sum"
         case .reduceMean: "reduce_mean"
         }
@@ -97,6 +127,9 @@ public enum Op: Sendable, Hashable {
         case .linear: 2...3
         case .layerNorm: 3...3
         case .concat: 1...Int.max
+        case .attention(_, _, let mask, _, let rowScale): (3 + (rowScale ? 1 : 0) + (mask == .afterPosition ? 1 : 0))...(3 + (rowScale ? 1 : 0) + (mask == .afterPosition ? 1 : 0))
+        case .fusedLinear(_, let b, let r): (2 + (b ? 1 : 0) + (r ? 1 : 0))...(2 + (b ? 1 : 0) + (r ? 1 : 0))
+        case .affineCoupling: 2...2
         }
     }
 

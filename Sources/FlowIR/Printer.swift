@@ -42,6 +42,12 @@ public enum Printer {
         case .slice(let axis, let start, let end): "axis=\(axis), \(start):\(end)"
         case .concat(let axis), .flip(let axis), .writeSlice(let axis): "axis=\(axis)"
         case .pad(let axis, let before, let after): "axis=\(axis), before=\(before), after=\(after)"
+        case .attention(let heads, let scale, let mask, let offsets, let rowScale):
+            "heads=\(heads), scale=\(fmt(scale)), mask=\(mask), offsets=\(offsets.map(String.init).joined(separator: ","))\(rowScale ? ", row_scale" : "")"
+        case .fusedLinear(let act, let b, let r):
+            "activation=\(act)\(b ? ", bias" : "")\(r ? ", residual" : "")"
+        case .affineCoupling(let shift, let hasScale, let flip):
+            "shift=\(shift)\(hasScale ? ", scale" : "")\(flip ? ", flip" : "")"
         case .reduceSum(let axes, let keep), .reduceMean(let axes, let keep):
             "axes=\(axes.map(String.init).joined(separator: ","))\(keep ? ", keep_dims" : "")"
         }

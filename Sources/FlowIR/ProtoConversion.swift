@@ -142,6 +142,14 @@ extension Op {
         case .opMaskAfter: self = .maskAfter(value: n.value)
         case .opReduceSum: self = .reduceSum(axes: try ints(n.axes, "axes"), keepDims: n.keepDims)
         case .opReduceMean: self = .reduceMean(axes: try ints(n.axes, "axes"), keepDims: n.keepDims)
+        case .opAttention:
+            guard let mask = AttentionMask(rawValue: n.mask.rawValue) else { throw IRError(rule: "F10", "unknown attention mask \(n.mask.rawValue)") }
+            self = .attention(heads: try small(n.heads, "heads"), scale: n.value, mask: mask, offsets: try ints(n.offsets, "offsets"), rowScale: n.rowScale)
+        case .opFusedLinear:
+            guard let act = Activation(rawValue: n.activation.rawValue) else { throw IRError(rule: "F10", "unknown activation \(n.activation.rawValue)") }
+            self = .fusedLinear(activation: act, hasBias: n.withBias, hasResidual: n.withResidual)
+        case .opAffineCoupling:
+            self = .affineCoupling(shift: try small(n.start, "shift"), hasScale: n.withScale, flip: n.flip)
         case .opUnspecified, .UNRECOGNIZED:
             throw IRError(rule: "F10", "unknown op code \(n.op.rawValue); the file may come from a newer tarflow")
         }
@@ -177,6 +185,14 @@ extension Op {
         case .gather: p.op = .opGather
         case .writeSlice(let axis): p.op = .opWriteSlice; p.axis = Int64(axis)
         case .maskAfter(let v): p.op = .opMaskAfter; p.value = v
+        case .attention(let heads, let scale, let mask, let offsets, let rowScale):
+            p.op = .opAttention; p.heads = Int64(heads); p.value = scale
+            p.mask = Flowir_AttentionMask(rawValue: mask.rawValue) ?? .none
+            p.offsets = offsets.map { Int64($0) }; p.rowScale = rowScale
+        case .fusedLinear(let act, let b, let r):
+            p.op = .opFusedLinear; p.activation = Flowir_Activation(rawValue: act.rawValue) ?? .none; p.withBias = b; p.withResidual = r
+        case .affineCoupling(let shift, let hasScale, let flip):
+            p.op = .opAffineCoupling; p.start = Int64(shift); p.withScale = hasScale; p.flip = flip
         case .reduceSum(let axes, let keep): p.op = .opReduceSum; p.axes = axes.map { Int64($0) }; p.keepDims = keep
         case .reduceMean(let axes, let keep): p.op = .opReduceMean; p.axes = axes.map { Int64($0) }; p.keepDims = keep
         }

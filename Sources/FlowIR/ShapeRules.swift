@@ -140,6 +140,68 @@ extension Op {
             guard x.rank >= 1 else { throw fail("needs rank >= 1") }
             guard p.dtype == .int64, p.shape == [1] else { throw IRError(rule: "W9", "mask_after: position must be i64[1], is \(p)") }
             return x
+        case .attention(let heads, let scale, let mask, let offsets, let rowScale):
+            // Each of q, k, v is a row layout [B, tokens, width] (head h at columns offset + h·d)
+            // or head-major [B, heads, tokens, d] (offset 0).
+            let q = inputs[0], k = inputs[1], v = inputs[2]
+            guard heads > 0, scale.isFinite, offsets.count == 3, offsets.allSatisfy({ $0 >= 0 }) else {
+                throw fail("needs heads > 0, a finite scale and 3 non-negative column offsets")
+            }
+            for t in [q, k, v] {
+                try needFloat(t, "q, k and v")
+                guard t.rank == 3 || (t.rank == 4 && t.shape[1] == .fixed(heads)) else {
+                    throw fail("q, k and v must be [B, tokens, width] or [B, \(heads), tokens, d], one is \(t)")
+                }
+            }
+            let d = v.rank == 4 ? try fixedAxis(v, 3) : (try fixedAxis(v, 2) - offsets[2]) / heads
+            guard d > 0 else { throw fail("head width must be positive") }
+            var tokens: [Dim] = []
+            for (t, off) in zip([q, k, v], offsets) {
+                if t.rank == 4 {
+                    guard off == 0, try fixedAxis(t, 3) == d else { throw fail("head-major operand \(t) needs offset 0 and head width \(d)") }
+                    tokens.append(t.shape[2])
+                } else {
+                    let w = try fixedAxis(t, 2)
+                    guard off + heads * d <= w else { throw fail("\(heads) heads × \(d) at offset \(off) do not fit width \(w)") }
+                    tokens.append(t.shape[1])
+                }
+            }
+            guard q.shape[0] == k.shape[0], q.shape[0] == v.shape[0], tokens[1] == tokens[2] else {
+                throw fail("q, k, v batch or key counts differ: \(q), \(k), \(v)")
+            }
+            guard let m = tokens[0].fixedSize, let n = tokens[1].fixedSize else { throw fail("token counts must be fixed") }
+            if mask == .causal && m > n { throw fail("causal attention needs M <= N, has M = \(m), N = \(n)") }
+            var next = 3
+            if rowScale {
+                let r = inputs[next]
+                try needFloat(r, "row scale")
+                guard r.shape == [q.shape[0], 1, 1, 1] else { throw fail("row scale must be [\(q.shape[0]),1,1,1], is \(r)") }
+                next += 1
+            }
+            if mask == .afterPosition {
+                let p = inputs[next]
+                guard p.dtype == .int64, p.shape == [1] else { throw IRError(rule: "W9", "attention: position must be i64[1], is \(p)") }
+            }
+            return TensorType(.float32, [q.shape[0], .fixed(m), .fixed(heads * d)])
+        case .fusedLinear(_, let hasBias, let hasResidual):
+            let base = try Op.linear.resultType(Array(inputs.prefix(hasBias ? 3 : 2)))
+            if hasResidual {
+                let r = inputs[hasBias ? 3 : 2]
+                try needFloat(r, "residual")
+                guard r.shape == base.shape else { throw fail("residual must be \(base), is \(r)") }
+            }
+            return base
+        case .affineCoupling(let shift, let hasScale, _):
+            let x = inputs[0], p = inputs[1]
+            try needFloat(x, "x")
+            try needFloat(p, "params")
+            guard x.rank == 3, p.rank == 3, x.shape[0] == p.shape[0], x.shape[1] == p.shape[1] else {
+                throw fail("x and params must be [B, T, ·] with equal B and T, are \(x) and \(p)")
+            }
+            let t = try fixedAxis(x, 1), d = try fixedAxis(x, 2), w = try fixedAxis(p, 2)
+            guard shift >= 0, shift <= t else { throw fail("shift \(shift) outside 0...\(t)") }
+            guard w == (hasScale ? 2 * d : d) else { throw fail("params width \(w) must be \(hasScale ? 2 * d : d)") }
+            return x
         case .reduceSum(let axes, let keep), .reduceMean(let axes, let keep):
             let x = inputs[0]
             try needFloat(x, "input")

@@ -1,3 +1,4 @@
+import Dispatch
 import COpenBLAS
 import FlowCompiler
 import FlowIR
@@ -20,10 +21,16 @@ public final class Executor: @unchecked Sendable {
     var instances: [[Int]: BoundPlan] = [:]
     let lock = NSLockLike()
 
-    public init(plan: ExecutionPlan, model: Model, threads: Int = 1) throws {
+    let pool: ThreadPool
+    /// Whether the memory plan lets ops overwrite operands (off for debugging and tests).
+    let inPlace: Bool
+
+    public init(plan: ExecutionPlan, model: Model, threads: Int = 1, inPlace: Bool = true) throws {
         self.plan = plan
         self.model = model
+        self.inPlace = inPlace
         self.threads = max(1, threads)
+        pool = ThreadPool(threads: self.threads)
         let g = plan.graph
         for n in g.nodes {
             guard case .constant(let name) = n.op else { continue }
@@ -49,8 +56,8 @@ public final class Executor: @unchecked Sendable {
                 fixed[o] = allocate(max(1, elementCount(shapes[o]!)!) * (g.values[o].type.dtype == .int64 ? 8 : 4))
             }
             if case .constant = s.op { continue }
-            let prepared = try Self.prepare(s, graph: g, shapes: { shapes[$0]! }, pointer: { self.fixed[$0]! }, scratch: { self.allocate($0) })
-            try prepared.execute()
+            let prepared = try Self.prepare(s, graph: g, shapes: { shapes[$0]! }, pointer: { self.fixed[$0]! }, scratch: { self.allocate($0) }, threads: 1)
+            try prepared.execute(ThreadPool(threads: 1))
         }
     }
 
@@ -92,10 +99,19 @@ public final class Executor: @unchecked Sendable {
     }
 
     /// Runs the plan and returns every value it computed (for differential tests and debugging).
+    /// Buffers are shared over time (see MemoryPlanner), so each value is copied out right
+    /// after the step that makes it.
     public func runCapturingAll(_ inputs: [String: Tensor]) throws -> [Tensor?] {
         let inst = try instance(for: inputs)
-        try inst.execute()
-        return plan.graph.values.indices.map { v in inst.pointers[v] == nil ? nil : inst.read(v) }
+        let g = plan.graph
+        var out = [Tensor?](repeating: nil, count: g.values.count)
+        for v in g.values.indices where inst.pointers[v] != nil && (fixed[v] != nil || g.inputs.contains(v)) { out[v] = inst.read(v) }
+        Executor.setBLASThreads(1)
+        for (i, s) in inst.steps.enumerated() {
+            try s.execute(pool)
+            for o in plan.steps[i].outputs { out[o] = inst.read(o) }
+        }
+        return out
     }
 
     /// Binds symbols from the inputs' shapes, then finds or prepares the instance and copies
@@ -157,41 +173,30 @@ public final class BoundPlan: @unchecked Sendable {
         init(executor e: Executor, bindings: [String: Int]) throws {
             let g = e.plan.graph
             graph = g
+            plan = e.plan
             threads = e.threads
+            pool = e.pool
             shapes = try ShapeInference.concreteShapes(g, bindings: bindings)
             pointers = [UnsafeMutableRawPointer?](repeating: nil, count: g.values.count)
             for (v, p) in e.fixed { pointers[v] = p }
-            // write_slice chains starting at a state input update it in place (rule W10).
-            var aliasOf: [ValueID: ValueID] = [:]
-            var chain = Set(g.state.map(\.input))
-            for s in e.plan.steps {
-                if case .writeSlice = s.op, chain.contains(s.inputs[0]) {
-                    aliasOf[s.outputs[0]] = aliasOf[s.inputs[0]] ?? s.inputs[0]
-                    chain.insert(s.outputs[0])
-                }
-            }
             stateBuffers = g.state.map(\.input)
-            // One arena; every non-fixed value gets its own 64-byte-aligned slot.
-            var offsets: [ValueID: Int] = [:]
-            var total = 0
-            let dynamicValues = g.inputs + e.plan.steps.flatMap(\.outputs)
-            for v in dynamicValues where pointers[v] == nil && offsets[v] == nil && aliasOf[v] == nil {
-                offsets[v] = total
-                let bytes = (elementCount(shapes[v]) ?? 0) * (g.values[v].type.dtype == .int64 ? 8 : 4)
-                total += (bytes + 63) / 64 * 64
-            }
+            // Every run-time buffer at its planned offset in one arena (views, in-place
+            // updates and state chains share buffers; see MemoryPlanner).
+            memoryPlan = try MemoryPlanner.plan(e.plan, bindings: bindings, inPlace: e.inPlace)
+            let total = memoryPlan.arenaBytes
             arenaBytes = total
             arena = UnsafeMutableRawPointer.allocate(byteCount: max(total, 64), alignment: 64)
             arena.initializeMemory(as: UInt8.self, repeating: 0, count: max(total, 64))
-            for (v, o) in offsets { pointers[v] = arena + o }
-            for (v, root) in aliasOf { pointers[v] = pointers[root] }
+            for v in g.values.indices where pointers[v] == nil {
+                if let b = memoryPlan.buffer[v] { pointers[v] = arena + memoryPlan.offsets[b] }
+            }
             var scratch: [UnsafeMutableRawPointer] = []
             for s in e.plan.steps {
                 steps.append(try Executor.prepare(s, graph: g, shapes: { self.shapes[$0] }, pointer: { self.pointers[$0]! }, scratch: { n in
                     let p = UnsafeMutableRawPointer.allocate(byteCount: max(n, 8), alignment: 64)
                     scratch.append(p)
                     return p
-                }))
+                }, threads: e.threads))
             }
             self.scratch = scratch
         }
@@ -202,16 +207,35 @@ public final class BoundPlan: @unchecked Sendable {
         }
 
         let stateBuffers: [ValueID]
+        public let memoryPlan: MemoryPlan
+        let plan: ExecutionPlan
+        let pool: ThreadPool
 
         let threads: Int
 
         func execute() throws {
-            Executor.setBLASThreads(threads)
-            for s in steps { try s.execute() }
+            // The pool is the only parallelism; OpenBLAS runs single-threaded inside its jobs.
+            Executor.setBLASThreads(1)
+            for s in steps { try s.execute(pool) }
         }
 
         /// Runs the prepared steps on whatever the input buffers hold.
         public func run() throws { try execute() }
+
+        /// Runs once with a clock around every step; seconds per op name, slowest first.
+        public func profile() throws -> [(op: String, seconds: Double, count: Int)] {
+            Executor.setBLASThreads(1)
+            var acc: [String: (Double, Int)] = [:]
+            let names = plan.steps.map(\.op.name)
+            for (i, s) in steps.enumerated() {
+                let t0 = DispatchTime.now().uptimeNanoseconds
+                try s.execute(pool)
+                let dt = Double(DispatchTime.now().uptimeNanoseconds - t0) * 1e-9
+                acc[names[i], default: (0, 0)].0 += dt
+                acc[names[i], default: (0, 0)].1 += 1
+            }
+            return acc.map { ($0.key, $0.value.0, $0.value.1) }.sorted { $0.seconds > $1.seconds }
+        }
 
         /// Zeroes every state buffer (e.g. empties the KV caches before a new sequence).
         public func resetState() {

@@ -26,12 +26,19 @@ enum PreparedStep {
     case fill(y: FPtr, count: Int, value: Float)
     case writeSlice(x: FPtr, update: FPtr, position: UnsafeMutablePointer<Int64>, y: FPtr, outer: Int, n: Int, m: Int, inner: Int)
     case maskAfter(x: FPtr, position: UnsafeMutablePointer<Int64>, y: FPtr, rows: Int, n: Int, value: Float)
+    /// Work split over the thread pool (GEMMs with epilogues, attention, LayerNorm).
+    case parallel(ParallelJob, items: Int)
+    case coupling(x: FPtr, params: FPtr, z: FPtr, batch: Int, tokens: Int, d: Int, shift: Int, hasScale: Bool, flip: Bool)
 
     enum BinaryKind { case add, sub, mul, div }
     enum UnaryKind { case neg, exp, gelu, sqrt, log, erf, scale(Float) }
 
-    func execute() throws {
+    func execute(_ pool: ThreadPool) throws {
         switch self {
+        case let .parallel(job, items):
+            pool.run(job, count: items)
+        case let .coupling(x, params, z, batch, tokens, d, shift, hasScale, flip):
+            CouplingKernel.run(x: x, params: params, z: z, batch: batch, tokens: tokens, d: d, shift: shift, hasScale: hasScale, flip: flip)
         case let .linear(x, w, bias, y, rows, k, n):
             Kernels.linear(x: x, w: w, bias: bias.map { UnsafePointer($0) }, y: y, rows: rows, k: k, n: n)
         case let .matmul(a, b, c, m, n, k, ta, tb, offsets):
@@ -54,10 +61,10 @@ enum PreparedStep {
             switch kind {
             case .neg: for i in 0..<count { y[i] = -x[i] }
             case .exp: for i in 0..<count { y[i] = expf(x[i]) }
-            case .gelu: for i in 0..<count { y[i] = Kernels.gelu(x[i]) }
+            case .gelu: Kernels.geluVector(x, y, count: count)
             case .sqrt: for i in 0..<count { y[i] = x[i].squareRoot() }
             case .log: for i in 0..<count { y[i] = logf(x[i]) }
-            case .erf: for i in 0..<count { y[i] = erff(x[i]) }
+            case .erf: Kernels.erfVector(x, y, count: count)
             case .scale(let s): for i in 0..<count { y[i] = s * x[i] }
             }
         case let .layerNorm(x, w, b, y, rows, c, eps):
@@ -123,13 +130,15 @@ enum PreparedStep {
             y.update(repeating: value, count: count)
         case let .writeSlice(x, update, position, y, outer, n, m, inner):
             let p = Int(position[0])
-            guard p >= 0, p + m <= n else { throw RuntimeError("write_slice: position \(p) + \(m) is outside 0..<\(n)") }
+            // p comes from data: compare against n − m (≥ 0 by the shape rule) so it cannot overflow.
+            guard p >= 0, p <= n - m else { throw RuntimeError("write_slice: position \(p) + \(m) is outside 0..<\(n)") }
             if x != y { y.update(from: x, count: outer * n * inner) }
             for o in 0..<outer { (y + (o * n + p) * inner).update(from: update + o * m * inner, count: m * inner) }
         case let .maskAfter(x, position, y, rows, n, value):
             let p = Int(position[0])
             if x != y { y.update(from: x, count: rows * n) }
-            let first = max(0, min(n, p + 1))
+            // Any position is valid (p ≥ n − 1 masks nothing); p + 1 is formed only when p < n.
+            let first = p >= n ? n : max(0, p + 1)
             if first < n { for r in 0..<rows { (y + r * n + first).update(repeating: value, count: n - first) } }
         }
     }
@@ -138,7 +147,8 @@ enum PreparedStep {
 extension Executor {
     /// Resolves one plan step against concrete shapes and buffer pointers.
     static func prepare(_ s: ExecutionPlan.Step, graph: Graph, shapes shapeOf: (ValueID) -> [Int],
-                        pointer: (ValueID) -> UnsafeMutableRawPointer, scratch: (Int) -> UnsafeMutableRawPointer) throws -> PreparedStep {
+                        pointer: (ValueID) -> UnsafeMutableRawPointer, scratch: (Int) -> UnsafeMutableRawPointer,
+                        threads: Int) throws -> PreparedStep {
         func f(_ v: ValueID) -> FPtr { pointer(v).assumingMemoryBound(to: Float.self) }
         let out = s.outputs[0]
         let oshape = shapeOf(out)
@@ -167,11 +177,27 @@ extension Executor {
         case .log: return .unary(.log, x: f(x), y: f(out), count: ocount)
         case .erf: return .unary(.erf, x: f(x), y: f(out), count: ocount)
         case .scale(let v): return .unary(.scale(v), x: f(x), y: f(out), count: ocount)
-        case .linear:
+        case .linear, .fusedLinear:
             let w = shapeOf(s.inputs[1])
             let k = w[1], n = w[0]
-            return .linear(x: f(x), w: f(s.inputs[1]), bias: s.inputs.count == 3 ? f(s.inputs[2]) : nil, y: f(out),
-                           rows: n == 0 ? 0 : ocount / n, k: k, n: n)
+            var act = Activation.none, hasBias = s.inputs.count == 3, hasResidual = false
+            if case .fusedLinear(let a, let b, let r) = s.op { (act, hasBias, hasResidual) = (a, b, r) }
+            let job = LinearJob(x: f(x), w: f(s.inputs[1]), bias: hasBias ? UnsafePointer(f(s.inputs[2])) : nil,
+                                residual: hasResidual ? UnsafePointer(f(s.inputs[hasBias ? 3 : 2])) : nil, y: f(out),
+                                rows: n == 0 ? 0 : ocount / n, k: k, n: n, gelu: act == .gelu, threads: threads)
+            return .parallel(job, items: job.items)
+        case .attention(let heads, let scale, let mask, let offsets, let rowScale):
+            let qs = xshape, ks = shapeOf(s.inputs[1]), vs = shapeOf(s.inputs[2])
+            var next = 3
+            var rs: UnsafePointer<Float>? = nil
+            if rowScale { rs = UnsafePointer(f(s.inputs[next])); next += 1 }
+            let pos: UnsafePointer<Int64>? = mask == .afterPosition ? UnsafePointer(pointer(s.inputs[next]).assumingMemoryBound(to: Int64.self)) : nil
+            let job = AttentionJob(q: f(x), k: f(s.inputs[1]), v: f(s.inputs[2]), y: f(out), rowScale: rs, position: pos,
+                                   heads: heads, shapes: (qs, ks, vs), offsets: offsets, scale: scale, causal: mask == .causal, threads: threads)
+            return .parallel(job, items: job.items)
+        case .affineCoupling(let shift, let hasScale, let flip):
+            return .coupling(x: f(x), params: f(s.inputs[1]), z: f(out), batch: xshape[0], tokens: xshape[1], d: xshape[2],
+                             shift: shift, hasScale: hasScale, flip: flip)
         case .matmul(let ta, let tb):
             let a = xshape, b = shapeOf(s.inputs[1])
             let m = oshape[oshape.count - 2], n = oshape[oshape.count - 1]
@@ -200,7 +226,8 @@ extension Executor {
             return .matmul(a: f(x), b: f(s.inputs[1]), c: f(out), m: m, n: n, k: k, ta: ta, tb: tb, offsets: offsets)
         case .layerNorm(let eps):
             let c = xshape.last ?? 1
-            return .layerNorm(x: f(x), w: f(s.inputs[1]), b: f(s.inputs[2]), y: f(out), rows: c == 0 ? 0 : ocount / c, c: c, eps: eps)
+            let job = LayerNormJob(x: f(x), w: f(s.inputs[1]), b: f(s.inputs[2]), y: f(out), rows: c == 0 ? 0 : ocount / c, c: c, eps: eps)
+            return .parallel(job, items: job.items)
         case .softmax(let axis):
             let (o, n, i) = Kernels.around(xshape, axis)
             return .softmax(x: f(x), y: f(out), outer: o, n: n, inner: i)

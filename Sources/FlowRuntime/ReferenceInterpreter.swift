@@ -236,16 +236,18 @@ public enum ReferenceInterpreter {
             let rows = t.shape[0], rs = count(Array(t.shape.dropFirst()))
             var out: [Double] = []
             for v in x[1].data {
+                // Range-check in Double first: an index near ±2⁶³ does not convert to Int.
+                guard v >= -Double(rows), v < Double(rows) else { throw RuntimeError("reference: gather index \(v) out of range") }
                 var r = Int(v)
                 if r < 0 { r += rows }
-                guard r >= 0, r < rows else { throw RuntimeError("reference: gather index \(Int(v)) out of range") }
                 out += t.data[(r * rs)..<((r + 1) * rs)]
             }
             return RefTensor(shape: x[1].shape + t.shape.dropFirst(), data: out)
         case .writeSlice(let axis):
             let s = x[0].shape, u = x[1].shape
-            let p = Int(x[2].data[0])
-            guard p >= 0, p + u[axis] <= s[axis] else { throw RuntimeError("reference: write_slice position \(p) out of range") }
+            let pd = x[2].data[0]
+            guard pd >= 0, pd + Double(u[axis]) <= Double(s[axis]) else { throw RuntimeError("reference: write_slice position \(pd) out of range") }
+            let p = Int(pd)
             var out = x[0].data
             for i in x[1].data.indices {
                 var idx = unravel(i, u)
@@ -255,10 +257,69 @@ public enum ReferenceInterpreter {
             return RefTensor(shape: s, data: out)
         case .maskAfter(let value):
             let s = x[0].shape
-            let p = Int(x[1].data[0])
+            let p = x[1].data[0]  // compared as Double: any int64 position is valid
             var out = x[0].data
-            for i in out.indices where unravel(i, s)[s.count - 1] > p { out[i] = Double(value) }
+            for i in out.indices where Double(unravel(i, s)[s.count - 1]) > p { out[i] = Double(value) }
             return RefTensor(shape: s, data: out)
+        case .attention(let heads, let scale, let mask, let offsets, let rowScale):
+            let q = x[0], k = x[1], v = x[2]
+            let d = v.shape.count == 4 ? v.shape[3] : (v.shape[2] - offsets[2]) / heads
+            func tokens(_ t: RefTensor) -> Int { t.shape.count == 4 ? t.shape[2] : t.shape[1] }
+            let (bn, m, n) = (q.shape[0], tokens(q), tokens(k))
+            /// Flat index of (batch, token, head, column) in a row-layout or head-major operand.
+            func at(_ t: RefTensor, _ off: Int, _ b: Int, _ i: Int, _ h: Int, _ c: Int) -> Int {
+                t.shape.count == 4 ? ((b * heads + h) * t.shape[2] + i) * d + c : (b * t.shape[1] + i) * t.shape[2] + off + h * d + c
+            }
+            var next = 3
+            var rs = [Double](repeating: 1, count: bn)
+            if rowScale { rs = x[next].data; next += 1 }
+            let pos = mask == .afterPosition ? Int(clamping: Int64(exactly: x[next].data[0].rounded()) ?? (x[next].data[0] < 0 ? Int64.min : Int64.max)) : Int.max
+            var out = [Double](repeating: 0, count: bn * m * heads * d)
+            for b in 0..<bn {
+                for h in 0..<heads {
+                    for i in 0..<m {
+                        var sc = [Double](repeating: -.infinity, count: n)
+                        for j in 0..<n {
+                            if mask == .causal && j > i + n - m { continue }
+                            if mask == .afterPosition && j > pos { continue }
+                            var dot = 0.0
+                            for t in 0..<d { dot += q.data[at(q, offsets[0], b, i, h, t)] * k.data[at(k, offsets[1], b, j, h, t)] }
+                            sc[j] = Double(scale) * rs[b] * dot
+                        }
+                        let mx = sc.max() ?? 0
+                        let e = sc.map { $0 == -.infinity ? 0 : Glibc.exp($0 - mx) }
+                        let z = e.reduce(0, +)
+                        for t in 0..<d {
+                            var acc = 0.0
+                            for j in 0..<n where e[j] != 0 { acc += e[j] / z * v.data[at(v, offsets[2], b, j, h, t)] }
+                            out[(b * m + i) * heads * d + h * d + t] = acc
+                        }
+                    }
+                }
+            }
+            return RefTensor(shape: [bn, m, heads * d], data: out)
+        case .fusedLinear(let act, let hasBias, let hasResidual):
+            var y = try evaluate(.linear, Array(x.prefix(hasBias ? 3 : 2)), model: model, outputType: outputType, bindings: bindings)
+            if act == .gelu { y = try evaluate(.gelu, [y], model: model, outputType: outputType, bindings: bindings) }
+            if hasResidual { y = RefTensor(shape: y.shape, data: zip(y.data, x[hasBias ? 3 : 2].data).map { $0 + $1 }) }
+            return y
+        case .affineCoupling(let shift, let hasScale, let flip):
+            let xs = x[0].shape
+            let (bn, t, d) = (xs[0], xs[1], xs[2])
+            let pw = hasScale ? 2 * d : d
+            var out = [Double](repeating: 0, count: bn * t * d)
+            for b in 0..<bn {
+                for i in 0..<t {
+                    let o = (b * t + (flip ? t - 1 - i : i)) * d
+                    for j in 0..<d {
+                        let xv = x[0].data[(b * t + i) * d + j]
+                        if i < shift { out[o + j] = xv; continue }
+                        let p = (b * t + i - shift) * pw
+                        out[o + j] = hasScale ? (xv - x[1].data[p + d + j]) * Glibc.exp(-x[1].data[p + j]) : xv - x[1].data[p + j]
+                    }
+                }
+            }
+            return RefTensor(shape: xs, data: out)
         case .reduceSum(let axes, let keep), .reduceMean(let axes, let keep):
             let s = x[0].shape
             let kept = s.enumerated().map { axes.contains($0.offset) ? 1 : $0.element }

@@ -9,7 +9,7 @@ struct TarflowCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tarflow",
         abstract: "Run TarFlow normalizing flows: exact likelihoods, sampling, no Python.",
-        subcommands: [Convert.self, Inspect.self, Likelihood.self, Sample.self, Denoise.self, Classify.self]
+        subcommands: [Convert.self, Inspect.self, Likelihood.self, Sample.self, Denoise.self, Classify.self, Bench.self]
     )
 }
 

@@ -153,6 +153,15 @@ public nonisolated enum Flowir_OpCode: SwiftProtobuf.Enum, Swift.CaseIterable {
 
   /// attr: axes, keep_dims
   case opReduceMean // = 61
+
+  /// Fused ops: made by the compiler's fusion passes (Spec/IR.md, "Fused ops").
+  case opAttention // = 70
+
+  /// attr: activation, with_bias, with_residual; act(x·Wᵀ + bias) + residual
+  case opFusedLinear // = 71
+
+  /// attr: start (shift), with_scale, flip
+  case opAffineCoupling // = 72
   case UNRECOGNIZED(Int)
 
   public init() {
@@ -191,6 +200,9 @@ public nonisolated enum Flowir_OpCode: SwiftProtobuf.Enum, Swift.CaseIterable {
     case 58: self = .opMaskAfter
     case 60: self = .opReduceSum
     case 61: self = .opReduceMean
+    case 70: self = .opAttention
+    case 71: self = .opFusedLinear
+    case 72: self = .opAffineCoupling
     default: self = .UNRECOGNIZED(rawValue)
     }
   }
@@ -227,6 +239,9 @@ public nonisolated enum Flowir_OpCode: SwiftProtobuf.Enum, Swift.CaseIterable {
     case .opMaskAfter: return 58
     case .opReduceSum: return 60
     case .opReduceMean: return 61
+    case .opAttention: return 70
+    case .opFusedLinear: return 71
+    case .opAffineCoupling: return 72
     case .UNRECOGNIZED(let i): return i
     }
   }
@@ -263,6 +278,86 @@ public nonisolated enum Flowir_OpCode: SwiftProtobuf.Enum, Swift.CaseIterable {
     .opMaskAfter,
     .opReduceSum,
     .opReduceMean,
+    .opAttention,
+    .opFusedLinear,
+    .opAffineCoupling,
+  ]
+
+}
+
+/// The mask an attention op applies to its scores.
+public nonisolated enum Flowir_AttentionMask: SwiftProtobuf.Enum, Swift.CaseIterable {
+  public typealias RawValue = Int
+  case none // = 0
+
+  /// key j > query i + N − M is masked
+  case causal // = 1
+
+  /// key j > position (last input, int64[1]) is masked
+  case afterPosition // = 2
+  case UNRECOGNIZED(Int)
+
+  public init() {
+    self = .none
+  }
+
+  public init?(rawValue: Int) {
+    switch rawValue {
+    case 0: self = .none
+    case 1: self = .causal
+    case 2: self = .afterPosition
+    default: self = .UNRECOGNIZED(rawValue)
+    }
+  }
+
+  public var rawValue: Int {
+    switch self {
+    case .none: return 0
+    case .causal: return 1
+    case .afterPosition: return 2
+    case .UNRECOGNIZED(let i): return i
+    }
+  }
+
+  // The compiler won't synthesize support with the UNRECOGNIZED case.
+  public static let allCases: [Flowir_AttentionMask] = [
+    .none,
+    .causal,
+    .afterPosition,
+  ]
+
+}
+
+public nonisolated enum Flowir_Activation: SwiftProtobuf.Enum, Swift.CaseIterable {
+  public typealias RawValue = Int
+  case none // = 0
+  case gelu // = 1
+  case UNRECOGNIZED(Int)
+
+  public init() {
+    self = .none
+  }
+
+  public init?(rawValue: Int) {
+    switch rawValue {
+    case 0: self = .none
+    case 1: self = .gelu
+    default: self = .UNRECOGNIZED(rawValue)
+    }
+  }
+
+  public var rawValue: Int {
+    switch self {
+    case .none: return 0
+    case .gelu: return 1
+    case .UNRECOGNIZED(let i): return i
+    }
+  }
+
+  // The compiler won't synthesize support with the UNRECOGNIZED case.
+  public static let allCases: [Flowir_Activation] = [
+    .none,
+    .gelu,
   ]
 
 }
@@ -411,6 +506,51 @@ public nonisolated struct Flowir_Node: @unchecked Sendable {
   public var keepDims: Bool {
     get {_storage._keepDims}
     set {_uniqueStorage()._keepDims = newValue}
+  }
+
+  public var heads: Int64 {
+    get {_storage._heads}
+    set {_uniqueStorage()._heads = newValue}
+  }
+
+  public var mask: Flowir_AttentionMask {
+    get {_storage._mask}
+    set {_uniqueStorage()._mask = newValue}
+  }
+
+  public var offsets: [Int64] {
+    get {_storage._offsets}
+    set {_uniqueStorage()._offsets = newValue}
+  }
+
+  public var rowScale: Bool {
+    get {_storage._rowScale}
+    set {_uniqueStorage()._rowScale = newValue}
+  }
+
+  public var activation: Flowir_Activation {
+    get {_storage._activation}
+    set {_uniqueStorage()._activation = newValue}
+  }
+
+  public var withBias: Bool {
+    get {_storage._withBias}
+    set {_uniqueStorage()._withBias = newValue}
+  }
+
+  public var withResidual: Bool {
+    get {_storage._withResidual}
+    set {_uniqueStorage()._withResidual = newValue}
+  }
+
+  public var withScale: Bool {
+    get {_storage._withScale}
+    set {_uniqueStorage()._withScale = newValue}
+  }
+
+  public var flip: Bool {
+    get {_storage._flip}
+    set {_uniqueStorage()._flip = newValue}
   }
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
@@ -566,7 +706,15 @@ nonisolated extension Flowir_DType: SwiftProtobuf._ProtoNameProviding {
 }
 
 nonisolated extension Flowir_OpCode: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0OP_UNSPECIFIED\0\u{1}OP_CONSTANT\0\u{1}OP_FULL\0\u{2}\u{8}OP_ADD\0\u{1}OP_SUB\0\u{1}OP_MUL\0\u{1}OP_DIV\0\u{1}OP_NEG\0\u{1}OP_EXP\0\u{1}OP_GELU\0\u{1}OP_SQRT\0\u{1}OP_LOG\0\u{1}OP_SCALE\0\u{1}OP_ERF\0\u{2}\u{a}OP_MATMUL\0\u{1}OP_LINEAR\0\u{2}\u{9}OP_LAYER_NORM\0\u{1}OP_SOFTMAX\0\u{1}OP_CAUSAL_MASK\0\u{2}\u{8}OP_RESHAPE\0\u{1}OP_TRANSPOSE\0\u{1}OP_SLICE\0\u{1}OP_CONCAT\0\u{1}OP_FLIP\0\u{1}OP_PAD\0\u{1}OP_GATHER\0\u{1}OP_WRITE_SLICE\0\u{1}OP_MASK_AFTER\0\u{2}\u{2}OP_REDUCE_SUM\0\u{1}OP_REDUCE_MEAN\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0OP_UNSPECIFIED\0\u{1}OP_CONSTANT\0\u{1}OP_FULL\0\u{2}\u{8}OP_ADD\0\u{1}OP_SUB\0\u{1}OP_MUL\0\u{1}OP_DIV\0\u{1}OP_NEG\0\u{1}OP_EXP\0\u{1}OP_GELU\0\u{1}OP_SQRT\0\u{1}OP_LOG\0\u{1}OP_SCALE\0\u{1}OP_ERF\0\u{2}\u{a}OP_MATMUL\0\u{1}OP_LINEAR\0\u{2}\u{9}OP_LAYER_NORM\0\u{1}OP_SOFTMAX\0\u{1}OP_CAUSAL_MASK\0\u{2}\u{8}OP_RESHAPE\0\u{1}OP_TRANSPOSE\0\u{1}OP_SLICE\0\u{1}OP_CONCAT\0\u{1}OP_FLIP\0\u{1}OP_PAD\0\u{1}OP_GATHER\0\u{1}OP_WRITE_SLICE\0\u{1}OP_MASK_AFTER\0\u{2}\u{2}OP_REDUCE_SUM\0\u{1}OP_REDUCE_MEAN\0\u{2}\u{9}OP_ATTENTION\0\u{1}OP_FUSED_LINEAR\0\u{1}OP_AFFINE_COUPLING\0")
+}
+
+nonisolated extension Flowir_AttentionMask: SwiftProtobuf._ProtoNameProviding {
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0ATTENTION_MASK_NONE\0\u{1}ATTENTION_MASK_CAUSAL\0\u{1}ATTENTION_MASK_AFTER_POSITION\0")
+}
+
+nonisolated extension Flowir_Activation: SwiftProtobuf._ProtoNameProviding {
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0ACTIVATION_NONE\0\u{1}ACTIVATION_GELU\0")
 }
 
 nonisolated extension Flowir_Dim: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
@@ -668,7 +816,7 @@ nonisolated extension Flowir_Value: SwiftProtobuf.Message, SwiftProtobuf._Messag
 
 nonisolated extension Flowir_Node: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Node"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}op\0\u{1}inputs\0\u{1}outputs\0\u{1}tensor\0\u{1}value\0\u{1}shape\0\u{1}axis\0\u{1}axes\0\u{1}perm\0\u{1}start\0\u{1}end\0\u{1}before\0\u{1}after\0\u{1}eps\0\u{3}transpose_a\0\u{3}transpose_b\0\u{3}keep_dims\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}op\0\u{1}inputs\0\u{1}outputs\0\u{1}tensor\0\u{1}value\0\u{1}shape\0\u{1}axis\0\u{1}axes\0\u{1}perm\0\u{1}start\0\u{1}end\0\u{1}before\0\u{1}after\0\u{1}eps\0\u{3}transpose_a\0\u{3}transpose_b\0\u{3}keep_dims\0\u{1}heads\0\u{1}mask\0\u{1}offsets\0\u{3}row_scale\0\u{1}activation\0\u{3}with_bias\0\u{3}with_residual\0\u{3}with_scale\0\u{1}flip\0")
 
   fileprivate class _StorageClass {
     var _op: Flowir_OpCode = .opUnspecified
@@ -688,6 +836,15 @@ nonisolated extension Flowir_Node: SwiftProtobuf.Message, SwiftProtobuf._Message
     var _transposeA: Bool = false
     var _transposeB: Bool = false
     var _keepDims: Bool = false
+    var _heads: Int64 = 0
+    var _mask: Flowir_AttentionMask = .none
+    var _offsets: [Int64] = []
+    var _rowScale: Bool = false
+    var _activation: Flowir_Activation = .none
+    var _withBias: Bool = false
+    var _withResidual: Bool = false
+    var _withScale: Bool = false
+    var _flip: Bool = false
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -715,6 +872,15 @@ nonisolated extension Flowir_Node: SwiftProtobuf.Message, SwiftProtobuf._Message
       _transposeA = source._transposeA
       _transposeB = source._transposeB
       _keepDims = source._keepDims
+      _heads = source._heads
+      _mask = source._mask
+      _offsets = source._offsets
+      _rowScale = source._rowScale
+      _activation = source._activation
+      _withBias = source._withBias
+      _withResidual = source._withResidual
+      _withScale = source._withScale
+      _flip = source._flip
     }
   }
 
@@ -750,6 +916,15 @@ nonisolated extension Flowir_Node: SwiftProtobuf.Message, SwiftProtobuf._Message
         case 15: try { try decoder.decodeSingularBoolField(value: &_storage._transposeA) }()
         case 16: try { try decoder.decodeSingularBoolField(value: &_storage._transposeB) }()
         case 17: try { try decoder.decodeSingularBoolField(value: &_storage._keepDims) }()
+        case 18: try { try decoder.decodeSingularInt64Field(value: &_storage._heads) }()
+        case 19: try { try decoder.decodeSingularEnumField(value: &_storage._mask) }()
+        case 20: try { try decoder.decodeRepeatedInt64Field(value: &_storage._offsets) }()
+        case 21: try { try decoder.decodeSingularBoolField(value: &_storage._rowScale) }()
+        case 22: try { try decoder.decodeSingularEnumField(value: &_storage._activation) }()
+        case 23: try { try decoder.decodeSingularBoolField(value: &_storage._withBias) }()
+        case 24: try { try decoder.decodeSingularBoolField(value: &_storage._withResidual) }()
+        case 25: try { try decoder.decodeSingularBoolField(value: &_storage._withScale) }()
+        case 26: try { try decoder.decodeSingularBoolField(value: &_storage._flip) }()
         default: break
         }
       }
@@ -809,6 +984,33 @@ nonisolated extension Flowir_Node: SwiftProtobuf.Message, SwiftProtobuf._Message
       if _storage._keepDims != false {
         try visitor.visitSingularBoolField(value: _storage._keepDims, fieldNumber: 17)
       }
+      if _storage._heads != 0 {
+        try visitor.visitSingularInt64Field(value: _storage._heads, fieldNumber: 18)
+      }
+      if _storage._mask != .none {
+        try visitor.visitSingularEnumField(value: _storage._mask, fieldNumber: 19)
+      }
+      if !_storage._offsets.isEmpty {
+        try visitor.visitPackedInt64Field(value: _storage._offsets, fieldNumber: 20)
+      }
+      if _storage._rowScale != false {
+        try visitor.visitSingularBoolField(value: _storage._rowScale, fieldNumber: 21)
+      }
+      if _storage._activation != .none {
+        try visitor.visitSingularEnumField(value: _storage._activation, fieldNumber: 22)
+      }
+      if _storage._withBias != false {
+        try visitor.visitSingularBoolField(value: _storage._withBias, fieldNumber: 23)
+      }
+      if _storage._withResidual != false {
+        try visitor.visitSingularBoolField(value: _storage._withResidual, fieldNumber: 24)
+      }
+      if _storage._withScale != false {
+        try visitor.visitSingularBoolField(value: _storage._withScale, fieldNumber: 25)
+      }
+      if _storage._flip != false {
+        try visitor.visitSingularBoolField(value: _storage._flip, fieldNumber: 26)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -835,6 +1037,15 @@ nonisolated extension Flowir_Node: SwiftProtobuf.Message, SwiftProtobuf._Message
         if _storage._transposeA != rhs_storage._transposeA {return false}
         if _storage._transposeB != rhs_storage._transposeB {return false}
         if _storage._keepDims != rhs_storage._keepDims {return false}
+        if _storage._heads != rhs_storage._heads {return false}
+        if _storage._mask != rhs_storage._mask {return false}
+        if _storage._offsets != rhs_storage._offsets {return false}
+        if _storage._rowScale != rhs_storage._rowScale {return false}
+        if _storage._activation != rhs_storage._activation {return false}
+        if _storage._withBias != rhs_storage._withBias {return false}
+        if _storage._withResidual != rhs_storage._withResidual {return false}
+        if _storage._withScale != rhs_storage._withScale {return false}
+        if _storage._flip != rhs_storage._flip {return false}
         return true
       }
       if !storagesAreEqual {return false}

@@ -1,0 +1,234 @@
+import COpenBLAS
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Kernels of the fused ops, written as `ParallelJob`s: the executor prepares one job object
+/// per step (pointers, sizes, per-thread scratch) and the pool runs its items. OpenBLAS runs
+/// single-threaded inside a job; the pool is the only source of parallelism, so a thread
+/// count always splits work the same way and gives the same bits.
+enum VectorMath {
+    /// exp on 8 lanes: 2^n · p(r) with r = x − n·ln 2 (Cody–Waite split) and a degree-6
+    /// polynomial; relative error ≈ 2e-7 over [−87, 88].
+    @inline(__always) static func exp(_ v: SIMD8<Float>) -> SIMD8<Float> {
+        let x = v.clamped(lowerBound: SIMD8(repeating: -87.3), upperBound: SIMD8(repeating: 88.3))
+        let n = (x * 1.4426950408889634).rounded(.toNearestOrEven)
+        var r = x - n * 0.693145751953125
+        r = r - n * 1.428606765330187e-06
+        var p = SIMD8<Float>(repeating: 1.0 / 720)
+        p = p * r + 1.0 / 120
+        p = p * r + 1.0 / 24
+        p = p * r + 1.0 / 6
+        p = p * r + 0.5
+        p = p * r + 1
+        p = p * r + 1
+        let bits = (SIMD8<Int32>(truncatingIfNeeded: SIMD8<Int32>(n) &+ 127) &<< 23)
+        return p * unsafeBitCast(bits, to: SIMD8<Float>.self)
+    }
+
+    /// Softmax of `row[0..<n]` in place, then zeros up to `width` (masked keys).
+    @inline(__always) static func softmaxRow(_ row: UnsafeMutablePointer<Float>, n: Int, width: Int) {
+        var m = -Float.infinity
+        for j in 0..<n { m = Swift.max(m, row[j]) }
+        var s: Float = 0
+        var j = 0
+        let mv = SIMD8<Float>(repeating: m)
+        var acc = SIMD8<Float>(repeating: 0)
+        while j + 8 <= n {
+            let e = exp(UnsafeRawPointer(row + j).loadUnaligned(as: SIMD8<Float>.self) - mv)
+            UnsafeMutableRawPointer(row + j).storeBytes(of: e, as: SIMD8<Float>.self)
+            acc += e
+            j += 8
+        }
+        s = acc.sum()
+        while j < n {
+            let e = expf(row[j] - m)
+            row[j] = e
+            s += e
+            j += 1
+        }
+        let inv = 1 / s
+        for j in 0..<n { row[j] *= inv }
+        if width > n { (row + n).update(repeating: 0, count: width - n) }
+    }
+}
+
+/// act(x · Wᵀ + bias) + residual over tiles of rows × columns. A tile's epilogue runs right
+/// after its GEMM, while the tile is in cache.
+final class LinearJob: ParallelJob {
+    let x: UnsafePointer<Float>, w: UnsafePointer<Float>, bias: UnsafePointer<Float>?, residual: UnsafePointer<Float>?
+    let y: UnsafeMutablePointer<Float>
+    let rows: Int, k: Int, n: Int
+    let gelu: Bool
+    let rowBlock: Int, colBlock: Int, rowTiles: Int, colTiles: Int
+
+    init(x: UnsafePointer<Float>, w: UnsafePointer<Float>, bias: UnsafePointer<Float>?, residual: UnsafePointer<Float>?,
+         y: UnsafeMutablePointer<Float>, rows: Int, k: Int, n: Int, gelu: Bool, threads: Int) {
+        self.x = x; self.w = w; self.bias = bias; self.residual = residual; self.y = y
+        self.rows = rows; self.k = k; self.n = n; self.gelu = gelu
+        // Row blocks of ≤ 128 rows keep a tile's output in L2 for the epilogue; when there are
+        // too few row blocks to feed every thread, columns are split too (batch-1 passes).
+        let rb = Swift.min(Swift.max(rows, 1), 128)
+        let rt = (rows + rb - 1) / rb
+        var ct = 1
+        if threads > 1 && rt < 2 * threads { ct = Swift.min(Swift.max(1, n / 32), (2 * threads + rt - 1) / rt) }
+        let cb = ((n + ct - 1) / ct + 7) / 8 * 8
+        rowBlock = rb; rowTiles = rt; colBlock = Swift.max(cb, 1); colTiles = (n + Swift.max(cb, 1) - 1) / Swift.max(cb, 1)
+    }
+
+    var items: Int { rows == 0 || n == 0 ? 0 : rowTiles * colTiles }
+
+    func run(_ index: Int, worker: Int) {
+        let r0 = (index / colTiles) * rowBlock, c0 = (index % colTiles) * colBlock
+        let mb = Swift.min(rowBlock, rows - r0), nb = Swift.min(colBlock, n - c0)
+        guard mb > 0, nb > 0 else { return }
+        let yt = y + r0 * n + c0
+        let addResidualAfter = residual != nil && gelu
+        var beta: Float = 0
+        if let residual, !gelu {
+            // act is identity: residual (+ bias) rides on β = 1.
+            if UnsafePointer(y) != residual { for r in 0..<mb { (yt + r * n).update(from: residual + (r0 + r) * n + c0, count: nb) } }
+            if let bias { for r in 0..<mb { let row = yt + r * n; for j in 0..<nb { row[j] += bias[c0 + j] } } }
+            beta = 1
+        } else if let bias {
+            for r in 0..<mb { (yt + r * n).update(from: bias + c0, count: nb) }
+            beta = 1
+        }
+        if k > 0 {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(mb), Int32(nb), Int32(k), 1,
+                        x + r0 * k, Int32(k), w + c0 * k, Int32(k), beta, yt, Int32(n))
+        } else if beta == 0 {
+            for r in 0..<mb { (yt + r * n).update(repeating: 0, count: nb) }
+        }
+        if gelu { for r in 0..<mb { Kernels.geluVector(yt + r * n, yt + r * n, count: nb) } }
+        if addResidualAfter, let residual {
+            for r in 0..<mb { let row = yt + r * n, res = residual + (r0 + r) * n + c0; for j in 0..<nb { row[j] += res[j] } }
+        }
+    }
+}
+
+/// Multi-head attention, one item per (batch, head): query rows in blocks, scores by GEMM
+/// straight from the row layouts (lda = the source's width), mask inline, softmax per row,
+/// then P·V into the merged-heads output.
+final class AttentionJob: ParallelJob {
+    let q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>
+    let y: UnsafeMutablePointer<Float>
+    let rowScale: UnsafePointer<Float>?
+    let position: UnsafePointer<Int64>?
+    let batch: Int, heads: Int, d: Int, m: Int, nKeys: Int
+    /// Per operand: element strides between batches, heads and rows (row layout or head-major).
+    let lq: Layout, lk: Layout, lv: Layout
+
+    struct Layout {
+        var batch: Int, head: Int, row: Int, offset: Int
+        /// Row layout [B, N, W] (head h at columns offset + h·d) or head-major [B, H, N, d].
+        init(shape s: [Int], offset: Int, heads: Int, d: Int) {
+            if s.count == 4 {
+                (batch, head, row, self.offset) = (heads * s[2] * d, s[2] * d, d, 0)
+            } else {
+                (batch, head, row, self.offset) = (s[1] * s[2], d, s[2], offset)
+            }
+        }
+        @inline(__always) func base(_ b: Int, _ h: Int) -> Int { b * batch + h * head + offset }
+    }
+    let scale: Float
+    let causal: Bool
+    let queryBlock: Int
+    let scratch: UnsafeMutablePointer<Float>  // threads × queryBlock × nKeys
+    let threads: Int
+
+    init(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>,
+         rowScale: UnsafePointer<Float>?, position: UnsafePointer<Int64>?, heads: Int,
+         shapes: ([Int], [Int], [Int]), offsets: [Int], scale: Float, causal: Bool, threads: Int) {
+        self.q = q; self.k = k; self.v = v; self.y = y; self.rowScale = rowScale; self.position = position
+        let (qs, ks, vs) = shapes
+        let d = vs.count == 4 ? vs[3] : (vs[2] - offsets[2]) / heads
+        self.batch = qs[0]; self.heads = heads; self.d = d
+        m = qs.count == 4 ? qs[2] : qs[1]
+        nKeys = ks.count == 4 ? ks[2] : ks[1]
+        lq = Layout(shape: qs, offset: offsets[0], heads: heads, d: d)
+        lk = Layout(shape: ks, offset: offsets[1], heads: heads, d: d)
+        lv = Layout(shape: vs, offset: offsets[2], heads: heads, d: d)
+        self.scale = scale; self.causal = causal; self.threads = threads
+        queryBlock = Swift.max(1, Swift.min(m, 64))
+        scratch = .allocate(capacity: Swift.max(1, threads * queryBlock * Swift.max(nKeys, 1)))
+    }
+
+    deinit { scratch.deallocate() }
+
+    var items: Int { batch * heads }
+
+    func run(_ index: Int, worker: Int) {
+        let b = index / heads, h = index % heads
+        let s = scratch + worker * queryBlock * nKeys
+        let qb = q + lq.base(b, h), kb = k + lk.base(b, h), vb = v + lv.base(b, h)
+        let wq = lq.row, wk = lk.row, wv = lv.row
+        let wy = heads * d
+        let yb = y + b * m * wy + h * d
+        let alpha = scale * (rowScale?[b] ?? 1)
+        var limit = nKeys
+        if let position { limit = Swift.max(0, Swift.min(nKeys, Int(clamping: position[0]) &+ 1)) }
+        var i0 = 0
+        while i0 < m {
+            let mb = Swift.min(queryBlock, m - i0)
+            // Keys any row of this block may see.
+            let kmax = causal ? Swift.min(nKeys, i0 + mb + nKeys - m) : limit
+            if kmax <= 0 {
+                for r in 0..<mb { (yb + (i0 + r) * wy).update(repeating: .nan, count: d) }
+                i0 += mb
+                continue
+            }
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(mb), Int32(kmax), Int32(d), alpha,
+                        qb + i0 * wq, Int32(wq), kb, Int32(wk), 0, s, Int32(kmax))
+            for r in 0..<mb {
+                let valid = causal ? Swift.min(kmax, i0 + r + 1 + nKeys - m) : kmax
+                VectorMath.softmaxRow(s + r * kmax, n: valid, width: kmax)
+            }
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(mb), Int32(d), Int32(kmax), 1,
+                        s, Int32(kmax), vb, Int32(wv), 0, yb + i0 * wy, Int32(wy))
+            i0 += mb
+        }
+    }
+}
+
+/// LayerNorm over rows, in chunks of rows.
+final class LayerNormJob: ParallelJob {
+    let x: UnsafePointer<Float>, w: UnsafePointer<Float>, b: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>
+    let rows: Int, c: Int, eps: Float, chunk: Int
+
+    init(x: UnsafePointer<Float>, w: UnsafePointer<Float>, b: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>, rows: Int, c: Int, eps: Float) {
+        self.x = x; self.w = w; self.b = b; self.y = y; self.rows = rows; self.c = c; self.eps = eps
+        chunk = Swift.max(1, 16384 / Swift.max(c, 1))
+    }
+
+    var items: Int { (rows + chunk - 1) / chunk }
+
+    func run(_ index: Int, worker: Int) {
+        let r0 = index * chunk, n = Swift.min(chunk, rows - r0)
+        Kernels.layerNorm(x: x + r0 * c, w: w, b: b, y: y + r0 * c, rows: n, c: c, eps: eps)
+    }
+}
+
+enum CouplingKernel {
+    /// z_t = (x_t − b_{t−s})·exp(−a_{t−s}) (t ≥ s), z_t = x_t (t < s); token-reversed if `flip`.
+    static func run(x: UnsafePointer<Float>, params: UnsafePointer<Float>, z: UnsafeMutablePointer<Float>,
+                    batch: Int, tokens t: Int, d: Int, shift: Int, hasScale: Bool, flip: Bool) {
+        let pw = hasScale ? 2 * d : d
+        for b in 0..<batch {
+            for i in 0..<t {
+                let xi = x + (b * t + i) * d
+                let zi = z + (b * t + (flip ? t - 1 - i : i)) * d
+                if i < shift {
+                    zi.update(from: xi, count: d)
+                    continue
+                }
+                let p = params + (b * t + i - shift) * pw
+                if hasScale {
+                    for j in 0..<d { zi[j] = (xi[j] - p[d + j]) * expf(-p[j]) }
+                } else {
+                    for j in 0..<d { zi[j] = xi[j] - p[j] }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,91 @@
+import Dispatch
+import FlowRuntime
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Timing helpers behind `tarflow bench` and the Benchmarks package.
+public enum BenchSupport {
+    public struct Result: Sendable {
+        public var seconds: [Double]
+        public var flops: Double
+        public var arenaBytes: Int
+        public var median: Double { seconds.sorted()[seconds.count / 2] }
+    }
+
+    static func now() -> Double { Double(DispatchTime.now().uptimeNanoseconds) * 1e-9 }
+
+    /// Forward passes at batch `batch` through the bound plan: inputs written in place, so the
+    /// timed loop is the executor alone (no allocation).
+    public static func forward(_ m: TarFlowModel, batch: Int, reps: Int, profile: Bool = false) throws -> Result {
+        let exec = try m.forwardPlan()
+        let bound = try exec.bind(["B": batch])
+        let x = bound.buffer("x")!.pointer.assumingMemoryBound(to: Float.self)
+        let n = batch * m.config.imageDim
+        for i in 0..<n { x[i] = Float((i * 7919) % 255) / 127.5 - 1 }
+        if let y = bound.buffer("y") {
+            let p = y.pointer.assumingMemoryBound(to: Int64.self)
+            for i in 0..<batch { p[i] = Int64(i % max(m.config.numClasses, 1)) }
+        }
+        try bound.run()
+        var times: [Double] = []
+        for _ in 0..<reps {
+            let t0 = now()
+            try bound.run()
+            times.append(now() - t0)
+        }
+        if profile {
+            let p = try bound.profile()
+            let total = p.reduce(0) { $0 + $1.seconds }
+            var s = "per-op profile (one call, \(fmt(total)) s):\n"
+            for e in p {
+                s += "  " + e.op.padding(18) + " \(fmt(e.seconds)) s  \(fmt(100 * e.seconds / total, 1))%  x\(e.count)\n"
+            }
+            FileDescriptorOutput.standardError(s)
+        }
+        return Result(seconds: times, flops: exec.plan.flops(bindings: ["B": batch]), arenaBytes: bound.arenaByteCount)
+    }
+
+    /// Full sampling runs (all blocks, all tokens) of `batch` images, unguided.
+    public static func sample(_ m: TarFlowModel, batch: Int, reps: Int) throws -> Result {
+        let z = m.noise(count: batch, seed: 0)
+        _ = try m.sample(noise: z)
+        var times: [Double] = []
+        for _ in 0..<reps {
+            let t0 = now()
+            _ = try m.sample(noise: z)
+            times.append(now() - t0)
+        }
+        var flops = 0.0, arena = 0
+        for k in 0..<m.config.numBlocks {
+            let e = try m.decodePlan(k)
+            flops += e.plan.flops(bindings: ["B": batch]) * Double(m.config.numPatches - 1)
+            arena = max(arena, try e.bind(["B": batch]).arenaByteCount)
+        }
+        return Result(seconds: times, flops: flops, arenaBytes: arena)
+    }
+
+    /// Peak resident set size of this process.
+    public static func peakRSS() -> Int {
+        var u = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &u)
+        return Int(u.ru_maxrss) * 1024
+    }
+}
+
+func fmt(_ v: Double, _ digits: Int = 4) -> String {
+    let p = (0..<digits).reduce(1.0) { a, _ in a * 10 }
+    return String((v * p).rounded() / p)
+}
+
+extension String {
+    func padding(_ n: Int) -> String { count >= n ? self : self + String(repeating: " ", count: n - count) }
+}
+
+/// Writes to file descriptor 2 without touching C's `stderr` global.
+enum FileDescriptorOutput {
+    static func standardError(_ s: String) {
+        var bytes = Array(s.utf8)
+        _ = bytes.withUnsafeMutableBytes { write(2, $0.baseAddress, $0.count) }
+    }
+}
