@@ -190,6 +190,8 @@ final class CompilerTests: XCTestCase {
     }
 
     func testDefaultPasses() {
-        XCTAssertEqual(Compiler.defaultPasses().map(\.name), ["dead-code-elimination", "shape-inference"])
+        XCTAssertEqual(Compiler.defaultPasses(fusion: false).map(\.name), ["dead-code-elimination", "shape-inference"])
+        XCTAssertEqual(Compiler.defaultPasses().map(\.name), ["dead-code-elimination", "shape-inference", "fuse-attention",
+                                                               "fuse-affine-coupling", "fuse-linear-epilogue", "dead-code-elimination"])
     }
 }
