@@ -21,7 +21,9 @@ let package = Package(
             dependencies: [.product(name: "SwiftProtobuf", package: "swift-protobuf")]
         ),
         .target(name: "FlowCompiler", dependencies: ["FlowIR"]),
-        .target(name: "FlowRuntime", dependencies: ["FlowIR", "FlowCompiler", "COpenBLAS"]),
+        .target(name: "FlowRuntime", dependencies: ["FlowIR", "FlowCompiler", "COpenBLAS", "CFlowKernels"]),
+        // SIMD inner loops in C, each built for AVX-512, AVX2 and baseline x86-64 (target_clones).
+        .target(name: "CFlowKernels"),
         .target(
             name: "TarFlow",
             dependencies: [

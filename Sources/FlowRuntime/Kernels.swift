@@ -1,3 +1,4 @@
+import CFlowKernels
 import COpenBLAS
 #if canImport(Glibc)
 import Glibc
@@ -128,8 +129,13 @@ enum Kernels {
         return x * p / q
     }
 
-    /// y = gelu(x), 8 lanes at a time; x and y may be the same buffer.
+    /// y = gelu(x) by the C kernel (AVX-512/AVX2 when the CPU has them); x and y may alias.
     static func geluVector(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, count: Int) {
+        fk_gelu(x, y, count)
+    }
+
+    /// The same in Swift SIMD (baseline x86-64), kept as the portable fallback of the C kernel.
+    static func geluSIMD(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, count: Int) {
         var i = 0
         let r = SIMD8<Float>(repeating: 0.70710678118654752440)
         while i + 8 <= count {

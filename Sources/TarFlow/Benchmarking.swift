@@ -47,7 +47,21 @@ public enum BenchSupport {
     }
 
     /// Full sampling runs (all blocks, all tokens) of `batch` images, unguided.
-    public static func sample(_ m: TarFlowModel, batch: Int, reps: Int) throws -> Result {
+    public static func sample(_ m: TarFlowModel, batch: Int, reps: Int, profile: Bool = false) throws -> Result {
+        if profile {
+            // One decode step of block 0 at the middle token.
+            let bound = try m.decodePlan(0).bind(["B": batch])
+            bound.buffer("pos")!.pointer.assumingMemoryBound(to: Int64.self)[0] = Int64(m.config.numPatches / 2)
+            if let ls = bound.buffer("logit_scale") {
+                for i in 0..<batch { ls.pointer.assumingMemoryBound(to: Float.self)[i] = TarFlowGraphs.attentionScale(m.config) }
+            }
+            try bound.run()
+            let p = try bound.profile()
+            let total = p.reduce(0) { $0 + $1.seconds }
+            var s = "decode-step profile (block 0, one step, \(fmt(total * 1e3, 3)) ms):\n"
+            for e in p { s += "  " + e.op.padding(18) + " \(fmt(e.seconds * 1e6, 1)) us  x\(e.count)\n" }
+            FileDescriptorOutput.standardError(s)
+        }
         let z = m.noise(count: batch, seed: 0)
         _ = try m.sample(noise: z)
         var times: [Double] = []

@@ -27,7 +27,7 @@ struct Bench: ParsableCommand {
             let r: BenchSupport.Result
             switch what {
             case "forward": r = try BenchSupport.forward(m, batch: batch, reps: reps, profile: profile)
-            case "sample": r = try BenchSupport.sample(m, batch: batch, reps: reps)
+            case "sample": r = try BenchSupport.sample(m, batch: batch, reps: reps, profile: profile)
             default: throw TarFlowError.invalidInput("--what must be forward or sample, is \(what)")
             }
             let all = r.seconds.map { String($0) }.joined(separator: ", ")

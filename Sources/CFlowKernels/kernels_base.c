@@ -1,0 +1,2 @@
+#define FK_NAME(x) fk_##x##_base
+#include "kernels_impl.inc"
