@@ -24,9 +24,11 @@ public struct FuseLinearEpilogue: CompilerPass {
             case .add:
                 let (l, r) = (n.inputs[0], n.inputs[1])
                 let out = graph.values[n.outputs[0]].type.shape
+                // Neither side may broadcast: the fused op's result has exactly the linear's shape.
+                guard graph.values[l].type.shape == out, graph.values[r].type.shape == out, l != r else { continue }
                 var matched: (ValueID, ValueID, ValueID?, Activation, ValueID?, ValueID)?
-                if let p = linearParts(r, idx), p.4 == nil, graph.values[l].type.shape == out, l != r { matched = (p.0, p.1, p.2, p.3, p.4, l) }
-                else if let p = linearParts(l, idx), p.4 == nil, graph.values[r].type.shape == out, l != r { matched = (p.0, p.1, p.2, p.3, p.4, r) }
+                if let p = linearParts(r, idx), p.4 == nil { matched = (p.0, p.1, p.2, p.3, p.4, l) }
+                else if let p = linearParts(l, idx), p.4 == nil { matched = (p.0, p.1, p.2, p.3, p.4, r) }
                 guard let (x, w, b, act, _, residual) = matched else { continue }
                 graph.replaceNode(i, op: .fusedLinear(activation: act, hasBias: b != nil, hasResidual: true),
                                   inputs: [x, w] + (b.map { [$0] } ?? []) + [residual])

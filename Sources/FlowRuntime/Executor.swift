@@ -16,8 +16,9 @@ public final class Executor: @unchecked Sendable {
     public let threads: Int
     /// Pointers of values available before any input: constants and load-step results.
     var fixed: [ValueID: UnsafeMutableRawPointer] = [:]
-    var owned: [UnsafeMutableRawPointer] = []
-    let model: Model
+    /// Owns the memory `fixed` points into; bound plans hold it too.
+    let loaded: LoadedValues
+    var model: Model { loaded.model }
     var instances: [[Int]: BoundPlan] = [:]
     let lock = NSLockLike()
 
@@ -27,7 +28,7 @@ public final class Executor: @unchecked Sendable {
 
     public init(plan: ExecutionPlan, model: Model, threads: Int = 1, inPlace: Bool = true) throws {
         self.plan = plan
-        self.model = model
+        loaded = LoadedValues(model: model)
         self.inPlace = inPlace
         self.threads = max(1, threads)
         pool = ThreadPool(threads: self.threads)
@@ -61,14 +62,10 @@ public final class Executor: @unchecked Sendable {
         }
     }
 
-    deinit {
-        for p in owned { p.deallocate() }
-    }
-
     func allocate(_ bytes: Int) -> UnsafeMutableRawPointer {
         let p = UnsafeMutableRawPointer.allocate(byteCount: max(bytes, 8), alignment: 64)
         p.initializeMemory(as: UInt8.self, repeating: 0, count: max(bytes, 8))
-        owned.append(p)
+        loaded.owned.append(p)
         return p
     }
 
@@ -159,6 +156,16 @@ public final class Executor: @unchecked Sendable {
 
 }
 
+/// The memory of the values fixed at load: the model (whose tensors constants point into) and
+/// the buffers of widened constants and load-step results. A bound plan keeps it alive, so its
+/// pointers stay valid when the executor that made it is gone.
+final class LoadedValues: @unchecked Sendable {
+    let model: Model
+    var owned: [UnsafeMutableRawPointer] = []
+    init(model: Model) { self.model = model }
+    deinit { for p in owned { p.deallocate() } }
+}
+
 /// Everything prepared for one binding of the symbols: concrete shapes, one arena holding every
 /// buffer, kernels with their pointers and sizes. State inputs keep their values between runs.
 public final class BoundPlan: @unchecked Sendable {
@@ -174,6 +181,7 @@ public final class BoundPlan: @unchecked Sendable {
             let g = e.plan.graph
             graph = g
             plan = e.plan
+            loaded = e.loaded
             threads = e.threads
             pool = e.pool
             shapes = try ShapeInference.concreteShapes(g, bindings: bindings)
@@ -207,6 +215,8 @@ public final class BoundPlan: @unchecked Sendable {
         }
 
         let stateBuffers: [ValueID]
+        /// Keeps the constants and load-time values that `pointers` reach alive.
+        let loaded: LoadedValues
         public let memoryPlan: MemoryPlan
         let plan: ExecutionPlan
         let pool: ThreadPool

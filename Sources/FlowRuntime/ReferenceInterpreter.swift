@@ -112,7 +112,8 @@ public enum ReferenceInterpreter {
         case .linear:
             let w = x[1]
             let n = w.shape[0], k = w.shape[1]
-            let rows = count(x[0].shape) / max(k, 1)
+            // Rows from the leading axes: with K = 0, x has no elements but still its rows.
+            let rows = count(Array(x[0].shape.dropLast()))
             var out = [Double](repeating: 0, count: rows * n)
             for r in 0..<rows {
                 for j in 0..<n {
@@ -289,6 +290,11 @@ public enum ReferenceInterpreter {
                         let mx = sc.max() ?? 0
                         let e = sc.map { $0 == -.infinity ? 0 : Glibc.exp($0 - mx) }
                         let z = e.reduce(0, +)
+                        // No visible key: softmax over all −inf is NaN, as the unfused ops give.
+                        if z == 0 {
+                            for t in 0..<d { out[(b * m + i) * heads * d + h * d + t] = .nan }
+                            continue
+                        }
                         for t in 0..<d {
                             var acc = 0.0
                             for j in 0..<n where e[j] != 0 { acc += e[j] / z * v.data[at(v, offsets[2], b, j, h, t)] }

@@ -68,6 +68,11 @@ extension TarFlowModel {
         return e
     }
 
+    /// The bound decode step of block `k` for `batch` rows (for benchmarks and custom loops).
+    public func decodeStep(block k: Int, batch: Int) throws -> BoundPlan {
+        try decodePlan(k).bind(["B": batch])
+    }
+
     /// `Model.reverse`: prior noise f32[B, T, D] → images f32[B, C, H, W] in model space.
     /// Labels: one per image, −1 = no label (mean class embedding); nil = all −1.
     public func sample(noise: Tensor, labels: [Int]? = nil, options: SamplingOptions = SamplingOptions(),

@@ -1,0 +1,62 @@
+@preconcurrency import Benchmark
+import Foundation
+import TarFlow
+
+/// The shipped MNIST model, found from this file's location.
+let modelURL = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+    .deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("Models/mnist.tflow")
+
+let threads = Int(ProcessInfo.processInfo.environment["TARFLOW_THREADS"] ?? "") ?? 2
+
+/// Zero allocations per call is a target, so the threshold is absolute zero.
+let zeroMallocs: [BenchmarkMetric: BenchmarkThresholds] = [.mallocCountTotal: .init(absolute: [.p0: 0, .p100: 0])]
+
+let benchmarks: @Sendable () -> Void = {
+    Benchmark.defaultConfiguration = .init(
+        metrics: [.wallClock, .mallocCountTotal, .memoryLeaked, .peakMemoryResident],
+        warmupIterations: 2,
+        maxDuration: .seconds(5),
+        maxIterations: 50
+    )
+
+    // Forward pass: the bound plan with inputs written in place; the measured loop is the
+    // executor alone.
+    for batch in [1, 64] {
+        Benchmark("forward B=\(batch)", configuration: .init(thresholds: zeroMallocs)) { (benchmark: Benchmark, bound: BoundPlan) in
+            for _ in benchmark.scaledIterations { try bound.run() }
+        } setup: {
+            let m = try TarFlowModel(contentsOf: modelURL, threads: threads)
+            let bound = try m.forwardPlan().bind(["B": batch])
+            let x = bound.buffer("x")!.pointer.assumingMemoryBound(to: Float.self)
+            for i in 0..<(batch * m.config.imageDim) { x[i] = Float(i % 255) / 127.5 - 1 }
+            if let y = bound.buffer("y") { for i in 0..<batch { y.pointer.assumingMemoryBound(to: Int64.self)[i] = Int64(i % 10) } }
+            try bound.run()
+            return bound
+        }
+    }
+
+    // One KV-cache decode step (block 0, middle token).
+    for batch in [1, 16] {
+        Benchmark("decode step B=\(batch)", configuration: .init(thresholds: zeroMallocs)) { (benchmark: Benchmark, bound: BoundPlan) in
+            for _ in benchmark.scaledIterations { try bound.run() }
+        } setup: {
+            let m = try TarFlowModel(contentsOf: modelURL, threads: threads)
+            let bound = try m.decodeStep(block: 0, batch: batch)
+            bound.buffer("pos")!.pointer.assumingMemoryBound(to: Int64.self)[0] = 24
+            let ls = bound.buffer("logit_scale")!.pointer.assumingMemoryBound(to: Float.self)
+            for i in 0..<batch { ls[i] = 0.125 }
+            try bound.run()
+            return bound
+        }
+    }
+
+    // Whole sampling runs (allocations here are the per-call tensors, not per step).
+    for batch in [1, 16] {
+        Benchmark("sample B=\(batch)", configuration: .init(metrics: [.wallClock, .mallocCountTotal], maxIterations: 10)) { (benchmark: Benchmark, m: TarFlowModel) in
+            let z = m.noise(count: batch, seed: 0)
+            for _ in benchmark.scaledIterations { blackHole(try m.sample(noise: z)) }
+        } setup: {
+            try TarFlowModel(contentsOf: modelURL, threads: threads)
+        }
+    }
+}
