@@ -28,12 +28,15 @@ public enum BenchSupport {
             for i in 0..<batch { p[i] = Int64(i % max(m.config.numClasses, 1)) }
         }
         try bound.run()
-        var times: [Double] = []
-        for _ in 0..<reps {
+        var times = [Double](repeating: 0, count: reps)
+        let m0 = mallocCount()
+        for r in 0..<reps {
             let t0 = now()
             try bound.run()
-            times.append(now() - t0)
+            times[r] = now() - t0
         }
+        let m1 = mallocCount()
+        if let m0, let m1 { FileDescriptorOutput.standardError("heap allocations per call: \(Double(m1 - m0) / Double(reps))\n") }
         if profile {
             let p = try bound.profile()
             let total = p.reduce(0) { $0 + $1.seconds }
@@ -56,6 +59,9 @@ public enum BenchSupport {
                 for i in 0..<batch { ls.pointer.assumingMemoryBound(to: Float.self)[i] = TarFlowGraphs.attentionScale(m.config) }
             }
             try bound.run()
+            let m0 = mallocCount()
+            for _ in 0..<100 { try bound.run() }
+            if let m0, let m1 = mallocCount() { FileDescriptorOutput.standardError("heap allocations per decode step: \(Double(m1 - m0) / 100)\n") }
             let p = try bound.profile()
             let total = p.reduce(0) { $0 + $1.seconds }
             var s = "decode-step profile (block 0, one step, \(fmt(total * 1e3, 3)) ms):\n"
@@ -77,6 +83,13 @@ public enum BenchSupport {
             arena = max(arena, try e.bind(["B": batch]).arenaByteCount)
         }
         return Result(seconds: times, flops: flops, arenaBytes: arena)
+    }
+
+    /// Calls to malloc so far, when a counting interposer that exports `mcount_get` is preloaded.
+    static func mallocCount() -> Int? {
+        guard let sym = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "mcount_get") else { return nil }
+        typealias Get = @convention(c) () -> Int
+        return unsafeBitCast(sym, to: Get.self)()
     }
 
     /// Peak resident set size of this process.
