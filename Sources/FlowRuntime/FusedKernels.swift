@@ -8,52 +8,6 @@ import Glibc
 /// per step (pointers, sizes, per-thread scratch) and the pool runs its items. OpenBLAS runs
 /// single-threaded inside a job; the pool is the only source of parallelism, so a thread
 /// count always splits work the same way and gives the same bits.
-enum VectorMath {
-    /// exp on 8 lanes: 2^n · p(r) with r = x − n·ln 2 (Cody–Waite split) and a degree-6
-    /// polynomial; relative error ≈ 2e-7 over [−87, 88].
-    @inline(__always) static func exp(_ v: SIMD8<Float>) -> SIMD8<Float> {
-        let x = v.clamped(lowerBound: SIMD8(repeating: -87.3), upperBound: SIMD8(repeating: 88.3))
-        let n = (x * 1.4426950408889634).rounded(.toNearestOrEven)
-        var r = x - n * 0.693145751953125
-        r = r - n * 1.428606765330187e-06
-        var p = SIMD8<Float>(repeating: 1.0 / 720)
-        p = p * r + 1.0 / 120
-        p = p * r + 1.0 / 24
-        p = p * r + 1.0 / 6
-        p = p * r + 0.5
-        p = p * r + 1
-        p = p * r + 1
-        let bits = (SIMD8<Int32>(truncatingIfNeeded: SIMD8<Int32>(n) &+ 127) &<< 23)
-        return p * unsafeBitCast(bits, to: SIMD8<Float>.self)
-    }
-
-    /// Softmax of `row[0..<n]` in place, then zeros up to `width` (masked keys).
-    @inline(__always) static func softmaxRow(_ row: UnsafeMutablePointer<Float>, n: Int, width: Int) {
-        var m = -Float.infinity
-        for j in 0..<n { m = Swift.max(m, row[j]) }
-        var s: Float = 0
-        var j = 0
-        let mv = SIMD8<Float>(repeating: m)
-        var acc = SIMD8<Float>(repeating: 0)
-        while j + 8 <= n {
-            let e = exp(UnsafeRawPointer(row + j).loadUnaligned(as: SIMD8<Float>.self) - mv)
-            UnsafeMutableRawPointer(row + j).storeBytes(of: e, as: SIMD8<Float>.self)
-            acc += e
-            j += 8
-        }
-        s = acc.sum()
-        while j < n {
-            let e = expf(row[j] - m)
-            row[j] = e
-            s += e
-            j += 1
-        }
-        let inv = 1 / s
-        for j in 0..<n { row[j] *= inv }
-        if width > n { (row + n).update(repeating: 0, count: width - n) }
-    }
-}
-
 /// act(x · Wᵀ + bias) + residual over tiles of rows × columns. A tile's epilogue runs right
 /// after its GEMM, while the tile is in cache.
 final class LinearJob: ParallelJob {
@@ -107,7 +61,7 @@ final class LinearJob: ParallelJob {
         } else if beta == 0 {
             for r in 0..<mb { (yt + r * n).update(repeating: 0, count: nb) }
         }
-        if gelu { for r in 0..<mb { Kernels.geluVector(yt + r * n, yt + r * n, count: nb) } }
+        if gelu { for r in 0..<mb { fk_gelu(yt + r * n, yt + r * n, nb) } }
         if addResidualAfter, let residual {
             for r in 0..<mb { let row = yt + r * n, res = residual + (r0 + r) * n + c0; for j in 0..<nb { row[j] += res[j] } }
         }

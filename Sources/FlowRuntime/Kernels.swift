@@ -1,4 +1,3 @@
-import CFlowKernels
 import COpenBLAS
 #if canImport(Glibc)
 import Glibc
@@ -7,23 +6,6 @@ import Glibc
 /// Compute kernels on raw float buffers. Every kernel takes pointers and sizes prepared once
 /// per batch size by the executor; none allocates.
 enum Kernels {
-    /// y[R, N] = x[R, K] · W[N, K]ᵀ (+ bias), bias pre-filled so it rides on β = 1.
-    static func linear(x: UnsafePointer<Float>, w: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
-                       y: UnsafeMutablePointer<Float>, rows: Int, k: Int, n: Int) {
-        guard rows > 0, n > 0 else { return }
-        var beta: Float = 0
-        if let bias {
-            for r in 0..<rows { (y + r * n).update(from: bias, count: n) }
-            beta = 1
-        }
-        if k == 0 {
-            if bias == nil { y.update(repeating: 0, count: rows * n) }
-            return
-        }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(rows), Int32(n), Int32(k),
-                    1, x, Int32(k), w, Int32(k), beta, y, Int32(n))
-    }
-
     /// One GEMM of a batched matmul: c[M, N] = op(a) · op(b).
     static func gemm(a: UnsafePointer<Float>, b: UnsafePointer<Float>, c: UnsafeMutablePointer<Float>,
                      m: Int, n: Int, k: Int, transA: Bool, transB: Bool) {
@@ -34,24 +16,6 @@ enum Kernels {
         }
         cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
                     Int32(m), Int32(n), Int32(k), 1, a, Int32(transA ? m : k), b, Int32(transB ? k : n), 0, c, Int32(n))
-    }
-
-    static func layerNorm(x: UnsafePointer<Float>, w: UnsafePointer<Float>, b: UnsafePointer<Float>,
-                          y: UnsafeMutablePointer<Float>, rows: Int, c: Int, eps: Float) {
-        guard c > 0 else { return }
-        for r in 0..<rows {
-            let xr = x + r * c, yr = y + r * c
-            var sum: Float = 0
-            for i in 0..<c { sum += xr[i] }
-            let mean = sum / Float(c)
-            var sq: Float = 0
-            for i in 0..<c {
-                let d = xr[i] - mean
-                sq += d * d
-            }
-            let rstd = 1 / (sq / Float(c) + eps).squareRoot()
-            for i in 0..<c { yr[i] = (xr[i] - mean) * rstd * w[i] + b[i] }
-        }
     }
 
     /// Softmax along an axis of a tensor viewed as [outer, n, inner].
@@ -83,82 +47,6 @@ enum Kernels {
             for i in 0..<m where i + off + 1 < n {
                 (ys + i * n + i + off + 1).update(repeating: value, count: n - (i + off + 1))
             }
-        }
-    }
-
-    @inline(__always) static func gelu(_ v: Float) -> Float { 0.5 * v * (1 + erf(v * 0.70710678118654752440)) }
-
-    /// erf as x·P(x²)/Q(x²) on |x| ≤ 4 (clamped beyond, where erf is ±1 in float32): a rational
-    /// fit with 1.6e-9 error in exact arithmetic, ≤ 4e-7 evaluated in float32. Branch-free, so
-    /// the SIMD version below vectorizes; libm's erff is ~10× slower and was 38% of a forward pass.
-    @inline(__always) static func erf(_ v: Float) -> Float {
-        let x = Swift.min(Swift.max(v, -4), 4)
-        let t = x * x
-        var p: Float = -1.3664432620592512e-08
-        p = p * t + 4.780081053561039e-06
-        p = p * t + 0.0003826758459861536
-        p = p * t + 0.0038395064938278496
-        p = p * t + 0.05433229627992508
-        p = p * t + 0.184711014243158
-        p = p * t + 1.12837918209375
-        var q: Float = 6.400495043431185e-05
-        q = q * t + 0.0013095525502224968
-        q = q * t + 0.015453412486844535
-        q = q * t + 0.11382623967368265
-        q = q * t + 0.49702941955747265
-        q = q * t + 1
-        return x * p / q
-    }
-
-    @inline(__always) static func erf(_ v: SIMD8<Float>) -> SIMD8<Float> {
-        let x = v.clamped(lowerBound: SIMD8(repeating: -4), upperBound: SIMD8(repeating: 4))
-        let t = x * x
-        var p = SIMD8<Float>(repeating: -1.3664432620592512e-08)
-        p = p * t + 4.780081053561039e-06
-        p = p * t + 0.0003826758459861536
-        p = p * t + 0.0038395064938278496
-        p = p * t + 0.05433229627992508
-        p = p * t + 0.184711014243158
-        p = p * t + 1.12837918209375
-        var q = SIMD8<Float>(repeating: 6.400495043431185e-05)
-        q = q * t + 0.0013095525502224968
-        q = q * t + 0.015453412486844535
-        q = q * t + 0.11382623967368265
-        q = q * t + 0.49702941955747265
-        q = q * t + 1
-        return x * p / q
-    }
-
-    /// y = gelu(x) by the C kernel (AVX-512/AVX2 when the CPU has them); x and y may alias.
-    static func geluVector(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, count: Int) {
-        fk_gelu(x, y, count)
-    }
-
-    /// The same in Swift SIMD (baseline x86-64), kept as the portable fallback of the C kernel.
-    static func geluSIMD(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, count: Int) {
-        var i = 0
-        let r = SIMD8<Float>(repeating: 0.70710678118654752440)
-        while i + 8 <= count {
-            let v = UnsafeRawPointer(x + i).loadUnaligned(as: SIMD8<Float>.self)
-            let g = 0.5 * v * (1 + erf(v * r))
-            UnsafeMutableRawPointer(y + i).storeBytes(of: g, as: SIMD8<Float>.self)
-            i += 8
-        }
-        while i < count {
-            y[i] = gelu(x[i])
-            i += 1
-        }
-    }
-
-    static func erfVector(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, count: Int) {
-        var i = 0
-        while i + 8 <= count {
-            UnsafeMutableRawPointer(y + i).storeBytes(of: erf(UnsafeRawPointer(x + i).loadUnaligned(as: SIMD8<Float>.self)), as: SIMD8<Float>.self)
-            i += 8
-        }
-        while i < count {
-            y[i] = erf(x[i])
-            i += 1
         }
     }
 

@@ -1,3 +1,4 @@
+import CFlowKernels
 import FlowCompiler
 import FlowIR
 #if canImport(Glibc)
@@ -8,11 +9,9 @@ typealias FPtr = UnsafeMutablePointer<Float>
 
 /// One step with everything resolved: pointers, sizes, strides. `execute` does no allocation.
 enum PreparedStep {
-    case linear(x: FPtr, w: FPtr, bias: FPtr?, y: FPtr, rows: Int, k: Int, n: Int)
     case matmul(a: FPtr, b: FPtr, c: FPtr, m: Int, n: Int, k: Int, ta: Bool, tb: Bool, offsets: [(Int, Int)])
     case binary(BinaryKind, a: FPtr, b: FPtr, y: FPtr, walk: StridedWalk)
     case unary(UnaryKind, x: FPtr, y: FPtr, count: Int)
-    case layerNorm(x: FPtr, w: FPtr, b: FPtr, y: FPtr, rows: Int, c: Int, eps: Float)
     case softmax(x: FPtr, y: FPtr, outer: Int, n: Int, inner: Int)
     case causalMask(x: FPtr, y: FPtr, matrices: Int, m: Int, n: Int, value: Float)
     case copyBytes(x: UnsafeMutableRawPointer, y: UnsafeMutableRawPointer, bytes: Int)
@@ -39,8 +38,6 @@ enum PreparedStep {
             pool.run(job, count: items)
         case let .coupling(x, params, z, batch, tokens, d, shift, hasScale, flip):
             CouplingKernel.run(x: x, params: params, z: z, batch: batch, tokens: tokens, d: d, shift: shift, hasScale: hasScale, flip: flip)
-        case let .linear(x, w, bias, y, rows, k, n):
-            Kernels.linear(x: x, w: w, bias: bias.map { UnsafePointer($0) }, y: y, rows: rows, k: k, n: n)
         case let .matmul(a, b, c, m, n, k, ta, tb, offsets):
             for (i, (oa, ob)) in offsets.enumerated() {
                 Kernels.gemm(a: a + oa, b: b + ob, c: c + i * m * n, m: m, n: n, k: k, transA: ta, transB: tb)
@@ -61,14 +58,12 @@ enum PreparedStep {
             switch kind {
             case .neg: for i in 0..<count { y[i] = -x[i] }
             case .exp: for i in 0..<count { y[i] = expf(x[i]) }
-            case .gelu: Kernels.geluVector(x, y, count: count)
+            case .gelu: fk_gelu(x, y, count)
             case .sqrt: for i in 0..<count { y[i] = x[i].squareRoot() }
             case .log: for i in 0..<count { y[i] = logf(x[i]) }
-            case .erf: Kernels.erfVector(x, y, count: count)
+            case .erf: fk_erf(x, y, count)
             case .scale(let s): for i in 0..<count { y[i] = s * x[i] }
             }
-        case let .layerNorm(x, w, b, y, rows, c, eps):
-            Kernels.layerNorm(x: x, w: w, b: b, y: y, rows: rows, c: c, eps: eps)
         case let .softmax(x, y, outer, n, inner):
             Kernels.softmax(x: x, y: y, outer: outer, n: n, inner: inner)
         case let .causalMask(x, y, matrices, m, n, value):

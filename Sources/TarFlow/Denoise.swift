@@ -54,13 +54,8 @@ extension TarFlowModel {
             throw TarFlowError.invalidInput("the model records no training noise level: pass --noise-std σ")
         }
         guard sigma >= 0, sigma.isFinite else { throw TarFlowError.invalidInput("noise std must be a finite number >= 0, is \(sigma)") }
-        let b = try checkImages(images)
-        var inputs: [String: Tensor] = ["x": images]
-        if config.numClasses > 0 {
-            inputs["y"] = Tensor(shape: [b], int64s: try checkLabels(labels, count: b).map(Int64.init))
-        } else if let labels, labels.contains(where: { $0 != -1 }) {
-            throw TarFlowError.invalidInput("labels were given but the model is unconditional (num_classes = 0)")
-        }
+        let inputs = try graphInputs(images: images, labels: labels)
+        let b = images.shape[0]
         let out = try gradientPlan().run(inputs)
         let grad = out["grad.x"]!
         let lr = Double(b * config.imageDim) * sigma * sigma

@@ -63,14 +63,7 @@ public final class TarFlowModel: @unchecked Sendable {
 
     /// `Model.forward(x, y)` on images f32[B, C, H, W] in [−1, 1].
     public func forward(images: Tensor, labels: [Int]?) throws -> ForwardResult {
-        let b = try checkImages(images)
-        var inputs: [String: Tensor] = ["x": images]
-        if config.numClasses > 0 {
-            inputs["y"] = Tensor(shape: [b], int64s: try checkLabels(labels, count: b).map(Int64.init))
-        } else if let labels, labels.contains(where: { $0 != -1 }) {
-            throw TarFlowError.invalidInput("labels were given but the model is unconditional (num_classes = 0)")
-        }
-        let out = try forwardPlan().run(inputs)
+        let out = try forwardPlan().run(try graphInputs(images: images, labels: labels))
         var blocks: [Tensor] = []
         for k in 0..<(config.numBlocks - 1) { blocks.append(out["block\(k)"]!) }
         blocks.append(out["z"]!)
@@ -94,6 +87,19 @@ public final class TarFlowModel: @unchecked Sendable {
             bpd.append(n / log(2.0))
         }
         return (bpd, nll)
+    }
+
+    /// The `x` (and, for conditional models, `y`) inputs of the forward and gradient graphs,
+    /// after checking images and labels.
+    func graphInputs(images: Tensor, labels: [Int]?) throws -> [String: Tensor] {
+        let b = try checkImages(images)
+        var inputs: [String: Tensor] = ["x": images]
+        if config.numClasses > 0 {
+            inputs["y"] = Tensor(shape: [b], int64s: try checkLabels(labels, count: b).map(Int64.init))
+        } else if let labels, labels.contains(where: { $0 != -1 }) {
+            throw TarFlowError.invalidInput("labels were given but the model is unconditional (num_classes = 0)")
+        }
+        return inputs
     }
 
     func checkImages(_ images: Tensor) throws -> Int {

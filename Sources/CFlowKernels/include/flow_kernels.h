@@ -9,6 +9,9 @@
 /// y[i] = x[i]·½·(1 + erf(x[i]/√2)); x and y may be the same buffer.
 void fk_gelu(const float *x, float *y, ptrdiff_t n);
 
+/// y[i] = erf(x[i]) (rational approximation, ≤ 4e-7 absolute error); x and y may alias.
+void fk_erf(const float *x, float *y, ptrdiff_t n);
+
 /// LayerNorm of `rows` rows of `c` values (biased variance, eps inside the root); x may equal y.
 void fk_layer_norm(const float *x, const float *w, const float *b, float *y, ptrdiff_t rows, ptrdiff_t c, float eps);
 
