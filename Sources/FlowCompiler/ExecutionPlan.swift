@@ -29,10 +29,18 @@ public struct ExecutionPlan: Sendable {
         var f = 0.0
         for s in steps {
             switch s.op {
-            case .linear:
+            case .linear, .fusedLinear:
                 let out = shapes[s.outputs[0]]
                 let k = shapes[s.inputs[1]][1]
                 f += 2 * Double(elementCount(out) ?? 0) * Double(k)
+            case .attention(let heads, _, let mask, _, _):
+                // q·k and p·v over the keys each query row sees (causal: i + 1 + N − M of them).
+                let q = shapes[s.inputs[0]], k = shapes[s.inputs[1]], out = shapes[s.outputs[0]]
+                let m = q.count == 4 ? q[2] : q[1], n = k.count == 4 ? k[2] : k[1]
+                let d = out[2] / max(heads, 1)
+                var pairs = Double(m * n)
+                if mask == .causal { pairs = Double((0..<m).reduce(0) { $0 + min(n, $1 + 1 + n - m) }) }
+                f += 4 * Double(out[0] * heads) * pairs * Double(d)
             case .matmul(let ta, _):
                 let a = shapes[s.inputs[0]]
                 let k = ta ? a[a.count - 2] : a[a.count - 1]
