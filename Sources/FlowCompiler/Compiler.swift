@@ -24,7 +24,13 @@ public enum Compiler {
         var g = input
         let log = try PassPipeline(defaultPasses(fusion: options.fusion), verifyEachPass: options.verifyEachPass)
             .run(&g, context: PassContext(constants: constants))
+        return schedule(g, passLog: log)
+    }
 
+    /// The last, cheap part of `compile` on an already optimized graph: split off the load-time
+    /// steps and record liveness. A stored compiled function (`tarflow compile`) is loaded
+    /// through this alone, without the passes.
+    public static func schedule(_ g: Graph, passLog: [String] = []) -> ExecutionPlan {
         // Values that depend on graph inputs (directly or transitively); the rest is load-time.
         var dynamic = [Bool](repeating: false, count: g.values.count)
         for v in g.inputs { dynamic[v] = true }
@@ -45,6 +51,6 @@ public enum Compiler {
         }
         var lastUse = [Int](repeating: -1, count: g.values.count)
         for (i, s) in run.enumerated() { for v in s.inputs { lastUse[v] = i } }
-        return ExecutionPlan(graph: g, loadSteps: load, steps: run, lastUse: lastUse, passLog: log)
+        return ExecutionPlan(graph: g, loadSteps: load, steps: run, lastUse: lastUse, passLog: passLog)
     }
 }

@@ -21,6 +21,21 @@ public final class TensorBytes: @unchecked Sendable {
         owned = p
     }
 
+    /// Allocates `count` bytes (64-byte aligned) and lets `fill` write them in place: large
+    /// generated tensors are made without an intermediate array.
+    public init(count: Int, fill: (UnsafeMutableRawBufferPointer) throws -> Void) rethrows {
+        let p = UnsafeMutableRawPointer.allocate(byteCount: max(count, 1), alignment: 64)
+        p.initializeMemory(as: UInt8.self, repeating: 0, count: max(count, 1))
+        do { try fill(UnsafeMutableRawBufferPointer(start: p, count: count)) } catch {
+            p.deallocate()
+            throw error
+        }
+        pointer = UnsafeRawPointer(p)
+        self.count = count
+        owner = nil
+        owned = p
+    }
+
     public convenience init(_ bytes: [UInt8]) {
         self.init(copying: bytes.withUnsafeBytes { $0 })
     }
@@ -132,6 +147,8 @@ public struct Model: Sendable {
     public var graphs: [Graph]
     public var tensors: [WeightTensor]
     public var metadata: [String: MetadataValue]
+    /// Functions compiled ahead of time (`tarflow compile`); empty for a plain model file.
+    public var compiled: [CompiledFunction] = []
 
     public init(graphs: [Graph], tensors: [WeightTensor], metadata: [String: MetadataValue]) {
         self.graphs = graphs
@@ -148,7 +165,8 @@ public struct Model: Sendable {
         Dictionary(tensors.map { ($0.name, $0.graphType) }, uniquingKeysWith: { a, _ in a })
     }
 
-    /// Runs the verifier on every graph against the tensor table.
+    /// Runs the verifier on every graph against the tensor table, then checks the compiled
+    /// functions' structure and that their source graphs are unchanged (F11, F12).
     public func verify() throws(IRError) {
         let c = constantTypes
         var seen = Set<String>()
@@ -156,5 +174,6 @@ public struct Model: Sendable {
             if !seen.insert(g.name).inserted { throw IRError(rule: "F7", "graph name '\(g.name)' is used twice") }
             try Verifier.verify(g, constants: c)
         }
+        try verifyCompiled(constants: c)
     }
 }

@@ -15,22 +15,30 @@ public enum ModelFile {
 
     // MARK: Reading
 
-    public static func read(contentsOf url: URL) throws -> Model {
+    /// What a reader does with a file's compiled functions (`tarflow compile`).
+    public enum CompiledFunctions: Sendable {
+        /// Decode them and check rules F11 and F12 (a stale one is refused).
+        case keep
+        /// Ignore them, e.g. to recompile a file whose compiled functions are stale.
+        case drop
+    }
+
+    public static func read(contentsOf url: URL, compiledFunctions: CompiledFunctions = .keep) throws -> Model {
         let file = try MappedFile(path: url.path)
         do {
-            return try decode(file.buffer, owner: file)
+            return try decode(file.buffer, owner: file, compiledFunctions: compiledFunctions)
         } catch let e as IRError {
             throw e.located(url.path)
         }
     }
 
     /// Decodes a whole model file held in memory (copied; used by tests and fuzzers).
-    public static func decode(_ bytes: [UInt8]) throws -> Model {
+    public static func decode(_ bytes: [UInt8], compiledFunctions: CompiledFunctions = .keep) throws -> Model {
         let holder = TensorBytes(bytes)
-        return try decode(holder.buffer, owner: holder)
+        return try decode(holder.buffer, owner: holder, compiledFunctions: compiledFunctions)
     }
 
-    static func decode(_ buf: UnsafeRawBufferPointer, owner: AnyObject) throws -> Model {
+    static func decode(_ buf: UnsafeRawBufferPointer, owner: AnyObject, compiledFunctions: CompiledFunctions = .keep) throws -> Model {
         guard buf.count >= prefixSize else { throw IRError(rule: "F1", "file is \(buf.count) bytes, too short for a model file") }
         guard Array(buf[0..<8]) == magic else { throw IRError(rule: "F1", "not a model file (bad magic); convert a checkpoint with `tarflow convert`") }
         let version = buf.loadUnaligned(fromByteOffset: 8, as: UInt32.self).littleEndian
@@ -103,7 +111,10 @@ public enum ModelFile {
             }
         }
         let graphs = try header.graphs.map { (g) throws(IRError) -> Graph in try Graph(proto: g) }
-        let model = Model(graphs: graphs, tensors: tensors, metadata: metadata)
+        var model = Model(graphs: graphs, tensors: tensors, metadata: metadata)
+        if compiledFunctions == .keep {
+            model.compiled = try header.compiled.map { (f) throws(IRError) -> CompiledFunction in try CompiledFunction(proto: f) }
+        }
         try model.verify()
         return model
     }
@@ -112,6 +123,14 @@ public enum ModelFile {
 
     /// The exact bytes of a model file. Deterministic: equal models give equal bytes.
     public static func encode(_ model: Model) throws -> [UInt8] {
+        var out = [UInt8]()
+        try encode(model) { out += $0 }
+        return out
+    }
+
+    /// The bytes of a model file, in order, as a few large pieces (prefix and header, then each
+    /// tensor and its padding), so a writer can stream gigabytes of weights without a copy.
+    public static func encode(_ model: Model, to emit: (UnsafeRawBufferPointer) throws -> Void) throws {
         var header = Flowir_ModelHeader()
         header.formatVersion = formatVersion
         header.graphs = model.graphs.map { $0.proto }
@@ -137,27 +156,30 @@ public enum ModelFile {
             }
             return m
         }
+        header.compiled = model.compiled.map(\.proto)
         let headerBytes: [UInt8] = try header.serializedBytes()
         let dataOffset = align(prefixSize + headerBytes.count)
         var out = [UInt8]()
-        out.reserveCapacity(dataOffset + offset)
+        out.reserveCapacity(dataOffset)
         out += magic
         withUnsafeBytes(of: formatVersion.littleEndian) { out += $0 }
         withUnsafeBytes(of: UInt32(0).littleEndian) { out += $0 }
         withUnsafeBytes(of: UInt64(headerBytes.count).littleEndian) { out += $0 }
         out += headerBytes
         out += [UInt8](repeating: 0, count: dataOffset - out.count)
+        try out.withUnsafeBytes { try emit($0) }
+        let zeros = [UInt8](repeating: 0, count: alignment)
         for t in model.tensors {
-            out += t.bytes.buffer
-            out += [UInt8](repeating: 0, count: align(out.count) - out.count)
+            try emit(t.bytes.buffer)
+            let pad = align(t.bytes.count) - t.bytes.count
+            if pad > 0 { try zeros.withUnsafeBytes { try emit(UnsafeRawBufferPointer(rebasing: $0[0..<pad])) } }
         }
-        return out
     }
 
     /// Writes atomically: a failed write leaves an existing file untouched.
     public static func write(_ model: Model, to url: URL) throws {
         try model.verify()
-        try FileIO.writeAtomically(try encode(model), to: url)
+        try FileIO.writeAtomically(to: url) { sink in try encode(model, to: sink) }
     }
 
     @inline(__always) static func align(_ n: Int) -> Int { (n + alignment - 1) / alignment * alignment }
@@ -205,6 +227,11 @@ public enum FileIO {
     /// Writes to a temporary file in the destination's folder, syncs, then renames over the
     /// destination, so readers never see a half-written file and a failure changes nothing.
     public static func writeAtomically(_ bytes: [UInt8], to url: URL) throws {
+        try writeAtomically(to: url) { sink in try bytes.withUnsafeBytes { try sink($0) } }
+    }
+
+    /// The streaming form: `body` hands the file's bytes, in order, to the sink it is given.
+    public static func writeAtomically(to url: URL, _ body: (_ sink: (UnsafeRawBufferPointer) throws -> Void) throws -> Void) throws {
         let dir = url.deletingLastPathComponent().path
         let tmpl = (dir.isEmpty ? "." : dir) + "/.\(url.lastPathComponent).tmp-XXXXXX"
         var name = Array(tmpl.utf8CString)
@@ -215,22 +242,23 @@ public enum FileIO {
         defer {
             if !ok { unlink(tmp) }
         }
-        var written = 0
-        let failure: String? = bytes.withUnsafeBytes { raw in
-            while written < raw.count {
-                let r = Glibc.write(fd, raw.baseAddress! + written, raw.count - written)
+        var closed = false
+        defer { if !closed { close(fd) } }
+        try body { raw in
+            var written = 0
+            while written < raw.count, let base = raw.baseAddress {
+                let r = Glibc.write(fd, base + written, min(raw.count - written, 1 << 30))
                 if r < 0 {
                     if errno == EINTR { continue }
-                    return String(cString: strerror(errno))
+                    throw Error(path: url.path, message: "write failed: \(String(cString: strerror(errno)))")
                 }
                 written += r
             }
-            if fsync(fd) != 0 { return String(cString: strerror(errno)) }
-            return nil
         }
+        if fsync(fd) != 0 { throw Error(path: url.path, message: "write failed: \(String(cString: strerror(errno)))") }
         fchmod(fd, 0o644)
+        closed = true
         close(fd)
-        if let failure { throw Error(path: url.path, message: "write failed: \(failure)") }
         guard rename(tmp, url.path) == 0 else { throw Error(path: url.path, message: "cannot rename into place: \(String(cString: strerror(errno)))") }
         ok = true
     }

@@ -25,11 +25,16 @@ public final class Executor: @unchecked Sendable {
     let pool: ThreadPool
     /// Whether the memory plan lets ops overwrite operands (off for debugging and tests).
     let inPlace: Bool
+    /// Memory plans made ahead of time (a compiled model file, checked by `MemoryPlanner.verify`),
+    /// by binding; other bindings are planned when first bound.
+    let memoryPlans: [[String: Int]: MemoryPlan]
 
-    public init(plan: ExecutionPlan, model: Model, threads: Int = 1, inPlace: Bool = true) throws {
+    public init(plan: ExecutionPlan, model: Model, threads: Int = 1, inPlace: Bool = true,
+                memoryPlans: [[String: Int]: MemoryPlan] = [:]) throws {
         self.plan = plan
         loaded = LoadedValues(model: model)
         self.inPlace = inPlace
+        self.memoryPlans = memoryPlans
         self.threads = max(1, threads)
         pool = ThreadPool(threads: self.threads)
         let g = plan.graph
@@ -190,7 +195,7 @@ public final class BoundPlan: @unchecked Sendable {
             stateBuffers = g.state.map(\.input)
             // Every run-time buffer at its planned offset in one arena (views, in-place
             // updates and state chains share buffers; see MemoryPlanner).
-            memoryPlan = try MemoryPlanner.plan(e.plan, bindings: bindings, inPlace: e.inPlace)
+            memoryPlan = try (e.inPlace ? e.memoryPlans[bindings] : nil) ?? MemoryPlanner.plan(e.plan, bindings: bindings, inPlace: e.inPlace)
             let total = memoryPlan.arenaBytes
             arenaBytes = total
             arena = UnsafeMutableRawPointer.allocate(byteCount: max(total, 64), alignment: 64)

@@ -1,4 +1,5 @@
 import Dispatch
+import Foundation
 import FlowRuntime
 #if canImport(Glibc)
 import Glibc
@@ -10,6 +11,8 @@ public enum BenchSupport {
         public var seconds: [Double]
         public var flops: Double
         public var arenaBytes: Int
+        /// For `load`: seconds from opening the file to the forward plan bound and ready to run.
+        public var readySeconds: [Double] = []
         public var median: Double { seconds.sorted()[seconds.count / 2] }
     }
 
@@ -83,6 +86,30 @@ public enum BenchSupport {
             arena = max(arena, try e.bind(["B": batch]).arenaByteCount)
         }
         return Result(seconds: times, flops: flops, arenaBytes: arena)
+    }
+
+    /// Seconds from opening a model file to the first forward result on `batch` images, each
+    /// repetition a fresh load: with a compiled file (`tarflow compile`) no compiler pass runs.
+    public static func load(contentsOf url: URL, batch: Int, reps: Int, threads: Int = 1) throws -> Result {
+        let probe = try TarFlowModel(contentsOf: url, threads: threads)
+        let c = probe.config
+        let n = batch * c.imageDim
+        let images = Tensor(shape: [batch, c.inChannels, c.imgSize, c.imgSize], floats: (0..<n).map { Float(($0 * 7919) % 255) / 127.5 - 1 })
+        let labels = c.numClasses > 0 ? (0..<batch).map { $0 % c.numClasses } : nil
+        var times: [Double] = [], ready: [Double] = []
+        var arena = 0
+        for _ in 0..<reps {
+            let t0 = now()
+            let m = try TarFlowModel(contentsOf: url, threads: threads)
+            arena = try m.forwardPlan().bind(["B": batch]).arenaByteCount
+            let t1 = now()
+            _ = try m.forward(images: images, labels: labels)
+            times.append(now() - t0)
+            ready.append(t1 - t0)
+        }
+        var r = Result(seconds: times, flops: 0, arenaBytes: arena)
+        r.readySeconds = ready
+        return r
     }
 
     /// Calls to malloc so far, when a counting interposer that exports `mcount_get` is preloaded.

@@ -29,8 +29,9 @@ extension TarFlowModel {
         lock.lock()
         defer { lock.unlock() }
         if let e = gradientExecutor { return e }
-        let g = try model.graph(named: "gradient") ?? TarFlowGraphs.gradient(forward: model.graph(named: "forward")!, constants: model.constantTypes)
-        let e = try Executor(plan: try Compiler.compile(g, constants: model.constantTypes), model: model, threads: threads)
+        let e = try makeExecutor("gradient") {
+            try model.graph(named: "gradient") ?? TarFlowGraphs.gradient(forward: model.graph(named: "forward")!, constants: model.constantTypes)
+        }
         gradientExecutor = e
         return e
     }

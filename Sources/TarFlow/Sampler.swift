@@ -60,10 +60,12 @@ extension TarFlowModel {
         lock.lock()
         defer { lock.unlock() }
         if let e = decodeExecutors[k] { return e }
-        guard let g = model.graph(named: "decode\(k)") else {
-            throw TarFlowError.invalidModel("the model file has no 'decode\(k)' graph; re-convert it with this version of `tarflow convert`")
+        let e = try makeExecutor("decode\(k)") {
+            guard let g = model.graph(named: "decode\(k)") else {
+                throw TarFlowError.invalidModel("the model file has no 'decode\(k)' graph; re-convert it with this version of `tarflow convert`")
+            }
+            return g
         }
-        let e = try Executor(plan: try Compiler.compile(g, constants: model.constantTypes), model: model, threads: threads)
         decodeExecutors[k] = e
         return e
     }

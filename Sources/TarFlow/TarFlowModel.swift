@@ -27,17 +27,47 @@ public final class TarFlowModel: @unchecked Sendable {
     var forwardExecutor: Executor?
     var decodeExecutors: [Int: Executor] = [:]
     var gradientExecutor: Executor?
+    /// The model's compiled functions (`tarflow compile`), checked and ready: used instead of
+    /// compiling the graph of the same name.
+    let precompiled: [String: LoadedFunction]
 
     public convenience init(contentsOf url: URL, threads: Int = 1) throws {
-        try self.init(model: try ModelFile.read(contentsOf: url), threads: threads)
+        let m = try ModelFile.read(contentsOf: url)
+        do { try self.init(model: m, threads: threads, graphsVerified: true) } catch var e as IRError {
+            e.location = e.location.isEmpty ? url.path : "\(url.path), \(e.location)"
+            throw e
+        }
     }
 
-    public init(model: Model, threads: Int = 1) throws {
+    /// Compiled functions in `model.compiled` are verified here (their graphs and every stored
+    /// memory plan, rules F13–F16 of Spec/ModelFile.md); a model whose plan fails is refused.
+    public convenience init(model: Model, threads: Int = 1) throws {
+        try self.init(model: model, threads: threads, graphsVerified: false)
+    }
+
+    /// - Parameter graphsVerified: `ModelFile.read` already ran the verifier on every graph.
+    init(model: Model, threads: Int, graphsVerified: Bool) throws {
         self.model = model
         config = try TarFlowConfig(metadata: model.metadata)
         noiseStd = model.metadata["tarflow.noise_std"]?.doubleValue
         self.threads = max(1, threads)
         guard model.graph(named: "forward") != nil else { throw TarFlowError.invalidModel("the model file has no 'forward' graph") }
+        let constants = model.constantTypes
+        var loaded: [String: LoadedFunction] = [:]
+        for f in model.compiled { loaded[f.name] = try Compiler.load(f, constants: constants, graphVerified: graphsVerified) }
+        precompiled = loaded
+    }
+
+    /// True if function `name` (`forward`, `decode{k}`, `gradient`) comes compiled from the file.
+    public func isPrecompiled(_ name: String) -> Bool { precompiled[name] != nil }
+
+    /// An executor for function `name`: from its compiled form in the file if there is one
+    /// (no passes run; stored memory plans are used for their bindings), else compiled now.
+    func makeExecutor(_ name: String, source: () throws -> Graph) throws -> Executor {
+        if let f = precompiled[name] {
+            return try Executor(plan: f.plan, model: model, threads: threads, memoryPlans: f.memoryPlans)
+        }
+        return try Executor(plan: try Compiler.compile(try source(), constants: model.constantTypes), model: model, threads: threads)
     }
 
     /// The compiled forward plan's executor (compiled on first use).
@@ -45,8 +75,7 @@ public final class TarFlowModel: @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         if let e = forwardExecutor { return e }
-        let plan = try Compiler.compile(model.graph(named: "forward")!, constants: model.constantTypes)
-        let e = try Executor(plan: plan, model: model, threads: threads)
+        let e = try makeExecutor("forward") { model.graph(named: "forward")! }
         forwardExecutor = e
         return e
     }

@@ -7,7 +7,7 @@ struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Time the forward pass or sampling; prints one JSON line.")
 
     @Argument(help: "The model file.") var model: String?
-    @Option(help: "forward or sample.") var what: String = "forward"
+    @Option(help: "forward, sample, or load (open the file to the first forward result, a fresh load each repetition).") var what: String = "forward"
     @Option(parsing: .unconditional, help: "Images per call.") var batch: Int = 64
     @Option(parsing: .unconditional, help: "Threads.") var threads: Int = 1
     @Option(parsing: .unconditional, help: "Timed repetitions (after one warm-up).") var reps: Int = 10
@@ -28,10 +28,12 @@ struct Bench: ParsableCommand {
             switch what {
             case "forward": r = try BenchSupport.forward(m, batch: batch, reps: reps, profile: profile)
             case "sample": r = try BenchSupport.sample(m, batch: batch, reps: reps, profile: profile)
-            default: throw TarFlowError.invalidInput("--what must be forward or sample, is \(what)")
+            case "load": r = try BenchSupport.load(contentsOf: URL(fileURLWithPath: model), batch: batch, reps: reps, threads: threads)
+            default: throw TarFlowError.invalidInput("--what must be forward, sample or load, is \(what)")
             }
             let all = r.seconds.map { String($0) }.joined(separator: ", ")
-            print("{\"what\": \"\(what)\", \"batch\": \(batch), \"threads\": \(threads), \"reps\": \(reps), \"seconds_median\": \(r.median), \"seconds_all\": [\(all)], \"images_per_second\": \(Double(batch) / r.median), \"gflops\": \(r.flops / r.median / 1e9), \"arena_bytes\": \(r.arenaBytes), \"peak_rss_bytes\": \(BenchSupport.peakRSS())}")
+            let ready = r.readySeconds.isEmpty ? "" : ", \"ready_seconds_median\": \(r.readySeconds.sorted()[r.readySeconds.count / 2]), \"ready_seconds_all\": [\(r.readySeconds.map { String($0) }.joined(separator: ", "))]"
+            print("{\"what\": \"\(what)\", \"batch\": \(batch), \"threads\": \(threads), \"reps\": \(reps), \"seconds_median\": \(r.median), \"seconds_all\": [\(all)], \"images_per_second\": \(Double(batch) / r.median), \"gflops\": \(r.flops / r.median / 1e9), \"arena_bytes\": \(r.arenaBytes), \"peak_rss_bytes\": \(BenchSupport.peakRSS())\(ready)}")
         }
     }
 }

@@ -9,7 +9,7 @@ struct TarflowCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tarflow",
         abstract: "Run TarFlow normalizing flows: exact likelihoods, sampling, no Python.",
-        subcommands: [Convert.self, Inspect.self, Likelihood.self, Sample.self, Denoise.self, Classify.self, Bench.self]
+        subcommands: [Convert.self, Compile.self, Inspect.self, Likelihood.self, Sample.self, Denoise.self, Classify.self, Bench.self]
     )
 }
 
@@ -57,7 +57,8 @@ struct Inspect: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Print a model file: metadata, tensor table and graphs.")
 
     @Argument(help: "The model file.") var model: String
-    @Flag(help: "Also print the compiled execution plan.") var plan = false
+    @Flag(help: "Also print the execution plans: stored ones (with their memory plans) for compiled functions, else as compiled now.") var plan = false
+    @Option(help: "Write the graphs as compiled (optimized) to this Graphviz file.") var dot: String?
 
     func run() throws {
         guarded {
@@ -70,7 +71,7 @@ struct Inspect: ParsableCommand {
             for g in m.graphs {
                 print()
                 print(Printer.print(g), terminator: "")
-                if plan {
+                if plan && m.compiledFunction(named: g.name) == nil {
                     let p = try Compiler.compile(g, constants: m.constantTypes)
                     print("plan '\(g.name)': \(p.loadSteps.count) load-time steps, \(p.steps.count) run steps; passes changed: \(p.passLog.joined(separator: ", "))")
                     for (i, s) in p.steps.enumerated() {
@@ -79,6 +80,11 @@ struct Inspect: ParsableCommand {
                     }
                 }
             }
+            if plan { try PlanReport.printCompiled(m) } else if !m.compiled.isEmpty {
+                print("\ncompiled functions (tarflow compile; --plan shows them): "
+                    + m.compiled.map { "\($0.name) (\($0.plans.count) plan\($0.plans.count == 1 ? "" : "s"))" }.joined(separator: ", "))
+            }
+            if let dot { try PlanReport.writeDot(m, to: dot) }
         }
     }
 }

@@ -190,6 +190,8 @@ static void read_at(FILE *f, uint64_t offset, unsigned char *buf, size_t len)
              ferror(f) ? ": read error" : ": unexpected end of file");
 }
 
+static void validate_graph(const Flowir__Graph *gr);
+
 /* Checks the header against the file length and the schema's rules the summary relies on. */
 static void validate(const Flowir__ModelHeader *h, uint32_t file_version, uint64_t data_offset,
                      uint64_t file_size)
@@ -222,28 +224,57 @@ static void validate(const Flowir__ModelHeader *h, uint32_t file_version, uint64
                  i, safe(t->name), t->byte_size, expected);
     }
 
-    for (size_t g = 0; g < h->n_graphs; g++) {
-        const Flowir__Graph *gr = h->graphs[g];
-        const size_t nv = gr->n_values;
-        for (size_t i = 0; i < gr->n_inputs; i++)
-            if (gr->inputs[i] >= nv)
-                fail("graph \"%s\": input %zu refers to value %" PRIu32 " of %zu", safe(gr->name), i,
-                     gr->inputs[i], nv);
-        for (size_t i = 0; i < gr->n_outputs; i++)
-            if (gr->outputs[i] >= nv)
-                fail("graph \"%s\": output %zu refers to value %" PRIu32 " of %zu", safe(gr->name), i,
-                     gr->outputs[i], nv);
-        for (size_t n = 0; n < gr->n_nodes; n++) {
-            const Flowir__Node *node = gr->nodes[n];
-            for (size_t i = 0; i < node->n_inputs; i++)
-                if (node->inputs[i] >= nv)
-                    fail("graph \"%s\": node %zu input %zu refers to value %" PRIu32 " of %zu",
-                         safe(gr->name), n, i, node->inputs[i], nv);
-            for (size_t i = 0; i < node->n_outputs; i++)
-                if (node->outputs[i] >= nv)
-                    fail("graph \"%s\": node %zu output %zu refers to value %" PRIu32 " of %zu",
-                         safe(gr->name), n, i, node->outputs[i], nv);
+    for (size_t g = 0; g < h->n_graphs; g++) validate_graph(h->graphs[g]);
+
+    for (size_t c = 0; c < h->n_compiled; c++) {
+        const Flowir__CompiledFunction *cf = h->compiled[c];
+        if (cf->graph == NULL) fail("compiled function \"%s\" has no graph", safe(cf->name));
+        validate_graph(cf->graph);
+        const size_t nv = cf->graph->n_values;
+        for (size_t p = 0; p < cf->n_plans; p++) {
+            const Flowir__MemoryPlan *mp = cf->plans[p];
+            if (mp->n_value_buffer != nv)
+                fail("compiled function \"%s\", plan %zu: %zu buffer entries for %zu values",
+                     safe(cf->name), p, mp->n_value_buffer, nv);
+            for (size_t v = 0; v < nv; v++)
+                if (mp->value_buffer[v] < -1 || (mp->value_buffer[v] >= 0 &&
+                                                 (size_t)mp->value_buffer[v] >= mp->n_buffers))
+                    fail("compiled function \"%s\", plan %zu: value %zu has buffer %" PRId32
+                         " of %zu", safe(cf->name), p, v, mp->value_buffer[v], mp->n_buffers);
+            for (size_t b = 0; b < mp->n_buffers; b++) {
+                const Flowir__BufferPlacement *bp = mp->buffers[b];
+                if (bp->offset % DATA_ALIGNMENT != 0 || bp->offset > mp->arena_bytes ||
+                    bp->size > mp->arena_bytes - bp->offset)
+                    fail("compiled function \"%s\", plan %zu: buffer %zu (offset %" PRIu64
+                         ", %" PRIu64 " bytes) is misaligned or outside the %" PRIu64 "-byte arena",
+                         safe(cf->name), p, b, bp->offset, bp->size, mp->arena_bytes);
+            }
         }
+    }
+}
+
+/* Every value index a graph holds is below its value count. */
+static void validate_graph(const Flowir__Graph *gr)
+{
+    const size_t nv = gr->n_values;
+    for (size_t i = 0; i < gr->n_inputs; i++)
+        if (gr->inputs[i] >= nv)
+            fail("graph \"%s\": input %zu refers to value %" PRIu32 " of %zu", safe(gr->name), i,
+                 gr->inputs[i], nv);
+    for (size_t i = 0; i < gr->n_outputs; i++)
+        if (gr->outputs[i] >= nv)
+            fail("graph \"%s\": output %zu refers to value %" PRIu32 " of %zu", safe(gr->name), i,
+                 gr->outputs[i], nv);
+    for (size_t n = 0; n < gr->n_nodes; n++) {
+        const Flowir__Node *node = gr->nodes[n];
+        for (size_t i = 0; i < node->n_inputs; i++)
+            if (node->inputs[i] >= nv)
+                fail("graph \"%s\": node %zu input %zu refers to value %" PRIu32 " of %zu",
+                     safe(gr->name), n, i, node->inputs[i], nv);
+        for (size_t i = 0; i < node->n_outputs; i++)
+            if (node->outputs[i] >= nv)
+                fail("graph \"%s\": node %zu output %zu refers to value %" PRIu32 " of %zu",
+                     safe(gr->name), n, i, node->outputs[i], nv);
     }
 }
 
@@ -380,11 +411,36 @@ static void print_graph(const Flowir__Graph *g, int with_nodes)
     if (with_nodes) print_nodes(g);
 }
 
+/* A compiled function (`tarflow compile`): its optimized graph and stored memory plans. */
+static void print_compiled(const Flowir__CompiledFunction *cf)
+{
+    printf("compiled ");
+    print_quoted(cf->name);
+    printf(" from ");
+    print_quoted(cf->source);
+    printf(": %zu values, %zu nodes, %zu plans; digest ", cf->graph->n_values, cf->graph->n_nodes,
+           cf->n_plans);
+    for (size_t i = 0; i < cf->source_digest.len && i < 8; i++) printf("%02x", cf->source_digest.data[i]);
+    printf("%s\n", cf->source_digest.len > 8 ? "..." : "");
+    for (size_t p = 0; p < cf->n_plans; p++) {
+        const Flowir__MemoryPlan *mp = cf->plans[p];
+        printf("  plan ");
+        for (size_t b = 0; b < mp->n_bindings; b++) {
+            if (b) putchar(',');
+            print_str(mp->bindings[b]->symbol);
+            printf("=%" PRId64, mp->bindings[b]->size);
+        }
+        printf(": %zu buffers, arena %" PRIu64 " bytes, naive %" PRIu64 " bytes\n", mp->n_buffers,
+               mp->arena_bytes, mp->naive_bytes);
+    }
+}
+
 static void usage(FILE *out)
 {
     fprintf(out, "usage: flowinfo MODEL.tflow [--nodes]\n"
                  "Prints the header of a swift-tarflow model file: version, metadata, tensor\n"
-                 "table and graphs; --nodes also lists every node.\n");
+                 "table, graphs and compiled functions (tarflow compile); --nodes also lists every\n"
+                 "node.\n");
 }
 
 int main(int argc, char **argv)
@@ -477,6 +533,8 @@ int main(int argc, char **argv)
     print_tensors(h);
     printf("graphs: %zu\n", h->n_graphs);
     for (size_t g = 0; g < h->n_graphs; g++) print_graph(h->graphs[g], with_nodes);
+    printf("compiled functions: %zu\n", h->n_compiled);
+    for (size_t c = 0; c < h->n_compiled; c++) print_compiled(h->compiled[c]);
 
     flowir__model_header__free_unpacked(h, NULL);
     g_header = NULL;

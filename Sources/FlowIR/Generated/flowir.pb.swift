@@ -17,6 +17,11 @@
 //
 // Field numbers are part of the format: never reuse or renumber one.
 
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
 import SwiftProtobuf
 
 // If the compiler emits an error on this type, it is because this file
@@ -677,6 +682,104 @@ public nonisolated struct Flowir_Metadata: Sendable {
   public init() {}
 }
 
+/// One symbol bound to a size, e.g. B = 16.
+public nonisolated struct Flowir_SymbolSize: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var symbol: String = String()
+
+  public var size: Int64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// Where one buffer lies in the arena. Bytes [offset, offset + size).
+public nonisolated struct Flowir_BufferPlacement: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// a multiple of 64
+  public var offset: UInt64 = 0
+
+  public var size: UInt64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// The memory plan of a compiled function for one binding of its symbols: every run-time value
+/// of the optimized graph is placed in one arena (Spec/ModelFile.md, "Compiled functions").
+public nonisolated struct Flowir_MemoryPlan: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// sorted by symbol; binds every symbol of the graph inputs
+  public var bindings: [Flowir_SymbolSize] = []
+
+  /// One entry per value of the optimized graph: its index in `buffers`, or -1 for a value with
+  /// no run-time buffer (constants, load-time values).
+  public var valueBuffer: [Int32] = []
+
+  public var buffers: [Flowir_BufferPlacement] = []
+
+  /// bytes the arena needs
+  public var arenaBytes: UInt64 = 0
+
+  /// what one buffer per value would take (informational)
+  public var naiveBytes: UInt64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// A function compiled ahead of time (`tarflow compile`): the graph after the compiler's passes
+/// and memory plans for chosen bindings, so a loader can skip compilation. Checked on load
+/// (rules F11-F16 of Spec/ModelFile.md).
+public nonisolated struct Flowir_CompiledFunction: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// "forward", "decode0", "gradient", ...; unique in the file
+  public var name: String = String()
+
+  /// the graph in ModelHeader.graphs it was compiled from
+  public var source: String = String()
+
+  /// SHA-256 of that graph and its constants' types (stale check)
+  public var sourceDigest: Data = Data()
+
+  /// the optimized graph; fused ops are ordinary ops
+  public var graph: Flowir_Graph {
+    get {_graph ?? Flowir_Graph()}
+    set {_graph = newValue}
+  }
+  /// Returns true if `graph` has been explicitly set.
+  public var hasGraph: Bool {self._graph != nil}
+  /// Clears the value of `graph`. Subsequent reads from it will return its default value.
+  public mutating func clearGraph() {self._graph = nil}
+
+  /// passes that changed the graph, in order (informational)
+  public var passes: [String] = []
+
+  /// at most one per binding
+  public var plans: [Flowir_MemoryPlan] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _graph: Flowir_Graph? = nil
+}
+
 /// The header of a model file.
 public nonisolated struct Flowir_ModelHeader: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
@@ -691,6 +794,9 @@ public nonisolated struct Flowir_ModelHeader: Sendable {
 
   /// sorted by key
   public var metadata: [Flowir_Metadata] = []
+
+  /// optional; written by `tarflow compile`
+  public var compiled: [Flowir_CompiledFunction] = []
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1281,9 +1387,188 @@ nonisolated extension Flowir_Metadata: SwiftProtobuf.Message, SwiftProtobuf._Mes
   }
 }
 
+nonisolated extension Flowir_SymbolSize: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".SymbolSize"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}symbol\0\u{1}size\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.symbol) }()
+      case 2: try { try decoder.decodeSingularInt64Field(value: &self.size) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.symbol.isEmpty {
+      try visitor.visitSingularStringField(value: self.symbol, fieldNumber: 1)
+    }
+    if self.size != 0 {
+      try visitor.visitSingularInt64Field(value: self.size, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Flowir_SymbolSize, rhs: Flowir_SymbolSize) -> Bool {
+    if lhs.symbol != rhs.symbol {return false}
+    if lhs.size != rhs.size {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Flowir_BufferPlacement: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".BufferPlacement"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}offset\0\u{1}size\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.offset) }()
+      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.size) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.offset != 0 {
+      try visitor.visitSingularUInt64Field(value: self.offset, fieldNumber: 1)
+    }
+    if self.size != 0 {
+      try visitor.visitSingularUInt64Field(value: self.size, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Flowir_BufferPlacement, rhs: Flowir_BufferPlacement) -> Bool {
+    if lhs.offset != rhs.offset {return false}
+    if lhs.size != rhs.size {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Flowir_MemoryPlan: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".MemoryPlan"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}bindings\0\u{3}value_buffer\0\u{1}buffers\0\u{3}arena_bytes\0\u{3}naive_bytes\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedMessageField(value: &self.bindings) }()
+      case 2: try { try decoder.decodeRepeatedSInt32Field(value: &self.valueBuffer) }()
+      case 3: try { try decoder.decodeRepeatedMessageField(value: &self.buffers) }()
+      case 4: try { try decoder.decodeSingularUInt64Field(value: &self.arenaBytes) }()
+      case 5: try { try decoder.decodeSingularUInt64Field(value: &self.naiveBytes) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.bindings.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.bindings, fieldNumber: 1)
+    }
+    if !self.valueBuffer.isEmpty {
+      try visitor.visitPackedSInt32Field(value: self.valueBuffer, fieldNumber: 2)
+    }
+    if !self.buffers.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.buffers, fieldNumber: 3)
+    }
+    if self.arenaBytes != 0 {
+      try visitor.visitSingularUInt64Field(value: self.arenaBytes, fieldNumber: 4)
+    }
+    if self.naiveBytes != 0 {
+      try visitor.visitSingularUInt64Field(value: self.naiveBytes, fieldNumber: 5)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Flowir_MemoryPlan, rhs: Flowir_MemoryPlan) -> Bool {
+    if lhs.bindings != rhs.bindings {return false}
+    if lhs.valueBuffer != rhs.valueBuffer {return false}
+    if lhs.buffers != rhs.buffers {return false}
+    if lhs.arenaBytes != rhs.arenaBytes {return false}
+    if lhs.naiveBytes != rhs.naiveBytes {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Flowir_CompiledFunction: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".CompiledFunction"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}source\0\u{3}source_digest\0\u{1}graph\0\u{1}passes\0\u{1}plans\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.source) }()
+      case 3: try { try decoder.decodeSingularBytesField(value: &self.sourceDigest) }()
+      case 4: try { try decoder.decodeSingularMessageField(value: &self._graph) }()
+      case 5: try { try decoder.decodeRepeatedStringField(value: &self.passes) }()
+      case 6: try { try decoder.decodeRepeatedMessageField(value: &self.plans) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
+    }
+    if !self.source.isEmpty {
+      try visitor.visitSingularStringField(value: self.source, fieldNumber: 2)
+    }
+    if !self.sourceDigest.isEmpty {
+      try visitor.visitSingularBytesField(value: self.sourceDigest, fieldNumber: 3)
+    }
+    try { if let v = self._graph {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
+    } }()
+    if !self.passes.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.passes, fieldNumber: 5)
+    }
+    if !self.plans.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.plans, fieldNumber: 6)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Flowir_CompiledFunction, rhs: Flowir_CompiledFunction) -> Bool {
+    if lhs.name != rhs.name {return false}
+    if lhs.source != rhs.source {return false}
+    if lhs.sourceDigest != rhs.sourceDigest {return false}
+    if lhs._graph != rhs._graph {return false}
+    if lhs.passes != rhs.passes {return false}
+    if lhs.plans != rhs.plans {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
 nonisolated extension Flowir_ModelHeader: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ModelHeader"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}format_version\0\u{1}graphs\0\u{1}tensors\0\u{1}metadata\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}format_version\0\u{1}graphs\0\u{1}tensors\0\u{1}metadata\0\u{1}compiled\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1295,6 +1580,7 @@ nonisolated extension Flowir_ModelHeader: SwiftProtobuf.Message, SwiftProtobuf._
       case 2: try { try decoder.decodeRepeatedMessageField(value: &self.graphs) }()
       case 3: try { try decoder.decodeRepeatedMessageField(value: &self.tensors) }()
       case 4: try { try decoder.decodeRepeatedMessageField(value: &self.metadata) }()
+      case 5: try { try decoder.decodeRepeatedMessageField(value: &self.compiled) }()
       default: break
       }
     }
@@ -1313,6 +1599,9 @@ nonisolated extension Flowir_ModelHeader: SwiftProtobuf.Message, SwiftProtobuf._
     if !self.metadata.isEmpty {
       try visitor.visitRepeatedMessageField(value: self.metadata, fieldNumber: 4)
     }
+    if !self.compiled.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.compiled, fieldNumber: 5)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1321,6 +1610,7 @@ nonisolated extension Flowir_ModelHeader: SwiftProtobuf.Message, SwiftProtobuf._
     if lhs.graphs != rhs.graphs {return false}
     if lhs.tensors != rhs.tensors {return false}
     if lhs.metadata != rhs.metadata {return false}
+    if lhs.compiled != rhs.compiled {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

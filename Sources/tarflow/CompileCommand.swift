@@ -1,0 +1,57 @@
+import ArgumentParser
+import Foundation
+import FlowIR
+import TarFlow
+
+struct Compile: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Compile a model ahead of time: store the optimized graphs and memory plans in the model file.",
+        discussion: """
+            Loading the result runs no compiler passes and uses the stored memory plans for the batch sizes \
+            given (other batch sizes are planned when first used). With --config and --random-weights, \
+            the model is made from a config file alone (weights drawn from the seed), to compile, inspect \
+            and benchmark a configuration without its checkpoint.
+            """)
+
+    @Argument(help: "The model file (.tflow) to compile; omit with --config.") var model: String?
+    @Option(name: .shortAndLong, help: "The compiled model file to write (.tflow).") var output: String
+    @Option(help: "Batch sizes to plan memory for, e.g. 1,16,64 (decode steps also get twice each, for guidance).")
+    var batch: String = "1"
+    @Option(help: "Functions to compile: any of forward, sample, gradient; none writes the model without compiled functions.")
+    var functions: String = "forward,sample,gradient"
+    @Option(help: "A config JSON (keys as Tests/Fixtures/*/case.json) instead of a model file; needs --random-weights.")
+    var config: String?
+    @Option(help: "Seed of the generated weights for --config.") var randomWeights: UInt64?
+
+    func run() throws {
+        guarded {
+            let batches = try AheadOfTime.parseBatches(batch)
+            let fs = try AheadOfTime.parseFunctions(functions)
+            let source: Model
+            switch (model, config) {
+            case (let path?, nil):
+                guard randomWeights == nil else { throw TarFlowError.invalidInput("--random-weights goes with --config, not with a model file") }
+                // Compiled functions already in the file are replaced, so stale ones need not load.
+                source = try ModelFile.read(contentsOf: URL(fileURLWithPath: path), compiledFunctions: .drop)
+            case (nil, let path?):
+                guard let seed = randomWeights else {
+                    throw TarFlowError.invalidInput("--config needs --random-weights SEED (there is no checkpoint to take weights from)")
+                }
+                let (c, noise) = try AheadOfTime.loadConfig(contentsOf: URL(fileURLWithPath: path))
+                var m = try AheadOfTime.randomModel(config: c, seed: seed, noiseStd: noise)
+                m.metadata["source.file"] = .string(URL(fileURLWithPath: path).lastPathComponent)
+                source = m
+            case (.some, .some):
+                throw TarFlowError.invalidInput("give a model file or --config, not both")
+            case (nil, nil):
+                throw TarFlowError.invalidInput("give a model file to compile, or --config CONFIG.json --random-weights SEED")
+            }
+            let compiled = try AheadOfTime.compile(source, functions: fs, batches: batches)
+            try ModelFile.write(compiled, to: URL(fileURLWithPath: output))
+            let plans = compiled.compiled.reduce(0) { $0 + $1.plans.count }
+            if compiled.compiled.isEmpty { print("wrote \(output): no compiled functions (--functions none)"); return }
+            print("wrote \(output): \(compiled.compiled.count) compiled function(s) (\(compiled.compiled.map(\.name).joined(separator: ", "))), "
+                + "\(plans) memory plan(s) for batch \(batches.map(String.init).joined(separator: ","))")
+        }
+    }
+}
