@@ -24,8 +24,11 @@ final class LinearJob: ParallelJob {
         // Row blocks of ≤ 512 rows keep a tile's output near L2 for the epilogue (measured: 128 rows
         // lose 7% to repacking W, a single block gains 1%); when there are
         // too few row blocks to feed every thread, columns are split too (batch-1 passes).
-        let rb = Swift.min(Swift.max(rows, 1), LinearJob.rowBlockLimit)
-        let rt = (rows + rb - 1) / rb
+        // Tile count a multiple of the thread count, so no thread idles on the last round.
+        var rt = (Swift.max(rows, 1) + LinearJob.rowBlockLimit - 1) / LinearJob.rowBlockLimit
+        if threads > 1 && rt > 1 { rt = (rt + threads - 1) / threads * threads }
+        let rb = ((Swift.max(rows, 1) + rt - 1) / rt + 7) / 8 * 8
+        rt = (Swift.max(rows, 1) + rb - 1) / rb
         var ct = 1
         if threads > 1 && rt < 2 * threads { ct = Swift.min(Swift.max(1, n / 32), (2 * threads + rt - 1) / rt) }
         let cb = ((n + ct - 1) / ct + 7) / 8 * 8
@@ -33,6 +36,7 @@ final class LinearJob: ParallelJob {
     }
 
     var items: Int { rows == 0 || n == 0 ? 0 : rowTiles * colTiles }
+    var work: Double { 2 * Double(rows) * Double(k) * Double(n) }
 
     nonisolated(unsafe) static var rowBlockLimit: Int = {
         if let e = getenv("TARFLOW_ROW_BLOCK"), let v = Int(String(cString: e)), v > 0 { return v }
@@ -120,6 +124,7 @@ final class AttentionJob: ParallelJob {
     deinit { scratch.deallocate() }
 
     var items: Int { batch * heads }
+    var work: Double { 4 * Double(batch * heads) * Double(m) * Double(nKeys) * Double(d) }
 
     func run(_ index: Int, worker: Int) {
         let b = index / heads, h = index % heads
@@ -145,6 +150,7 @@ final class LayerNormJob: ParallelJob {
     }
 
     var items: Int { (rows + chunk - 1) / chunk }
+    var work: Double { 8 * Double(rows) * Double(c) }
 
     func run(_ index: Int, worker: Int) {
         let r0 = index * chunk, n = Swift.min(chunk, rows - r0)
