@@ -28,11 +28,19 @@ public enum MemoryPlanner {
     public static func plan(_ p: ExecutionPlan, bindings: [String: Int], inPlace: Bool = true) throws -> MemoryPlan {
         let g = p.graph
         let shapes = try ShapeInference.concreteShapes(g, bindings: bindings)
-        func bytes(_ v: ValueID) -> Int {
-            let n = elementCount(shapes[v]) ?? 0
-            let b = n * (g.values[v].type.dtype == .int64 ? 8 : 4)
-            return (b + alignment - 1) / alignment * alignment
+        // Sizes of every run-time value, overflow-checked once: a batch (or a file) too large for
+        // Int is an error here, and every sum below (at most their total) then fits.
+        var sizeOf = [Int](repeating: 0, count: g.values.count)
+        var sum = 0
+        for v in g.inputs + p.steps.flatMap(\.outputs) {
+            guard let n = elementCount(shapes[v]),
+                case let (b, o1) = n.multipliedReportingOverflow(by: g.values[v].type.dtype == .int64 ? 8 : 4), !o1, b <= Int.max / 8,
+                case let (t, o2) = sum.addingReportingOverflow(b + alignment), !o2, t <= Int.max / 4
+            else { throw CompilerError("the buffers of graph '\(g.name)' for \(bindings) overflow the address space") }
+            sum = t
+            sizeOf[v] = (b + alignment - 1) / alignment * alignment
         }
+        func bytes(_ v: ValueID) -> Int { sizeOf[v] }
         let end = p.steps.count
         var dynamic = [Bool](repeating: false, count: g.values.count)
         for v in g.inputs { dynamic[v] = true }

@@ -45,6 +45,10 @@ public enum ModelFile {
         guard version == formatVersion else {
             throw IRError(rule: "F2", "format version \(version) is not supported (this build reads version \(formatVersion)); use a matching tarflow")
         }
+        let flags = buf.loadUnaligned(fromByteOffset: 12, as: UInt32.self).littleEndian
+        guard flags == 0 else {
+            throw IRError(rule: "F2", "flags 0x\(String(flags, radix: 16)) are not supported (format version \(formatVersion) defines none); use a matching tarflow")
+        }
         let headerLength = buf.loadUnaligned(fromByteOffset: 16, as: UInt64.self).littleEndian
         guard headerLength <= UInt64(buf.count - prefixSize) else {
             throw IRError(rule: "F3", "header length \(headerLength) runs past the end of the \(buf.count)-byte file (truncated?)")
@@ -64,6 +68,7 @@ public enum ModelFile {
             throw IRError(rule: "F4", "data section starts past the end of the file (truncated?)")
         }
         let dataSize = max(0, buf.count - dataOffset)
+        guard let base = buf.baseAddress else { throw IRError(rule: "F1", "file is empty") }
 
         // Tensor table: validate every entry before touching its bytes.
         var tensors: [WeightTensor] = []
@@ -75,10 +80,9 @@ public enum ModelFile {
                 throw IRError(rule: "F5", "tensor name '\(info.name)' is empty or used twice")
             }
             guard let dtype = DType(proto: info.dtype) else { throw IRError(rule: "F5", "\(where_): unknown dtype \(info.dtype.rawValue)") }
-            guard info.shape.count <= 8, info.shape.allSatisfy({ $0 >= 0 && $0 <= Int64(Int32.max) }),
-                let count = elementCount(info.shape.map { Int($0) }),
-                case let (bytes, o) = count.multipliedReportingOverflow(by: dtype.byteSize), !o
-            else { throw IRError(rule: "F5", "\(where_): invalid shape \(info.shape)") }
+            guard let bytes = tableByteCount(info.shape, dtype) else {
+                throw IRError(rule: "F5", "\(where_): invalid shape \(info.shape) (rank <= \(Verifier.maxRank), dims 0...\(Verifier.maxDim), at most \(Verifier.maxValueBytes) bytes)")
+            }
             guard info.byteSize == UInt64(bytes) else {
                 throw IRError(rule: "F5", "\(where_): byte_size \(info.byteSize) but shape \(info.shape) of \(dtype) needs \(bytes)")
             }
@@ -93,7 +97,7 @@ public enum ModelFile {
             extents.append((off, bytes, info.name))
             tensors.append(WeightTensor(
                 name: info.name, dtype: dtype, shape: info.shape.map { Int($0) },
-                bytes: TensorBytes(window: buf.baseAddress! + dataOffset + off, count: bytes, owner: owner)))
+                bytes: TensorBytes(window: base + dataOffset + off, count: bytes, owner: owner)))
         }
         extents.sort { $0.0 < $1.0 }
         for i in extents.indices.dropFirst() where extents[i - 1].0 + extents[i - 1].1 > extents[i].0 {
@@ -101,7 +105,13 @@ public enum ModelFile {
         }
 
         var metadata: [String: MetadataValue] = [:]
+        var previousKey: String? = nil
         for m in header.metadata {
+            // Sorted and unique, as writers emit them: a repeated key would be ambiguous.
+            if let p = previousKey, !(p < m.key) {
+                throw IRError(rule: "F9", p == m.key ? "metadata '\(m.key)' appears twice" : "metadata keys are not sorted ('\(m.key)' after '\(p)')")
+            }
+            previousKey = m.key
             switch m.value {
             case .stringValue(let s): metadata[m.key] = .string(s)
             case .intValue(let i): metadata[m.key] = .int(i)
@@ -121,7 +131,36 @@ public enum ModelFile {
 
     // MARK: Writing
 
+    /// Byte size of a tensor-table entry (rule F5), or nil if the shape is invalid or too large.
+    static func tableByteCount(_ shape: [Int64], _ dtype: DType) -> Int? {
+        guard shape.count <= Verifier.maxRank, shape.allSatisfy({ $0 >= 0 && $0 <= Int64(Verifier.maxDim) }) else { return nil }
+        var n = dtype.byteSize
+        for d in shape {
+            let (p, o) = n.multipliedReportingOverflow(by: Int(d))
+            guard !o, p <= Verifier.maxValueBytes else { return nil }
+            n = p
+        }
+        return n
+    }
+
+    /// Rule F5 for a model built in memory: what a reader would check about the tensor table.
+    static func checkTensorTable(_ model: Model) throws(IRError) {
+        var names = Set<String>()
+        for t in model.tensors {
+            guard !t.name.isEmpty, names.insert(t.name).inserted else {
+                throw IRError(rule: "F5", "tensor name '\(t.name)' is empty or used twice")
+            }
+            guard let bytes = tableByteCount(t.shape.map { Int64($0) }, t.dtype) else {
+                throw IRError(rule: "F5", "tensor '\(t.name)': invalid shape \(t.shape)")
+            }
+            guard t.bytes.count == bytes else {
+                throw IRError(rule: "F5", "tensor '\(t.name)': holds \(t.bytes.count) bytes but shape \(t.shape) of \(t.dtype) needs \(bytes)")
+            }
+        }
+    }
+
     /// The exact bytes of a model file. Deterministic: equal models give equal bytes.
+    /// Refuses a tensor table a reader would refuse (F5).
     public static func encode(_ model: Model) throws -> [UInt8] {
         var out = [UInt8]()
         try encode(model) { out += $0 }
@@ -131,6 +170,7 @@ public enum ModelFile {
     /// The bytes of a model file, in order, as a few large pieces (prefix and header, then each
     /// tensor and its padding), so a writer can stream gigabytes of weights without a copy.
     public static func encode(_ model: Model, to emit: (UnsafeRawBufferPointer) throws -> Void) throws {
+        try checkTensorTable(model)
         var header = Flowir_ModelHeader()
         header.formatVersion = formatVersion
         header.graphs = model.graphs.map { $0.proto }
@@ -148,11 +188,12 @@ public enum ModelFile {
         header.metadata = model.metadata.keys.sorted().map { key in
             var m = Flowir_Metadata()
             m.key = key
-            switch model.metadata[key]! {
-            case .string(let s): m.stringValue = s
-            case .int(let i): m.intValue = i
-            case .double(let d): m.doubleValue = d
-            case .bool(let b): m.boolValue = b
+            switch model.metadata[key] {
+            case .string(let s)?: m.stringValue = s
+            case .int(let i)?: m.intValue = i
+            case .double(let d)?: m.doubleValue = d
+            case .bool(let b)?: m.boolValue = b
+            case nil: break
             }
             return m
         }
@@ -176,8 +217,10 @@ public enum ModelFile {
         }
     }
 
-    /// Writes atomically: a failed write leaves an existing file untouched.
+    /// Writes atomically: a failed write leaves an existing file untouched. Refuses a model a
+    /// reader would refuse (F5, F7, W1–W11).
     public static func write(_ model: Model, to url: URL) throws {
+        try checkTensorTable(model)
         try model.verify()
         try FileIO.writeAtomically(to: url) { sink in try encode(model, to: sink) }
     }
@@ -191,7 +234,8 @@ final class MappedFile {
     let length: Int
 
     init(path: String) throws {
-        let fd = open(path, O_RDONLY)
+        // O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused just below).
+        let fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC)
         guard fd >= 0 else { throw FileIO.Error(path: path, message: "cannot open: \(String(cString: strerror(errno)))") }
         defer { close(fd) }
         var st = stat()

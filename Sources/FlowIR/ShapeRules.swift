@@ -95,7 +95,9 @@ extension Op {
             for t in inputs {
                 try needFloat(t, "operand")
                 guard t.dtype == first.dtype, t.rank == first.rank else { throw fail("operands differ in dtype or rank") }
-                total += try fixedAxis(t, axis)
+                let (sum, o) = total.addingReportingOverflow(try fixedAxis(t, axis))
+                guard !o else { throw fail("concatenated size overflows") }
+                total = sum
                 for i in 0..<t.rank where i != axis && t.shape[i] != first.shape[i] {
                     throw fail("operands differ on axis \(i): \(t.shape[i]) vs \(first.shape[i])")
                 }
@@ -112,8 +114,11 @@ extension Op {
             try needFloat(x, "input")
             let n = try fixedAxis(x, axis)
             guard before >= 0, after >= 0 else { throw fail("negative padding") }
+            let (nb, o1) = n.addingReportingOverflow(before)
+            let (size, o2) = nb.addingReportingOverflow(after)
+            guard !o1, !o2 else { throw fail("padded size overflows") }
             var s = x.shape
-            s[axis] = .fixed(n + before + after)
+            s[axis] = .fixed(size)
             return TensorType(x.dtype, s)
         case .gather:
             let table = inputs[0], idx = inputs[1]

@@ -1,7 +1,30 @@
-/// Checks the well-formedness rules W1–W9 of Spec/IR.md. Every error names its rule.
+/// Checks the well-formedness rules W1–W11 of Spec/IR.md. Every error names its rule.
 ///
 /// Run on every graph a file brings (untrusted) and, in debug builds, between compiler passes.
 public enum Verifier {
+    /// Largest rank of any value (W11); also the limit the file format puts on shapes (F5, F10).
+    public static let maxRank = 8
+    /// Largest fixed dimension (W11), 2³¹ − 1.
+    public static let maxDim = Int(Int32.max)
+    /// Largest byte size of a value's fixed part (W11): the product of its fixed dims times the
+    /// element size, symbols counting as 1. 2³⁴ bytes = 16 GiB: far above any real model, low
+    /// enough that sizes derived from it (× a batch, × 8 bytes) never overflow `Int`.
+    public static let maxValueBytes = 1 << 34
+
+    /// Bytes of the fixed part of `t` (symbols count as 1), or nil if a dim is out of range or
+    /// the product passes `maxValueBytes`.
+    public static func fixedByteCount(_ t: TensorType) -> Int? {
+        var n = t.dtype.byteSize
+        for d in t.shape {
+            guard case .fixed(let k) = d else { continue }
+            guard k >= 0, k <= maxDim else { return nil }
+            let (p, o) = n.multipliedReportingOverflow(by: k)
+            guard !o, p <= maxValueBytes else { return nil }
+            n = p
+        }
+        return n
+    }
+
     /// - Parameter constants: the tensor table (name → type as seen in the graph); when given,
     ///   constants are checked against it (rule W6).
     public static func verify(_ g: Graph, constants: [String: TensorType]? = nil) throws(IRError) {
@@ -14,6 +37,18 @@ public enum Verifier {
         for (i, v) in g.values.enumerated() {
             if v.name.isEmpty { throw IRError(rule: "W7", "value %\(i) has an empty name", at: loc) }
             if !names.insert(v.name).inserted { throw IRError(rule: "W7", "value name '\(v.name)' is used twice", at: loc) }
+        }
+        // W11: sizes. Checked before anything allocates or multiplies shapes.
+        for v in g.values {
+            guard v.type.rank <= maxRank else {
+                throw IRError(rule: "W11", "value '\(v.name)' has rank \(v.type.rank) > \(maxRank)", at: loc)
+            }
+            for d in v.type.shape {
+                if case .symbol(let s) = d, s.isEmpty { throw IRError(rule: "W11", "value '\(v.name)' has an empty dimension symbol", at: loc) }
+            }
+            guard fixedByteCount(v.type) != nil else {
+                throw IRError(rule: "W11", "value '\(v.name)' of type \(v.type) exceeds the size limit (dims 0...\(maxDim), at most \(maxValueBytes) bytes per batch row)", at: loc)
+            }
         }
         // W1: indices in range.
         for v in g.inputs + g.outputs where !inRange(v) {
@@ -79,21 +114,34 @@ public enum Verifier {
             throw IRError(rule: "W3", "output '\(g.values[v].name)' is never defined", at: loc)
         }
         // W10: a state's new value is written in place: it is a graph output made by a chain of
-        // write_slice ops starting at the state input, and nothing else reads the old value.
+        // write_slice ops starting at the state input, and nothing else reads the old value or
+        // any value in between (a graph output counts as a reader, since it would alias).
         var stateInputs = Set<ValueID>()
+        var stateOutputs = Set<ValueID>()
+        let outputSet = Set(g.outputs)
         for st in g.state {
             guard inRange(st.input), inRange(st.output) else { throw IRError(rule: "W1", "state binding index out of range", at: loc) }
             let name = g.values[st.input].name
-            guard g.inputs.contains(st.input), g.outputs.contains(st.output) else {
+            guard g.inputs.contains(st.input), outputSet.contains(st.output) else {
                 throw IRError(rule: "W10", "state '\(name)' must bind a graph input to a graph output", at: loc)
             }
+            guard st.input != st.output else { throw IRError(rule: "W10", "state '\(name)' is bound to itself; its new value must be computed", at: loc) }
+            guard !outputSet.contains(st.input) else {
+                throw IRError(rule: "W10", "state '\(name)' is also a graph output, which would alias the buffer updated in place", at: loc)
+            }
             guard stateInputs.insert(st.input).inserted else { throw IRError(rule: "W10", "state '\(name)' is bound twice", at: loc) }
+            guard stateOutputs.insert(st.output).inserted else {
+                throw IRError(rule: "W10", "state '\(name)': value '\(g.values[st.output].name)' is the new value of two states", at: loc)
+            }
             guard g.values[st.input].type == g.values[st.output].type else {
                 throw IRError(rule: "W10", "state '\(name)' changes type", at: loc)
             }
             var chain = Set([st.input])
             var cur = st.input
             while cur != st.output {
+                if cur != st.input, outputSet.contains(cur) {
+                    throw IRError(rule: "W10", "state '\(name)': '\(g.values[cur].name)' is a graph output, which would alias the buffer updated in place", at: loc)
+                }
                 let readers = g.nodes.filter { $0.inputs.contains(cur) }
                 guard readers.count == 1, case .writeSlice = readers[0].op, readers[0].inputs[0] == cur,
                     readers[0].inputs.dropFirst().allSatisfy({ !chain.contains($0) })

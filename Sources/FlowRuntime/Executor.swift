@@ -53,13 +53,21 @@ public final class Executor: @unchecked Sendable {
         }
         // Load-time steps: fixed shapes, evaluated once.
         var shapes: [ValueID: [Int]] = [:]
+        var loadBytes = 0
         for s in plan.loadSteps {
             for v in s.inputs + s.outputs {
                 guard let sh = g.values[v].type.concreteShape([:]) else { throw RuntimeError("load-time value '\(g.values[v].name)' has a symbolic shape") }
                 shapes[v] = sh
             }
             for o in s.outputs where fixed[o] == nil {
-                fixed[o] = allocate(max(1, elementCount(shapes[o]!)!) * (g.values[o].type.dtype == .int64 ? 8 : 4))
+                // Sizes come from the file: checked against memory before anything is allocated.
+                guard let bytes = Executor.byteCount(shapes[o] ?? [], g.values[o].type.dtype),
+                    case let (total, overflow) = loadBytes.addingReportingOverflow(bytes), !overflow, total <= Executor.memoryLimit
+                else {
+                    throw RuntimeError("the load-time values of graph '\(g.name)' need more than the \(Executor.memoryLimit) bytes of memory")
+                }
+                loadBytes = total
+                fixed[o] = allocate(max(1, bytes))
             }
             if case .constant = s.op { continue }
             let prepared = try Self.prepare(s, graph: g, shapes: { shapes[$0]! }, pointer: { self.fixed[$0]! }, scratch: { self.allocate($0) }, threads: 1)
@@ -197,6 +205,9 @@ public final class BoundPlan: @unchecked Sendable {
             // updates and state chains share buffers; see MemoryPlanner).
             memoryPlan = try (e.inPlace ? e.memoryPlans[bindings] : nil) ?? MemoryPlanner.plan(e.plan, bindings: bindings, inPlace: e.inPlace)
             let total = memoryPlan.arenaBytes
+            guard total <= Executor.memoryLimit else {
+                throw RuntimeError("graph '\(g.name)' with \(bindings) needs \(total) bytes of buffers, more than the \(Executor.memoryLimit) bytes of memory; use a smaller batch")
+            }
             arenaBytes = total
             arena = UnsafeMutableRawPointer.allocate(byteCount: max(total, 64), alignment: 64)
             arena.initializeMemory(as: UInt8.self, repeating: 0, count: max(total, 64))
@@ -279,6 +290,21 @@ public final class BoundPlan: @unchecked Sendable {
 }
 
 extension Executor {
+    /// Physical memory in bytes: no plan may ask for more buffers than this, so a hostile file
+    /// or an oversized batch gets an error instead of an allocation the system cannot satisfy.
+    public static let memoryLimit: Int = {
+        let pages = sysconf(Int32(_SC_PHYS_PAGES)), size = sysconf(Int32(_SC_PAGESIZE))
+        guard pages > 0, size > 0 else { return Int.max }
+        let (m, o) = pages.multipliedReportingOverflow(by: size)
+        return o ? Int.max : m
+    }()
+
+    /// Bytes of a buffer of this shape and dtype (f32/i64 as the runtime stores them), nil on overflow.
+    static func byteCount(_ shape: [Int], _ dtype: DType) -> Int? {
+        guard let n = elementCount(shape) else { return nil }
+        let (b, o) = n.multipliedReportingOverflow(by: dtype == .int64 ? 8 : 4)
+        return o ? nil : b
+    }
 
     /// Sets the OpenBLAS thread count (process-wide; OpenBLAS has no per-call setting).
     public static func setBLASThreads(_ n: Int) {
@@ -286,7 +312,7 @@ extension Executor {
         blasLock.lock()
         defer { blasLock.unlock() }
         if blasThreads != n {
-            openblas_set_num_threads(Int32(n))
+            openblas_set_num_threads(Int32(clamping: n))
             blasThreads = n
         }
     }

@@ -122,6 +122,13 @@ public enum Converter {
 
     /// Solves D = C·p², T = (H/p)² from any consistent subset of the options.
     static func geometry(patchDim D: Int, tokens T: Int, options o: Options) throws -> (img: Int, inChannels: Int, patch: Int) {
+        // Bounds first, so the products below cannot overflow (TarFlowConfig.validate has the same limits).
+        for (flag, v) in [("--image-size", o.imageSize), ("--in-channels", o.inChannels), ("--patch-size", o.patchSize)] {
+            if let v, !(1...(1 << 16)).contains(v) { throw TarFlowError.invalidInput("\(flag) \(v) is out of range: use 1...\(1 << 16)") }
+        }
+        guard D > 0, D <= 1 << 30, T > 0, T <= 1 << 32 else {
+            throw TarFlowError.invalidCheckpoint("patch dimension \(D) or token count \(T) is out of range")
+        }
         let side = Int(Double(T).squareRoot().rounded())
         guard side * side == T, side > 0 else { throw TarFlowError.invalidCheckpoint("pos_embed has \(T) tokens, not a square number") }
         var p: Int

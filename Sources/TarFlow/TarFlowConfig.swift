@@ -59,8 +59,25 @@ public struct TarFlowConfig: Sendable, Hashable, Codable {
         guard imgSize % patchSize == 0 else { throw bad("img_size \(imgSize) is not a multiple of patch_size \(patchSize)") }
         guard channels % headDim == 0 else { throw bad("channels \(channels) is not a multiple of head_dim \(headDim)") }
         guard numClasses >= 0 else { throw bad("num_classes must be >= 0") }
-        guard numPatches >= 1, imgSize <= 1 << 16, channels <= 1 << 16, numBlocks <= 1024, layersPerBlock <= 1024 else {
+        guard numPatches >= 1, imgSize <= 1 << 16, channels <= 1 << 16, numBlocks <= 1024, layersPerBlock <= 1024,
+            inChannels <= 1 << 16, headDim <= 1 << 16, expansion <= 1 << 10, numClasses <= 1 << 24
+        else {
             throw bad("sizes out of range: \(self)")
+        }
+        // Every size the graphs, the sampler and the I/O derive from the config stays far from
+        // overflow: an image and the MLP width fit one dimension (2^31 - 1).
+        let limit = Int(Int32.max)
+        func fits(_ xs: Int...) -> Bool {
+            var p = 1
+            for x in xs {
+                let (r, o) = p.multipliedReportingOverflow(by: x)
+                if o || r > limit { return false }
+                p = r
+            }
+            return true
+        }
+        guard fits(inChannels, imgSize, imgSize), fits(channels, expansion), fits(3, channels), fits(numClasses + 1, channels) else {
+            throw bad("sizes out of range: an image (C·H·W) or a layer exceeds \(limit) elements: \(self)")
         }
     }
 
@@ -87,6 +104,103 @@ public struct TarFlowConfig: Sendable, Hashable, Codable {
         self.init(inChannels: ints[0], imgSize: ints[1], patchSize: ints[2], channels: ints[3], numBlocks: ints[4],
                   layersPerBlock: ints[5], nvp: nvp, numClasses: ints[6], headDim: ints[7], expansion: ints[8])
         try validate()
+    }
+}
+
+// MARK: - Agreement between the config and a model file's graphs
+
+extension TarFlowConfig {
+    /// The config a model file records, checked against the file's graphs: the runtime writes
+    /// inputs into and reads outputs out of buffers sized by the graphs, so a file whose
+    /// metadata and graphs disagree is refused here, with the graph and value named.
+    public init(validating model: Model) throws(TarFlowError) {
+        try self.init(metadata: model.metadata)
+        try checkGraphs(of: model)
+    }
+
+    /// Checks the signatures of `forward`, `decode0…` and `gradient` (those present) and the
+    /// prior's `var` tensor against this config (Spec/ModelFile.md, "TarFlow graphs and tensors").
+    public func checkGraphs(of model: Model) throws(TarFlowError) {
+        let B = Dim.batch
+        let image = TensorType(.float32, [B, .fixed(inChannels), .fixed(imgSize), .fixed(imgSize)])
+        let tokens = TensorType(.float32, [B, .fixed(numPatches), .fixed(patchDim)])
+        let token = TensorType(.float32, [B, 1, .fixed(patchDim)])
+        let labels = TensorType(.int64, [B])
+        let conditional = numClasses > 0
+        func bad(_ g: Graph, _ m: String) -> TarFlowError {
+            .invalidModel("graph '\(g.name)': \(m) (config \(inChannels)x\(imgSize)x\(imgSize), patch \(patchSize), \(numClasses) classes); the file's metadata and graphs disagree: re-convert the checkpoint with `tarflow convert`")
+        }
+        func type(_ g: Graph, _ name: String) -> TensorType? { g.value(named: name).map { g.values[$0].type } }
+        /// The graph inputs that are not states must be exactly `expected`, with these types.
+        func inputs(_ g: Graph, _ expected: [(String, TensorType)]) throws(TarFlowError) {
+            let states = Set(g.state.map(\.input))
+            let names = g.inputs.filter { !states.contains($0) }.map { g.values[$0].name }
+            guard Set(names) == Set(expected.map(\.0)), names.count == expected.count else {
+                throw bad(g, "inputs are \(names), expected \(expected.map(\.0))")
+            }
+            for (n, t) in expected where type(g, n) != t {
+                throw bad(g, "input '\(n)' is \(type(g, n).map { "\($0)" } ?? "missing"), expected \(t)")
+            }
+        }
+        func output(_ g: Graph, _ n: String, _ t: TensorType) throws(TarFlowError) {
+            let states = Set(g.state.map(\.output))
+            guard let v = g.value(named: n), g.outputs.contains(v), !states.contains(v) else { throw bad(g, "output '\(n)' is missing") }
+            guard g.values[v].type == t else { throw bad(g, "output '\(n)' is \(g.values[v].type), expected \(t)") }
+        }
+        let imageInputs: [(String, TensorType)] = [("x", image)] + (conditional ? [("y", labels)] : [])
+        /// The graphs that can run as function `name`: the file's graph and its compiled form
+        /// (`tarflow compile`), which the runtime uses instead when present.
+        func versions(_ name: String) -> [Graph] {
+            [model.graph(named: name), model.compiledFunction(named: name)?.graph].compactMap { $0 }
+        }
+
+        guard model.graph(named: "forward") != nil else { throw .invalidModel("the model file has no 'forward' graph") }
+        for forward in versions("forward") {
+            guard forward.state.isEmpty else { throw bad(forward, "has state bindings") }
+            try inputs(forward, imageInputs)
+            for k in 0..<(numBlocks - 1) { try output(forward, "block\(k)", tokens) }
+            try output(forward, "z", tokens)
+            try output(forward, "logdets", TensorType(.float32, [B]))
+        }
+        for k in 0..<numBlocks {
+            for g in versions("decode\(k)") {
+                try inputs(g, [("x", token), ("pos", TensorType(.int64, [1])), ("logit_scale", TensorType(.float32, [B, 1, 1, 1]))]
+                    + (conditional ? [("y", labels)] : []))
+                try output(g, "a", token)
+                try output(g, "b", token)
+                // The sampler fills a buffer named `y` when there is one: only the labels input may be.
+                if !conditional, g.value(named: "y") != nil { throw bad(g, "has a value named 'y' but the model is unconditional") }
+            }
+        }
+        for g in versions("gradient") {
+            guard g.state.isEmpty else { throw bad(g, "has state bindings") }
+            try inputs(g, imageInputs)
+            try output(g, "grad.x", image)
+            try output(g, "loss", TensorType(.float32, []))
+        }
+        // No value may be larger than a TarFlow graph of this config can need, so a file cannot
+        // make the runtime allocate more than its weights and batch justify: values without a
+        // batch dimension are at most twice the largest weight (flipped or extended tables),
+        // per-row values at most 8× the largest activation row (attention scores, MLP, image).
+        func mul(_ xs: Int...) -> Int {
+            xs.reduce(1) { let (p, o) = $0.multipliedReportingOverflow(by: $1); return o ? Int.max : p }
+        }
+        let largestWeight = model.tensors.map { $0.bytes.count / $0.dtype.byteSize }.max() ?? 0
+        let fixedLimit = max(mul(8, largestWeight), 1 << 16)
+        let T = numPatches, H = max(numHeads, 1)
+        let rowLimit = mul(32, max(mul(T, T, H), mul(T, channels, max(expansion, 3)), imageDim, mul(2, T, patchDim), 1 << 10))
+        for g in model.graphs + model.compiled.map(\.graph) {
+            for v in g.values {
+                let batched = v.type.shape.contains { $0.fixedSize == nil }
+                let limit = batched ? rowLimit : fixedLimit
+                guard let bytes = Verifier.fixedByteCount(v.type), bytes <= limit else {
+                    throw bad(g, "value '\(v.name)' of type \(v.type) is larger than this model can need (\(limit) bytes\(batched ? " per batch row" : ""))")
+                }
+            }
+        }
+        if let v = model.tensor(named: "var"), v.shape != [numPatches, patchDim] {
+            throw .invalidModel("tensor 'var' has shape \(v.shape), the config needs [\(numPatches), \(patchDim)]; re-convert the checkpoint with `tarflow convert`")
+        }
     }
 }
 

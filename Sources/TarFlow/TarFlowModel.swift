@@ -48,7 +48,7 @@ public final class TarFlowModel: @unchecked Sendable {
     /// - Parameter graphsVerified: `ModelFile.read` already ran the verifier on every graph.
     init(model: Model, threads: Int, graphsVerified: Bool) throws {
         self.model = model
-        config = try TarFlowConfig(metadata: model.metadata)
+        config = try TarFlowConfig(validating: model)
         noiseStd = model.metadata["tarflow.noise_std"]?.doubleValue
         self.threads = max(1, threads)
         guard model.graph(named: "forward") != nil else { throw TarFlowError.invalidModel("the model file has no 'forward' graph") }

@@ -17,13 +17,17 @@ struct Bench: ParsableCommand {
     func run() throws {
         guarded {
             guard batch > 0, threads > 0, reps > 0 else { throw TarFlowError.invalidInput("--batch, --threads and --reps must be positive") }
+            try Checks.threads(threads)
             if sgemm {
                 let s = SgemmBenchmark.run(n: 2048, threads: threads, reps: reps)
                 print("{\"what\": \"sgemm\", \"n\": 2048, \"threads\": \(threads), \"seconds_median\": \(s.median), \"gflops\": \(s.gflops)}")
                 return
             }
             guard let model else { throw TarFlowError.invalidInput("give a model file (or --sgemm)") }
-            let m = try TarFlowModel(contentsOf: URL(fileURLWithPath: model), threads: threads)
+            let m = try Checks.model(model, threads: threads)
+            guard what == "forward" || what == "sample" else { throw TarFlowError.invalidInput("--what must be forward or sample, is \(what)") }
+            try Checks.memory(what == "forward" ? try Checks.forwardBytes(m, rows: batch) : try Checks.sampleBytes(m, images: batch, rows: batch),
+                              batchFlag: "--batch", batch: batch)
             let r: BenchSupport.Result
             switch what {
             case "forward": r = try BenchSupport.forward(m, batch: batch, reps: reps, profile: profile)

@@ -38,6 +38,7 @@ struct Compile: ParsableCommand {
                     throw TarFlowError.invalidInput("--config needs --random-weights SEED (there is no checkpoint to take weights from)")
                 }
                 let (c, noise) = try AheadOfTime.loadConfig(contentsOf: URL(fileURLWithPath: path))
+                try Checks.weights(of: c, from: "--config \(path)")
                 var m = try AheadOfTime.randomModel(config: c, seed: seed, noiseStd: noise)
                 m.metadata["source.file"] = .string(URL(fileURLWithPath: path).lastPathComponent)
                 source = m

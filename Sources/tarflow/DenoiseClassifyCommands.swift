@@ -17,15 +17,25 @@ struct Denoise: ParsableCommand {
 
     func run() throws {
         guarded {
-            guard batchSize > 0 else { throw TarFlowError.invalidInput("--batch-size must be positive") }
-            guard threads > 0 else { throw TarFlowError.invalidInput("--threads must be positive") }
-            let m = try TarFlowModel(contentsOf: URL(fileURLWithPath: model), threads: threads)
+            try Checks.positive(batchSize, "--batch-size")
+            try Checks.threads(threads)
+            if let n = noiseStd, !(n >= 0 && n.isFinite) { throw CLIError("--noise-std \(n) must be a finite number >= 0") }
+            try Checks.output(output, "-o")
+            try Checks.output(saveGrad, "--save-grad")
+            let m = try Checks.model(model, threads: threads)
+            if noiseStd == nil, m.noiseStd == nil { throw CLIError("the model records no training noise level; pass --noise-std σ") }
             let set = try ImageSet.load(contentsOf: URL(fileURLWithPath: images), channels: m.config.inChannels, size: m.config.imgSize)
             guard !set.isInteger else {
-                throw TarFlowError.invalidInput("\(images): denoising acts on continuous images; give a float .npy in [-1, 1]")
+                throw CLIError("--images \(images): denoising acts on continuous images; give a float .npy in [-1, 1]")
             }
             let labs = try labels.map { try ImageSet.loadLabels(contentsOf: URL(fileURLWithPath: $0)) }
-            if let labs, labs.count != set.count { throw TarFlowError.invalidInput("\(labs.count) labels for \(set.count) images") }
+            if let labels, let labs {
+                guard labs.count == set.count else { throw CLIError("--labels \(labels): \(labs.count) labels for \(set.count) images") }
+                try Checks.labels(labs, from: "--labels \(labels)", config: m.config)
+            }
+            let rows = min(batchSize, set.count)
+            try Checks.memory(Checks.add(try Checks.gradientBytes(m, rows: rows), Checks.mul(set.count, Checks.mul(m.config.imageDim, 8))),
+                              batchFlag: "--batch-size", batch: rows)
             var out: [Float] = [], grads: [Float] = []
             var start = 0
             while start < set.count {
@@ -58,16 +68,21 @@ struct Classify: ParsableCommand {
 
     func run() throws {
         guarded {
-            guard batchSize > 0 else { throw TarFlowError.invalidInput("--batch-size must be positive") }
-            guard offset >= 0 else { throw TarFlowError.invalidInput("--offset must be >= 0") }
-            if let limit, limit <= 0 { throw TarFlowError.invalidInput("--limit must be positive") }
-            guard threads > 0 else { throw TarFlowError.invalidInput("--threads must be positive") }
-            let m = try TarFlowModel(contentsOf: URL(fileURLWithPath: model), threads: threads)
+            try Checks.positive(batchSize, "--batch-size")
+            guard offset >= 0 else { throw CLIError("--offset \(offset) must be >= 0") }
+            try Checks.positive(limit, "--limit")
+            try Checks.threads(threads)
+            try Checks.output(save, "--save")
+            try Checks.output(saveLosses, "--save-losses")
+            let m = try Checks.model(model, threads: threads)
+            guard m.config.numClasses > 0 else { throw CLIError("\(model): the model is unconditional (num_classes = 0); it cannot classify") }
             let set = try ImageSet.load(contentsOf: URL(fileURLWithPath: images), channels: m.config.inChannels, size: m.config.imgSize)
-            guard offset < set.count else { throw TarFlowError.invalidInput("--offset \(offset) is past the \(set.count) images") }
-            let end = limit.map { min(set.count, offset + $0) } ?? set.count
+            guard offset < set.count else { throw CLIError("--offset \(offset) is past the \(set.count) images") }
+            let end = limit.map { min(set.count, offset + min($0, set.count)) } ?? set.count
             let truth = try trueLabels.map { try ImageSet.loadLabels(contentsOf: URL(fileURLWithPath: $0)) }
-            if let truth, truth.count != set.count { throw TarFlowError.invalidInput("\(truth.count) true labels for \(set.count) images") }
+            if let truth, truth.count != set.count { throw CLIError("--true-labels \(trueLabels ?? ""): \(truth.count) labels for \(set.count) images") }
+            let rows = Checks.mul(min(batchSize, end - offset), m.config.numClasses)
+            try Checks.memory(Checks.mul(try Checks.forwardBytes(m, rows: rows), 2), batchFlag: "--batch-size", batch: min(batchSize, end - offset))
             let r = try m.classify(images: set, range: offset..<end, batchSize: batchSize)
             let n = r.predictions.count
             if let save { try NPY.write(HostArray(shape: [n], int64s: r.predictions.map(Int64.init)), to: URL(fileURLWithPath: save)) }

@@ -32,37 +32,57 @@ struct Sample: ParsableCommand {
 
     func run() throws {
         guarded {
-            guard output != nil || outDir != nil else { throw TarFlowError.invalidInput("give -o OUT.npy|OUT.png or --out-dir DIR") }
+            guard output != nil || outDir != nil else { throw CLIError("give -o OUT.npy|OUT.png or --out-dir DIR") }
             if let output {
                 let ext = URL(fileURLWithPath: output).pathExtension.lowercased()
-                guard ext == "npy" || ext == "png" else { throw TarFlowError.invalidInput("-o must end in .npy or .png, is \(output)") }
+                guard ext == "npy" || ext == "png" else { throw CLIError("-o \(output) must end in .npy or .png") }
             }
-            guard threads > 0 else { throw TarFlowError.invalidInput("--threads must be positive") }
-            if let count, count <= 0 { throw TarFlowError.invalidInput("--count must be positive") }
-            if let g = gridColumns, g <= 0 { throw TarFlowError.invalidInput("--grid-columns must be positive") }
-            if labels != nil && label != nil { throw TarFlowError.invalidInput("give --labels or --label, not both") }
-            let m = try TarFlowModel(contentsOf: URL(fileURLWithPath: model), threads: threads)
+            try Checks.output(output, "-o")
+            try Checks.threads(threads)
+            try Checks.positive(count, "--count")
+            try Checks.positive(gridColumns, "--grid-columns")
+            try Checks.finite(guidance, "--guidance", ">= 0") { $0 >= 0 }
+            try Checks.finite(attnTemp, "--attn-temp", "> 0") { $0 > 0 }
+            try Checks.finite(temperature, "--temperature", ">= 0") { $0 >= 0 }
+            if let n = noiseStd, !(n >= 0 && n.isFinite) { throw CLIError("--noise-std \(n) must be a finite number >= 0") }
+            if labels != nil && label != nil { throw CLIError("give --labels or --label, not both") }
+            if noise != nil && count != nil { throw CLIError("give --noise or --count, not both") }
+            let m = try Checks.model(model, threads: threads)
+            let c = m.config
             let opts = SamplingOptions(guidance: guidance, guideWhat: guideWhat.rawValue, attentionTemperature: attnTemp,
                                        annealed: annealed, temperature: temperature)
 
             // Batch size: the noise's first dimension, else --count, else the number of labels.
             var labs = try labels.map { try ImageSet.loadLabels(contentsOf: URL(fileURLWithPath: $0)) }
+            if let labels { try Checks.labels(labs, from: "--labels \(labels)", config: c) }
+            if let label { try Checks.labels([label], from: "--label", config: c) }
+            let guided = guidance > 0
             var z: Tensor
             if let noise {
-                if count != nil { throw TarFlowError.invalidInput("give --noise or --count, not both") }
                 let a = try NPY.read(contentsOf: URL(fileURLWithPath: noise))
-                guard case .float32(let f) = a.storage else { throw TarFlowError.invalidInput("\(noise): noise must be float32, is \(a.element)") }
-                z = Tensor(shape: a.shape, floats: f)
-                guard a.shape.count == 3, a.shape[0] > 0 else {
-                    throw TarFlowError.invalidInput("\(noise): noise must have shape (B, \(m.config.numPatches), \(m.config.patchDim)), has \(a.shape)")
+                guard case .float32(let f) = a.storage else { throw CLIError("--noise \(noise): noise must be float32, is \(a.element)") }
+                guard a.shape.count == 3, a.shape[0] > 0, a.shape[1] == c.numPatches, a.shape[2] == c.patchDim else {
+                    throw CLIError("--noise \(noise): noise must have shape (B, \(c.numPatches), \(c.patchDim)) with B > 0, has \(a.shape)")
                 }
+                if let i = f.firstIndex(where: { !$0.isFinite }) {
+                    throw CLIError("--noise \(noise): element \(i) is \(f[i]); noise must be finite")
+                }
+                try Checks.memory(try Checks.sampleBytes(m, images: a.shape[0], rows: guided ? 2 * a.shape[0] : a.shape[0]), batchFlag: "--noise batch", batch: a.shape[0])
+                z = Tensor(shape: a.shape, floats: f)
             } else {
-                guard let n = count ?? labs?.count else { throw TarFlowError.invalidInput("give --count K (or --noise, or --labels) to set the number of images") }
+                guard let n = count ?? labs?.count else { throw CLIError("give --count K (or --noise, or --labels) to set the number of images") }
+                if let l = labs, l.count != n { throw CLIError("--labels \(labels ?? ""): \(l.count) labels for --count \(n) images") }
+                try Checks.memory(try Checks.sampleBytes(m, images: n, rows: guided ? Checks.mul(2, n) : n), batchFlag: "--count", batch: n)
                 z = m.noise(count: n, seed: seed)
             }
             let b = z.shape[0]
-            if let l = labs, l.count != b { throw TarFlowError.invalidInput("\(l.count) labels for \(b) images") }
+            try checkPNGOutput(output: output, outDir: outDir, count: b, channels: c.inChannels, size: c.imgSize, columns: gridColumns)
+            if let l = labs, l.count != b { throw CLIError("--labels \(labels ?? ""): \(l.count) labels for \(b) images") }
             if let label { labs = [Int](repeating: label, count: b) }
+            if denoise {
+                if noiseStd == nil, m.noiseStd == nil { throw CLIError("--denoise: the model records no training noise level; pass --noise-std σ") }
+                try Checks.memory(try Checks.gradientBytes(m, rows: b), batchFlag: "--count", batch: b)
+            }
 
             let bar = ProgressBar(enabled: !quiet, images: b)
             var x = try m.sample(noise: z, labels: labs, options: opts, progress: { bar.update($0) })
@@ -71,6 +91,23 @@ struct Sample: ParsableCommand {
             try writeImages(x, output: output, outDir: outDir, columns: gridColumns, normalize: normalize)
             if !quiet { FileHandle.standardError.write(Data("sampled \(b) image(s) in \(String(format: "%.2f", bar.elapsed)) s\n".utf8)) }
         }
+    }
+}
+
+/// Refuses PNG output the writer would refuse (channels, grid size) before any sampling is done.
+func checkPNGOutput(output: String?, outDir: String?, count b: Int, channels c: Int, size: Int, columns: Int?) throws {
+    let png = output.map { URL(fileURLWithPath: $0).pathExtension.lowercased() == "png" } ?? false
+    guard png || outDir != nil else { return }
+    guard c == 1 || c == 3 else {
+        throw CLIError("\(png ? "-o \(output ?? "")" : "--out-dir \(outDir ?? "")"): PNG output needs 1 or 3 channels, the model has \(c); write .npy instead")
+    }
+    guard png else { return }
+    // The grid's size, as PNGImage.grid lays it out (padding 2, none for a single image).
+    let cols = b == 1 ? 1 : min(columns ?? Int(Double(b).squareRoot().rounded(.up)), b)
+    let rows = (b + cols - 1) / cols, pad = b == 1 ? 0 : 2
+    let w = Checks.add(Checks.mul(cols, size + pad), pad), h = Checks.add(Checks.mul(rows, size + pad), pad)
+    guard w <= PNGImage.maxDimension, h <= PNGImage.maxDimension, Checks.mul(w, h) <= PNGImage.maxPixels else {
+        throw CLIError("-o \(output ?? ""): a grid of \(b) images is \(w)x\(h) pixels, above the PNG limit of \(PNGImage.maxDimension) per side and \(PNGImage.maxPixels) pixels; use .npy, --out-dir or --grid-columns")
     }
 }
 

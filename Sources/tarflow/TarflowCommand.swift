@@ -14,9 +14,15 @@ struct TarflowCommand: ParsableCommand {
 }
 
 /// Prints one line on stderr and exits non-zero: the way every command reports bad input.
-func fail(_ message: String) -> Never {
-    FileHandle.standardError.write(Data("error: \(message)\n".utf8))
-    Foundation.exit(1)
+/// Messages that span lines (from a parser or a system library) are joined into one.
+func fail(_ message: String, code: Int32 = 1) -> Never {
+    var text = message.split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespaces) }
+        .filter { !$0.isEmpty }.joined(separator: "; ")
+    if text.lowercased().hasPrefix("error: ") { text.removeFirst(7) }
+    // Names in messages come from files: no control character (an escape sequence) reaches the terminal.
+    text = String(String.UnicodeScalarView(text.unicodeScalars.map { $0.value < 0x20 || $0.value == 0x7F ? "?" : $0 }))
+    FileHandle.standardError.write(Data("error: \(text.isEmpty ? "failed" : text)\n".utf8))
+    Foundation.exit(code)
 }
 
 /// Runs a command body, turning any thrown error into one line and exit code 1.
@@ -43,7 +49,8 @@ struct Convert: ParsableCommand {
 
     func run() throws {
         guarded {
-            if let n = noiseStd, !(n >= 0 && n.isFinite) { throw TarFlowError.invalidInput("--noise-std must be a finite number >= 0") }
+            if let n = noiseStd, !(n >= 0 && n.isFinite) { throw CLIError("--noise-std \(n) must be a finite number >= 0") }
+            try Checks.output(output, "-o")
             let model = try Converter.convert(checkpoint: URL(fileURLWithPath: checkpoint),
                                               options: .init(imageSize: imageSize, inChannels: inChannels, patchSize: patchSize, noiseStd: noiseStd))
             try ModelFile.write(model, to: URL(fileURLWithPath: output))
@@ -64,7 +71,7 @@ struct Inspect: ParsableCommand {
         guarded {
             let m = try ModelFile.read(contentsOf: URL(fileURLWithPath: model))
             print("metadata:")
-            for k in m.metadata.keys.sorted() { print("  \(k) = \(m.metadata[k]!)") }
+            for (k, v) in m.metadata.sorted(by: { $0.key < $1.key }) { print("  \(k) = \(v)") }
             let total = m.tensors.reduce(0) { $0 + $1.bytes.count }
             print("tensors: \(m.tensors.count), \(total) bytes")
             for t in m.tensors { print("  \(t.name): \(t.dtype)[\(t.shape.map(String.init).joined(separator: ","))]") }
@@ -106,15 +113,24 @@ struct Likelihood: ParsableCommand {
 
     func run() throws {
         guarded {
-            guard batchSize > 0 else { throw TarFlowError.invalidInput("--batch-size must be positive") }
-            guard offset >= 0 else { throw TarFlowError.invalidInput("--offset must be >= 0") }
-            if let limit, limit <= 0 { throw TarFlowError.invalidInput("--limit must be positive") }
-            guard threads > 0 else { throw TarFlowError.invalidInput("--threads must be positive") }
-            let m = try TarFlowModel(contentsOf: URL(fileURLWithPath: model), threads: threads)
+            try Checks.positive(batchSize, "--batch-size")
+            guard offset >= 0 else { throw CLIError("--offset \(offset) must be >= 0") }
+            try Checks.positive(limit, "--limit")
+            try Checks.threads(threads)
+            try Checks.output(save, "--save")
+            let m = try Checks.model(model, threads: threads)
             let set = try ImageSet.load(contentsOf: URL(fileURLWithPath: images), channels: m.config.inChannels, size: m.config.imgSize)
             let labs = try labels.map { try ImageSet.loadLabels(contentsOf: URL(fileURLWithPath: $0)) }
-            guard offset < set.count else { throw TarFlowError.invalidInput("--offset \(offset) is past the \(set.count) images") }
-            let end = limit.map { min(set.count, offset + $0) } ?? set.count
+            if let labels, let labs {
+                guard labs.count == set.count else { throw CLIError("--labels \(labels): \(labs.count) labels for \(set.count) images") }
+                try Checks.labels(labs, from: "--labels \(labels)", config: m.config)
+            }
+            guard offset < set.count else { throw CLIError("--offset \(offset) is past the \(set.count) images") }
+            let end = limit.map { min(set.count, offset + min($0, set.count)) } ?? set.count
+            let rows = min(batchSize, end - offset)
+            var bytes = try Checks.forwardBytes(m, rows: rows)
+            if save != nil { bytes = Checks.add(bytes, Checks.mul(end - offset, Checks.mul(m.config.imageDim, 4))) }
+            try Checks.memory(bytes, batchFlag: "--batch-size", batch: rows)
             let r = try m.likelihood(images: set, labels: labs, range: offset..<end, batchSize: batchSize, seed: seed, keepLatents: save != nil)
             if let save {
                 let n = r.count

@@ -1,3 +1,17 @@
 import ArgumentParser
+import Foundation
 
-TarflowCommand.main()
+// Every failure, including a usage error found by the argument parser, is one line on stderr
+// and a non-zero exit; `--help` prints the help text on stdout and exits 0.
+do {
+    var command = try TarflowCommand.parseAsRoot()
+    try command.run()
+} catch {
+    let code = TarflowCommand.exitCode(for: error)
+    if code.isSuccess {
+        let text = TarflowCommand.fullMessage(for: error)
+        if !text.isEmpty { print(text) }
+        exit(0)
+    }
+    fail(TarflowCommand.message(for: error), code: code.rawValue == 0 ? 1 : code.rawValue)
+}

@@ -246,7 +246,7 @@ final class ModelFileTests: XCTestCase {
         XCTAssertEqual(m.tensors.map(\.name), ["late", "early"])
         XCTAssertEqual(m.tensor(named: "late")?.floats(), [-1, 2])
         XCTAssertEqual(m.tensor(named: "early")?.floats(), [3])
-        // A repeated metadata key: the last entry wins.
+        // A repeated metadata key is refused (F9): a key has one meaning.
         var k1 = Flowir_Metadata(), k2 = Flowir_Metadata()
         k1.key = "k"
         k1.intValue = 1
@@ -254,7 +254,7 @@ final class ModelFileTests: XCTestCase {
         k2.intValue = 2
         h = Self.baseHeader()
         h.metadata = [k1, k2]
-        XCTAssertEqual(try ModelFile.decode(Self.assemble(h, data: Self.baseData)).metadata, ["k": .int(2)])
+        XCTAssertThrowsError(try ModelFile.decode(Self.assemble(h, data: Self.baseData))) { XCTAssertEqual(($0 as? IRError)?.rule, "F9") }
         // A zero-size tensor may share an offset with the tensor after it (ties keep table order).
         h = Self.baseHeader()
         h.tensors.insert(Self.info("empty", shape: [0], offset: 0, byteSize: 0), at: 0)

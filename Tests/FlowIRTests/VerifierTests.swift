@@ -56,11 +56,6 @@ final class VerifierTests: XCTestCase {
         XCTAssertNoThrow(try Verifier.verify(try simpleGraph(), constants: Self.constants))
         XCTAssertNoThrow(try Verifier.verify(try simpleGraph()))
         XCTAssertNoThrow(try Verifier.verify(try stateGraph(), constants: [:]))
-        // I = O (a state that no node updates) is accepted.
-        var g = try stateGraph()
-        g.outputs.append(0)
-        g.state = [StateBinding(input: 0, output: 0)]
-        XCTAssertNoThrow(try Verifier.verify(g, constants: [:]))
         // A value that is neither defined nor read is allowed and ignored.
         var h = try simpleGraph()
         h.values.append(Value(name: "orphan", type: TensorType(.float32, [.symbol("Q")])))
@@ -234,6 +229,17 @@ final class VerifierTests: XCTestCase {
         s = try stateGraph()
         s.outputs = [4]
         assertRule("W10", s, constants: [:], says: "state 'cache' must bind a graph input to a graph output")
+
+        // I = O: a state must be updated by its chain (and its buffer cannot be both).
+        s = try stateGraph()
+        s.outputs.append(0)
+        s.state = [StateBinding(input: 0, output: 0)]
+        assertRule("W10", s, constants: [:], says: "state 'cache' is bound to itself")
+
+        // The state input is also returned as a graph output: it would alias the updated buffer.
+        s = try stateGraph()
+        s.outputs.append(0)
+        assertRule("W10", s, constants: [:], says: "state 'cache' is also a graph output")
 
         // Bound twice.
         s = try stateGraph()

@@ -488,12 +488,17 @@ final class KernelsVsReferenceTests: XCTestCase {
         let b = GraphBuilder(name: "s", constants: [:])
         let cache = b.input("cache", TensorType(.float32, [.batch, 2]))
         let u = b.input("u", TensorType(.float32, [1, 2]))
+        let pos = b.input("pos", TensorType(.int64, [1]))
         b.output(try b.apply(.scale(2), u, name: "y"))
-        b.output(cache)
+        // The state's update is made from the state's own symbol, so B appears only in state inputs.
+        let fill = try b.apply(.full(value: 1, shape: [.batch, 1]))
+        let next = try b.apply(.writeSlice(axis: 1), cache, fill, pos, name: "cache.next")
+        b.output(next)
         var g = b.graph
-        g.state = [StateBinding(input: cache, output: cache)]
+        g.state = [StateBinding(input: cache, output: next)]
         let ex = try Executor(plan: try Compiler.compile(g, constants: [:]), model: Model(graphs: [], tensors: [], metadata: [:]))
-        assertRuntimeError(try ex.run(["u": Tensor(shape: [1, 2], floats: [1, 2])]), says: "symbol B appears only in state inputs; bind it with bind(_:)")
+        assertRuntimeError(try ex.run(["u": Tensor(shape: [1, 2], floats: [1, 2]), "pos": Tensor(shape: [1], int64s: [0])]),
+                           says: "symbol B appears only in state inputs; bind it with bind(_:)")
         // Bound explicitly, the plan runs in place on its buffers.
         let bound = try ex.bind(["B": 3])
         XCTAssertEqual(bound.buffer("cache")?.shape, [3, 2])

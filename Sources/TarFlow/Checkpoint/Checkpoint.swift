@@ -1,4 +1,7 @@
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 
 // MARK: - Public types
 
@@ -180,6 +183,17 @@ public enum Checkpoint {
     }
 }
 
+extension Checkpoint {
+    /// Reads a state_dict from the `data.pkl` of a `torch.save` archive, with each storage's
+    /// bytes supplied by `storage(key, byteCount)` (it must return exactly `byteCount` bytes).
+    /// `read(contentsOf:)` does this with the archive's `data/<key>` entries; fuzzers and tests
+    /// use it to drive the restricted unpickler without building a zip. `name` labels errors.
+    public static func read(pickle: [UInt8], name: String = "data.pkl",
+                            storage: (_ key: String, _ byteCount: Int) throws -> [UInt8]) throws -> [CheckpointTensor] {
+        try CheckpointTorchZip.assemble(pickle: pickle, file: name) { key, nbytes, _ in try storage(key, nbytes) }
+    }
+}
+
 // MARK: - File access shared by the readers
 
 /// Positional reads with every range checked against the file length before allocating.
@@ -191,6 +205,15 @@ final class CheckpointFile {
 
     init(url: URL) throws {
         path = url.path
+        // Only regular files: opening a FIFO would wait for a writer, a device may never end.
+        var st = stat()
+        guard stat(url.path, &st) == 0 else {
+            throw CheckpointError(.unreadableFile, file: url.path, "cannot open: \(String(cString: strerror(errno)))",
+                                  hint: "check the path and permissions")
+        }
+        guard (st.st_mode & S_IFMT) == S_IFREG else {
+            throw CheckpointError(.unreadableFile, file: url.path, "not a regular file", hint: "pass the checkpoint file itself")
+        }
         do {
             handle = try FileHandle(forReadingFrom: url)
             let end = try handle.seekToEnd()

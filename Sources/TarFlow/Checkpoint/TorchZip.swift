@@ -8,7 +8,7 @@ import ZIPFoundation
 enum CheckpointTorchZip {
     /// A tensor may be larger than its storage only through zero strides (expanded views);
     /// cap that blow-up so a tiny hostile file cannot request an enormous allocation.
-    static let maxExpandedElements = 1 << 28
+    static let maxExpandedElements = 1 << 24
     /// Upper bound for `data.pkl` itself.
     static let maxPickleBytes = 1 << 30
 
@@ -63,6 +63,21 @@ enum CheckpointTorchZip {
             throw CheckpointError(.malformedArchive, file: path, "data.pkl disappeared from the index")
         }
         let pickle = try reader.read(pickleEntry, name: "\(prefix)/data.pkl", expected: nil, cap: maxPickleBytes)
+        return try assemble(pickle: pickle, file: path) { key, nbytes, name in
+            let entryName = "\(prefix)/data/\(key)"
+            guard let entry = entries[entryName] else {
+                throw CheckpointError(.malformedArchive, file: path, subject: name,
+                                      "its storage entry \(entryName) is missing from the archive",
+                                      hint: "the file is truncated or corrupted")
+            }
+            return try reader.read(entry, name: entryName, expected: nbytes, cap: Int.max)
+        }
+    }
+
+    /// The tensors of a state_dict pickle, each storage's bytes supplied once by
+    /// `storage(key, byteCount, firstTensorName)` (which must return exactly `byteCount` bytes).
+    static func assemble(pickle: [UInt8], file path: String,
+                         storage load: (String, Int, String) throws -> [UInt8]) throws -> [CheckpointTensor] {
         let refs = try CheckpointUnpickler.load(pickle, file: path)
 
         // Storages are read once, shared by every view into them, and dropped after last use.
@@ -91,16 +106,15 @@ enum CheckpointTorchZip {
             if let cached = cache.removeValue(forKey: key) {
                 storage = cached
             } else {
-                let entryName = "\(prefix)/data/\(key)"
-                guard let entry = entries[entryName] else {
-                    throw CheckpointError(.malformedArchive, file: path, subject: name,
-                                          "its storage entry \(entryName) is missing from the archive",
-                                          hint: "the file is truncated or corrupted")
-                }
                 guard let nbytes = CheckpointMath.multiply(ref.storage.numel, es) else {
                     throw CheckpointError(.malformedTensor, file: path, subject: name, "storage byte size overflows")
                 }
-                storage = try reader.read(entry, name: entryName, expected: nbytes, cap: Int.max)
+                storage = try load(key, nbytes, name)
+                guard storage.count == nbytes else {
+                    throw CheckpointError(.malformedArchive, file: path, subject: name,
+                                          "storage '\(key)' holds \(storage.count) bytes but the pickle declares \(nbytes)",
+                                          hint: "the checkpoint is corrupted")
+                }
             }
             let uses = (remainingUses[key] ?? 1) - 1
             remainingUses[key] = uses

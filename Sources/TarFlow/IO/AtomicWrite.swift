@@ -92,7 +92,9 @@ func writeAtomically(rawBuffer: UnsafeRawBufferPointer, to url: URL) throws {
 /// Reads a whole regular file, refusing files larger than `maxBytes` before allocating.
 func readFileBytes(at url: URL, maxBytes: Int) throws -> [UInt8] {
     let path = url.standardizedFileURL.path
-    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    // O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused below); regular
+    // files read the same with or without it.
+    let fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC)
     guard fd >= 0 else { throw FileAccessError.system(operation: "open", path: path, errno: errno) }
     defer { _ = close(fd) }
 

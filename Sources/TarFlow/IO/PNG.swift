@@ -129,6 +129,7 @@ public enum PNGImage {
         out.reserveCapacity(bytes.count)
         var offset = signature.count
         var sawEnd = false
+        var imageDataBytes = 0
         while !sawEnd {
             guard bytes.count - offset >= 12 else { throw PNGError.truncated(path: path) }
             let length = u32(offset)
@@ -139,8 +140,16 @@ public enum PNGImage {
             let type = Array(bytes[offset + 4..<offset + 8])
             let end = offset + 12 + length
             if !dropped.contains(type) { out += bytes[offset..<end] }
+            if type == Array("IDAT".utf8) { imageDataBytes += length }
             sawEnd = type == Array("IEND".utf8)
             offset = end
+        }
+        // Deflate expands at most 1032:1, so the image data must be at least that fraction of
+        // the pixel bytes: checked before the decoder allocates the full image.
+        let samplesPerPixel = [0: 1, 2: 3, 3: 1, 4: 2, 6: 4][colorType] ?? 4
+        let pixelBytes = height * ((width * samplesPerPixel * depth + 7) / 8)
+        guard imageDataBytes * 1032 + 64 >= pixelBytes else {
+            throw PNGError.invalid(path: path, reason: "\(imageDataBytes) bytes of image data cannot hold a \(width)x\(height) image (truncated?)")
         }
         return (Header(width: width, height: height, isColor: colorType & 2 != 0), out)
     }
