@@ -305,5 +305,11 @@ public enum FileIO {
         close(fd)
         guard rename(tmp, url.path) == 0 else { throw Error(path: url.path, message: "cannot rename into place: \(String(cString: strerror(errno)))") }
         ok = true
+        // Make the rename itself durable.
+        let dirFD = open(dir.isEmpty ? "." : dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if dirFD >= 0 {
+            _ = fsync(dirFD)
+            close(dirFD)
+        }
     }
 }

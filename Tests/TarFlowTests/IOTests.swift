@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+import FlowIR
 
 @testable import TarFlow
 
@@ -558,13 +559,13 @@ final class IOTests: XCTestCase {
         let directory = scratch.appendingPathComponent("dir")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: false)
         try Data([9]).write(to: directory.appendingPathComponent("inside"))
-        assertThrows(FileAccessError.self, { try writeAtomically([1], to: directory) })
+        assertThrows(FileIO.Error.self, { try writeAtomically([1], to: directory) })
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: directory.path), ["inside"])
         XCTAssertEqual(try leftoverTemporaries(), [])
 
         // Missing folder: nothing is created.
         let missing = scratch.appendingPathComponent("no/such/file.bin")
-        assertThrows(FileAccessError.self, { try writeAtomically([1], to: missing) })
+        assertThrows(FileIO.Error.self, { try writeAtomically([1], to: missing) })
         XCTAssertFalse(FileManager.default.fileExists(atPath: missing.path))
 
         // Reading a missing file names it.

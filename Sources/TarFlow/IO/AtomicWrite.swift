@@ -1,4 +1,5 @@
 import Foundation
+import FlowIR
 
 #if canImport(Glibc)
 import Glibc
@@ -38,55 +39,12 @@ public enum FileAccessError: Error, Sendable, CustomStringConvertible {
 /// atomic), is flushed with `fsync`, then renamed over the destination. On any failure the
 /// temporary file is removed and an existing destination is left untouched.
 public func writeAtomically(_ bytes: [UInt8], to url: URL) throws {
-    try bytes.withUnsafeBytes { try writeAtomically(rawBuffer: $0, to: url) }
+    try FileIO.writeAtomically(bytes, to: url)
 }
 
 /// `Data` flavour of `writeAtomically(_:to:)`.
 public func writeAtomically(_ data: Data, to url: URL) throws {
-    try data.withUnsafeBytes { try writeAtomically(rawBuffer: $0, to: url) }
-}
-
-func writeAtomically(rawBuffer: UnsafeRawBufferPointer, to url: URL) throws {
-    let destination = url.standardizedFileURL
-    let path = destination.path
-    let directory = destination.deletingLastPathComponent().path
-    let suffix = String(UInt64.random(in: 0...UInt64.max), radix: 16)
-    let temporary = directory + "/." + destination.lastPathComponent + ".tmp-\(getpid())-" + suffix
-
-    let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
-    guard fd >= 0 else { throw FileAccessError.system(operation: "open (temporary file)", path: temporary, errno: errno) }
-    var committed = false
-    var closed = false
-    defer {
-        if !closed { _ = close(fd) }
-        if !committed { _ = unlink(temporary) }
-    }
-
-    var offset = 0
-    while offset < rawBuffer.count, let base = rawBuffer.baseAddress {
-        // Chunks stay below the 2 GiB limit some kernels put on one write.
-        let chunk = min(rawBuffer.count - offset, 1 << 30)
-        let written = write(fd, base + offset, chunk)
-        if written < 0 {
-            if errno == EINTR { continue }
-            throw FileAccessError.system(operation: "write", path: temporary, errno: errno)
-        }
-        offset += written
-    }
-    guard fsync(fd) == 0 else { throw FileAccessError.system(operation: "fsync", path: temporary, errno: errno) }
-    closed = true
-    guard close(fd) == 0 else { throw FileAccessError.system(operation: "close", path: temporary, errno: errno) }
-    guard rename(temporary, path) == 0 else {
-        throw FileAccessError.system(operation: "rename", path: path, errno: errno)
-    }
-    committed = true
-
-    // Make the rename itself durable; a failure here cannot undo the (already visible) write.
-    let dirFD = open(directory, O_RDONLY | O_CLOEXEC)
-    if dirFD >= 0 {
-        _ = fsync(dirFD)
-        _ = close(dirFD)
-    }
+    try FileIO.writeAtomically(to: url) { sink in try data.withUnsafeBytes { try sink($0) } }
 }
 
 /// Reads a whole regular file, refusing files larger than `maxBytes` before allocating.
