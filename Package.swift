@@ -47,7 +47,7 @@ let package = Package(
         // MARK: - Tests
         .testTarget(name: "FlowIRTests", dependencies: ["FlowIR"]),
         .testTarget(name: "FlowCompilerTests", dependencies: ["FlowIR", "FlowCompiler", "FlowRuntime"]),
-        .testTarget(name: "FlowRuntimeTests", dependencies: ["FlowIR", "FlowCompiler", "FlowRuntime"]),
+        .testTarget(name: "FlowRuntimeTests", dependencies: ["FlowIR", "FlowCompiler", "FlowRuntime", "CFlowKernels"]),
         .testTarget(
             name: "TarFlowTests",
             dependencies: ["TarFlow", "FlowIR", "FlowCompiler", "FlowRuntime", "tarflow"],

@@ -1,4 +1,5 @@
 import Dispatch
+import CFlowKernels
 import COpenBLAS
 import FlowCompiler
 import FlowIR
@@ -16,10 +17,13 @@ public final class Executor: @unchecked Sendable {
     public let threads: Int
     /// Pointers of values available before any input: constants and load-step results.
     var fixed: [ValueID: UnsafeMutableRawPointer] = [:]
+    /// Linear-layer weights among `fixed`, packed for `fk_linear` (see `LinearJob`).
+    var packedWeights: [ValueID: UnsafePointer<Float>] = [:]
     /// Owns the memory `fixed` points into; bound plans hold it too.
     let loaded: LoadedValues
     var model: Model { loaded.model }
     var instances: [[Int]: BoundPlan] = [:]
+    var splits: [String: BatchSplitPlan] = [:]
     let lock = NSLockLike()
 
     let pool: ThreadPool
@@ -73,6 +77,24 @@ public final class Executor: @unchecked Sendable {
             let prepared = try Self.prepare(s, graph: g, shapes: { shapes[$0]! }, pointer: { self.fixed[$0]! }, scratch: { self.allocate($0) }, threads: 1)
             try prepared.execute(ThreadPool(threads: 1))
         }
+        // Weights of linear layers known at load: packed once into fk_linear's panel layout.
+        for s in plan.steps {
+            switch s.op {
+            case .linear, .fusedLinear: break
+            default: continue
+            }
+            let wv = s.inputs[1]
+            guard packedWeights[wv] == nil, let wp = fixed[wv], g.values[wv].type.dtype == .float32,
+                let ws = g.values[wv].type.concreteShape([:]), ws.count == 2 else { continue }
+            let floats = fk_packed_size(ws[0], ws[1])
+            guard case let (total, overflow) = loadBytes.addingReportingOverflow(floats * 4), !overflow, total <= Executor.memoryLimit else {
+                throw RuntimeError("the packed weights of graph '\(g.name)' need more than the \(Executor.memoryLimit) bytes of memory")
+            }
+            loadBytes = total
+            let p = allocate(floats * 4).assumingMemoryBound(to: Float.self)
+            fk_pack_weights(wp.assumingMemoryBound(to: Float.self), ws[0], ws[1], p)
+            packedWeights[wv] = UnsafePointer(p)
+        }
     }
 
     func allocate(_ bytes: Int) -> UnsafeMutableRawPointer {
@@ -99,11 +121,17 @@ public final class Executor: @unchecked Sendable {
     /// write inputs and read outputs in place, call after call, with no allocation: the sampler's
     /// decode steps. Bound plans are cached; state (KV caches) lives in them.
     public func bind(_ bindings: [String: Int]) throws -> BoundPlan {
-        let key = bindings.keys.sorted().map { bindings[$0]! }
+        try bind(bindings, part: nil)
+    }
+
+    /// `part` nil: the plan run on all threads. A part number: one single-threaded instance
+    /// of a `BatchSplitPlan`, with its own buffers and state.
+    func bind(_ bindings: [String: Int], part: Int?) throws -> BoundPlan {
+        let key = bindings.keys.sorted().map { bindings[$0]! } + (part.map { [-1, $0] } ?? [])
         lock.lock()
         defer { lock.unlock() }
         if let i = instances[key] { return i }
-        let i = try BoundPlan(executor: self, bindings: bindings)
+        let i = try BoundPlan(executor: self, bindings: bindings, threads: part == nil ? threads : 1)
         instances[key] = i
         return i
     }
@@ -190,13 +218,13 @@ public final class BoundPlan: @unchecked Sendable {
         var scratch: [UnsafeMutableRawPointer] = []
         let graph: Graph
 
-        init(executor e: Executor, bindings: [String: Int]) throws {
+        init(executor e: Executor, bindings: [String: Int], threads: Int) throws {
             let g = e.plan.graph
             graph = g
             plan = e.plan
             loaded = e.loaded
-            threads = e.threads
-            pool = e.pool
+            self.threads = threads
+            pool = threads == 1 ? ThreadPool.serial : e.pool
             shapes = try ShapeInference.concreteShapes(g, bindings: bindings)
             pointers = [UnsafeMutableRawPointer?](repeating: nil, count: g.values.count)
             for (v, p) in e.fixed { pointers[v] = p }
@@ -220,7 +248,7 @@ public final class BoundPlan: @unchecked Sendable {
                     let p = UnsafeMutableRawPointer.allocate(byteCount: max(n, 8), alignment: 64)
                     scratch.append(p)
                     return p
-                }, threads: e.threads))
+                }, packed: { e.packedWeights[$0] }, threads: threads))
             }
             self.scratch = scratch
         }
@@ -267,6 +295,9 @@ public final class BoundPlan: @unchecked Sendable {
         public func resetState() {
             for v in stateBuffers { pointers[v]!.initializeMemory(as: UInt8.self, repeating: 0, count: byteCount(v)) }
         }
+
+        /// Bytes of a value's buffer, by name.
+        public func byteCount(ofValueNamed name: String) -> Int? { graph.value(named: name).map(byteCount) }
 
         func byteCount(_ v: ValueID) -> Int { (elementCount(shapes[v]) ?? 0) * (graph.values[v].type.dtype == .int64 ? 8 : 4) }
 

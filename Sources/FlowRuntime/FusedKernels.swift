@@ -8,31 +8,39 @@ import Glibc
 /// per step (pointers, sizes, per-thread scratch) and the pool runs its items. OpenBLAS runs
 /// single-threaded inside a job; the pool is the only source of parallelism, so a thread
 /// count always splits work the same way and gives the same bits.
-/// act(x · Wᵀ + bias) + residual over tiles of rows × columns. A tile's epilogue runs right
-/// after its GEMM, while the tile is in cache.
+/// act(x · Wᵀ + bias) + residual over tiles of rows × columns.
+///
+/// With W packed at load (a constant weight; see `Executor`), tiles run `fk_linear`, whose sums
+/// stay in registers through the epilogue and whose results do not depend on the tiling.
+/// Otherwise (a weight computed at run time) each tile is an OpenBLAS sgemm followed by the
+/// epilogue while the tile is in cache.
 final class LinearJob: ParallelJob {
-    let x: UnsafePointer<Float>, w: UnsafePointer<Float>, bias: UnsafePointer<Float>?, residual: UnsafePointer<Float>?
+    let x: UnsafePointer<Float>, w: UnsafePointer<Float>, packed: UnsafePointer<Float>?
+    let bias: UnsafePointer<Float>?, residual: UnsafePointer<Float>?
     let y: UnsafeMutablePointer<Float>
     let rows: Int, k: Int, n: Int
     let gelu: Bool
+    /// Rows per tile; columns per tile (a multiple of 32, the packed panel width, when packed).
     let rowBlock: Int, colBlock: Int, rowTiles: Int, colTiles: Int
 
-    init(x: UnsafePointer<Float>, w: UnsafePointer<Float>, bias: UnsafePointer<Float>?, residual: UnsafePointer<Float>?,
-         y: UnsafeMutablePointer<Float>, rows: Int, k: Int, n: Int, gelu: Bool, threads: Int) {
-        self.x = x; self.w = w; self.bias = bias; self.residual = residual; self.y = y
+    init(x: UnsafePointer<Float>, w: UnsafePointer<Float>, packed: UnsafePointer<Float>?, bias: UnsafePointer<Float>?,
+         residual: UnsafePointer<Float>?, y: UnsafeMutablePointer<Float>, rows: Int, k: Int, n: Int, gelu: Bool, threads: Int) {
+        self.x = x; self.w = w; self.packed = packed; self.bias = bias; self.residual = residual; self.y = y
         self.rows = rows; self.k = k; self.n = n; self.gelu = gelu
-        // Row blocks of ≤ 512 rows keep a tile's output near L2 for the epilogue (measured: 128 rows
-        // lose 7% to repacking W, a single block gains 1%); when there are
-        // too few row blocks to feed every thread, columns are split too (batch-1 passes).
-        // Tile count a multiple of the thread count, so no thread idles on the last round.
+        // Row tiles of ≤ 512 rows keep a tile's output near L2 for the epilogue; the tile count
+        // is a multiple of the thread count, so no thread idles on the last round. When there
+        // are too few row tiles to feed every thread (batch-1 passes, decode steps), columns
+        // are split too.
         var rt = (Swift.max(rows, 1) + LinearJob.rowBlockLimit - 1) / LinearJob.rowBlockLimit
         if threads > 1 && rt > 1 { rt = (rt + threads - 1) / threads * threads }
         let rb = ((Swift.max(rows, 1) + rt - 1) / rt + 7) / 8 * 8
         rt = (Swift.max(rows, 1) + rb - 1) / rb
+        let unit = packed != nil ? 32 : 8
+        let units = Swift.max(1, (n + unit - 1) / unit)
         var ct = 1
-        if threads > 1 && rt < 2 * threads { ct = Swift.min(Swift.max(1, n / 32), (2 * threads + rt - 1) / rt) }
-        let cb = ((n + ct - 1) / ct + 7) / 8 * 8
-        rowBlock = rb; rowTiles = rt; colBlock = Swift.max(cb, 1); colTiles = (n + Swift.max(cb, 1) - 1) / Swift.max(cb, 1)
+        if threads > 1 && rt < 2 * threads { ct = Swift.min(units, (2 * threads + rt - 1) / rt) }
+        let cb = (units + ct - 1) / ct * unit
+        rowBlock = rb; rowTiles = rt; colBlock = cb; colTiles = (n + cb - 1) / cb
     }
 
     var items: Int { rows == 0 || n == 0 ? 0 : rowTiles * colTiles }
@@ -47,6 +55,10 @@ final class LinearJob: ParallelJob {
         let r0 = (index / colTiles) * rowBlock, c0 = (index % colTiles) * colBlock
         let mb = Swift.min(rowBlock, rows - r0), nb = Swift.min(colBlock, n - c0)
         guard mb > 0, nb > 0 else { return }
+        if let packed {
+            fk_linear(x + r0 * k, packed, bias, residual.map { $0 + r0 * n }, y + r0 * n, mb, k, n, c0 / 32, (nb + 31) / 32, gelu ? 1 : 0)
+            return
+        }
         let yt = y + r0 * n + c0
         let addResidualAfter = residual != nil && gelu
         var beta: Float = 0

@@ -26,7 +26,7 @@ enum PreparedStep {
     case writeSlice(x: FPtr, update: FPtr, position: UnsafeMutablePointer<Int64>, y: FPtr, outer: Int, n: Int, m: Int, inner: Int)
     case maskAfter(x: FPtr, position: UnsafeMutablePointer<Int64>, y: FPtr, rows: Int, n: Int, value: Float)
     /// Work split over the thread pool (GEMMs with epilogues, attention, LayerNorm).
-    case parallel(ParallelJob, items: Int)
+    case parallel(JobBox, items: Int)
     case coupling(x: FPtr, params: FPtr, z: FPtr, batch: Int, tokens: Int, d: Int, shift: Int, hasScale: Bool, flip: Bool)
 
     enum BinaryKind { case add, sub, mul, div }
@@ -143,7 +143,7 @@ extension Executor {
     /// Resolves one plan step against concrete shapes and buffer pointers.
     static func prepare(_ s: ExecutionPlan.Step, graph: Graph, shapes shapeOf: (ValueID) -> [Int],
                         pointer: (ValueID) -> UnsafeMutableRawPointer, scratch: (Int) -> UnsafeMutableRawPointer,
-                        threads: Int) throws -> PreparedStep {
+                        packed: (ValueID) -> UnsafePointer<Float>? = { _ in nil }, threads: Int) throws -> PreparedStep {
         func f(_ v: ValueID) -> FPtr { pointer(v).assumingMemoryBound(to: Float.self) }
         let out = s.outputs[0]
         let oshape = shapeOf(out)
@@ -177,10 +177,10 @@ extension Executor {
             let k = w[1], n = w[0]
             var act = Activation.none, hasBias = s.inputs.count == 3, hasResidual = false
             if case .fusedLinear(let a, let b, let r) = s.op { (act, hasBias, hasResidual) = (a, b, r) }
-            let job = LinearJob(x: f(x), w: f(s.inputs[1]), bias: hasBias ? UnsafePointer(f(s.inputs[2])) : nil,
+            let job = LinearJob(x: f(x), w: f(s.inputs[1]), packed: packed(s.inputs[1]), bias: hasBias ? UnsafePointer(f(s.inputs[2])) : nil,
                                 residual: hasResidual ? UnsafePointer(f(s.inputs[hasBias ? 3 : 2])) : nil, y: f(out),
                                 rows: n == 0 ? 0 : ocount / n, k: k, n: n, gelu: act == .gelu, threads: threads)
-            return .parallel(job, items: job.items)
+            return .parallel(JobBox(job), items: job.items)
         case .attention(let heads, let scale, let mask, let offsets, let rowScale):
             let qs = xshape, ks = shapeOf(s.inputs[1]), vs = shapeOf(s.inputs[2])
             var next = 3
@@ -189,7 +189,7 @@ extension Executor {
             let pos: UnsafePointer<Int64>? = mask == .afterPosition ? UnsafePointer(pointer(s.inputs[next]).assumingMemoryBound(to: Int64.self)) : nil
             let job = AttentionJob(q: f(x), k: f(s.inputs[1]), v: f(s.inputs[2]), y: f(out), rowScale: rs, position: pos,
                                    heads: heads, shapes: (qs, ks, vs), offsets: offsets, scale: scale, causal: mask == .causal, threads: threads)
-            return .parallel(job, items: job.items)
+            return .parallel(JobBox(job), items: job.items)
         case .affineCoupling(let shift, let hasScale, let flip):
             return .coupling(x: f(x), params: f(s.inputs[1]), z: f(out), batch: xshape[0], tokens: xshape[1], d: xshape[2],
                              shift: shift, hasScale: hasScale, flip: flip)
@@ -222,7 +222,7 @@ extension Executor {
         case .layerNorm(let eps):
             let c = xshape.last ?? 1
             let job = LayerNormJob(x: f(x), w: f(s.inputs[1]), b: f(s.inputs[2]), y: f(out), rows: c == 0 ? 0 : ocount / c, c: c, eps: eps)
-            return .parallel(job, items: job.items)
+            return .parallel(JobBox(job), items: job.items)
         case .softmax(let axis):
             let (o, n, i) = Kernels.around(xshape, axis)
             return .softmax(x: f(x), y: f(out), outer: o, n: n, inner: i)

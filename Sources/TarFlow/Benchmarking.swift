@@ -18,24 +18,37 @@ public enum BenchSupport {
 
     static func now() -> Double { Double(DispatchTime.now().uptimeNanoseconds) * 1e-9 }
 
+    /// Untimed calls for at least `seconds` (and at least one): a fresh process runs its first
+    /// ~0.1 s up to 2× slower on this machine (measured with one thread too: 7.4 ms → 3.6 ms per
+    /// batch-1 forward over the first 20 calls), while the Python runners it is compared with
+    /// are timed in a process that has been running for a while.
+    static func warmUp(seconds: Double = 0.3, _ body: () throws -> Void) throws {
+        let t0 = now()
+        repeat { try body() } while now() - t0 < seconds
+    }
+
     /// Forward passes at batch `batch` through the bound plan: inputs written in place, so the
     /// timed loop is the executor alone (no allocation).
     public static func forward(_ m: TarFlowModel, batch: Int, reps: Int, profile: Bool = false) throws -> Result {
         let exec = try m.forwardPlan()
-        let bound = try exec.bind(["B": batch])
-        let x = bound.buffer("x")!.pointer.assumingMemoryBound(to: Float.self)
-        let n = batch * m.config.imageDim
-        for i in 0..<n { x[i] = Float((i * 7919) % 255) / 127.5 - 1 }
-        if let y = bound.buffer("y") {
-            let p = y.pointer.assumingMemoryBound(to: Int64.self)
-            for i in 0..<batch { p[i] = Int64(i % max(m.config.numClasses, 1)) }
+        // The path `TarFlowModel.forward` takes: the batch split between threads, or one plan.
+        let split = m.splitsBatch(exec, rows: batch) ? try exec.bindSplit(["B": batch]) : nil
+        let bound = try exec.bind(["B": split == nil || profile ? batch : 1])
+        let dim = m.config.imageDim
+        for r in 0..<batch {
+            let x = (split?.row("x", r) ?? bound.buffer("x")!.pointer + r * dim * 4).assumingMemoryBound(to: Float.self)
+            for i in 0..<dim { x[i] = Float(((r * dim + i) * 7919) % 255) / 127.5 - 1 }
+            if let y = split?.row("y", r) ?? bound.buffer("y").map({ $0.pointer + r * 8 }) {
+                y.assumingMemoryBound(to: Int64.self).pointee = Int64(r % max(m.config.numClasses, 1))
+            }
         }
-        try bound.run()
+        let run: () throws -> Void = split.map { s in { try s.run() } } ?? { try bound.run() }
+        try warmUp(run)
         var times = [Double](repeating: 0, count: reps)
         let m0 = mallocCount()
         for r in 0..<reps {
             let t0 = now()
-            try bound.run()
+            try run()
             times[r] = now() - t0
         }
         let m1 = mallocCount()
@@ -49,7 +62,7 @@ public enum BenchSupport {
             }
             FileDescriptorOutput.standardError(s)
         }
-        return Result(seconds: times, flops: exec.plan.flops(bindings: ["B": batch]), arenaBytes: bound.arenaByteCount)
+        return Result(seconds: times, flops: exec.plan.flops(bindings: ["B": batch]), arenaBytes: split?.arenaByteCount ?? bound.arenaByteCount)
     }
 
     /// Full sampling runs (all blocks, all tokens) of `batch` images, unguided.
@@ -72,7 +85,7 @@ public enum BenchSupport {
             FileDescriptorOutput.standardError(s)
         }
         let z = m.noise(count: batch, seed: 0)
-        _ = try m.sample(noise: z)
+        try warmUp { _ = try m.sample(noise: z) }
         var times: [Double] = []
         for _ in 0..<reps {
             let t0 = now()
@@ -83,7 +96,7 @@ public enum BenchSupport {
         for k in 0..<m.config.numBlocks {
             let e = try m.decodePlan(k)
             flops += e.plan.flops(bindings: ["B": batch]) * Double(m.config.numPatches - 1)
-            arena = max(arena, try e.bind(["B": batch]).arenaByteCount)
+            arena = max(arena, m.splitsBatch(e, rows: batch) ? try e.bindSplit(["B": batch]).arenaByteCount : try e.bind(["B": batch]).arenaByteCount)
         }
         return Result(seconds: times, flops: flops, arenaBytes: arena)
     }

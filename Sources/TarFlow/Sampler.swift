@@ -75,6 +75,12 @@ extension TarFlowModel {
         try decodePlan(k).bind(["B": batch])
     }
 
+    /// The decode step of block `k` for `batch` rows split between the threads, as `sample`
+    /// runs it when there are at least as many rows as threads (for benchmarks and custom loops).
+    public func decodeStepSplit(block k: Int, batch: Int) throws -> BatchSplitPlan {
+        try decodePlan(k).bindSplit(["B": batch])
+    }
+
     /// `Model.reverse`: prior noise f32[B, T, D] → images f32[B, C, H, W] in model space.
     /// Labels: one per image, −1 = no label (mean class embedding); nil = all −1.
     public func sample(noise: Tensor, labels: [Int]? = nil, options: SamplingOptions = SamplingOptions(),
@@ -104,39 +110,32 @@ extension TarFlowModel {
         let rows = guided ? 2 * B : B
         let scale = TarFlowGraphs.attentionScale(config)
         for (run, k) in (0..<config.numBlocks).reversed().enumerated() {
-            let bound = try decodePlan(k).bind(["B": rows])
-            bound.resetState()
-            guard let xin = bound.buffer("x"), let pos = bound.buffer("pos"), let ls = bound.buffer("logit_scale"),
-                let aOut = bound.buffer("a"), let bOut = bound.buffer("b")
-            else { throw TarFlowError.invalidModel("decode\(k) lacks the inputs x, pos, logit_scale or outputs a, b") }
-            let xp = xin.pointer.assumingMemoryBound(to: Float.self)
-            let pp = pos.pointer.assumingMemoryBound(to: Int64.self)
-            let lp = ls.pointer.assumingMemoryBound(to: Float.self)
-            let ap = aOut.pointer.assumingMemoryBound(to: Float.self), bp = bOut.pointer.assumingMemoryBound(to: Float.self)
-            for r in 0..<rows { lp[r] = r < B ? scale : scale / options.attentionTemperature }
-            if let y = bound.buffer("y") {
-                let yp = y.pointer.assumingMemoryBound(to: Int64.self)
-                for r in 0..<rows { yp[r] = r < B ? Int64(labs[r]) : -1 }
-            }
+            let plan = try decodePlan(k)
+            let step = try DecodeStep(plan: plan, rows: rows, split: splitsBatch(plan, rows: rows), block: k)
+            step.resetState()
+            for r in 0..<rows { step.logitScale[r].pointee = r < B ? scale : scale / options.attentionTemperature }
+            for r in 0..<rows { step.label[r]?.pointee = r < B ? Int64(labs[r]) : -1 }
             let flip = k % 2 == 1
             // Token t of the permuted sequence is token perm(t) of x.
             @inline(__always) func tok(_ t: Int) -> Int { flip ? T - 1 - t : t }
             for i in 0..<(T - 1) {
                 if isCancelled?() == true { throw CancellationError() }
-                pp[0] = Int64(i)
+                for p in step.position { p.pointee = Int64(i) }
                 for r in 0..<rows {
                     let src = (r % B) * T * D + tok(i) * D
-                    for d in 0..<D { xp[r * D + d] = x[src + d] }
+                    let xp = step.x[r]
+                    for d in 0..<D { xp[d] = x[src + d] }
                 }
-                try bound.run()
+                try step.run()
                 let g: Float = options.annealed ? Float(i + 1) / Float(T - 1) * options.guidance : options.guidance
                 for r in 0..<B {
                     let dst = r * T * D + tok(i + 1) * D
+                    let ap = step.a[r], bp = step.b[r]
                     for d in 0..<D {
-                        var a = ap[r * D + d], bb = bp[r * D + d]
+                        var a = ap[d], bb = bp[d]
                         if guided {
-                            if options.guideA { a = a + g * (a - ap[(B + r) * D + d]) }
-                            if options.guideB { bb = bb + g * (bb - bp[(B + r) * D + d]) }
+                            if options.guideA { a = a + g * (a - step.a[B + r][d]) }
+                            if options.guideB { bb = bb + g * (bb - step.b[B + r][d]) }
                         }
                         x[dst + d] = x[dst + d] * expf(a) + bb
                     }
@@ -168,5 +167,53 @@ extension TarFlowModel {
             }
         }
         return Tensor(shape: [B, C, S, S], floats: out)
+    }
+}
+
+/// A block's decode step as the sampler drives it, with a pointer per row to each row input
+/// and output: one bound plan, or a `BatchSplitPlan` (see `TarFlowModel.splitsBatch`).
+struct DecodeStep {
+    let run: () throws -> Void
+    let resetState: () -> Void
+    var x: [UnsafeMutablePointer<Float>] = [], a: [UnsafeMutablePointer<Float>] = [], b: [UnsafeMutablePointer<Float>] = []
+    var logitScale: [UnsafeMutablePointer<Float>] = []
+    var label: [UnsafeMutablePointer<Int64>?] = []
+    var position: [UnsafeMutablePointer<Int64>] = []
+
+    init(plan: Executor, rows: Int, split: Bool, block k: Int) throws {
+        let missing = TarFlowError.invalidModel("decode\(k) lacks the inputs x, pos, logit_scale or outputs a, b")
+        if split {
+            let split = try plan.bindSplit(["B": rows])
+            run = { try split.run() }
+            resetState = { split.resetState() }
+            for r in 0..<rows {
+                guard let xp = split.row("x", r), let ap = split.row("a", r), let bp = split.row("b", r), let lp = split.row("logit_scale", r)
+                else { throw missing }
+                x.append(xp.assumingMemoryBound(to: Float.self))
+                a.append(ap.assumingMemoryBound(to: Float.self))
+                b.append(bp.assumingMemoryBound(to: Float.self))
+                logitScale.append(lp.assumingMemoryBound(to: Float.self))
+                label.append(split.row("y", r)?.assumingMemoryBound(to: Int64.self))
+            }
+            position = split.buffers("pos").map { $0.assumingMemoryBound(to: Int64.self) }
+            guard position.count == split.parts.count else { throw missing }
+        } else {
+            let bound = try plan.bind(["B": rows])
+            run = { try bound.run() }
+            resetState = { bound.resetState() }
+            guard let xin = bound.buffer("x"), let pos = bound.buffer("pos"), let ls = bound.buffer("logit_scale"),
+                let aOut = bound.buffer("a"), let bOut = bound.buffer("b")
+            else { throw missing }
+            let d = xin.shape.last ?? 0
+            let y = bound.buffer("y")?.pointer.assumingMemoryBound(to: Int64.self)
+            for r in 0..<rows {
+                x.append(xin.pointer.assumingMemoryBound(to: Float.self) + r * d)
+                a.append(aOut.pointer.assumingMemoryBound(to: Float.self) + r * d)
+                b.append(bOut.pointer.assumingMemoryBound(to: Float.self) + r * d)
+                logitScale.append(ls.pointer.assumingMemoryBound(to: Float.self) + r)
+                label.append(y.map { $0 + r })
+            }
+            position = [pos.pointer.assumingMemoryBound(to: Int64.self)]
+        }
     }
 }

@@ -10,7 +10,7 @@ struct Bench: ParsableCommand {
     @Option(help: "forward, sample, or load (open the file to the first forward result, a fresh load each repetition).") var what: String = "forward"
     @Option(parsing: .unconditional, help: "Images per call.") var batch: Int = 64
     @Option(parsing: .unconditional, help: "Threads.") var threads: Int = 1
-    @Option(parsing: .unconditional, help: "Timed repetitions (after one warm-up).") var reps: Int = 10
+    @Option(parsing: .unconditional, help: "Timed repetitions (after 0.3 s of untimed warm-up calls).") var reps: Int = 10
     @Flag(help: "Measure OpenBLAS sgemm on 2048³ instead.") var sgemm = false
     @Flag(help: "Also print a per-op time profile of one forward call on stderr.") var profile = false
 

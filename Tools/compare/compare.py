@@ -93,10 +93,14 @@ def main():
             t.append(time.perf_counter() - t0)
         return statistics.median(t)
 
+    gflops = {}
+
     def ours(what, batch):
         out = subprocess.run([args.tarflow, "bench", args.model, "--what", what, "--batch", str(batch), "--threads", str(args.threads),
                               "--reps", str(args.reps)], check=True, capture_output=True, text=True).stdout
-        return json.loads(out.strip().splitlines()[-1])["seconds_median"]
+        r = json.loads(out.strip().splitlines()[-1])
+        gflops.setdefault(f"{what} B={batch}", []).append(r["gflops"])
+        return r["seconds_median"]
 
     rows = []
     results = {}
@@ -126,7 +130,17 @@ def main():
         pt, ox = r.get("pytorch"), r.get("onnxruntime")
         print(f"{case:<16}{ours_s:>12.4f}{pt:>12.4f}" + (f"{ox:>14.4f}" if ox else f"{'-':>14}") +
               f"{pt / ours_s:>11.2f}x" + (f"{ox / ours_s:>9.2f}x" if ox else f"{'-':>10}"))
+    # The GEMM yardstick of the issue: OpenBLAS sgemm on 2048³ with the same threads.
+    out = subprocess.run([args.tarflow, "bench", "--sgemm", "--threads", str(args.threads)], check=True, capture_output=True, text=True).stdout
+    sgemm = json.loads(out.strip().splitlines()[-1])["gflops"]
+    print(f"OpenBLAS sgemm 2048^3, {args.threads} threads: {sgemm:.1f} GFLOP/s")
+    for case, g in gflops.items():
+        if case.startswith("forward"):
+            med = statistics.median(g)
+            print(f"tarflow {case}: {med:.1f} GFLOP/s = {100 * med / sgemm:.0f}% of sgemm")
     if args.json:
+        results["sgemm_gflops"] = sgemm
+        results["tarflow_gflops"] = {k: statistics.median(v) for k, v in gflops.items()}
         print(json.dumps(results))
 
 

@@ -53,6 +53,32 @@ let benchmarks: @Sendable () -> Void = {
         }
     }
 
+    // The same with the batch split between threads (one single-threaded plan per slice of
+    // rows), the way `TarFlowModel.forward` and `sample` run batches of at least one row per thread.
+    Benchmark("forward B=64 split", configuration: .init(maxDuration: .seconds(10))) { (benchmark: Benchmark, split: BatchSplitPlan) in
+        for _ in benchmark.scaledIterations { try split.run() }
+    } setup: {
+        let m = try TarFlowModel(contentsOf: modelURL, threads: threads)
+        let split = try m.forwardPlan().bindSplit(["B": 64])
+        for r in 0..<64 {
+            let x = split.row("x", r)!.assumingMemoryBound(to: Float.self)
+            for i in 0..<m.config.imageDim { x[i] = Float((r + i) % 255) / 127.5 - 1 }
+            split.row("y", r)?.assumingMemoryBound(to: Int64.self).pointee = Int64(r % 10)
+        }
+        try split.run()
+        return split
+    }
+    Benchmark("decode step B=16 split", configuration: .init(scalingFactor: .kilo, maxDuration: .seconds(10), thresholds: zeroMallocs)) { (benchmark: Benchmark, split: BatchSplitPlan) in
+        for _ in benchmark.scaledIterations { try split.run() }
+    } setup: {
+        let m = try TarFlowModel(contentsOf: modelURL, threads: threads)
+        let split = try m.decodeStepSplit(block: 0, batch: 16)
+        for p in split.buffers("pos") { p.assumingMemoryBound(to: Int64.self).pointee = 24 }
+        for r in 0..<16 { split.row("logit_scale", r)!.assumingMemoryBound(to: Float.self).pointee = 0.125 }
+        try split.run()
+        return split
+    }
+
     // Whole sampling runs (allocations here are the per-call tensors, not per step).
     for batch in [1, 16] {
         Benchmark("sample B=\(batch)", configuration: .init(metrics: [.wallClock, .mallocCountTotal], maxIterations: 10)) { (benchmark: Benchmark, m: TarFlowModel) in

@@ -25,7 +25,38 @@ void fk_attention(const float *q, ptrdiff_t q_row, const float *k, ptrdiff_t k_r
                   float *out, ptrdiff_t out_row, ptrdiff_t m, ptrdiff_t n, ptrdiff_t d, float scale, int causal,
                   ptrdiff_t limit, float *scratch);
 
+/// Floats of W [n, k] packed for fk_linear: ⌈n/32⌉ panels × k × 32.
+ptrdiff_t fk_packed_size(ptrdiff_t n, ptrdiff_t k);
+
+/// Packs W [n, k] (row-major, y = x·Wᵀ) into panels of 32 output columns, zero-padded.
+void fk_pack_weights(const float *w, ptrdiff_t n, ptrdiff_t k, float *packed);
+
+/// y = act(x·Wᵀ + bias) + residual for `rows` rows (x is [rows, k], y and residual [rows, n],
+/// contiguous) and the output columns of panels panel0 ..< panel0 + panels. bias and residual
+/// may be NULL; residual may equal y. act is GELU when `gelu` is nonzero. Each output is one
+/// sequential sum over k, so the result does not depend on how a caller splits rows or panels.
+void fk_linear(const float *x, const float *packed, const float *bias, const float *residual, float *y, ptrdiff_t rows,
+               ptrdiff_t k, ptrdiff_t n, ptrdiff_t panel0, ptrdiff_t panels, int gelu);
+
 /// Which kernel copy runs on this CPU: "avx512", "avx2" or "baseline".
 const char *fk_instruction_set(void);
+
+/// Switches to the named kernel copy ("avx512", "avx2", "baseline", or "auto": the best this
+/// CPU runs) if this CPU can run it; returns 0 on success. For tests that check every copy
+/// against a reference; not safe while kernels run on other threads.
+int fk_select_instruction_set(const char *name);
+
+/// A pool of worker threads (the caller is thread 0). Workers spin for `spin_seconds` after a
+/// run before sleeping, so back-to-back steps do not pay a wake-up each. NULL if a thread
+/// could not be started.
+typedef struct fk_pool fk_pool;
+typedef void (*fk_job_fn)(void *ctx, ptrdiff_t item, int worker);
+fk_pool *fk_pool_create(int threads, double spin_seconds);
+void fk_pool_destroy(fk_pool *pool);
+int fk_pool_threads(const fk_pool *pool);
+
+/// Runs fn(ctx, i, worker) for i in 0 ..< count on all threads and returns when all are done.
+/// One caller at a time.
+void fk_pool_run(fk_pool *pool, fk_job_fn fn, void *ctx, ptrdiff_t count);
 
 #endif

@@ -1,0 +1,123 @@
+import CFlowKernels
+import XCTest
+
+/// `fk_linear` (packed-weight GEMM with its epilogue) in every kernel copy this CPU can run,
+/// against a float64 reference, over shapes that hit every row-block size, partial panels and
+/// vectors, k = 0 and long k; and its promise that a split of rows or panels between callers
+/// gives the same bits.
+final class LinearKernelTests: XCTestCase {
+    var rng = FusedKernelsTests.RNG(0x11E4)
+
+    override func tearDown() {
+        _ = fk_select_instruction_set("auto")
+        super.tearDown()
+    }
+
+    /// The copies this CPU can run (always at least the baseline).
+    var instructionSets: [String] { ["avx512", "avx2", "baseline"].filter { fk_select_instruction_set($0) == 0 } }
+
+    struct Case {
+        var rows: Int, k: Int, n: Int
+        var bias: Bool, residual: Bool, gelu: Bool
+    }
+
+    func reference(_ c: Case, x: [Float], w: [Float], b: [Float], r: [Float]) -> [Double] {
+        var y = [Double](repeating: 0, count: c.rows * c.n)
+        for i in 0..<c.rows {
+            for j in 0..<c.n {
+                var s = 0.0
+                for t in 0..<c.k { s += Double(x[i * c.k + t]) * Double(w[j * c.k + t]) }
+                if c.bias { s += Double(b[j]) }
+                if c.gelu { s = 0.5 * s * (1 + erf(s / 2.0.squareRoot())) }
+                if c.residual { s += Double(r[i * c.n + j]) }
+                y[i * c.n + j] = s
+            }
+        }
+        return y
+    }
+
+    /// Runs fk_linear over rows [r0, r1) and panels [p0, p1) into y.
+    func run(_ c: Case, x: [Float], packed: [Float], b: [Float], r: [Float]?, y: inout [Float], rows: Range<Int>, panels: Range<Int>) {
+        let residual = r ?? []
+        x.withUnsafeBufferPointer { xp in
+            packed.withUnsafeBufferPointer { pp in
+                b.withUnsafeBufferPointer { bp in
+                    residual.withUnsafeBufferPointer { rp in
+                        y.withUnsafeMutableBufferPointer { yp in
+                            fk_linear(xp.baseAddress.map { $0 + rows.lowerBound * c.k }, pp.baseAddress, c.bias ? bp.baseAddress : nil,
+                                      r == nil ? nil : rp.baseAddress! + rows.lowerBound * c.n, yp.baseAddress! + rows.lowerBound * c.n,
+                                      rows.count, c.k, c.n, panels.lowerBound, panels.count, c.gelu ? 1 : 0)
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    func testEveryCopyAgainstFloat64() throws {
+        var cases: [Case] = []
+        for rows in [1, 2, 3, 4, 5, 7, 8, 9, 13, 16, 17, 49] {
+            for (k, n) in [(16, 32), (37, 45), (128, 100)] {
+                cases.append(Case(rows: rows, k: k, n: n, bias: rows % 2 == 1, residual: rows % 3 == 0, gelu: n == 100))
+            }
+        }
+        cases += [Case(rows: 5, k: 0, n: 33, bias: true, residual: true, gelu: false), Case(rows: 3, k: 1, n: 7, bias: false, residual: false, gelu: true),
+                  Case(rows: 9, k: 700, n: 64, bias: true, residual: false, gelu: false), Case(rows: 2, k: 5, n: 1, bias: true, residual: true, gelu: true)]
+        for isa in instructionSets {
+            XCTAssertEqual(fk_select_instruction_set(isa), 0)
+            XCTAssertEqual(String(cString: fk_instruction_set()), isa)
+            for c in cases {
+                let x = rng.floats(c.rows * c.k, -1...1), w = rng.floats(c.n * c.k, -1...1)
+                let b = rng.floats(max(c.n, 1), -1...1), r = rng.floats(c.rows * c.n, -1...1)
+                var packed = [Float](repeating: .nan, count: max(fk_packed_size(c.n, c.k), 1))
+                fk_pack_weights(w, c.n, c.k, &packed)
+                var y = [Float](repeating: .nan, count: c.rows * c.n)
+                run(c, x: x, packed: packed, b: b, r: c.residual ? r : nil, y: &y, rows: 0..<c.rows, panels: 0..<((c.n + 31) / 32))
+                let ref = reference(c, x: x, w: w, b: b, r: r)
+                for i in ref.indices {
+                    // float32 sums of k products of magnitude ≤ 1, GELU's erf to 4e-7.
+                    let tol = 1e-6 * Double(c.k + 4)
+                    if !(abs(Double(y[i]) - ref[i]) <= tol) {
+                        XCTFail("\(isa) \(c): y[\(i)] = \(y[i]), reference \(ref[i])")
+                        break
+                    }
+                }
+            }
+        }
+    }
+
+    func testSplitsGiveTheSameBits() throws {
+        for isa in instructionSets {
+            XCTAssertEqual(fk_select_instruction_set(isa), 0)
+            let c = Case(rows: 23, k: 40, n: 130, bias: true, residual: true, gelu: true)
+            let x = rng.floats(c.rows * c.k, -1...1), w = rng.floats(c.n * c.k, -1...1)
+            let b = rng.floats(c.n, -1...1), r = rng.floats(c.rows * c.n, -1...1)
+            var packed = [Float](repeating: 0, count: fk_packed_size(c.n, c.k))
+            fk_pack_weights(w, c.n, c.k, &packed)
+            var whole = [Float](repeating: 0, count: c.rows * c.n)
+            run(c, x: x, packed: packed, b: b, r: r, y: &whole, rows: 0..<c.rows, panels: 0..<5)
+            for (rowCut, panelCut) in [(1, 1), (7, 2), (11, 3), (22, 4)] {
+                var pieces = [Float](repeating: .nan, count: c.rows * c.n)
+                for rows in [0..<rowCut, rowCut..<c.rows] {
+                    for panels in [0..<panelCut, panelCut..<5] { run(c, x: x, packed: packed, b: b, r: r, y: &pieces, rows: rows, panels: panels) }
+                }
+                XCTAssertEqual(pieces.map(\.bitPattern), whole.map(\.bitPattern), "\(isa): rows cut at \(rowCut), panels at \(panelCut)")
+            }
+        }
+    }
+
+    /// The residual may be the output buffer itself (the planner's in-place update).
+    func testResidualInPlace() throws {
+        let c = Case(rows: 10, k: 24, n: 50, bias: true, residual: true, gelu: false)
+        let x = rng.floats(c.rows * c.k, -1...1), w = rng.floats(c.n * c.k, -1...1), b = rng.floats(c.n, -1...1)
+        let r = rng.floats(c.rows * c.n, -1...1)
+        var packed = [Float](repeating: 0, count: fk_packed_size(c.n, c.k))
+        fk_pack_weights(w, c.n, c.k, &packed)
+        var y = r
+        y.withUnsafeMutableBufferPointer { yp in
+            fk_linear(x, packed, b, yp.baseAddress, yp.baseAddress, c.rows, c.k, c.n, 0, 2, 0)
+        }
+        let ref = reference(c, x: x, w: w, b: b, r: r)
+        for i in ref.indices { XCTAssertEqual(Double(y[i]), ref[i], accuracy: 1e-5) }
+    }
+}
