@@ -6,7 +6,8 @@
 // step and only sleep when the pool has been idle for `spin_ns`. Items are claimed from an
 // atomic counter; which thread runs an item never changes what the item computes.
 //
-// Protocol (one caller at a time; the executor serializes runs):
+// Protocol (one caller at a time: `run_lock` serializes callers on different threads; a job
+// must not run the pool it runs on):
 //   caller: wait until every worker has left the previous run → write fn/ctx/count, reset the
 //           counters → publish generation + 1 → claim items → wait until all items are done.
 //   worker: see a new generation → claim items until none are left → add its count to `done`
@@ -45,6 +46,7 @@ struct fk_pool {
     atomic_int stopping;
     pthread_mutex_t mutex;
     pthread_cond_t wake;
+    pthread_mutex_t run_lock;
     pthread_t *workers;
     int started;
     int pin;         // whether workers are pinned (see pin_workers)
@@ -147,6 +149,7 @@ fk_pool *fk_pool_create(int threads, double spin_seconds) {
     p->spin_ns = spin_seconds > 0 ? (int64_t)(spin_seconds * 1e9) : 0;
     pthread_mutex_init(&p->mutex, NULL);
     pthread_cond_init(&p->wake, NULL);
+    pthread_mutex_init(&p->run_lock, NULL);
     atomic_store(&p->left, threads - 1);
     p->workers = calloc((size_t)threads, sizeof(pthread_t));
     if (!p->workers) {
@@ -184,6 +187,7 @@ void fk_pool_destroy(fk_pool *p) {
     for (int w = 1; w <= p->started; w++) pthread_join(p->workers[w], NULL);
     pthread_mutex_destroy(&p->mutex);
     pthread_cond_destroy(&p->wake);
+    pthread_mutex_destroy(&p->run_lock);
     free(p->workers);
     free(p);
 }
@@ -205,6 +209,7 @@ void fk_pool_run(fk_pool *p, fk_job_fn fn, void *ctx, ptrdiff_t count) {
         for (ptrdiff_t i = 0; i < count; i++) fn(ctx, i, 0);
         return;
     }
+    pthread_mutex_lock(&p->run_lock);
     if (p->pin) {
         int cpu = sched_getcpu();
         if (cpu >= 0 && cpu != p->caller_cpu) {
@@ -234,4 +239,5 @@ void fk_pool_run(fk_pool *p, fk_job_fn fn, void *ctx, ptrdiff_t count) {
     ptrdiff_t n = take_items(p, fn, ctx, count, 0);
     atomic_fetch_add_explicit(&p->done, n, memory_order_release);
     wait_for(&p->done, count);
+    pthread_mutex_unlock(&p->run_lock);
 }

@@ -78,6 +78,18 @@ public enum BenchSupport {
             let m0 = mallocCount()
             for _ in 0..<100 { try bound.run() }
             if let m0, let m1 = mallocCount() { FileDescriptorOutput.standardError("heap allocations per decode step: \(Double(m1 - m0) / 100)\n") }
+            if m.splitsBatch(try m.decodePlan(0), rows: batch) {
+                // The path `sample` takes at this batch: the step split between threads.
+                let split = try m.decodeStepSplit(block: 0, batch: batch)
+                for p in split.buffers("pos") { p.assumingMemoryBound(to: Int64.self).pointee = Int64(m.config.numPatches / 2) }
+                for r in 0..<batch { split.row("logit_scale", r)?.assumingMemoryBound(to: Float.self).pointee = TarFlowGraphs.attentionScale(m.config) }
+                try split.run()
+                let s0 = mallocCount()
+                for _ in 0..<100 { try split.run() }
+                if let s0, let s1 = mallocCount() {
+                    FileDescriptorOutput.standardError("heap allocations per decode step, batch split between threads: \(Double(s1 - s0) / 100)\n")
+                }
+            }
             let p = try bound.profile()
             let total = p.reduce(0) { $0 + $1.seconds }
             var s = "decode-step profile (block 0, one step, \(fmt(total * 1e3, 3)) ms):\n"

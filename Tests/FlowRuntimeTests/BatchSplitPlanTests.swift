@@ -1,4 +1,5 @@
 import CFlowKernels
+import Dispatch
 import FlowCompiler
 import FlowIR
 import FlowRuntime
@@ -116,5 +117,26 @@ final class BatchSplitPlanTests: XCTestCase {
             }
             XCTAssertEqual(hits, [Int32](repeating: 1, count: 16))
         }
+    }
+
+    /// Callers on different threads take turns on one pool; each still gets every item once.
+    func testPoolCallersTakeTurns() throws {
+        let pool = try XCTUnwrap(fk_pool_create(2, 0.0002))
+        defer { fk_pool_destroy(pool) }
+        nonisolated(unsafe) let shared = pool
+        nonisolated(unsafe) let failures = UnsafeMutablePointer<Int>.allocate(capacity: 4)
+        failures.initialize(repeating: 0, count: 4)
+        defer { failures.deallocate() }
+        DispatchQueue.concurrentPerform(iterations: 4) { caller in
+            for round in 0..<200 {
+                let count = 1 + (round * 7 + caller) % 40
+                var hits = [Int32](repeating: 0, count: count)
+                hits.withUnsafeMutableBufferPointer { buf in
+                    fk_pool_run(shared, { ctx, i, _ in ctx!.assumingMemoryBound(to: Int32.self)[i] += 1 }, UnsafeMutableRawPointer(buf.baseAddress), count)
+                }
+                if hits != [Int32](repeating: 1, count: count) { failures[caller] += 1 }
+            }
+        }
+        XCTAssertEqual(Array(UnsafeBufferPointer(start: failures, count: 4)), [0, 0, 0, 0])
     }
 }

@@ -56,7 +56,7 @@ void fk_pool_destroy(fk_pool *pool);
 int fk_pool_threads(const fk_pool *pool);
 
 /// Runs fn(ctx, i, worker) for i in 0 ..< count on all threads and returns when all are done.
-/// One caller at a time.
+/// Callers on different threads take turns; fn must not run the same pool.
 void fk_pool_run(fk_pool *pool, fk_job_fn fn, void *ctx, ptrdiff_t count);
 
 #endif
