@@ -46,11 +46,13 @@ let package = Package(
 
         // MARK: - Tests
         .testTarget(name: "FlowIRTests", dependencies: ["FlowIR"]),
-        .testTarget(name: "FlowCompilerTests", dependencies: ["FlowIR", "FlowCompiler", "FlowRuntime"]),
+        // Test helpers shared by test targets (test targets cannot import each other).
+        .target(name: "FlowTestSupport", dependencies: ["FlowIR", "FlowCompiler"], path: "Tests/FlowTestSupport"),
+        .testTarget(name: "FlowCompilerTests", dependencies: ["FlowIR", "FlowCompiler", "FlowRuntime", "FlowTestSupport"]),
         .testTarget(name: "FlowRuntimeTests", dependencies: ["FlowIR", "FlowCompiler", "FlowRuntime", "CFlowKernels"]),
         .testTarget(
             name: "TarFlowTests",
-            dependencies: ["TarFlow", "FlowIR", "FlowCompiler", "FlowRuntime", "tarflow"],
+            dependencies: ["TarFlow", "FlowIR", "FlowCompiler", "FlowRuntime", "tarflow", "FlowTestSupport"],
             exclude: [],
             resources: []
         ),

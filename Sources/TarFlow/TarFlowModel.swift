@@ -6,6 +6,7 @@ import FlowRuntime
 /// The runtime's host tensor, so users of the TarFlow library need no other import.
 public typealias Tensor = FlowRuntime.Tensor
 public typealias BoundPlan = FlowRuntime.BoundPlan
+public typealias BatchSplitPlan = FlowRuntime.BatchSplitPlan
 
 /// A TarFlow model loaded from a model file: its config, weights and compiled graphs.
 ///

@@ -25,6 +25,23 @@ func fail(_ message: String, code: Int32 = 1) -> Never {
     Foundation.exit(code)
 }
 
+/// The tool's `print`: text printed from a model file (tensor, graph and value names, metadata)
+/// may hold control characters; they are written escaped (\u{1B}), all but newline and tab, so
+/// a file cannot send escape sequences to the terminal (`inspect`).
+func print(_ items: Any..., separator: String = " ", terminator: String = "\n") {
+    let text = items.map { "\($0)" }.joined(separator: separator)
+    var out = ""
+    out.unicodeScalars.reserveCapacity(text.unicodeScalars.count)
+    for u in text.unicodeScalars {
+        if u.properties.generalCategory == .control && u != "\n" && u != "\t" {
+            out += "\\u{\(String(u.value, radix: 16, uppercase: true))}"
+        } else {
+            out.unicodeScalars.append(u)
+        }
+    }
+    Swift.print(out, terminator: terminator)
+}
+
 /// Runs a command body, turning any thrown error into one line and exit code 1.
 func guarded(_ body: () throws -> Void) {
     do { try body() } catch let e as CancellationError {

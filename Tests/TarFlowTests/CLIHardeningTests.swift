@@ -23,21 +23,7 @@ final class CLIHardeningTests: XCTestCase {
 
     override func tearDownWithError() throws { try? FileManager.default.removeItem(at: tmp) }
 
-    func tarflow(_ args: [String]) throws -> (status: Int32, out: String, err: String) {
-        let p = Process()
-        p.executableURL = Bundle.main.bundleURL.appendingPathComponent("tarflow")
-        if !FileManager.default.fileExists(atPath: p.executableURL!.path) {
-            p.executableURL = repo.appendingPathComponent(".build/debug/tarflow")
-        }
-        p.arguments = args
-        let o = Pipe(), e = Pipe()
-        p.standardOutput = o
-        p.standardError = e
-        try p.run()
-        let out = o.fileHandleForReading.readDataToEndOfFile(), err = e.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return (p.terminationStatus, String(decoding: out, as: UTF8.self), String(decoding: err, as: UTF8.self))
-    }
+    func tarflow(_ args: [String]) throws -> (status: Int32, out: String, err: String) { try runTarflow(args, repo: repo) }
 
     /// Runs a failing command; checks exit status, the single `error:` line and its content.
     func assertFails(_ args: [String], mentions: [String], status: Int32 = 1, file: StaticString = #filePath, line: UInt = #line) throws {
@@ -154,6 +140,19 @@ final class CLIHardeningTests: XCTestCase {
         }
         XCTAssertGreaterThan(Checks.planBytes(plan, batch: 1000), 500 * Checks.planBytes(plan, batch: 1))
         XCTAssertEqual(Checks.planBytes(plan, batch: Int.max / 2), Int.max)
+    }
+
+    /// Names from a file reach the terminal escaped: an ESC in a tensor name or metadata value
+    /// is printed as \u{1B}.
+    func testInspectEscapesControlCharacters() throws {
+        var m = try TinyModels.model()
+        m.metadata["note"] = .string("\u{1B}[2J\u{7}cleared")
+        let path = tmp.appendingPathComponent("escape.tflow")
+        try ModelFile.write(m, to: path)
+        let r = try tarflow(["inspect", path.path])
+        XCTAssertEqual(r.status, 0, r.err)
+        XCTAssertFalse(r.out.unicodeScalars.contains { $0.value == 0x1B || $0.value == 0x07 }, r.out)
+        XCTAssertTrue(r.out.contains("\\u{1B}[2J\\u{7}cleared"), r.out)
     }
 
     func testUsageErrorsAreOneLine() throws {

@@ -14,21 +14,7 @@ final class CLITests: XCTestCase {
     override func tearDownWithError() throws { try? FileManager.default.removeItem(at: tmp) }
 
     @discardableResult
-    func tarflow(_ args: [String]) throws -> (status: Int32, out: String, err: String) {
-        let p = Process()
-        p.executableURL = Bundle.main.bundleURL.appendingPathComponent("tarflow")
-        if !FileManager.default.fileExists(atPath: p.executableURL!.path) {
-            p.executableURL = repo.appendingPathComponent(".build/debug/tarflow")
-        }
-        p.arguments = args
-        let o = Pipe(), e = Pipe()
-        p.standardOutput = o
-        p.standardError = e
-        try p.run()
-        let out = o.fileHandleForReading.readDataToEndOfFile(), err = e.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return (p.terminationStatus, String(decoding: out, as: UTF8.self), String(decoding: err, as: UTF8.self))
-    }
+    func tarflow(_ args: [String]) throws -> (status: Int32, out: String, err: String) { try runTarflow(args, repo: repo) }
 
     var mnist: String { repo.appendingPathComponent("Models/mnist.tflow").path }
     var idx: String { repo.appendingPathComponent("Tests/Fixtures/io/t10k-head8-images-idx3-ubyte.gz").path }

@@ -316,24 +316,9 @@ final class CompileCLITests: XCTestCase {
 
     override func tearDownWithError() throws { try? FileManager.default.removeItem(at: tmp) }
 
-    func run(_ exe: URL, _ args: [String]) throws -> (status: Int32, out: String, err: String) {
-        let p = Process()
-        p.executableURL = exe
-        p.arguments = args
-        let o = Pipe(), e = Pipe()
-        p.standardOutput = o
-        p.standardError = e
-        try p.run()
-        let out = o.fileHandleForReading.readDataToEndOfFile(), err = e.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return (p.terminationStatus, String(decoding: out, as: UTF8.self), String(decoding: err, as: UTF8.self))
-    }
+    func run(_ exe: URL, _ args: [String]) throws -> (status: Int32, out: String, err: String) { try runProcess(exe, args) }
 
-    func tarflow(_ args: [String]) throws -> (status: Int32, out: String, err: String) {
-        var exe = Bundle.main.bundleURL.appendingPathComponent("tarflow")
-        if !FileManager.default.fileExists(atPath: exe.path) { exe = repo.appendingPathComponent(".build/debug/tarflow") }
-        return try run(exe, args)
-    }
+    func tarflow(_ args: [String]) throws -> (status: Int32, out: String, err: String) { try runTarflow(args, repo: repo) }
 
     func testCompileInspectAndRun() throws {
         let src = tmp.appendingPathComponent("m.tflow").path, out = tmp.appendingPathComponent("c.tflow").path

@@ -59,7 +59,9 @@ final class SamplingFixtureTests: XCTestCase {
         XCTAssertLessThan(abs(mean), 0.2)
     }
 
-    /// Two threads agree with one within the accuracy rule, and repeat themselves exactly.
+    /// Thread counts give the same bits: linear layers sum each output over k in one fixed
+    /// order whatever the tiling, every other kernel works per row or per (row, head), and a
+    /// batch split only changes which thread computes a row. Results repeat exactly.
     func testThreadCountsAgree() throws {
         let c = try Fixtures.load("mnist_trained")
         let one = try Fixtures.model("mnist_trained")
@@ -75,6 +77,19 @@ final class SamplingFixtureTests: XCTestCase {
         let f1 = try one.forward(images: c.tensor("input.x"), labels: c.labels), f2 = try two.forward(images: c.tensor("input.x"), labels: c.labels)
         c.assertMatches(f2.z.floats, "forward.z")
         c.assertMatches(f1.z.floats, "forward.z")
+        XCTAssertEqual(a.floats.map(\.bitPattern), b.floats.map(\.bitPattern), "sampling, 1 vs 2 threads")
+        XCTAssertEqual(f1.z.floats.map(\.bitPattern), f2.z.floats.map(\.bitPattern), "forward, 1 vs 2 threads")
+        XCTAssertEqual(f1.logdets.map(\.bitPattern), f2.logdets.map(\.bitPattern), "forward logdets, 1 vs 2 threads")
+        let three = try TarFlowModel(model: one.model, threads: 3)
+        let b3 = try three.sample(noise: c.tensor("input.noise"), labels: labels, options: opts)
+        XCTAssertEqual(a.floats.map(\.bitPattern), b3.floats.map(\.bitPattern), "sampling, 1 vs 3 threads")
+        let f3 = try three.forward(images: c.tensor("input.x"), labels: c.labels)
+        XCTAssertEqual(f1.z.floats.map(\.bitPattern), f3.z.floats.map(\.bitPattern), "forward, 1 vs 3 threads")
+        // One image: per-op threads (fewer rows than threads), the same bits again.
+        let x = c.tensor("input.x")
+        let x1 = Tensor(shape: [1] + Array(x.shape.dropFirst()), floats: Array(x.floats.prefix(x.count / x.shape[0])))
+        let l1 = c.labels.map { [$0[0]] }
+        XCTAssertEqual(try one.forward(images: x1, labels: l1).z.floats.map(\.bitPattern), try two.forward(images: x1, labels: l1).z.floats.map(\.bitPattern))
     }
 
     func testSamplingIsDeterministicAndCancellable() throws {

@@ -1,0 +1,22 @@
+import Foundation
+
+/// Runs a program to completion; its exit status and everything it printed.
+func runProcess(_ exe: URL, _ args: [String]) throws -> (status: Int32, out: String, err: String) {
+    let p = Process()
+    p.executableURL = exe
+    p.arguments = args
+    let o = Pipe(), e = Pipe()
+    p.standardOutput = o
+    p.standardError = e
+    try p.run()
+    let out = o.fileHandleForReading.readDataToEndOfFile(), err = e.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    return (p.terminationStatus, String(decoding: out, as: UTF8.self), String(decoding: err, as: UTF8.self))
+}
+
+/// Runs the `tarflow` built beside the tests (else the repository's debug build).
+func runTarflow(_ args: [String], repo: URL) throws -> (status: Int32, out: String, err: String) {
+    var exe = Bundle.main.bundleURL.appendingPathComponent("tarflow")
+    if !FileManager.default.fileExists(atPath: exe.path) { exe = repo.appendingPathComponent(".build/debug/tarflow") }
+    return try runProcess(exe, args)
+}
