@@ -8,7 +8,8 @@
     void fk_erf_##suffix(const float *, float *, ptrdiff_t);                                                   \
     void fk_layer_norm_##suffix(const float *, const float *, const float *, float *, ptrdiff_t, ptrdiff_t, float); \
     void fk_attention_##suffix(const float *, ptrdiff_t, const float *, ptrdiff_t, const float *, ptrdiff_t, float *, \
-                               ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, float, int, ptrdiff_t, float *);   \
+                               ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, float, int, ptrdiff_t, ptrdiff_t, ptrdiff_t, \
+                               float *);                                                                      \
     void fk_linear_##suffix(const float *, const float *, const float *, const float *, float *, ptrdiff_t,      \
                             ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, int);
 DECLARE(base)
@@ -22,7 +23,7 @@ typedef struct {
     void (*erf)(const float *, float *, ptrdiff_t);
     void (*layer_norm)(const float *, const float *, const float *, float *, ptrdiff_t, ptrdiff_t, float);
     void (*attention)(const float *, ptrdiff_t, const float *, ptrdiff_t, const float *, ptrdiff_t, float *, ptrdiff_t,
-                      ptrdiff_t, ptrdiff_t, ptrdiff_t, float, int, ptrdiff_t, float *);
+                      ptrdiff_t, ptrdiff_t, ptrdiff_t, float, int, ptrdiff_t, ptrdiff_t, ptrdiff_t, float *);
     void (*linear)(const float *, const float *, const float *, const float *, float *, ptrdiff_t, ptrdiff_t, ptrdiff_t,
                    ptrdiff_t, ptrdiff_t, int);
 } fk_table;
@@ -99,14 +100,19 @@ void fk_layer_norm(const float *x, const float *w, const float *b, float *y, ptr
 }
 
 ptrdiff_t fk_attention_scratch(ptrdiff_t n, ptrdiff_t d) {
+    // The row path: K transposed (np × d), scores, accumulators. The tiled path (long
+    // sequences): K and V packed in panels of 32 and 64 rows of scores (kernels_impl.inc, ATT_ROWS).
     ptrdiff_t np = (n + 15) / 16 * 16;
-    return np * d + np + d + 64;
+    ptrdiff_t rows = np * d + np + d + 64;
+    ptrdiff_t kp = (n + 31) / 32 * 32, dp = (d + 31) / 32 * 32;
+    ptrdiff_t tiles = kp * d + dp * kp + 64 * kp + 64;
+    return rows > tiles ? rows : tiles;
 }
 
 void fk_attention(const float *q, ptrdiff_t q_row, const float *k, ptrdiff_t k_row, const float *v, ptrdiff_t v_row,
                   float *out, ptrdiff_t out_row, ptrdiff_t m, ptrdiff_t n, ptrdiff_t d, float scale, int causal,
-                  ptrdiff_t limit, float *scratch) {
-    table.attention(q, q_row, k, k_row, v, v_row, out, out_row, m, n, d, scale, causal, limit, scratch);
+                  ptrdiff_t limit, ptrdiff_t row0, ptrdiff_t rows, float *scratch) {
+    table.attention(q, q_row, k, k_row, v, v_row, out, out_row, m, n, d, scale, causal, limit, row0, rows, scratch);
 }
 
 const char *fk_instruction_set(void) {

@@ -38,6 +38,7 @@ struct fk_pool {
     fk_job_fn fn;
     void *ctx;
     ptrdiff_t count;
+    int affinity;
     _Alignas(64) atomic_long generation;
     _Alignas(64) atomic_long next;
     _Alignas(64) atomic_long done;
@@ -64,6 +65,15 @@ static int64_t now_ns(void) {
 
 static ptrdiff_t take_items(fk_pool *p, fk_job_fn fn, void *ctx, ptrdiff_t count, int worker) {
     ptrdiff_t n = 0;
+    if (p->affinity) {
+        // Item i on thread i mod threads, always: a thread's rows stay in its cache from one
+        // step to the next.
+        for (ptrdiff_t i = worker; i < count; i += p->threads) {
+            fn(ctx, i, worker);
+            n++;
+        }
+        return n;
+    }
     for (;;) {
         ptrdiff_t i = atomic_fetch_add_explicit(&p->next, 1, memory_order_relaxed);
         if (i >= count) return n;
@@ -203,7 +213,9 @@ static void wait_for(atomic_long *v, long target) {
     }
 }
 
-void fk_pool_run(fk_pool *p, fk_job_fn fn, void *ctx, ptrdiff_t count) {
+void fk_pool_run(fk_pool *p, fk_job_fn fn, void *ctx, ptrdiff_t count) { fk_pool_run_affine(p, fn, ctx, count, 0); }
+
+void fk_pool_run_affine(fk_pool *p, fk_job_fn fn, void *ctx, ptrdiff_t count, int affinity) {
     if (count <= 0) return;
     if (p->threads == 1 || count == 1) {
         for (ptrdiff_t i = 0; i < count; i++) fn(ctx, i, 0);
@@ -225,6 +237,7 @@ void fk_pool_run(fk_pool *p, fk_job_fn fn, void *ctx, ptrdiff_t count) {
     p->fn = fn;
     p->ctx = ctx;
     p->count = count;
+    p->affinity = affinity;
     atomic_store_explicit(&p->next, 0, memory_order_relaxed);
     atomic_store_explicit(&p->done, 0, memory_order_relaxed);
     atomic_store_explicit(&p->left, 0, memory_order_relaxed);

@@ -22,6 +22,8 @@ final class LinearJob: ParallelJob {
     let gelu: Bool
     /// Rows per tile; columns per tile (a multiple of 32, the packed panel width, when packed).
     let rowBlock: Int, colBlock: Int, rowTiles: Int, colTiles: Int
+    /// Tile i runs on thread i (see `RowAffinity`).
+    let affinity: Bool
 
     init(x: UnsafePointer<Float>, w: UnsafePointer<Float>, packed: UnsafePointer<Float>?, bias: UnsafePointer<Float>?,
          residual: UnsafePointer<Float>?, y: UnsafeMutablePointer<Float>, rows: Int, k: Int, n: Int, gelu: Bool, threads: Int) {
@@ -31,6 +33,13 @@ final class LinearJob: ParallelJob {
         // is a multiple of the thread count, so no thread idles on the last round. When there
         // are too few row tiles to feed every thread (batch-1 passes, decode steps), columns
         // are split too.
+        if packed != nil, let per = RowAffinity.rowsPerThread(rows: rows, threads: threads) {
+            // One row tile per thread, on the same thread as LayerNorm's and attention's rows.
+            affinity = true
+            rowBlock = per; rowTiles = (rows + per - 1) / per; colBlock = Swift.max(32, (n + 31) / 32 * 32); colTiles = 1
+            return
+        }
+        affinity = false
         var rt = (Swift.max(rows, 1) + LinearJob.rowBlockLimit - 1) / LinearJob.rowBlockLimit
         if threads > 1 && rt > 1 { rt = (rt + threads - 1) / threads * threads }
         let rb = ((Swift.max(rows, 1) + rt - 1) / rt + 7) / 8 * 8
@@ -131,14 +140,34 @@ final class AttentionJob: ParallelJob {
         queryBlock = Swift.max(1, Swift.min(m, 64))
         perWorker = fk_attention_scratch(nKeys, d)
         scratch = .allocate(capacity: Swift.max(1, threads * perWorker))
+        // One sequence: split its query rows between threads as the linear layers split them.
+        affinityRows = batch == 1 ? RowAffinity.rowsPerThread(rows: m, threads: threads) : nil
     }
+
+    /// Query rows per item when items are row blocks of the one sequence (all heads each).
+    let affinityRows: Int?
+    var affinity: Bool { affinityRows != nil }
 
     deinit { scratch.deallocate() }
 
-    var items: Int { batch * heads }
+    var items: Int { affinityRows.map { (m + $0 - 1) / $0 } ?? batch * heads }
     var work: Double { 4 * Double(batch * heads) * Double(m) * Double(nKeys) * Double(d) }
 
     func run(_ index: Int, worker: Int) {
+        if let per = affinityRows {
+            // Query rows q0 ..< q1 of every head.
+            let q0 = index * per, q1 = Swift.min(m, q0 + per)
+            guard q0 < q1 else { return }
+            let wy = heads * d
+            var limit = nKeys
+            if let position { limit = position[0] < 0 ? 0 : (position[0] >= Int64(nKeys) ? nKeys : Int(position[0]) + 1) }
+            let alpha = scale * (rowScale?[0] ?? 1)
+            for h in 0..<heads {
+                fk_attention(q + lq.base(0, h), lq.row, k + lk.base(0, h), lk.row, v + lv.base(0, h), lv.row,
+                             y + h * d, wy, m, nKeys, d, alpha, causal ? 1 : 0, limit, q0, q1 - q0, scratch + worker * perWorker)
+            }
+            return
+        }
         let b = index / heads, h = index % heads
         let qb = q + lq.base(b, h), kb = k + lk.base(b, h), vb = v + lv.base(b, h)
         let wq = lq.row, wk = lk.row, wv = lv.row
@@ -147,7 +176,7 @@ final class AttentionJob: ParallelJob {
         let alpha = scale * (rowScale?[b] ?? 1)
         var limit = nKeys
         if let position { limit = position[0] < 0 ? 0 : (position[0] >= Int64(nKeys) ? nKeys : Int(position[0]) + 1) }
-        fk_attention(qb, wq, kb, wk, vb, wv, yb, wy, m, nKeys, d, alpha, causal ? 1 : 0, limit, scratch + worker * perWorker)
+        fk_attention(qb, wq, kb, wk, vb, wv, yb, wy, m, nKeys, d, alpha, causal ? 1 : 0, limit, 0, m, scratch + worker * perWorker)
     }
 }
 
@@ -156,9 +185,18 @@ final class LayerNormJob: ParallelJob {
     let x: UnsafePointer<Float>, w: UnsafePointer<Float>, b: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>
     let rows: Int, c: Int, eps: Float, chunk: Int
 
-    init(x: UnsafePointer<Float>, w: UnsafePointer<Float>, b: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>, rows: Int, c: Int, eps: Float) {
+    let affinity: Bool
+
+    init(x: UnsafePointer<Float>, w: UnsafePointer<Float>, b: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>, rows: Int, c: Int, eps: Float,
+         threads: Int = 1) {
         self.x = x; self.w = w; self.b = b; self.y = y; self.rows = rows; self.c = c; self.eps = eps
-        chunk = Swift.max(1, 16384 / Swift.max(c, 1))
+        if let per = RowAffinity.rowsPerThread(rows: rows, threads: threads) {
+            chunk = per
+            affinity = true
+        } else {
+            chunk = Swift.max(1, 16384 / Swift.max(c, 1))
+            affinity = false
+        }
     }
 
     var items: Int { (rows + chunk - 1) / chunk }

@@ -221,7 +221,7 @@ extension Executor {
             return .matmul(a: f(x), b: f(s.inputs[1]), c: f(out), m: m, n: n, k: k, ta: ta, tb: tb, offsets: offsets)
         case .layerNorm(let eps):
             let c = xshape.last ?? 1
-            let job = LayerNormJob(x: f(x), w: f(s.inputs[1]), b: f(s.inputs[2]), y: f(out), rows: c == 0 ? 0 : ocount / c, c: c, eps: eps)
+            let job = LayerNormJob(x: f(x), w: f(s.inputs[1]), b: f(s.inputs[2]), y: f(out), rows: c == 0 ? 0 : ocount / c, c: c, eps: eps, threads: threads)
             return .parallel(JobBox(job), items: job.items)
         case .softmax(let axis):
             let (o, n, i) = Kernels.around(xshape, axis)

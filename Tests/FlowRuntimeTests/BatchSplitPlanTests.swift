@@ -13,8 +13,8 @@ final class BatchSplitPlanTests: XCTestCase {
     /// A row-independent transformer-like graph: LayerNorm, qkv projection, causal attention,
     /// output projection with residual, GELU MLP; plus a per-row embedding gather and an input
     /// that is not batched (a scale).
-    func makeGraph() throws -> (ExecutionPlan, Model) {
-        let (t, c, heads) = (6, 32, 2)
+    func makeGraph(tokens t: Int = 6) throws -> (ExecutionPlan, Model) {
+        let (c, heads) = (32, 2)
         func w(_ name: String, _ shape: [Int]) -> WeightTensor {
             WeightTensor(name: name, dtype: .float32, shape: shape, bytes: TensorBytes(floats: rng.floats(shape.reduce(1, *), -0.3...0.3)))
         }
@@ -63,6 +63,26 @@ final class BatchSplitPlanTests: XCTestCase {
                         XCTAssertEqual(p[5], whole["z"]!.floats[r * 6 * 32 + 5])
                     }
                     XCTAssertEqual(split.buffers("s").count, split.parts.count)
+                }
+            }
+        }
+    }
+
+    /// Per-op threads, including the row-affinity split of a single sequence (LayerNorm, linear
+    /// layers and attention by query rows), give the bits of one thread.
+    func testPerOpThreadsGiveTheBitsOfOne() throws {
+        let (plan, model) = try makeGraph(tokens: 40)
+        for rows in [1, 2, 3] {
+            let inputs: [String: Tensor] = [
+                "x": Tensor(shape: [rows, 40, 32], floats: rng.floats(rows * 40 * 32, -1...1)),
+                "y": Tensor(shape: [rows], int64s: (0..<rows).map { Int64($0 % 5) }),
+                "s": Tensor(shape: [1], floats: [1.3]),
+            ]
+            let one = try Executor(plan: plan, model: model, threads: 1).run(inputs)
+            for threads in [2, 3, 4] {
+                let out = try Executor(plan: plan, model: model, threads: threads).run(inputs)
+                for name in ["z", "per_row"] {
+                    XCTAssertEqual(out[name]?.floats.map(\.bitPattern), one[name]?.floats.map(\.bitPattern), "\(name): rows \(rows), \(threads) threads")
                 }
             }
         }

@@ -120,4 +120,48 @@ final class LinearKernelTests: XCTestCase {
         let ref = reference(c, x: x, w: w, b: b, r: r)
         for i in ref.indices { XCTAssertEqual(Double(y[i]), ref[i], accuracy: 1e-5) }
     }
+
+    /// fk_attention in every copy (per query row below 4 rows; K transposed for short
+    /// sequences; packed tiles from 128 visible keys) against float64, causal and with a key
+    /// limit, including rows that see no key (NaN).
+    func testAttentionInEveryCopy() throws {
+        for isa in instructionSets {
+            XCTAssertEqual(fk_select_instruction_set(isa), 0)
+            for (m, n, d) in [(1, 5, 16), (3, 7, 20), (4, 4, 64), (9, 12, 80), (70, 70, 64), (5, 33, 8), (130, 130, 24), (6, 150, 40)] {
+                for (causal, limit) in [(true, n), (false, n), (false, 3), (false, 0), (false, 129)] {
+                    let (qr, kr, vr, orow) = (d + 3, d + 1, d + 2, d + 5)
+                    let q = rng.floats(m * qr, -1...1), k = rng.floats(n * kr, -1...1), v = rng.floats(n * vr, -1...1)
+                    var out = [Float](repeating: 7, count: m * orow)
+                    var scratch = [Float](repeating: .nan, count: fk_attention_scratch(n, d))
+                    fk_attention(q, qr, k, kr, v, vr, &out, orow, m, n, d, 0.3, causal ? 1 : 0, limit, 0, m, &scratch)
+                    // The same rows asked for in two calls: the same bits.
+                    var pieces = [Float](repeating: 7, count: m * orow)
+                    let cut = m / 3
+                    fk_attention(q, qr, k, kr, v, vr, &pieces, orow, m, n, d, 0.3, causal ? 1 : 0, limit, cut, m - cut, &scratch)
+                    fk_attention(q, qr, k, kr, v, vr, &pieces, orow, m, n, d, 0.3, causal ? 1 : 0, limit, 0, cut, &scratch)
+                    XCTAssertEqual(pieces.map(\.bitPattern), out.map(\.bitPattern), "\(isa) m \(m) n \(n): rows split at \(cut)")
+                    for i in 0..<m {
+                        let valid = causal ? min(n, i + 1 + n - m) : min(n, limit)
+                        var p = (0..<max(valid, 0)).map { j in 0.3 * (0..<d).reduce(0.0) { $0 + Double(q[i * qr + $1]) * Double(k[j * kr + $1]) } }
+                        if let mx = p.max() {
+                            p = p.map { exp($0 - mx) }
+                            let sum = p.reduce(0, +)
+                            p = p.map { $0 / sum }
+                        }
+                        for t in 0..<d {
+                            let got = out[i * orow + t]
+                            guard valid > 0 else {
+                                XCTAssertTrue(got.isNaN, "\(isa) m \(m) n \(n) row \(i): no key visible")
+                                continue
+                            }
+                            let ref = (0..<valid).reduce(0.0) { $0 + p[$1] * Double(v[$1 * vr + t]) }
+                            XCTAssertEqual(Double(got), ref, accuracy: 2e-6, "\(isa) m \(m) n \(n) d \(d) causal \(causal) limit \(limit) [\(i), \(t)]")
+                        }
+                        // Columns past d in the output row are untouched.
+                        for t in d..<orow { XCTAssertEqual(out[i * orow + t], 7) }
+                    }
+                }
+            }
+        }
+    }
 }

@@ -18,12 +18,14 @@ void fk_layer_norm(const float *x, const float *w, const float *b, float *y, ptr
 /// Scratch floats fk_attention needs for n keys of head width d.
 ptrdiff_t fk_attention_scratch(ptrdiff_t n, ptrdiff_t d);
 
-/// One attention head: for query row i < m, scores s_j = scale·(q_i·k_j) over keys
-/// j < valid_i, softmax, out_i = Σ p_j v_j. valid_i = min(n, i + 1 + n − m) when causal,
-/// else min(n, limit). Rows are `*_row` floats apart. A row with no valid key gets NaN.
+/// One attention head: for query rows i in row0 ..< row0 + rows of an m-row problem, scores
+/// s_j = scale·(q_i·k_j) over keys j < valid_i, softmax, out_i = Σ p_j v_j. valid_i =
+/// min(n, i + 1 + n − m) when causal, else min(n, limit). q and out point at row 0; rows are
+/// `*_row` floats apart. A row with no valid key gets NaN. A row's result does not depend on
+/// which other rows are computed in the same call.
 void fk_attention(const float *q, ptrdiff_t q_row, const float *k, ptrdiff_t k_row, const float *v, ptrdiff_t v_row,
                   float *out, ptrdiff_t out_row, ptrdiff_t m, ptrdiff_t n, ptrdiff_t d, float scale, int causal,
-                  ptrdiff_t limit, float *scratch);
+                  ptrdiff_t limit, ptrdiff_t row0, ptrdiff_t rows, float *scratch);
 
 /// Floats of W [n, k] packed for fk_linear: ⌈n/32⌉ panels × k × 32.
 ptrdiff_t fk_packed_size(ptrdiff_t n, ptrdiff_t k);
@@ -58,5 +60,9 @@ int fk_pool_threads(const fk_pool *pool);
 /// Runs fn(ctx, i, worker) for i in 0 ..< count on all threads and returns when all are done.
 /// Callers on different threads take turns; fn must not run the same pool.
 void fk_pool_run(fk_pool *pool, fk_job_fn fn, void *ctx, ptrdiff_t count);
+
+/// fk_pool_run, with `affinity` nonzero: item i always runs on thread i mod threads (the caller
+/// is thread 0), so consecutive steps that split rows the same way find their rows in cache.
+void fk_pool_run_affine(fk_pool *pool, fk_job_fn fn, void *ctx, ptrdiff_t count, int affinity);
 
 #endif
