@@ -18,6 +18,7 @@ public final class BatchSplitPlan: @unchecked Sendable {
     public let parts: [BoundPlan]
     public let rows: [Range<Int>]
     let pool: ThreadPool
+    private let partsJob: PartsJob
     let job: JobBox
     /// The split symbol and its size.
     public let symbol: String
@@ -44,15 +45,15 @@ public final class BatchSplitPlan: @unchecked Sendable {
         self.symbol = symbol
         self.total = total
         pool = e.pool
-        job = JobBox(PartsJob(plans))
+        partsJob = PartsJob(plans)
+        job = JobBox(partsJob)
     }
 
     /// Runs every part on its own thread (the caller's among them) and waits for all.
     public func run() throws {
-        let j = job.job as! PartsJob
-        j.error = nil
+        partsJob.error = nil
         pool.run(job, count: parts.count)
-        if let e = j.error { throw e }
+        if let e = partsJob.error { throw e }
     }
 
     /// Runs on whole-batch inputs and returns whole-batch outputs (state inputs may be omitted
