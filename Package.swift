@@ -49,7 +49,7 @@ let package = Package(
         // Test helpers shared by test targets (test targets cannot import each other).
         .target(name: "FlowTestSupport", dependencies: ["FlowIR", "FlowCompiler"], path: "Tests/FlowTestSupport"),
         .testTarget(name: "FlowCompilerTests", dependencies: ["FlowIR", "FlowCompiler", "FlowRuntime", "FlowTestSupport"]),
-        .testTarget(name: "FlowRuntimeTests", dependencies: ["FlowIR", "FlowCompiler", "FlowRuntime", "CFlowKernels"]),
+        .testTarget(name: "FlowRuntimeTests", dependencies: ["FlowIR", "FlowCompiler", "FlowRuntime", "CFlowKernels", "FlowTestSupport"]),
         .testTarget(
             name: "TarFlowTests",
             dependencies: ["TarFlow", "FlowIR", "FlowCompiler", "FlowRuntime", "tarflow", "FlowTestSupport"],

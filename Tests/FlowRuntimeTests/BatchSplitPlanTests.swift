@@ -3,12 +3,13 @@ import Dispatch
 import FlowCompiler
 import FlowIR
 import FlowRuntime
+import FlowTestSupport
 import XCTest
 
 /// `BatchSplitPlan` (a batch cut into single-threaded parts run side by side) against the
 /// same graph run whole, and the thread pool under it.
 final class BatchSplitPlanTests: XCTestCase {
-    var rng = FusedKernelsTests.RNG(0x5B17)
+    var rng = SplitMix64(0x5B17)
 
     /// A row-independent transformer-like graph: LayerNorm, qkv projection, causal attention,
     /// output projection with residual, GELU MLP; plus a per-row embedding gather and an input

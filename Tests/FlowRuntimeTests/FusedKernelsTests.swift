@@ -1,6 +1,7 @@
 import FlowCompiler
 import FlowIR
 import FlowRuntime
+import FlowTestSupport
 import XCTest
 
 /// The fused ops (`attention`, `fused_linear`, `affine_coupling`) run by the executor with one
@@ -10,21 +11,7 @@ import XCTest
 final class FusedKernelsTests: XCTestCase {
     typealias Ref = ReferenceInterpreter.RefTensor
 
-    /// SplitMix64, so every case is reproducible.
-    struct RNG {
-        var state: UInt64
-        init(_ seed: UInt64) { state = seed }
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-        mutating func floats(_ n: Int, _ r: ClosedRange<Float>) -> [Float] {
-            (0..<n).map { _ in r.lowerBound + (r.upperBound - r.lowerBound) * Float(next() >> 40) / Float(1 << 24) }
-        }
-    }
+    typealias RNG = SplitMix64
 
     var rng = RNG(0xF05E)
 

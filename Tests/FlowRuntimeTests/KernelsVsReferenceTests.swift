@@ -1,6 +1,7 @@
 import FlowCompiler
 import FlowIR
 import FlowRuntime
+import FlowTestSupport
 import XCTest
 
 /// Every op of the closed set, compiled and run by the executor (float32 kernels, BLAS), against
@@ -13,22 +14,7 @@ final class KernelsVsReferenceTests: XCTestCase {
 
     // MARK: - Harness
 
-    /// SplitMix64, so every case is reproducible.
-    struct RNG {
-        var state: UInt64
-        init(_ seed: UInt64) { state = seed }
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-        mutating func float(_ r: ClosedRange<Float>) -> Float {
-            r.lowerBound + (r.upperBound - r.lowerBound) * Float(next() >> 40) / Float(1 << 24)
-        }
-        mutating func floats(_ n: Int, _ r: ClosedRange<Float> = -2...2) -> [Float] { (0..<n).map { _ in float(r) } }
-    }
+    typealias RNG = SplitMix64
 
     var rng = RNG(0x5EED)
 

@@ -1,4 +1,5 @@
 import CFlowKernels
+import FlowTestSupport
 import XCTest
 
 /// `fk_linear` (packed-weight GEMM with its epilogue) in every kernel copy this CPU can run,
@@ -6,7 +7,7 @@ import XCTest
 /// vectors, k = 0 and long k; and its promise that a split of rows or panels between callers
 /// gives the same bits.
 final class LinearKernelTests: XCTestCase {
-    var rng = FusedKernelsTests.RNG(0x11E4)
+    var rng = SplitMix64(0x11E4)
 
     override func tearDown() {
         _ = fk_select_instruction_set("auto")
