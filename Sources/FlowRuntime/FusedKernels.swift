@@ -119,7 +119,6 @@ final class AttentionJob: ParallelJob {
     }
     let scale: Float
     let causal: Bool
-    let queryBlock: Int
     let scratch: UnsafeMutablePointer<Float>  // threads × perWorker
     let perWorker: Int
     let threads: Int
@@ -137,7 +136,6 @@ final class AttentionJob: ParallelJob {
         lk = Layout(shape: ks, offset: offsets[1], heads: heads, d: d)
         lv = Layout(shape: vs, offset: offsets[2], heads: heads, d: d)
         self.scale = scale; self.causal = causal; self.threads = threads
-        queryBlock = Swift.max(1, Swift.min(m, 64))
         perWorker = fk_attention_scratch(nKeys, d)
         scratch = .allocate(capacity: Swift.max(1, threads * perWorker))
         // One sequence: split its query rows between threads as the linear layers split them.

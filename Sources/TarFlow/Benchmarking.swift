@@ -33,16 +33,18 @@ public enum BenchSupport {
         let exec = try m.forwardPlan()
         // The path `TarFlowModel.forward` takes: the batch split between threads, or one plan.
         let split = m.splitsBatch(exec, rows: batch) ? try exec.bindSplit(["B": batch]) : nil
-        let bound = try exec.bind(["B": split == nil || profile ? batch : 1])
+        // One plan at this batch when it is what runs, or for the per-op profile.
+        let bound = split == nil || profile ? try exec.bind(["B": batch]) : nil
         let dim = m.config.imageDim
         for r in 0..<batch {
-            let x = (split?.row("x", r) ?? bound.buffer("x")!.pointer + r * dim * 4).assumingMemoryBound(to: Float.self)
-            for i in 0..<dim { x[i] = Float(((r * dim + i) * 7919) % 255) / 127.5 - 1 }
-            if let y = split?.row("y", r) ?? bound.buffer("y").map({ $0.pointer + r * 8 }) {
-                y.assumingMemoryBound(to: Int64.self).pointee = Int64(r % max(m.config.numClasses, 1))
+            let xs = [split?.row("x", r), bound.flatMap { $0.buffer("x") }.map { $0.pointer + r * dim * 4 }].compactMap { $0 }
+            let ys = [split?.row("y", r), bound.flatMap { $0.buffer("y") }.map { $0.pointer + r * 8 }].compactMap { $0 }
+            for x in xs {
+                for i in 0..<dim { x.assumingMemoryBound(to: Float.self)[i] = Float(((r * dim + i) * 7919) % 255) / 127.5 - 1 }
             }
+            for y in ys { y.assumingMemoryBound(to: Int64.self).pointee = Int64(r % max(m.config.numClasses, 1)) }
         }
-        let run: () throws -> Void = split.map { s in { try s.run() } } ?? { try bound.run() }
+        let run: () throws -> Void = split.map { s in { try s.run() } } ?? { try bound!.run() }
         try warmUp(run)
         var times = [Double](repeating: 0, count: reps)
         let m0 = mallocCount()
@@ -54,7 +56,7 @@ public enum BenchSupport {
         let m1 = mallocCount()
         if let m0, let m1 { FileDescriptorOutput.standardError("heap allocations per call: \(Double(m1 - m0) / Double(reps))\n") }
         if profile {
-            let p = try bound.profile()
+            let p = try bound!.profile()
             let total = p.reduce(0) { $0 + $1.seconds }
             var s = "per-op profile (one call, \(fmt(total)) s):\n"
             for e in p {
@@ -62,7 +64,7 @@ public enum BenchSupport {
             }
             FileDescriptorOutput.standardError(s)
         }
-        return Result(seconds: times, flops: exec.plan.flops(bindings: ["B": batch]), arenaBytes: split?.arenaByteCount ?? bound.arenaByteCount)
+        return Result(seconds: times, flops: exec.plan.flops(bindings: ["B": batch]), arenaBytes: split?.arenaByteCount ?? bound!.arenaByteCount)
     }
 
     /// Full sampling runs (all blocks, all tokens) of `batch` images, unguided.

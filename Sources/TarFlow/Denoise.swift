@@ -83,14 +83,7 @@ extension TarFlowModel {
                          progress: ((Int, Int) -> Void)? = nil) throws -> ClassifyResult {
         let k = config.numClasses
         guard k > 0 else { throw TarFlowError.invalidInput("the model is unconditional (num_classes = 0); it cannot classify") }
-        guard images.channels == config.inChannels, images.size == config.imgSize else {
-            throw TarFlowError.invalidInput("images are \(images.channels)x\(images.size)x\(images.size); the model takes \(config.inChannels)x\(config.imgSize)x\(config.imgSize)")
-        }
-        guard batchSize > 0 else { throw TarFlowError.invalidInput("batch size must be positive, is \(batchSize)") }
-        let r = range ?? 0..<images.count
-        guard r.lowerBound >= 0, r.upperBound <= images.count else {
-            throw TarFlowError.invalidInput("range \(r.lowerBound)..<\(r.upperBound) is outside the \(images.count) images")
-        }
+        let r = try checkedBatches(images, range: range, batchSize: batchSize)
         var result = ClassifyResult(predictions: [], losses: [], numClasses: k)
         let per = config.imageDim
         var start = r.lowerBound

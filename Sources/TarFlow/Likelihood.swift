@@ -15,10 +15,9 @@ extension TarFlowModel {
         public var meanNLL: Double { nll.reduce(0, +) / Double(max(count, 1)) }
     }
 
-    /// Exact likelihood of images `range` of a dataset, in batches of `batchSize` so any dataset
-    /// fits in memory. Integer images are dequantized with uniform noise from `seed`.
-    public func likelihood(images: ImageSet, labels: [Int]?, range: Range<Int>? = nil, batchSize: Int = 64, seed: UInt64 = 0,
-                           keepLatents: Bool = false, progress: ((Int, Int) -> Void)? = nil) throws -> LikelihoodResult {
+    /// The images of `range` (default: all), after checking that the dataset fits the model and
+    /// the range and batch size make sense: what likelihood and classification both need.
+    func checkedBatches(_ images: ImageSet, range: Range<Int>?, batchSize: Int) throws -> Range<Int> {
         guard images.channels == config.inChannels, images.size == config.imgSize else {
             throw TarFlowError.invalidInput("images are \(images.channels)x\(images.size)x\(images.size); the model takes \(config.inChannels)x\(config.imgSize)x\(config.imgSize)")
         }
@@ -27,6 +26,14 @@ extension TarFlowModel {
         guard r.lowerBound >= 0, r.upperBound <= images.count else {
             throw TarFlowError.invalidInput("range \(r.lowerBound)..<\(r.upperBound) is outside the \(images.count) images")
         }
+        return r
+    }
+
+    /// Exact likelihood of images `range` of a dataset, in batches of `batchSize` so any dataset
+    /// fits in memory. Integer images are dequantized with uniform noise from `seed`.
+    public func likelihood(images: ImageSet, labels: [Int]?, range: Range<Int>? = nil, batchSize: Int = 64, seed: UInt64 = 0,
+                           keepLatents: Bool = false, progress: ((Int, Int) -> Void)? = nil) throws -> LikelihoodResult {
+        let r = try checkedBatches(images, range: range, batchSize: batchSize)
         if let labels, labels.count != images.count {
             throw TarFlowError.invalidInput("\(labels.count) labels for \(images.count) images")
         }

@@ -24,6 +24,14 @@ enum Checks {
         guard (1...maxThreads).contains(n) else { throw CLIError("--threads \(n) is out of range: use 1...\(maxThreads)") }
     }
 
+    /// --batch-size, --offset, --limit and --threads of the commands that walk a dataset.
+    static func batching(batchSize: Int, offset: Int, limit: Int?, threads n: Int) throws {
+        try positive(batchSize, "--batch-size")
+        guard offset >= 0 else { throw CLIError("--offset \(offset) must be >= 0") }
+        try positive(limit, "--limit")
+        try threads(n)
+    }
+
     static func positive(_ n: Int?, _ flag: String) throws {
         if let n, n <= 0 { throw CLIError("\(flag) \(n) must be positive") }
     }

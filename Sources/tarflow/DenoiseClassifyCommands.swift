@@ -68,10 +68,7 @@ struct Classify: ParsableCommand {
 
     func run() throws {
         guarded {
-            try Checks.positive(batchSize, "--batch-size")
-            guard offset >= 0 else { throw CLIError("--offset \(offset) must be >= 0") }
-            try Checks.positive(limit, "--limit")
-            try Checks.threads(threads)
+            try Checks.batching(batchSize: batchSize, offset: offset, limit: limit, threads: threads)
             try Checks.output(save, "--save")
             try Checks.output(saveLosses, "--save-losses")
             let m = try Checks.model(model, threads: threads)

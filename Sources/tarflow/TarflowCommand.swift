@@ -130,10 +130,7 @@ struct Likelihood: ParsableCommand {
 
     func run() throws {
         guarded {
-            try Checks.positive(batchSize, "--batch-size")
-            guard offset >= 0 else { throw CLIError("--offset \(offset) must be >= 0") }
-            try Checks.positive(limit, "--limit")
-            try Checks.threads(threads)
+            try Checks.batching(batchSize: batchSize, offset: offset, limit: limit, threads: threads)
             try Checks.output(save, "--save")
             let m = try Checks.model(model, threads: threads)
             let set = try ImageSet.load(contentsOf: URL(fileURLWithPath: images), channels: m.config.inChannels, size: m.config.imgSize)

@@ -400,14 +400,17 @@ final class ModelFileTests: XCTestCase {
         XCTAssertEqual(try ModelFile.decode(try Self.assemble(h, data: Self.baseData)).metadata, ["tarflow.channels": .bool(false)])
     }
 
+    /// The base file with its graph edited.
+    static func file(_ edit: (inout Flowir_Graph) -> Void) throws -> [UInt8] {
+        var h = baseHeader()
+        var g = protoGraph()
+        edit(&g)
+        h.graphs = [g]
+        return try assemble(h, data: baseData)
+    }
+
     func testF10GraphDecoding() throws {
-        func file(_ edit: (inout Flowir_Graph) -> Void) throws -> [UInt8] {
-            var h = Self.baseHeader()
-            var g = Self.protoGraph()
-            edit(&g)
-            h.graphs = [g]
-            return try Self.assemble(h, data: Self.baseData)
-        }
+        let file = Self.file
         XCTAssertNoThrow(try ModelFile.decode(try file { _ in }))
         assertRule("F10", try file { $0.nodes[0].op = .UNRECOGNIZED(99) }, says: "unknown op code 99; the file may come from a newer tarflow")
         assertRule("F10", try file { $0.nodes[0].op = .opUnspecified }, says: "unknown op code 0")
@@ -432,13 +435,7 @@ final class ModelFileTests: XCTestCase {
 
     /// After F1–F10 the reader runs the graph rules, against the file's tensor table.
     func testGraphRulesRunOnRead() throws {
-        func file(_ edit: (inout Flowir_Graph) -> Void) throws -> [UInt8] {
-            var h = Self.baseHeader()
-            var g = Self.protoGraph()
-            edit(&g)
-            h.graphs = [g]
-            return try Self.assemble(h, data: Self.baseData)
-        }
+        let file = Self.file
         assertRule("W1", try file { $0.nodes[0].inputs = [7] }, says: "value index 7 out of range (2 values)")
         assertRule("W1", try file { $0.outputs = [UInt32.max] })
         assertRule("W4", try file { $0.nodes[0].outputs = [] })

@@ -149,13 +149,17 @@ final class BatchSplitPlanTests: XCTestCase {
         failures.initialize(repeating: 0, count: 4)
         defer { failures.deallocate() }
         DispatchQueue.concurrentPerform(iterations: 4) { caller in
-            for round in 0..<200 {
+            for round in 0..<500 {
                 let count = 1 + (round * 7 + caller) % 40
                 var hits = [Int32](repeating: 0, count: count)
                 hits.withUnsafeMutableBufferPointer { buf in
-                    fk_pool_run(shared, { ctx, i, _ in ctx!.assumingMemoryBound(to: Int32.self)[i] += 1 }, UnsafeMutableRawPointer(buf.baseAddress), count)
+                    // Each item takes a while (200 separate increments), so runs overlap.
+                    fk_pool_run(shared, { ctx, i, _ in
+                        let p = ctx!.assumingMemoryBound(to: Int32.self) + i
+                        for _ in 0..<200 { p.pointee = p.pointee &+ 1 }
+                    }, UnsafeMutableRawPointer(buf.baseAddress), count)
                 }
-                if hits != [Int32](repeating: 1, count: count) { failures[caller] += 1 }
+                if hits != [Int32](repeating: 200, count: count) { failures[caller] += 1 }
             }
         }
         XCTAssertEqual(Array(UnsafeBufferPointer(start: failures, count: 4)), [0, 0, 0, 0])
