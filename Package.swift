@@ -22,8 +22,10 @@ let package = Package(
         ),
         .target(name: "FlowCompiler", dependencies: ["FlowIR"]),
         .target(name: "FlowRuntime", dependencies: ["FlowIR", "FlowCompiler", "COpenBLAS", "CFlowKernels"]),
-        // SIMD inner loops in C, each built for AVX-512, AVX2 and baseline x86-64 (target_clones).
-        .target(name: "CFlowKernels"),
+        // SIMD inner loops in C, each built for AVX-512, AVX2+F16C and baseline x86-64, picked at
+        // load through a table (dispatch.c). Optimized in debug builds too: the test suite runs
+        // whole models through them.
+        .target(name: "CFlowKernels", cSettings: [.unsafeFlags(["-O2"])]),
         .target(
             name: "TarFlow",
             dependencies: [

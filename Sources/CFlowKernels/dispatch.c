@@ -1,6 +1,7 @@
 // Picks, once, the kernel copy for the instruction sets this CPU has.
 #include "flow_kernels.h"
 
+#include <math.h>
 #include <string.h>
 
 #define DECLARE(suffix)                                                                                        \
@@ -10,12 +11,19 @@
     void fk_attention_##suffix(const float *, ptrdiff_t, const float *, ptrdiff_t, const float *, ptrdiff_t, float *, \
                                ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, float, int, ptrdiff_t, ptrdiff_t, ptrdiff_t, \
                                float *);                                                                      \
-    void fk_linear_##suffix(const float *, const float *, const float *, const float *, float *, ptrdiff_t,      \
-                            ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, int);
+    void fk_linear_##suffix(const float *, const void *, int, const float *, const float *, float *, ptrdiff_t,  \
+                            ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, int);                                   \
+    void fk_attention_kvh_##suffix(const float *, ptrdiff_t, const uint16_t *, ptrdiff_t, const uint16_t *,      \
+                                   ptrdiff_t, float *, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, float, int,   \
+                                   ptrdiff_t, ptrdiff_t, ptrdiff_t, float *);                                    \
+    float fk_sum_##suffix(const float *, ptrdiff_t);
 DECLARE(base)
 #if defined(__x86_64__)
 DECLARE(avx2)
 DECLARE(avx512)
+DECLARE(avx512bf16)
+void fk_linear_bf16dot_avx512bf16(const float *, const uint16_t *, const float *, const float *, float *, ptrdiff_t,
+                                  ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, int, uint16_t *);
 #endif
 
 typedef struct {
@@ -24,27 +32,42 @@ typedef struct {
     void (*layer_norm)(const float *, const float *, const float *, float *, ptrdiff_t, ptrdiff_t, float);
     void (*attention)(const float *, ptrdiff_t, const float *, ptrdiff_t, const float *, ptrdiff_t, float *, ptrdiff_t,
                       ptrdiff_t, ptrdiff_t, ptrdiff_t, float, int, ptrdiff_t, ptrdiff_t, ptrdiff_t, float *);
-    void (*linear)(const float *, const float *, const float *, const float *, float *, ptrdiff_t, ptrdiff_t, ptrdiff_t,
-                   ptrdiff_t, ptrdiff_t, int);
+    void (*linear)(const float *, const void *, int, const float *, const float *, float *, ptrdiff_t, ptrdiff_t,
+                   ptrdiff_t, ptrdiff_t, ptrdiff_t, int);
+    void (*attention_kvh)(const float *, ptrdiff_t, const uint16_t *, ptrdiff_t, const uint16_t *, ptrdiff_t, float *,
+                          ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, float, int, ptrdiff_t, ptrdiff_t, ptrdiff_t, float *);
+    float (*sum)(const float *, ptrdiff_t);
 } fk_table;
 
-#define TABLE(suffix) \
-    (fk_table){fk_gelu_##suffix, fk_erf_##suffix, fk_layer_norm_##suffix, fk_attention_##suffix, fk_linear_##suffix}
+#define TABLE(suffix)                                                                                          \
+    (fk_table){fk_gelu_##suffix,   fk_erf_##suffix,           fk_layer_norm_##suffix, fk_attention_##suffix, \
+               fk_linear_##suffix, fk_attention_kvh_##suffix, fk_sum_##suffix}
 
 static fk_table table = TABLE(base);
+typedef void (*fk_bf16dot_fn)(const float *, const uint16_t *, const float *, const float *, float *, ptrdiff_t, ptrdiff_t,
+                              ptrdiff_t, ptrdiff_t, ptrdiff_t, int, uint16_t *);
+/// fk_linear_bf16dot where the CPU has AVX512-BF16 (and that copy is selected), else NULL.
+static fk_bf16dot_fn bf16dot = 0;
 
 #if defined(__x86_64__)
 static int has_avx512(void) {
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
            __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
 }
-static int has_avx2(void) { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
+static int has_avx512bf16(void) { return has_avx512() && __builtin_cpu_supports("avx512bf16"); }
+static int has_avx2(void) {
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+}
 #endif
 
 __attribute__((constructor)) static void fk_select(void) {
 #if defined(__x86_64__)
     __builtin_cpu_init();
-    if (has_avx512()) table = TABLE(avx512);
+    bf16dot = 0;
+    if (has_avx512bf16()) {
+        table = TABLE(avx512bf16);
+        bf16dot = fk_linear_bf16dot_avx512bf16;
+    } else if (has_avx512()) table = TABLE(avx512);
     else if (has_avx2()) table = TABLE(avx2);
 #endif
 }
@@ -57,16 +80,24 @@ int fk_select_instruction_set(const char *name) {
     }
     if (strcmp(name, "baseline") == 0) {
         table = TABLE(base);
+        bf16dot = 0;
         return 0;
     }
 #if defined(__x86_64__)
     __builtin_cpu_init();
+    if (strcmp(name, "avx512bf16") == 0 && has_avx512bf16()) {
+        table = TABLE(avx512bf16);
+        bf16dot = fk_linear_bf16dot_avx512bf16;
+        return 0;
+    }
     if (strcmp(name, "avx512") == 0 && has_avx512()) {
         table = TABLE(avx512);
+        bf16dot = 0;
         return 0;
     }
     if (strcmp(name, "avx2") == 0 && has_avx2()) {
         table = TABLE(avx2);
+        bf16dot = 0;
         return 0;
     }
 #endif
@@ -86,9 +117,67 @@ void fk_pack_weights(const float *w, ptrdiff_t n, ptrdiff_t k, float *packed) {
     }
 }
 
+void fk_pack_weights_16(const uint16_t *w, ptrdiff_t n, ptrdiff_t k, uint16_t *packed) {
+    for (ptrdiff_t p = 0; p < (n + 31) / 32; p++) {
+        uint16_t *panel = packed + p * k * 32;
+        for (ptrdiff_t kk = 0; kk < k; kk++)
+            for (ptrdiff_t j = 0; j < 32; j++) {
+                ptrdiff_t c = p * 32 + j;
+                panel[kk * 32 + j] = c < n ? w[c * k + kk] : 0;
+            }
+    }
+}
+
 void fk_linear(const float *x, const float *packed, const float *bias, const float *residual, float *y, ptrdiff_t rows,
                ptrdiff_t k, ptrdiff_t n, ptrdiff_t panel0, ptrdiff_t panels, int gelu) {
-    table.linear(x, packed, bias, residual, y, rows, k, n, panel0, panels, gelu);
+    table.linear(x, packed, FK_WEIGHTS_F32, bias, residual, y, rows, k, n, panel0, panels, gelu);
+}
+
+void fk_linear_w(const float *x, const void *packed, int wtype, const float *bias, const float *residual, float *y,
+                 ptrdiff_t rows, ptrdiff_t k, ptrdiff_t n, ptrdiff_t panel0, ptrdiff_t panels, int gelu) {
+    table.linear(x, packed, wtype, bias, residual, y, rows, k, n, panel0, panels, gelu);
+}
+
+void fk_attention_kvh(const float *q, ptrdiff_t q_row, const uint16_t *k, ptrdiff_t k_row, const uint16_t *v,
+                      ptrdiff_t v_row, float *out, ptrdiff_t out_row, ptrdiff_t m, ptrdiff_t n, ptrdiff_t d, float scale,
+                      int causal, ptrdiff_t limit, ptrdiff_t row0, ptrdiff_t rows, float *scratch) {
+    table.attention_kvh(q, q_row, k, k_row, v, v_row, out, out_row, m, n, d, scale, causal, limit, row0, rows, scratch);
+}
+
+float fk_sum(const float *x, ptrdiff_t n) { return table.sum(x, n); }
+
+/// Round to nearest even, by hand, so every CPU gives the same bits.
+static uint16_t f32_to_f16(float f) {
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    uint32_t sign = (x >> 16) & 0x8000u, ax = x & 0x7fffffffu;
+    if (ax >= 0x7f800000u) return (uint16_t)(sign | (ax > 0x7f800000u ? 0x7e00u : 0x7c00u));
+    if (ax >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u);  // ≥ 65520 rounds past the largest half
+    if (ax < 0x38800000u) {
+        // Below 2^-14: a subnormal half, m · 2^-24; the float product is exact, nearbyintf rounds to even.
+        float a;
+        memcpy(&a, &ax, 4);
+        return (uint16_t)(sign | (uint32_t)nearbyintf(a * 0x1p24f));
+    }
+    // Rebias the exponent (127 → 15) and round the 13 dropped mantissa bits to even.
+    return (uint16_t)(sign | ((ax - 0x38000000u + 0xfffu + ((ax >> 13) & 1u)) >> 13));
+}
+
+void fk_f32_to_f16(const float *x, uint16_t *y, ptrdiff_t n) {
+    for (ptrdiff_t i = 0; i < n; i++) y[i] = f32_to_f16(x[i]);
+}
+
+void fk_f16_to_f32(const uint16_t *x, float *y, ptrdiff_t n) {
+    for (ptrdiff_t i = 0; i < n; i++) {
+        uint32_t h = x[i], sign = (h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu, bits;
+        if (e == 0x1f) bits = sign | 0x7f800000u | (m << 13);
+        else if (e == 0) {
+            float v = (float)m * 0x1p-24f;
+            memcpy(&bits, &v, 4);
+            bits |= sign;
+        } else bits = sign | ((e + 112u) << 23) | (m << 13);
+        memcpy(y + i, &bits, 4);
+    }
 }
 
 void fk_gelu(const float *x, float *y, ptrdiff_t n) { table.gelu(x, y, n); }
@@ -115,8 +204,34 @@ void fk_attention(const float *q, ptrdiff_t q_row, const float *k, ptrdiff_t k_r
     table.attention(q, q_row, k, k_row, v, v_row, out, out_row, m, n, d, scale, causal, limit, row0, rows, scratch);
 }
 
+int fk_bf16dot_available(void) { return bf16dot != 0; }
+
+ptrdiff_t fk_packed_size_bf16dot(ptrdiff_t n, ptrdiff_t k) { return (n + 31) / 32 * 32 * ((k + 1) / 2 * 2); }
+
+void fk_pack_weights_bf16dot(const uint16_t *w, ptrdiff_t n, ptrdiff_t k, uint16_t *packed) {
+    ptrdiff_t k2 = (k + 1) / 2;
+    for (ptrdiff_t p = 0; p < (n + 31) / 32; p++)
+        for (ptrdiff_t t = 0; t < k2; t++) {
+            uint16_t *dst = packed + (p * k2 + t) * 64;
+            for (ptrdiff_t j = 0; j < 32; j++) {
+                ptrdiff_t c = p * 32 + j;
+                for (int e = 0; e < 2; e++) {
+                    ptrdiff_t kk = 2 * t + e;
+                    dst[j * 2 + e] = c < n && kk < k ? w[c * k + kk] : 0;
+                }
+            }
+        }
+}
+
+void fk_linear_bf16dot(const float *x, const uint16_t *packed, const float *bias, const float *residual, float *y,
+                       ptrdiff_t rows, ptrdiff_t k, ptrdiff_t n, ptrdiff_t panel0, ptrdiff_t panels, int gelu,
+                       uint16_t *scratch) {
+    if (bf16dot) bf16dot(x, packed, bias, residual, y, rows, k, n, panel0, panels, gelu, scratch);
+}
+
 const char *fk_instruction_set(void) {
 #if defined(__x86_64__)
+    if (table.gelu == fk_gelu_avx512bf16) return "avx512bf16";
     if (table.gelu == fk_gelu_avx512) return "avx512";
     if (table.gelu == fk_gelu_avx2) return "avx2";
 #endif

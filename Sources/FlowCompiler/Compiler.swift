@@ -7,13 +7,19 @@ public enum Compiler {
         public var verifyEachPass: Bool = _isDebugAssertConfiguration()
         /// Run the fusion passes (off: the plan runs the primitive ops as written).
         public var fusion = true
+        /// Keep KV-cache states in f16 (`HalfPrecisionState`; needs fusion).
+        public var halfPrecisionState = false
         public init() {}
-        public init(fusion: Bool) { self.fusion = fusion }
+        public init(fusion: Bool, halfPrecisionState: Bool = false) {
+            self.fusion = fusion
+            self.halfPrecisionState = halfPrecisionState
+        }
     }
 
-    public static func defaultPasses(fusion: Bool = true) -> [any CompilerPass] {
+    public static func defaultPasses(fusion: Bool = true, halfPrecisionState: Bool = false) -> [any CompilerPass] {
         var p: [any CompilerPass] = [DeadCodeElimination(), ShapeInference()]
         if fusion { p += [FuseAttention(), FuseAffineCoupling(), FuseLinearEpilogue(), DeadCodeElimination()] }
+        if fusion && halfPrecisionState { p.append(HalfPrecisionState()) }
         return p
     }
 
@@ -22,7 +28,7 @@ public enum Compiler {
             throw CompilerError("input graph is invalid: \(error)")
         }
         var g = input
-        let log = try PassPipeline(defaultPasses(fusion: options.fusion), verifyEachPass: options.verifyEachPass)
+        let log = try PassPipeline(defaultPasses(fusion: options.fusion, halfPrecisionState: options.halfPrecisionState), verifyEachPass: options.verifyEachPass)
             .run(&g, context: PassContext(constants: constants))
         return schedule(g, passLog: log)
     }

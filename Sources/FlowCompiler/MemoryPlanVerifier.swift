@@ -31,7 +31,7 @@ extension MemoryPlanner {
         var shapes = [[Int]](repeating: [], count: nv)
         for v in 0..<nv {
             guard let shape = g.values[v].type.concreteShape(s.bindings), let n = elementCount(shape),
-                case let (b, o) = n.multipliedReportingOverflow(by: g.values[v].type.dtype == .int64 ? 8 : 4), !o,
+                case let (b, o) = n.multipliedReportingOverflow(by: g.values[v].type.dtype.byteSize), !o,
                 b <= CompiledFunction.maxPlanBytes
             else { throw IRError(rule: "F15", "value \(name(v)) of type \(g.values[v].type) is too large under \(s.bindings)") }
             bytes[v] = b

@@ -34,7 +34,7 @@ public enum MemoryPlanner {
         var sum = 0
         for v in g.inputs + p.steps.flatMap(\.outputs) {
             guard let n = elementCount(shapes[v]),
-                case let (b, o1) = n.multipliedReportingOverflow(by: g.values[v].type.dtype == .int64 ? 8 : 4), !o1, b <= Int.max / 8,
+                case let (b, o1) = n.multipliedReportingOverflow(by: g.values[v].type.dtype.byteSize), !o1, b <= Int.max / 8,
                 case let (t, o2) = sum.addingReportingOverflow(b + alignment), !o2, t <= Int.max / 4
             else { throw CompilerError("the buffers of graph '\(g.name)' for \(bindings) overflow the address space") }
             sum = t

@@ -19,6 +19,7 @@ public final class TensorBytes: @unchecked Sendable {
         count = bytes.count
         owner = nil
         owned = p
+        isMapped = false
     }
 
     /// Allocates `count` bytes (64-byte aligned) and lets `fill` write them in place: large
@@ -34,6 +35,7 @@ public final class TensorBytes: @unchecked Sendable {
         self.count = count
         owner = nil
         owned = p
+        isMapped = false
     }
 
     public convenience init(_ bytes: [UInt8]) {
@@ -49,7 +51,11 @@ public final class TensorBytes: @unchecked Sendable {
         self.count = count
         self.owner = owner
         owned = nil
+        isMapped = owner is MappedFile
     }
+
+    /// Whether these bytes are a window of a memory-mapped file (not a copy in memory).
+    public let isMapped: Bool
 
     deinit { owned?.deallocate() }
 

@@ -129,7 +129,8 @@ extension Op {
             return TensorType(.float32, idx.shape + table.shape.dropFirst())
         case .writeSlice(let axis):
             let s = inputs[0], u = inputs[1], p = inputs[2]
-            try needFloat(s, "state")
+            // The state may be stored as f16 (the update is rounded to it).
+            if s.dtype != .float16 { try needFloat(s, "state") }
             try needFloat(u, "update")
             guard p.dtype == .int64, p.shape == [1] else { throw IRError(rule: "W9", "write_slice: position must be i64[1], is \(p)") }
             guard s.rank == u.rank else { throw fail("state and update differ in rank") }
@@ -152,8 +153,9 @@ extension Op {
             guard heads > 0, scale.isFinite, offsets.count == 3, offsets.allSatisfy({ $0 >= 0 }) else {
                 throw fail("needs heads > 0, a finite scale and 3 non-negative column offsets")
             }
+            try needFloat(q, "q")
+            for t in [k, v] where t.dtype != .float16 { try needFloat(t, "k and v (f32, or f16 as stored in a cache)") }
             for t in [q, k, v] {
-                try needFloat(t, "q, k and v")
                 guard t.rank == 3 || (t.rank == 4 && t.shape[1] == .fixed(heads)) else {
                     throw fail("q, k and v must be [B, tokens, width] or [B, \(heads), tokens, d], one is \(t)")
                 }

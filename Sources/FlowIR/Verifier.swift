@@ -64,8 +64,11 @@ public enum Verifier {
         for v in g.inputs {
             if defined[v] { throw IRError(rule: "W2", "value '\(g.values[v].name)' is a graph input twice", at: loc) }
             defined[v] = true
-            if g.values[v].type.dtype != .float32 && g.values[v].type.dtype != .int64 {
-                throw IRError(rule: "W9", "graph input '\(g.values[v].name)' must be f32 or i64", at: loc)
+            switch g.values[v].type.dtype {
+            case .float32, .int64: break
+            case .float16 where g.state.contains(where: { $0.input == v }): break  // a state kept in half precision
+            case .float16, .bfloat16:
+                throw IRError(rule: "W9", "graph input '\(g.values[v].name)' must be f32 or i64 (f16 only for a state)", at: loc)
             }
         }
         let inputSymbols = Set(g.inputs.flatMap { g.values[$0].type.shape.compactMap { if case .symbol(let s) = $0 { s } else { nil } } })

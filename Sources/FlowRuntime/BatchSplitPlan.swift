@@ -24,8 +24,8 @@ public final class BatchSplitPlan: @unchecked Sendable {
     public let symbol: String
     public let total: Int
 
-    init(executor e: Executor, symbol: String, bindings: [String: Int], parts count: Int) throws {
-        guard let total = bindings[symbol], total > 0 else { throw RuntimeError("batch split: symbol \(symbol) must be bound to a positive size") }
+    /// The bindings of each part: `count` slices of `symbol`'s rows, as even as possible.
+    static func partRanges(total: Int, parts count: Int) -> [Range<Int>] {
         let n = max(1, min(count, total))
         var ranges: [Range<Int>] = []
         var start = 0
@@ -34,11 +34,24 @@ public final class BatchSplitPlan: @unchecked Sendable {
             ranges.append(start..<(start + size))
             start += size
         }
+        return ranges
+    }
+
+    /// - Parameter arenas: one shared arena per part (see `Executor.bind(_:in:)`), or nil for
+    ///   parts with arenas of their own (cached by the executor).
+    init(executor e: Executor, symbol: String, bindings: [String: Int], parts count: Int, arenas: [SharedArena]? = nil) throws {
+        guard let total = bindings[symbol], total > 0 else { throw RuntimeError("batch split: symbol \(symbol) must be bound to a positive size") }
+        let ranges = BatchSplitPlan.partRanges(total: total, parts: count)
+        if let arenas, arenas.count != ranges.count { throw RuntimeError("batch split: \(ranges.count) parts need \(ranges.count) arenas, have \(arenas.count)") }
         var plans: [BoundPlan] = []
         for (i, r) in ranges.enumerated() {
             var b = bindings
             b[symbol] = r.count
-            plans.append(try e.bind(b, part: i))
+            if let arenas {
+                plans.append(try BoundPlan(executor: e, bindings: b, threads: 1, shared: arenas[i]))
+            } else {
+                plans.append(try e.bind(b, part: i))
+            }
         }
         parts = plans
         rows = ranges
@@ -154,6 +167,21 @@ private final class PartsJob: ParallelJob {
 }
 
 extension Executor {
+    /// Arena bytes each part of a split of `bindings` needs (for sizing shared arenas).
+    public func splitArenaBytes(_ bindings: [String: Int], symbol: String = "B", parts: Int? = nil) throws -> [Int] {
+        guard let total = bindings[symbol], total > 0 else { throw RuntimeError("batch split: symbol \(symbol) must be bound to a positive size") }
+        return try BatchSplitPlan.partRanges(total: total, parts: parts ?? threads).map { r in
+            var b = bindings
+            b[symbol] = r.count
+            return try memoryPlan(b).arenaBytes
+        }
+    }
+
+    /// `bindSplit` with each part's buffers in the shared arena of the same index (not cached).
+    public func bindSplit(_ bindings: [String: Int], in arenas: [SharedArena], symbol: String = "B") throws -> BatchSplitPlan {
+        try BatchSplitPlan(executor: self, symbol: symbol, bindings: bindings, parts: arenas.count, arenas: arenas)
+    }
+
     /// Binds the graph as `parts` single-threaded plans over slices of the batch symbol
     /// (default: one per thread). See `BatchSplitPlan`. Cached like `bind(_:)`.
     public func bindSplit(_ bindings: [String: Int], symbol: String = "B", parts: Int? = nil) throws -> BatchSplitPlan {

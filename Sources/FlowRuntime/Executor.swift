@@ -7,21 +7,24 @@ import FlowIR
 import Glibc
 #endif
 
-/// Runs an execution plan. Weights stay where the model file mapped them (float32) or are
-/// widened once (float16/bfloat16); load-time steps run once in `init`. For each binding of
-/// the graph's symbols (each batch size) the executor prepares an instance once — buffer
-/// pointers, kernel sizes, strides — so a run only copies inputs in, walks the prepared steps
-/// and copies outputs out.
+/// Runs an execution plan. Constants come from a `WeightStore` shared by the model's executors:
+/// f32 and i64 tensors stay where the model file mapped them, f16/bf16 ones read by other ops
+/// are widened once, and linear-layer weights are packed once in their stored precision.
+/// Load-time steps run once in `init`. For each binding of the graph's symbols (each batch
+/// size) the executor prepares an instance once — buffer pointers, kernel sizes, strides — so
+/// a run only copies inputs in, walks the prepared steps and copies outputs out.
 public final class Executor: @unchecked Sendable {
     public let plan: ExecutionPlan
     public let threads: Int
     /// Pointers of values available before any input: constants and load-step results.
     var fixed: [ValueID: UnsafeMutableRawPointer] = [:]
-    /// Linear-layer weights among `fixed`, packed for `fk_linear` (see `LinearJob`).
-    var packedWeights: [ValueID: UnsafePointer<Float>] = [:]
+    /// Linear-layer weights among `fixed`, packed for `fk_linear_w` (see `LinearJob`).
+    var packedWeights: [ValueID: WeightStore.Packed] = [:]
     /// Owns the memory `fixed` points into; bound plans hold it too.
     let loaded: LoadedValues
-    var model: Model { loaded.model }
+    var model: Model { loaded.store.model }
+    /// The model's weights as the kernels read them, shared with its other executors.
+    public var weights: WeightStore { loaded.store }
     var instances: [[Int]: BoundPlan] = [:]
     var splits: [String: BatchSplitPlan] = [:]
     let lock = NSLockLike()
@@ -33,26 +36,36 @@ public final class Executor: @unchecked Sendable {
     /// by binding; other bindings are planned when first bound.
     let memoryPlans: [[String: Int]: MemoryPlan]
 
+    /// - Parameter weights: the store of `model`'s weights to share (nil: a store of its own).
     public init(plan: ExecutionPlan, model: Model, threads: Int = 1, inPlace: Bool = true,
-                memoryPlans: [[String: Int]: MemoryPlan] = [:]) throws {
+                memoryPlans: [[String: Int]: MemoryPlan] = [:], weights: WeightStore? = nil) throws {
         self.plan = plan
-        loaded = LoadedValues(model: model)
+        let store = weights ?? WeightStore(model: model)
+        loaded = LoadedValues(store: store)
         self.inPlace = inPlace
         self.memoryPlans = memoryPlans
         self.threads = max(1, threads)
         pool = ThreadPool(threads: self.threads)
         let g = plan.graph
-        for n in g.nodes {
-            guard case .constant(let name) = n.op else { continue }
-            guard let t = model.tensor(named: name) else { throw RuntimeError("constant '\(name)' is missing from the model") }
-            let out = n.outputs[0]
-            if t.dtype == .float32 || t.dtype == .int64, Int(bitPattern: t.bytes.pointer) % t.dtype.byteSize == 0 {
-                fixed[out] = UnsafeMutableRawPointer(mutating: t.bytes.pointer)
+        // Constants read only as the weight of linear layers are read packed, never as f32.
+        var constantName: [ValueID: String] = [:]
+        for n in g.nodes { if case .constant(let name) = n.op { constantName[n.outputs[0]] = name } }
+        var otherUse = Set<ValueID>(g.outputs)
+        for s in plan.loadSteps + plan.steps {
+            let isLinear: Bool = switch s.op {
+            case .linear, .fusedLinear: true
+            default: false
+            }
+            for (j, v) in s.inputs.enumerated() where !(isLinear && j == 1) { otherUse.insert(v) }
+        }
+        for (v, name) in constantName {
+            if otherUse.contains(v) {
+                fixed[v] = try store.values(name)
+            } else if let t = model.tensor(named: name) {
+                // Never dereferenced as f32: every reader is a linear step with packed weights.
+                fixed[v] = UnsafeMutableRawPointer(mutating: t.bytes.pointer)
             } else {
-                let f = t.floats()
-                let p = allocate(f.count * 4)
-                f.withUnsafeBytes { p.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
-                fixed[out] = p
+                throw RuntimeError("constant '\(name)' is missing from the model")
             }
         }
         // Load-time steps: fixed shapes, evaluated once.
@@ -77,15 +90,20 @@ public final class Executor: @unchecked Sendable {
             let prepared = try Self.prepare(s, graph: g, shapes: { shapes[$0]! }, pointer: { self.fixed[$0]! }, scratch: { self.allocate($0) }, threads: 1)
             try prepared.execute(ThreadPool(threads: 1))
         }
-        // Weights of linear layers known at load: packed once into fk_linear's panel layout.
+        // Weights of linear layers known at load: constants from the shared store; f32 weights
+        // computed by load-time steps packed here, once.
         for s in plan.steps {
             switch s.op {
             case .linear, .fusedLinear: break
             default: continue
             }
             let wv = s.inputs[1]
-            guard packedWeights[wv] == nil, let wp = fixed[wv], g.values[wv].type.dtype == .float32,
-                let ws = g.values[wv].type.concreteShape([:]), ws.count == 2 else { continue }
+            guard packedWeights[wv] == nil, let ws = g.values[wv].type.concreteShape([:]), ws.count == 2 else { continue }
+            if let name = constantName[wv] {
+                packedWeights[wv] = try store.packed(name, n: ws[0], k: ws[1])
+                continue
+            }
+            guard let wp = fixed[wv], g.values[wv].type.dtype == .float32 else { continue }
             let floats = fk_packed_size(ws[0], ws[1])
             guard case let (total, overflow) = loadBytes.addingReportingOverflow(floats * 4), !overflow, total <= Executor.memoryLimit else {
                 throw RuntimeError("the packed weights of graph '\(g.name)' need more than the \(Executor.memoryLimit) bytes of memory")
@@ -93,9 +111,12 @@ public final class Executor: @unchecked Sendable {
             loadBytes = total
             let p = allocate(floats * 4).assumingMemoryBound(to: Float.self)
             fk_pack_weights(wp.assumingMemoryBound(to: Float.self), ws[0], ws[1], p)
-            packedWeights[wv] = UnsafePointer(p)
+            packedWeights[wv] = WeightStore.Packed(pointer: UnsafeRawPointer(p), type: Int32(FK_WEIGHTS_F32), bytes: floats * 4)
         }
     }
+
+    /// Bytes of the packed linear weights this plan reads per run (each once).
+    public var packedWeightBytes: Int { packedWeights.values.reduce(0) { $0 + $1.bytes } }
 
     func allocate(_ bytes: Int) -> UnsafeMutableRawPointer {
         let p = UnsafeMutableRawPointer.allocate(byteCount: max(bytes, 8), alignment: 64)
@@ -122,6 +143,19 @@ public final class Executor: @unchecked Sendable {
     /// decode steps. Bound plans are cached; state (KV caches) lives in them.
     public func bind(_ bindings: [String: Int]) throws -> BoundPlan {
         try bind(bindings, part: nil)
+    }
+
+    /// The memory plan for a binding: the stored one (a compiled model file) or a new one.
+    public func memoryPlan(_ bindings: [String: Int]) throws -> MemoryPlan {
+        try (inPlace ? memoryPlans[bindings] : nil) ?? MemoryPlanner.plan(plan, bindings: bindings, inPlace: inPlace)
+    }
+
+    /// The plan for a binding with its buffers (state included) in `arena`, which other plans
+    /// share: plans that run one after another (the decode blocks of sampling) then need one
+    /// arena, not one each. The caller runs at most one of them at a time and keeps it (this
+    /// binding is not cached). State is whatever the arena holds: reset it before a new sequence.
+    public func bind(_ bindings: [String: Int], in arena: SharedArena) throws -> BoundPlan {
+        try BoundPlan(executor: self, bindings: bindings, threads: threads, shared: arena)
     }
 
     /// `part` nil: the plan run on all threads. A part number: one single-threaded instance
@@ -197,13 +231,13 @@ public final class Executor: @unchecked Sendable {
 
 }
 
-/// The memory of the values fixed at load: the model (whose tensors constants point into) and
-/// the buffers of widened constants and load-step results. A bound plan keeps it alive, so its
+/// The memory of the values fixed at load: the weight store (whose model's tensors and copies
+/// constants point into) and the buffers of load-step results. A bound plan keeps it alive, so its
 /// pointers stay valid when the executor that made it is gone.
 final class LoadedValues: @unchecked Sendable {
-    let model: Model
+    let store: WeightStore
     var owned: [UnsafeMutableRawPointer] = []
-    init(model: Model) { self.model = model }
+    init(store: WeightStore) { self.store = store }
     deinit { for p in owned { p.deallocate() } }
 }
 
@@ -218,7 +252,8 @@ public final class BoundPlan: @unchecked Sendable {
         var scratch: [UnsafeMutableRawPointer] = []
         let graph: Graph
 
-        init(executor e: Executor, bindings: [String: Int], threads: Int) throws {
+        /// - Parameter shared: an arena to take the buffers from instead of one of its own.
+        init(executor e: Executor, bindings: [String: Int], threads: Int, shared: SharedArena? = nil) throws {
             let g = e.plan.graph
             graph = g
             plan = e.plan
@@ -231,14 +266,22 @@ public final class BoundPlan: @unchecked Sendable {
             stateBuffers = g.state.map(\.input)
             // Every run-time buffer at its planned offset in one arena (views, in-place
             // updates and state chains share buffers; see MemoryPlanner).
-            memoryPlan = try (e.inPlace ? e.memoryPlans[bindings] : nil) ?? MemoryPlanner.plan(e.plan, bindings: bindings, inPlace: e.inPlace)
+            memoryPlan = try e.memoryPlan(bindings)
             let total = memoryPlan.arenaBytes
             guard total <= Executor.memoryLimit else {
                 throw RuntimeError("graph '\(g.name)' with \(bindings) needs \(total) bytes of buffers, more than the \(Executor.memoryLimit) bytes of memory; use a smaller batch")
             }
             arenaBytes = total
-            arena = UnsafeMutableRawPointer.allocate(byteCount: max(total, 64), alignment: 64)
-            arena.initializeMemory(as: UInt8.self, repeating: 0, count: max(total, 64))
+            if let shared {
+                guard shared.byteCount >= total else {
+                    throw RuntimeError("graph '\(g.name)' with \(bindings) needs \(total) bytes of buffers; the shared arena has \(shared.byteCount)")
+                }
+                arena = shared.pointer
+            } else {
+                arena = UnsafeMutableRawPointer.allocate(byteCount: max(total, 64), alignment: 64)
+                arena.initializeMemory(as: UInt8.self, repeating: 0, count: max(total, 64))
+            }
+            self.shared = shared
             for v in g.values.indices where pointers[v] == nil {
                 if let b = memoryPlan.buffer[v] { pointers[v] = arena + memoryPlan.offsets[b] }
             }
@@ -254,9 +297,12 @@ public final class BoundPlan: @unchecked Sendable {
         }
 
         deinit {
-            arena.deallocate()
+            if shared == nil { arena.deallocate() }
             for p in scratch { p.deallocate() }
         }
+
+        /// The arena this plan shares with others (which then run one at a time), if any.
+        let shared: SharedArena?
 
         let stateBuffers: [ValueID]
         /// Keeps the constants and load-time values that `pointers` reach alive.
@@ -299,7 +345,7 @@ public final class BoundPlan: @unchecked Sendable {
         /// Bytes of a value's buffer, by name.
         public func byteCount(ofValueNamed name: String) -> Int? { graph.value(named: name).map(byteCount) }
 
-        func byteCount(_ v: ValueID) -> Int { (elementCount(shapes[v]) ?? 0) * (graph.values[v].type.dtype == .int64 ? 8 : 4) }
+        func byteCount(_ v: ValueID) -> Int { (elementCount(shapes[v]) ?? 0) * graph.values[v].type.dtype.byteSize }
 
         /// The buffer of a graph input or output (or any value) by name, and its concrete shape.
         public func buffer(_ name: String) -> (pointer: UnsafeMutableRawPointer, shape: [Int])? {
@@ -313,8 +359,16 @@ public final class BoundPlan: @unchecked Sendable {
         public func read(_ v: ValueID) -> Tensor {
             let n = elementCount(shapes[v]) ?? 0
             let p = pointers[v]!
-            if graph.values[v].type.dtype == .int64 {
+            switch graph.values[v].type.dtype {
+            case .int64:
                 return Tensor(shape: shapes[v], int64s: Array(UnsafeBufferPointer(start: p.assumingMemoryBound(to: Int64.self), count: n)))
+            case .float16:
+                return Tensor(shape: shapes[v], floats: [Float](unsafeUninitializedCapacity: n) { buf, c in
+                    fk_f16_to_f32(p.assumingMemoryBound(to: UInt16.self), buf.baseAddress!, n)
+                    c = n
+                })
+            case .float32, .bfloat16:
+                break
             }
             return Tensor(shape: shapes[v], floats: Array(UnsafeBufferPointer(start: p.assumingMemoryBound(to: Float.self), count: n)))
         }
@@ -333,7 +387,7 @@ extension Executor {
     /// Bytes of a buffer of this shape and dtype (f32/i64 as the runtime stores them), nil on overflow.
     static func byteCount(_ shape: [Int], _ dtype: DType) -> Int? {
         guard let n = elementCount(shape) else { return nil }
-        let (b, o) = n.multipliedReportingOverflow(by: dtype == .int64 ? 8 : 4)
+        let (b, o) = n.multipliedReportingOverflow(by: dtype.byteSize)
         return o ? nil : b
     }
 
@@ -358,4 +412,22 @@ final class NSLockLike: @unchecked Sendable {
     deinit { pthread_mutex_destroy(&m) }
     func lock() { pthread_mutex_lock(&m) }
     func unlock() { pthread_mutex_unlock(&m) }
+}
+
+/// One block of memory that several bound plans take their buffers from: plans that never run
+/// at the same time (see `Executor.bind(_:in:)`).
+public final class SharedArena: @unchecked Sendable {
+    let pointer: UnsafeMutableRawPointer
+    public let byteCount: Int
+
+    public init(byteCount: Int) throws {
+        guard byteCount >= 0, byteCount <= Executor.memoryLimit else {
+            throw RuntimeError("a shared arena of \(byteCount) bytes is more than the \(Executor.memoryLimit) bytes of memory")
+        }
+        self.byteCount = byteCount
+        pointer = UnsafeMutableRawPointer.allocate(byteCount: max(byteCount, 64), alignment: 64)
+        pointer.initializeMemory(as: UInt8.self, repeating: 0, count: max(byteCount, 64))
+    }
+
+    deinit { pointer.deallocate() }
 }

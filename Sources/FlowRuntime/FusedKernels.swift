@@ -15,7 +15,9 @@ import Glibc
 /// Otherwise (a weight computed at run time) each tile is an OpenBLAS sgemm followed by the
 /// epilogue while the tile is in cache.
 final class LinearJob: ParallelJob {
-    let x: UnsafePointer<Float>, w: UnsafePointer<Float>, packed: UnsafePointer<Float>?
+    let x: UnsafePointer<Float>, w: UnsafePointer<Float>
+    /// The packed weights (f32, f16 or bf16; see `WeightStore`), if W was known at load.
+    let packed: UnsafeRawPointer?, packedType: Int32
     let bias: UnsafePointer<Float>?, residual: UnsafePointer<Float>?
     let y: UnsafeMutablePointer<Float>
     let rows: Int, k: Int, n: Int
@@ -25,9 +27,10 @@ final class LinearJob: ParallelJob {
     /// Tile i runs on thread i (see `RowAffinity`).
     let affinity: Bool
 
-    init(x: UnsafePointer<Float>, w: UnsafePointer<Float>, packed: UnsafePointer<Float>?, bias: UnsafePointer<Float>?,
+    init(x: UnsafePointer<Float>, w: UnsafePointer<Float>, packed: WeightStore.Packed?, bias: UnsafePointer<Float>?,
          residual: UnsafePointer<Float>?, y: UnsafeMutablePointer<Float>, rows: Int, k: Int, n: Int, gelu: Bool, threads: Int) {
-        self.x = x; self.w = w; self.packed = packed; self.bias = bias; self.residual = residual; self.y = y
+        self.x = x; self.w = w; self.packed = packed?.pointer; packedType = packed?.type ?? Int32(FK_WEIGHTS_F32)
+        self.bias = bias; self.residual = residual; self.y = y
         self.rows = rows; self.k = k; self.n = n; self.gelu = gelu
         // Row tiles of ≤ 512 rows keep a tile's output near L2 for the epilogue; the tile count
         // is a multiple of the thread count, so no thread idles on the last round. When there
@@ -55,6 +58,21 @@ final class LinearJob: ParallelJob {
     var items: Int { rows == 0 || n == 0 ? 0 : rowTiles * colTiles }
     var work: Double { 2 * Double(rows) * Double(k) * Double(n) }
 
+    /// Per-thread room for a tile's rows of x as bf16 (native bf16 weights only).
+    private(set) var bf16Rows: UnsafeMutablePointer<UInt16>? = nil
+    private var bf16RowsPerThread = 0
+
+    /// Makes the bf16 scratch (at prepare time: `run` must not allocate).
+    func prepareScratch(threads: Int) {
+        guard packedType == Int32(FK_WEIGHTS_BF16DOT) else { return }
+        bf16RowsPerThread = Swift.max(1, rowBlock) * ((k + 1) / 2 * 2)
+        let p = UnsafeMutablePointer<UInt16>.allocate(capacity: Swift.max(1, threads) * bf16RowsPerThread)
+        p.initialize(repeating: 0, count: Swift.max(1, threads) * bf16RowsPerThread)
+        bf16Rows = p
+    }
+
+    deinit { bf16Rows?.deallocate() }
+
     nonisolated(unsafe) static var rowBlockLimit: Int = {
         if let e = getenv("TARFLOW_ROW_BLOCK"), let v = Int(String(cString: e)), v > 0 { return v }
         return 512
@@ -64,8 +82,13 @@ final class LinearJob: ParallelJob {
         let r0 = (index / colTiles) * rowBlock, c0 = (index % colTiles) * colBlock
         let mb = Swift.min(rowBlock, rows - r0), nb = Swift.min(colBlock, n - c0)
         guard mb > 0, nb > 0 else { return }
+        if let packed, let scratch = bf16Rows {
+            fk_linear_bf16dot(x + r0 * k, packed.assumingMemoryBound(to: UInt16.self), bias, residual.map { $0 + r0 * n }, y + r0 * n, mb, k, n,
+                              c0 / 32, (nb + 31) / 32, gelu ? 1 : 0, scratch + worker * bf16RowsPerThread)
+            return
+        }
         if let packed {
-            fk_linear(x + r0 * k, packed, bias, residual.map { $0 + r0 * n }, y + r0 * n, mb, k, n, c0 / 32, (nb + 31) / 32, gelu ? 1 : 0)
+            fk_linear_w(x + r0 * k, packed, packedType, bias, residual.map { $0 + r0 * n }, y + r0 * n, mb, k, n, c0 / 32, (nb + 31) / 32, gelu ? 1 : 0)
             return
         }
         let yt = y + r0 * n + c0
@@ -97,7 +120,10 @@ final class LinearJob: ParallelJob {
 /// straight from the row layouts (lda = the source's width), mask inline, softmax per row,
 /// then P·V into the merged-heads output.
 final class AttentionJob: ParallelJob {
-    let q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>
+    let q: UnsafePointer<Float>
+    /// Keys and values: f32, or f16 when `kvHalf` (a KV cache kept in half precision).
+    let k: UnsafeRawPointer, v: UnsafeRawPointer
+    let kvHalf: Bool
     let y: UnsafeMutablePointer<Float>
     let rowScale: UnsafePointer<Float>?
     let position: UnsafePointer<Int64>?
@@ -123,10 +149,10 @@ final class AttentionJob: ParallelJob {
     let perWorker: Int
     let threads: Int
 
-    init(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>,
+    init(q: UnsafePointer<Float>, k: UnsafeRawPointer, v: UnsafeRawPointer, kvHalf: Bool, y: UnsafeMutablePointer<Float>,
          rowScale: UnsafePointer<Float>?, position: UnsafePointer<Int64>?, heads: Int,
          shapes: ([Int], [Int], [Int]), offsets: [Int], scale: Float, causal: Bool, threads: Int) {
-        self.q = q; self.k = k; self.v = v; self.y = y; self.rowScale = rowScale; self.position = position
+        self.q = q; self.k = k; self.v = v; self.kvHalf = kvHalf; self.y = y; self.rowScale = rowScale; self.position = position
         let (qs, ks, vs) = shapes
         let d = vs.count == 4 ? vs[3] : (vs[2] - offsets[2]) / heads
         self.batch = qs[0]; self.heads = heads; self.d = d
@@ -161,20 +187,30 @@ final class AttentionJob: ParallelJob {
             if let position { limit = position[0] < 0 ? 0 : (position[0] >= Int64(nKeys) ? nKeys : Int(position[0]) + 1) }
             let alpha = scale * (rowScale?[0] ?? 1)
             for h in 0..<heads {
-                fk_attention(q + lq.base(0, h), lq.row, k + lk.base(0, h), lk.row, v + lv.base(0, h), lv.row,
-                             y + h * d, wy, m, nKeys, d, alpha, causal ? 1 : 0, limit, q0, q1 - q0, scratch + worker * perWorker)
+                head(q + lq.base(0, h), lk.base(0, h), lv.base(0, h), y + h * d, wy, alpha, limit, q0, q1 - q0, worker)
             }
             return
         }
         let b = index / heads, h = index % heads
-        let qb = q + lq.base(b, h), kb = k + lk.base(b, h), vb = v + lv.base(b, h)
-        let wq = lq.row, wk = lk.row, wv = lv.row
         let wy = heads * d
-        let yb = y + b * m * wy + h * d
         let alpha = scale * (rowScale?[b] ?? 1)
         var limit = nKeys
         if let position { limit = position[0] < 0 ? 0 : (position[0] >= Int64(nKeys) ? nKeys : Int(position[0]) + 1) }
-        fk_attention(qb, wq, kb, wk, vb, wv, yb, wy, m, nKeys, d, alpha, causal ? 1 : 0, limit, 0, m, scratch + worker * perWorker)
+        head(q + lq.base(b, h), lk.base(b, h), lv.base(b, h), y + b * m * wy + h * d, wy, alpha, limit, 0, m, worker)
+    }
+
+    /// Query rows row0 ..< row0 + rows of one (batch, head); k and v at element offsets ko, vo.
+    @inline(__always)
+    func head(_ qh: UnsafePointer<Float>, _ ko: Int, _ vo: Int, _ yh: UnsafeMutablePointer<Float>, _ wy: Int, _ alpha: Float,
+              _ limit: Int, _ row0: Int, _ rows: Int, _ worker: Int) {
+        let s = scratch + worker * perWorker
+        if kvHalf {
+            fk_attention_kvh(qh, lq.row, k.assumingMemoryBound(to: UInt16.self) + ko, lk.row, v.assumingMemoryBound(to: UInt16.self) + vo, lv.row,
+                             yh, wy, m, nKeys, d, alpha, causal ? 1 : 0, limit, row0, rows, s)
+        } else {
+            fk_attention(qh, lq.row, k.assumingMemoryBound(to: Float.self) + ko, lk.row, v.assumingMemoryBound(to: Float.self) + vo, lv.row,
+                         yh, wy, m, nKeys, d, alpha, causal ? 1 : 0, limit, row0, rows, s)
+        }
     }
 }
 

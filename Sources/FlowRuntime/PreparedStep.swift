@@ -24,6 +24,9 @@ enum PreparedStep {
     case reduce(x: FPtr, y: FPtr, walk: StridedWalk, acc: UnsafeMutablePointer<Double>, outCount: Int, scale: Double)
     case fill(y: FPtr, count: Int, value: Float)
     case writeSlice(x: FPtr, update: FPtr, position: UnsafeMutablePointer<Int64>, y: FPtr, outer: Int, n: Int, m: Int, inner: Int)
+    /// write_slice into an f16 state: the update is rounded to half precision as it is written.
+    case writeSliceHalf(x: UnsafeMutablePointer<UInt16>, update: FPtr, position: UnsafeMutablePointer<Int64>, y: UnsafeMutablePointer<UInt16>,
+                        outer: Int, n: Int, m: Int, inner: Int)
     case maskAfter(x: FPtr, position: UnsafeMutablePointer<Int64>, y: FPtr, rows: Int, n: Int, value: Float)
     /// Work split over the thread pool (GEMMs with epilogues, attention, LayerNorm).
     case parallel(JobBox, items: Int)
@@ -129,6 +132,11 @@ enum PreparedStep {
             guard p >= 0, p <= n - m else { throw RuntimeError("write_slice: position \(p) + \(m) is outside 0..<\(n)") }
             if x != y { y.update(from: x, count: outer * n * inner) }
             for o in 0..<outer { (y + (o * n + p) * inner).update(from: update + o * m * inner, count: m * inner) }
+        case let .writeSliceHalf(x, update, position, y, outer, n, m, inner):
+            let p = Int(position[0])
+            guard p >= 0, p <= n - m else { throw RuntimeError("write_slice: position \(p) + \(m) is outside 0..<\(n)") }
+            if x != y { y.update(from: x, count: outer * n * inner) }
+            for o in 0..<outer { fk_f32_to_f16(update + o * m * inner, y + (o * n + p) * inner, m * inner) }
         case let .maskAfter(x, position, y, rows, n, value):
             let p = Int(position[0])
             if x != y { y.update(from: x, count: rows * n) }
@@ -143,7 +151,7 @@ extension Executor {
     /// Resolves one plan step against concrete shapes and buffer pointers.
     static func prepare(_ s: ExecutionPlan.Step, graph: Graph, shapes shapeOf: (ValueID) -> [Int],
                         pointer: (ValueID) -> UnsafeMutableRawPointer, scratch: (Int) -> UnsafeMutableRawPointer,
-                        packed: (ValueID) -> UnsafePointer<Float>? = { _ in nil }, threads: Int) throws -> PreparedStep {
+                        packed: (ValueID) -> WeightStore.Packed? = { _ in nil }, threads: Int) throws -> PreparedStep {
         func f(_ v: ValueID) -> FPtr { pointer(v).assumingMemoryBound(to: Float.self) }
         let out = s.outputs[0]
         let oshape = shapeOf(out)
@@ -180,6 +188,7 @@ extension Executor {
             let job = LinearJob(x: f(x), w: f(s.inputs[1]), packed: packed(s.inputs[1]), bias: hasBias ? UnsafePointer(f(s.inputs[2])) : nil,
                                 residual: hasResidual ? UnsafePointer(f(s.inputs[hasBias ? 3 : 2])) : nil, y: f(out),
                                 rows: n == 0 ? 0 : ocount / n, k: k, n: n, gelu: act == .gelu, threads: threads)
+            job.prepareScratch(threads: threads)
             return .parallel(JobBox(job), items: job.items)
         case .attention(let heads, let scale, let mask, let offsets, let rowScale):
             let qs = xshape, ks = shapeOf(s.inputs[1]), vs = shapeOf(s.inputs[2])
@@ -187,8 +196,13 @@ extension Executor {
             var rs: UnsafePointer<Float>? = nil
             if rowScale { rs = UnsafePointer(f(s.inputs[next])); next += 1 }
             let pos: UnsafePointer<Int64>? = mask == .afterPosition ? UnsafePointer(pointer(s.inputs[next]).assumingMemoryBound(to: Int64.self)) : nil
-            let job = AttentionJob(q: f(x), k: f(s.inputs[1]), v: f(s.inputs[2]), y: f(out), rowScale: rs, position: pos,
-                                   heads: heads, shapes: (qs, ks, vs), offsets: offsets, scale: scale, causal: mask == .causal, threads: threads)
+            let kvHalf = graph.values[s.inputs[1]].type.dtype == .float16
+            guard kvHalf == (graph.values[s.inputs[2]].type.dtype == .float16) else {
+                throw RuntimeError("attention: k and v must have the same dtype (both f32 or both f16)")
+            }
+            let job = AttentionJob(q: f(x), k: UnsafeRawPointer(pointer(s.inputs[1])), v: UnsafeRawPointer(pointer(s.inputs[2])), kvHalf: kvHalf,
+                                   y: f(out), rowScale: rs, position: pos, heads: heads, shapes: (qs, ks, vs), offsets: offsets,
+                                   scale: scale, causal: mask == .causal, threads: threads)
             return .parallel(JobBox(job), items: job.items)
         case .affineCoupling(let shift, let hasScale, let flip):
             return .coupling(x: f(x), params: f(s.inputs[1]), z: f(out), batch: xshape[0], tokens: xshape[1], d: xshape[2],
@@ -230,7 +244,7 @@ extension Executor {
             let m = xshape[xshape.count - 2], n = xshape[xshape.count - 1]
             return .causalMask(x: f(x), y: f(out), matrices: m * n == 0 ? 0 : ocount / (m * n), m: m, n: n, value: value)
         case .reshape:
-            let es = graph.values[out].type.dtype == .int64 ? 8 : 4
+            let es = graph.values[out].type.dtype.byteSize
             return .copyBytes(x: pointer(x), y: pointer(out), bytes: ocount * es)
         case .transpose(let perm):
             let cs = contiguousStrides(xshape)
@@ -256,6 +270,11 @@ extension Executor {
         case .writeSlice(let axis):
             let (o, n, i) = Kernels.around(xshape, axis)
             let m = shapeOf(s.inputs[1])[axis]
+            if graph.values[out].type.dtype == .float16 {
+                func h(_ v: ValueID) -> UnsafeMutablePointer<UInt16> { pointer(v).assumingMemoryBound(to: UInt16.self) }
+                return .writeSliceHalf(x: h(x), update: f(s.inputs[1]), position: pointer(s.inputs[2]).assumingMemoryBound(to: Int64.self),
+                                       y: h(out), outer: o, n: n, m: m, inner: i)
+            }
             return .writeSlice(x: f(x), update: f(s.inputs[1]), position: pointer(s.inputs[2]).assumingMemoryBound(to: Int64.self),
                                y: f(out), outer: o, n: n, m: m, inner: i)
         case .maskAfter(let value):

@@ -253,7 +253,8 @@ public enum ReferenceInterpreter {
             for i in x[1].data.indices {
                 var idx = unravel(i, u)
                 idx[axis] += p
-                out[ravel(idx, s)] = x[1].data[i]
+                // An f16 state stores the update rounded to half precision.
+                out[ravel(idx, s)] = outputType.dtype == .float16 ? Double(Float(Float16(Float(x[1].data[i])))) : x[1].data[i]
             }
             return RefTensor(shape: s, data: out)
         case .maskAfter(let value):

@@ -15,8 +15,9 @@ public enum AheadOfTime {
     /// sizes `batches` (decode steps also for twice each size: guidance doubles the rows).
     /// Any compiled functions the model had are replaced. Other batch sizes still work; they
     /// are planned when first used.
+    /// Decode steps keep their KV cache in `kvCache` (f32 or f16; nil: f16 for f16/bf16 weights).
     public static func compile(_ model: Model, functions: [Function] = Function.allCases, batches: [Int] = [1],
-                               options: Compiler.Options = Compiler.Options()) throws -> Model {
+                               options: Compiler.Options = Compiler.Options(), kvCache: DType? = nil) throws -> Model {
         guard !batches.isEmpty, batches.allSatisfy({ $0 >= 1 && $0 <= Int(Int32.max) / 2 }) else {
             throw TarFlowError.invalidInput("batch sizes must lie in 1...\(Int32.max / 2), are \(batches)")
         }
@@ -35,7 +36,12 @@ public enum AheadOfTime {
         for name in names where seen.insert(name).inserted {
             let sizes = Set(batches + (name.hasPrefix("decode") ? batches.map { 2 * $0 } : [])).sorted()
             let bindings = sizes.map { ["B": $0] }
-            m.compiled.append(try compileFunction(name, of: m, bindings: bindings, options: options))
+            var o = options
+            if name.hasPrefix("decode") {
+                let weights = model.linearWeightDType ?? .float32
+                o.halfPrecisionState = (kvCache ?? (weights == .float32 ? .float32 : .float16)) == .float16
+            }
+            m.compiled.append(try compileFunction(name, of: m, bindings: bindings, options: o))
         }
         try m.verify()
         return m

@@ -1,5 +1,6 @@
 import Dispatch
 import Foundation
+import FlowIR
 import FlowRuntime
 #if canImport(Glibc)
 import Glibc
@@ -68,7 +69,9 @@ public enum BenchSupport {
     }
 
     /// Full sampling runs (all blocks, all tokens) of `batch` images, unguided.
-    public static func sample(_ m: TarFlowModel, batch: Int, reps: Int, profile: Bool = false) throws -> Result {
+    public static func sample(_ m: TarFlowModel, batch: Int, reps: Int, profile: Bool = false, kvCache: DType? = nil) throws -> Result {
+        var options = SamplingOptions()
+        options.kvCache = kvCache
         if profile {
             // One decode step of block 0 at the middle token.
             let bound = try m.decodePlan(0).bind(["B": batch])
@@ -99,20 +102,19 @@ public enum BenchSupport {
             FileDescriptorOutput.standardError(s)
         }
         let z = m.noise(count: batch, seed: 0)
-        try warmUp { _ = try m.sample(noise: z) }
+        try warmUp { _ = try m.sample(noise: z, options: options) }
         var times: [Double] = []
         for _ in 0..<reps {
             let t0 = now()
-            _ = try m.sample(noise: z)
+            _ = try m.sample(noise: z, options: options)
             times.append(now() - t0)
         }
-        var flops = 0.0, arena = 0
+        var flops = 0.0
+        let half = (kvCache ?? m.defaultKVCache) == .float16
         for k in 0..<m.config.numBlocks {
-            let e = try m.decodePlan(k)
-            flops += e.plan.flops(bindings: ["B": batch]) * Double(m.config.numPatches - 1)
-            arena = max(arena, m.splitsBatch(e, rows: batch) ? try e.bindSplit(["B": batch]).arenaByteCount : try e.bind(["B": batch]).arenaByteCount)
+            flops += try m.decodePlan(k, halfCache: half).plan.flops(bindings: ["B": batch]) * Double(m.config.numPatches - 1)
         }
-        return Result(seconds: times, flops: flops, arenaBytes: arena)
+        return Result(seconds: times, flops: flops, arenaBytes: try m.samplingSession(rows: batch, halfCache: half).arenaBytes)
     }
 
     /// Seconds from opening a model file to the first forward result on `batch` images, each
@@ -168,5 +170,60 @@ enum FileDescriptorOutput {
     static func standardError(_ s: String) {
         var bytes = Array(s.utf8)
         _ = bytes.withUnsafeMutableBytes { write(2, $0.baseAddress, $0.count) }
+    }
+}
+
+extension BenchSupport {
+    /// `tarflow bench --what decode`: decode steps of the first block sampling runs, as
+    /// `sample` runs them (same arena, split or per-op threads, KV-cache precision).
+    public struct DecodeResult: Sendable {
+        public var secondsPerStep: Double
+        /// Per step × (T − 1) × blocks / batch: sampling time per image from the steps alone.
+        public var secondsPerImageEstimate: Double
+        /// Weights plus KV cache read per step, averaged over the timed positions.
+        public var bytesPerStep: Double
+        public var gbytesPerSecond: Double { bytesPerStep / secondsPerStep / 1e9 }
+        public var weightBytes: Int
+        public var kvCache: DType
+        public var split: Bool
+    }
+
+    /// Times `steps` decode steps at positions spread evenly over 0 ..< T − 1 (so the KV reads
+    /// average those of a whole block), after one untimed pass over a few of them.
+    public static func decode(_ m: TarFlowModel, batch: Int, steps: Int, kvCache: DType? = nil) throws -> DecodeResult {
+        let c = m.config
+        let T = c.numPatches
+        let kv = kvCache ?? m.defaultKVCache
+        let session = try m.samplingSession(rows: batch, halfCache: kv == .float16)
+        let k = c.numBlocks - 1
+        let step = session.steps[k]
+        step.resetState()
+        let scale = TarFlowGraphs.attentionScale(c)
+        for r in 0..<batch {
+            step.logitScale[r].pointee = scale
+            step.label[r]?.pointee = c.numClasses > 0 ? Int64(r % c.numClasses) : -1
+            for d in 0..<c.patchDim { step.x[r][d] = Float((r * 31 + d) % 17) / 17 - 0.5 }
+        }
+        let positions = (0..<max(1, steps)).map { $0 * (T - 1) / max(1, steps) }
+        for p in positions.prefix(4) {
+            for q in step.position { q.pointee = Int64(p) }
+            try step.run()
+        }
+        var total = 0.0
+        for p in positions {
+            for q in step.position { q.pointee = Int64(p) }
+            let t0 = now()
+            try step.run()
+            total += now() - t0
+        }
+        let perStep = total / Double(positions.count)
+        let plan = try m.decodePlan(k, halfCache: kv == .float16)
+        let split = m.splitsDecode(plan, rows: batch)
+        // Each part of a split reads every weight; per-op threads read each once.
+        let weights = plan.packedWeightBytes * (split ? min(plan.threads, batch) : 1)
+        let meanKeys = positions.reduce(0.0) { $0 + Double($1 + 1) } / Double(positions.count)
+        let kvBytes = 2 * Double(c.layersPerBlock) * Double(batch) * meanKeys * Double(c.channels) * Double(kv.byteSize)
+        return DecodeResult(secondsPerStep: perStep, secondsPerImageEstimate: perStep * Double(T - 1) * Double(c.numBlocks) / Double(batch),
+                            bytesPerStep: Double(weights) + kvBytes, weightBytes: weights, kvCache: kv, split: split)
     }
 }

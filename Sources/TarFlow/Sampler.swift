@@ -16,6 +16,9 @@ public struct SamplingOptions: Sendable, Hashable {
     public var annealed = false
     /// Scales the prior noise (τ).
     public var temperature: Float = 1
+    /// Precision of the KV cache: f32 or f16 (math is f32 either way); nil: the model's
+    /// default (`TarFlowModel.defaultKVCache`: f16 for f16/bf16 weights, f32 for f32).
+    public var kvCache: DType? = nil
 
     public init(guidance: Float = 0, guideWhat: String = "ab", attentionTemperature: Float = 1, annealed: Bool = false,
                 temperature: Float = 1) {
@@ -33,6 +36,9 @@ public struct SamplingOptions: Sendable, Hashable {
             throw TarFlowError.invalidInput("attention temperature must be > 0, is \(attentionTemperature)")
         }
         guard temperature >= 0, temperature.isFinite else { throw TarFlowError.invalidInput("temperature must be a finite number >= 0, is \(temperature)") }
+        if let kvCache, kvCache != .float32, kvCache != .float16 {
+            throw TarFlowError.invalidInput("the KV cache can be f32 or f16, not \(kvCache)")
+        }
     }
 }
 
@@ -55,30 +61,59 @@ extension TarFlowModel {
         return Tensor(shape: [count, config.numPatches, config.patchDim], floats: (0..<n).map { rng.gaussian(UInt64($0)) })
     }
 
-    /// The compiled decode step of block `k`.
-    func decodePlan(_ k: Int) throws -> Executor {
+    /// The compiled decode step of block `k`, with its KV cache in f16 if `halfCache`.
+    func decodePlan(_ k: Int, halfCache: Bool = false) throws -> Executor {
         lock.lock()
         defer { lock.unlock() }
-        if let e = decodeExecutors[k] { return e }
-        let e = try makeExecutor("decode\(k)") {
+        let key = DecodeKey(block: k, halfCache: halfCache)
+        if let e = decodeExecutors[key] { return e }
+        let e = try makeExecutor("decode\(k)", halfPrecisionState: halfCache) {
             guard let g = model.graph(named: "decode\(k)") else {
                 throw TarFlowError.invalidModel("the model file has no 'decode\(k)' graph; re-convert it with this version of `tarflow convert`")
             }
             return g
         }
-        decodeExecutors[k] = e
+        decodeExecutors[key] = e
         return e
     }
 
     /// The bound decode step of block `k` for `batch` rows (for benchmarks and custom loops).
-    public func decodeStep(block k: Int, batch: Int) throws -> BoundPlan {
-        try decodePlan(k).bind(["B": batch])
+    public func decodeStep(block k: Int, batch: Int, kvCache: DType = .float32) throws -> BoundPlan {
+        try decodePlan(k, halfCache: kvCache == .float16).bind(["B": batch])
     }
 
     /// The decode step of block `k` for `batch` rows split between the threads, as `sample`
-    /// runs it when there are at least as many rows as threads (for benchmarks and custom loops).
-    public func decodeStepSplit(block k: Int, batch: Int) throws -> BatchSplitPlan {
-        try decodePlan(k).bindSplit(["B": batch])
+    /// runs it when there are at least as many rows as threads and the weights are small (for
+    /// benchmarks and custom loops).
+    public func decodeStepSplit(block k: Int, batch: Int, kvCache: DType = .float32) throws -> BatchSplitPlan {
+        try decodePlan(k, halfCache: kvCache == .float16).bindSplit(["B": batch])
+    }
+
+    /// The decode steps of every block for `rows` rows, in one arena (one per thread when the
+    /// batch is split): blocks run one after another, so they share buffers and KV cache. Kept
+    /// for the next call with the same shape; a new shape replaces it.
+    func samplingSession(rows: Int, halfCache: Bool) throws -> SamplingSession {
+        lock.lock()
+        if let s = samplingSession, s.rows == rows, s.halfCache == halfCache {
+            lock.unlock()
+            return s
+        }
+        samplingSession = nil  // free the old arena before making the new one
+        lock.unlock()
+        let plans = try (0..<config.numBlocks).map { try decodePlan($0, halfCache: halfCache) }
+        let split = splitsDecode(plans[0], rows: rows)
+        var sizes: [Int] = []
+        for p in plans {
+            let need = split ? try p.splitArenaBytes(["B": rows]) : [try p.memoryPlan(["B": rows]).arenaBytes]
+            sizes = sizes.isEmpty ? need : zip(sizes, need).map { max($0, $1) }
+        }
+        let arenas = try sizes.map { try SharedArena(byteCount: $0) }
+        let steps = try plans.enumerated().map { k, p in try DecodeStep(plan: p, rows: rows, split: split, block: k, arenas: arenas) }
+        let s = SamplingSession(rows: rows, halfCache: halfCache, steps: steps, arenaBytes: sizes.reduce(0, +))
+        lock.lock()
+        samplingSession = s
+        lock.unlock()
+        return s
     }
 
     /// `Model.reverse`: prior noise f32[B, T, D] → images f32[B, C, H, W] in model space.
@@ -109,9 +144,9 @@ extension TarFlowModel {
         let guided = options.guidance > 0 && (options.guideA || options.guideB)
         let rows = guided ? 2 * B : B
         let scale = TarFlowGraphs.attentionScale(config)
+        let session = try samplingSession(rows: rows, halfCache: (options.kvCache ?? defaultKVCache) == .float16)
         for (run, k) in (0..<config.numBlocks).reversed().enumerated() {
-            let plan = try decodePlan(k)
-            let step = try DecodeStep(plan: plan, rows: rows, split: splitsBatch(plan, rows: rows), block: k)
+            let step = session.steps[k]
             step.resetState()
             for r in 0..<rows { step.logitScale[r].pointee = r < B ? scale : scale / options.attentionTemperature }
             for r in 0..<rows { step.label[r]?.pointee = r < B ? Int64(labs[r]) : -1 }
@@ -180,10 +215,11 @@ struct DecodeStep {
     var label: [UnsafeMutablePointer<Int64>?] = []
     var position: [UnsafeMutablePointer<Int64>] = []
 
-    init(plan: Executor, rows: Int, split: Bool, block k: Int) throws {
+    /// - Parameter arenas: where the buffers go (one arena per part when split, else one).
+    init(plan: Executor, rows: Int, split: Bool, block k: Int, arenas: [SharedArena]) throws {
         let missing = TarFlowError.invalidModel("decode\(k) lacks the inputs x, pos, logit_scale or outputs a, b")
         if split {
-            let split = try plan.bindSplit(["B": rows])
+            let split = try plan.bindSplit(["B": rows], in: arenas)
             run = { try split.run() }
             resetState = { split.resetState() }
             for r in 0..<rows {
@@ -198,7 +234,7 @@ struct DecodeStep {
             position = split.buffers("pos").map { $0.assumingMemoryBound(to: Int64.self) }
             guard position.count == split.parts.count else { throw missing }
         } else {
-            let bound = try plan.bind(["B": rows])
+            let bound = try plan.bind(["B": rows], in: arenas[0])
             run = { try bound.run() }
             resetState = { bound.resetState() }
             guard let xin = bound.buffer("x"), let pos = bound.buffer("pos"), let ls = bound.buffer("logit_scale"),
@@ -215,5 +251,20 @@ struct DecodeStep {
             }
             position = [pos.pointer.assumingMemoryBound(to: Int64.self)]
         }
+    }
+}
+
+/// Every block's decode step for one batch shape, sharing one arena (per thread when split).
+final class SamplingSession: @unchecked Sendable {
+    let rows: Int
+    let halfCache: Bool
+    /// By block index.
+    let steps: [DecodeStep]
+    let arenaBytes: Int
+    init(rows: Int, halfCache: Bool, steps: [DecodeStep], arenaBytes: Int) {
+        self.rows = rows
+        self.halfCache = halfCache
+        self.steps = steps
+        self.arenaBytes = arenaBytes
     }
 }

@@ -26,8 +26,15 @@ public final class TarFlowModel: @unchecked Sendable {
     public let threads: Int
     let lock = NSLock()
     var forwardExecutor: Executor?
-    var decodeExecutors: [Int: Executor] = [:]
+    /// Decode steps by block and whether their KV cache is f16.
+    var decodeExecutors: [DecodeKey: Executor] = [:]
+    struct DecodeKey: Hashable { var block: Int, halfCache: Bool }
     var gradientExecutor: Executor?
+    /// The decode steps of the last sampling batch shape, in one shared arena (see `sample`).
+    var samplingSession: SamplingSession?
+    /// The weights as the kernels read them (packed linear layers), made once and shared by
+    /// the forward plan, every decode block and the gradient.
+    public let weights: WeightStore
     /// The model's compiled functions (`tarflow compile`), checked and ready: used instead of
     /// compiling the graph of the same name.
     let precompiled: [String: LoadedFunction]
@@ -52,6 +59,7 @@ public final class TarFlowModel: @unchecked Sendable {
         config = try TarFlowConfig(validating: model)
         noiseStd = model.metadata["tarflow.noise_std"]?.doubleValue
         self.threads = max(1, threads)
+        weights = WeightStore(model: model)
         guard model.graph(named: "forward") != nil else { throw TarFlowError.invalidModel("the model file has no 'forward' graph") }
         let constants = model.constantTypes
         var loaded: [String: LoadedFunction] = [:]
@@ -64,12 +72,24 @@ public final class TarFlowModel: @unchecked Sendable {
 
     /// An executor for function `name`: from its compiled form in the file if there is one
     /// (no passes run; stored memory plans are used for their bindings), else compiled now.
-    func makeExecutor(_ name: String, source: () throws -> Graph) throws -> Executor {
-        if let f = precompiled[name] {
-            return try Executor(plan: f.plan, model: model, threads: threads, memoryPlans: f.memoryPlans)
+    /// `halfPrecisionState`: keep the graph's KV caches in f16 (a stored function is used only
+    /// if it was compiled the same way).
+    func makeExecutor(_ name: String, halfPrecisionState: Bool = false, source: () throws -> Graph) throws -> Executor {
+        if let f = precompiled[name], f.plan.graph.hasHalfPrecisionState == halfPrecisionState {
+            return try Executor(plan: f.plan, model: model, threads: threads, memoryPlans: f.memoryPlans, weights: weights)
         }
-        return try Executor(plan: try Compiler.compile(try source(), constants: model.constantTypes), model: model, threads: threads)
+        var options = Compiler.Options()
+        options.halfPrecisionState = halfPrecisionState
+        return try Executor(plan: try Compiler.compile(try source(), constants: model.constantTypes, options: options), model: model,
+                            threads: threads, weights: weights)
     }
+
+    /// The storage precision of the linear-layer weights (f32, f16 or bf16; f32 when mixed).
+    public var weightDType: DType { model.linearWeightDType ?? .float32 }
+
+    /// The KV-cache precision sampling uses unless told otherwise: f16 for f16 and bf16 models,
+    /// f32 for f32 models.
+    public var defaultKVCache: DType { weightDType == .float32 ? .float32 : .float16 }
 
     /// The compiled forward plan's executor (compiled on first use).
     public func forwardPlan() throws -> Executor {
@@ -87,6 +107,21 @@ public final class TarFlowModel: @unchecked Sendable {
     /// (measured on MNIST with 2 threads: forward at batch 4 7.1 ms vs 10.8, batch 64 112 ms vs
     /// 116–133; decode steps at 16 rows 2× faster). Below one row per thread, per-op threads.
     func splitsBatch(_ e: Executor, rows: Int) -> Bool { e.threads > 1 && rows >= e.threads }
+
+    /// `splitsBatch` for a decode step, which reads every weight for one token per row: each
+    /// part of a split reads all of them, so with large weights (a paper-size block: 113–226 MB
+    /// per step) the split would read them once per thread; per-op threads split each layer's
+    /// columns instead and read them once.
+    func splitsDecode(_ e: Executor, rows: Int) -> Bool {
+        splitsBatch(e, rows: rows) && e.packedWeightBytes <= TarFlowModel.splitWeightLimit
+    }
+
+    /// Packed weight bytes up to which a decode step's batch is split between threads (about
+    /// what the caches hold; `TARFLOW_SPLIT_WEIGHTS` overrides it for experiments).
+    nonisolated(unsafe) static var splitWeightLimit: Int = {
+        if let e = ProcessInfo.processInfo.environment["TARFLOW_SPLIT_WEIGHTS"], let v = Int(e) { return v }
+        return 32 << 20
+    }()
 
     /// Result of the forward pass on a batch.
     public struct ForwardResult: Sendable {

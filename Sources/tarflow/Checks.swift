@@ -103,7 +103,7 @@ enum Checks {
     static func planBytes(_ plan: ExecutionPlan, batch: Int) -> Int {
         let g = plan.graph
         func bytes(_ v: ValueID) -> Int {
-            var n = g.values[v].type.dtype == .int64 ? 8 : 4
+            var n = g.values[v].type.dtype.byteSize
             for d in g.values[v].type.shape { n = mul(n, d.resolved(["B": batch]) ?? batch) }
             return add(n, 63) / 64 * 64
         }

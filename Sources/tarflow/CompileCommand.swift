@@ -22,6 +22,9 @@ struct Compile: ParsableCommand {
     @Option(help: "A config JSON (keys as Tests/Fixtures/*/case.json) instead of a model file; needs --random-weights.")
     var config: String?
     @Option(help: "Seed of the generated weights for --config.") var randomWeights: UInt64?
+    @Option(help: "Re-encode the linear-layer weights: f32, f16 or bf16 (default: keep the file's).") var weights: WeightsDType?
+    @Option(help: "KV cache of the compiled decode steps: f32 or f16 (default: f16 for f16/bf16 weights, f32 for f32).")
+    var kvCache: KVCacheDType?
 
     func run() throws {
         guarded {
@@ -47,7 +50,9 @@ struct Compile: ParsableCommand {
             case (nil, nil):
                 throw TarFlowError.invalidInput("give a model file to compile, or --config CONFIG.json --random-weights SEED")
             }
-            let compiled = try AheadOfTime.compile(source, functions: fs, batches: batches)
+            var model = source
+            if let weights { model = try model.storingLinearWeights(as: weights.dtype) }
+            let compiled = try AheadOfTime.compile(model, functions: fs, batches: batches, kvCache: kvCache?.dtype)
             try ModelFile.write(compiled, to: URL(fileURLWithPath: output))
             let plans = compiled.compiled.reduce(0) { $0 + $1.plans.count }
             if compiled.compiled.isEmpty { print("wrote \(output): no compiled functions (--functions none)"); return }

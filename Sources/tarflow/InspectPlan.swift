@@ -19,7 +19,7 @@ enum PlanReport {
         g.state.reduce(0) { acc, st in
             let t = g.values[st.input].type
             let n = t.concreteShape(bindings).flatMap { elementCount($0) } ?? 0
-            return acc + n * (t.dtype == .int64 ? 8 : 4)
+            return acc + n * t.dtype.byteSize
         }
     }
 

@@ -28,6 +28,8 @@ struct Sample: ParsableCommand {
     @Option(help: "Columns of the PNG grid (default: the square root of the count).") var gridColumns: Int?
     @Flag(help: "Min-max normalize PNG output, as torchvision's save_image(normalize=True).") var normalize = false
     @Option(help: "Threads for the GEMMs.") var threads: Int = 1
+    @Option(help: "KV cache precision: f32 or f16 (math is f32; default: f16 for f16/bf16 models, f32 for f32 models).")
+    var kvCache: KVCacheDType?
     @Flag(help: "No progress bar.") var quiet = false
 
     func run() throws {
@@ -49,8 +51,9 @@ struct Sample: ParsableCommand {
             if noise != nil && count != nil { throw CLIError("give --noise or --count, not both") }
             let m = try Checks.model(model, threads: threads)
             let c = m.config
-            let opts = SamplingOptions(guidance: guidance, guideWhat: guideWhat.rawValue, attentionTemperature: attnTemp,
+            var opts = SamplingOptions(guidance: guidance, guideWhat: guideWhat.rawValue, attentionTemperature: attnTemp,
                                        annealed: annealed, temperature: temperature)
+            opts.kvCache = kvCache?.dtype
 
             // Batch size: the noise's first dimension, else --count, else the number of labels.
             var labs = try labels.map { try ImageSet.loadLabels(contentsOf: URL(fileURLWithPath: $0)) }

@@ -63,13 +63,16 @@ struct Convert: ParsableCommand {
     @Option(help: "Patch size.") var patchSize: Int?
     @Option(help: "Training noise level σ (read from official file names like afhq_model_8_768_8_8_0.07.pth when absent).")
     var noiseStd: Double?
+    @Option(help: "Storage of the linear-layer weights: f32, f16 or bf16 (rounded to nearest even; half the file, half the bytes a decode step reads).")
+    var weights: WeightsDType = .f32
 
     func run() throws {
         guarded {
             if let n = noiseStd, !(n >= 0 && n.isFinite) { throw CLIError("--noise-std \(n) must be a finite number >= 0") }
             try Checks.output(output, "-o")
-            let model = try Converter.convert(checkpoint: URL(fileURLWithPath: checkpoint),
+            var model = try Converter.convert(checkpoint: URL(fileURLWithPath: checkpoint),
                                               options: .init(imageSize: imageSize, inChannels: inChannels, patchSize: patchSize, noiseStd: noiseStd))
+            if weights != .f32 { model = try model.storingLinearWeights(as: weights.dtype) }
             try ModelFile.write(model, to: URL(fileURLWithPath: output))
             let c = try TarFlowConfig(metadata: model.metadata)
             print("wrote \(output): \(c.inChannels)x\(c.imgSize)x\(c.imgSize), patch \(c.patchSize), \(c.channels) channels, \(c.numBlocks) blocks x \(c.layersPerBlock) layers, \(c.numClasses) classes, nvp=\(c.nvp), noise_std=\(model.metadata["tarflow.noise_std"]?.description ?? "unknown")")

@@ -15,7 +15,7 @@ final class LinearKernelTests: XCTestCase {
     }
 
     /// The copies this CPU can run (always at least the baseline).
-    var instructionSets: [String] { ["avx512", "avx2", "baseline"].filter { fk_select_instruction_set($0) == 0 } }
+    var instructionSets: [String] { ["avx512bf16", "avx512", "avx2", "baseline"].filter { fk_select_instruction_set($0) == 0 } }
 
     struct Case {
         var rows: Int, k: Int, n: Int

@@ -1,10 +1,16 @@
-// Hot loops of FlowRuntime's fused ops, in C so that one portable build carries AVX-512,
-// AVX2+FMA and baseline versions of each (target_clones, chosen at load time by the CPU).
-// Pure functions on raw buffers: no allocation, no threads, no global state.
+// Hot loops of FlowRuntime's kernels, in C so that one portable build carries AVX-512,
+// AVX2+FMA+F16C and baseline copies of each (kernels_*.c include kernels_impl.inc once per
+// instruction set; dispatch.c picks a copy at load through a table of function pointers).
+// The kernels are functions on raw buffers that neither allocate nor start threads; the
+// thread pool at the end of this header (pool.c) is the one part with threads.
 #ifndef FLOW_KERNELS_H
 #define FLOW_KERNELS_H
 
 #include <stddef.h>
+#include <stdint.h>
+
+/// Element types of packed linear weights (fk_linear_w; BF16DOT: fk_linear_bf16dot's layout).
+enum { FK_WEIGHTS_F32 = 0, FK_WEIGHTS_F16 = 1, FK_WEIGHTS_BF16 = 2, FK_WEIGHTS_BF16DOT = 3 };
 
 /// y[i] = x[i]·½·(1 + erf(x[i]/√2)); x and y may be the same buffer.
 void fk_gelu(const float *x, float *y, ptrdiff_t n);
@@ -27,11 +33,50 @@ void fk_attention(const float *q, ptrdiff_t q_row, const float *k, ptrdiff_t k_r
                   float *out, ptrdiff_t out_row, ptrdiff_t m, ptrdiff_t n, ptrdiff_t d, float scale, int causal,
                   ptrdiff_t limit, ptrdiff_t row0, ptrdiff_t rows, float *scratch);
 
-/// Floats of W [n, k] packed for fk_linear: ⌈n/32⌉ panels × k × 32.
+/// Elements of W [n, k] packed for fk_linear: ⌈n/32⌉ panels × k × 32.
 ptrdiff_t fk_packed_size(ptrdiff_t n, ptrdiff_t k);
 
 /// Packs W [n, k] (row-major, y = x·Wᵀ) into panels of 32 output columns, zero-padded.
 void fk_pack_weights(const float *w, ptrdiff_t n, ptrdiff_t k, float *packed);
+
+/// fk_pack_weights for 16-bit weights (float16 or bfloat16 bits, copied as they are).
+void fk_pack_weights_16(const uint16_t *w, ptrdiff_t n, ptrdiff_t k, uint16_t *packed);
+
+/// fk_linear with packed weights of element type `wtype` (FK_WEIGHTS_*), widened to float32
+/// in registers; sums in float32 as fk_linear.
+void fk_linear_w(const float *x, const void *packed, int wtype, const float *bias, const float *residual, float *y,
+                 ptrdiff_t rows, ptrdiff_t k, ptrdiff_t n, ptrdiff_t panel0, ptrdiff_t panels, int gelu);
+
+/// fk_attention's contract with K and V stored as float16 (query, output and math in
+/// float32). Scratch: fk_attention_scratch floats.
+void fk_attention_kvh(const float *q, ptrdiff_t q_row, const uint16_t *k, ptrdiff_t k_row, const uint16_t *v,
+                      ptrdiff_t v_row, float *out, ptrdiff_t out_row, ptrdiff_t m, ptrdiff_t n, ptrdiff_t d, float scale,
+                      int causal, ptrdiff_t limit, ptrdiff_t row0, ptrdiff_t rows, float *scratch);
+
+/// Whether fk_linear_bf16dot runs here: the CPU has AVX512-BF16 and that copy is selected.
+int fk_bf16dot_available(void);
+
+/// Elements (uint16) of W [n, k] packed for fk_linear_bf16dot: ⌈n/32⌉ panels × ⌈k/2⌉ pairs × 64.
+ptrdiff_t fk_packed_size_bf16dot(ptrdiff_t n, ptrdiff_t k);
+
+/// Packs bf16 W [n, k] into panels of 32 columns with k in pairs (w[c, 2t], w[c, 2t+1]), zero-padded.
+void fk_pack_weights_bf16dot(const uint16_t *w, ptrdiff_t n, ptrdiff_t k, uint16_t *packed);
+
+/// fk_linear for bf16 weights with x rounded to bf16 (nearest even) and native bf16 dot products
+/// summed in f32 (AVX512-BF16); does nothing unless fk_bf16dot_available(). `scratch` holds
+/// rows × ⌈k/2⌉ × 2 uint16 (x as bf16). Each output is one sequential sum over k.
+void fk_linear_bf16dot(const float *x, const uint16_t *packed, const float *bias, const float *residual, float *y,
+                       ptrdiff_t rows, ptrdiff_t k, ptrdiff_t n, ptrdiff_t panel0, ptrdiff_t panels, int gelu,
+                       uint16_t *scratch);
+
+/// float32 → float16 bits, rounded to nearest even (overflow → ±Inf, NaN stays NaN).
+void fk_f32_to_f16(const float *x, uint16_t *y, ptrdiff_t n);
+
+/// float16 bits → float32 (exact).
+void fk_f16_to_f32(const uint16_t *x, float *y, ptrdiff_t n);
+
+/// Σ x[i] (for measuring read bandwidth: loads dominate).
+float fk_sum(const float *x, ptrdiff_t n);
 
 /// y = act(x·Wᵀ + bias) + residual for `rows` rows (x is [rows, k], y and residual [rows, n],
 /// contiguous) and the output columns of panels panel0 ..< panel0 + panels. bias and residual
@@ -40,10 +85,10 @@ void fk_pack_weights(const float *w, ptrdiff_t n, ptrdiff_t k, float *packed);
 void fk_linear(const float *x, const float *packed, const float *bias, const float *residual, float *y, ptrdiff_t rows,
                ptrdiff_t k, ptrdiff_t n, ptrdiff_t panel0, ptrdiff_t panels, int gelu);
 
-/// Which kernel copy runs on this CPU: "avx512", "avx2" or "baseline".
+/// Which kernel copy runs on this CPU: "avx512bf16", "avx512", "avx2" or "baseline".
 const char *fk_instruction_set(void);
 
-/// Switches to the named kernel copy ("avx512", "avx2", "baseline", or "auto": the best this
+/// Switches to the named kernel copy ("avx512bf16", "avx512", "avx2", "baseline", or "auto": the best this
 /// CPU runs) if this CPU can run it; returns 0 on success. For tests that check every copy
 /// against a reference; not safe while kernels run on other threads.
 int fk_select_instruction_set(const char *name);

@@ -1,0 +1,108 @@
+import CFlowKernels
+import FlowIR
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The weights of one model as the kernels read them, made once and shared by every executor
+/// of the model (the forward plan, each decode block, the gradient): linear-layer weights
+/// packed for `fk_linear_w` in their stored precision (f32, f16 or bf16), and f16/bf16
+/// tensors that other ops read, widened to f32. A packed weight's mapped file pages are then
+/// released, so its bytes are resident once, not twice.
+public final class WeightStore: @unchecked Sendable {
+    public let model: Model
+    /// A linear weight packed in panels of 32 output columns (see `fk_pack_weights`).
+    struct Packed {
+        let pointer: UnsafeRawPointer
+        /// FK_WEIGHTS_F32, FK_WEIGHTS_F16 or FK_WEIGHTS_BF16.
+        let type: Int32
+        let bytes: Int
+    }
+    private var packed: [String: Packed] = [:]
+    private var widened: [String: UnsafeMutableRawPointer] = [:]
+    private var owned: [UnsafeMutableRawPointer] = []
+    private let lock = NSLockLike()
+    /// Bytes this store allocated (packed and widened copies).
+    public private(set) var allocatedBytes = 0
+    /// Bytes of the packed weights (what one pass over every linear layer reads).
+    public private(set) var packedBytes = 0
+
+    public init(model: Model) { self.model = model }
+
+    /// bf16 weights run on native bf16 dot products (activations rounded to bf16) where the CPU
+    /// has them (AVX512-BF16), else widened to f32 in registers. `TARFLOW_BF16DOT=0` turns the
+    /// native path off, for comparisons.
+    public static var nativeBF16: Bool {
+        fk_bf16dot_available() != 0 && getenv("TARFLOW_BF16DOT").map { String(cString: $0) != "0" } ?? true
+    }
+
+    deinit { for p in owned { p.deallocate() } }
+
+    private func allocate(_ bytes: Int, limit: Int) throws -> UnsafeMutableRawPointer {
+        guard case let (total, o) = allocatedBytes.addingReportingOverflow(bytes), !o, total <= limit else {
+            throw RuntimeError("the model's weights need more than the \(limit) bytes of memory this process may use")
+        }
+        allocatedBytes = total
+        let p = UnsafeMutableRawPointer.allocate(byteCount: max(bytes, 64), alignment: 64)
+        owned.append(p)
+        return p
+    }
+
+    /// The packed form of linear weight `name` ([n, k]), made on first use.
+    func packed(_ name: String, n: Int, k: Int) throws -> Packed {
+        lock.lock()
+        defer { lock.unlock() }
+        if let p = packed[name] { return p }
+        guard let t = model.tensor(named: name), t.shape == [n, k] else { throw RuntimeError("linear weight '\(name)' is missing or is not [\(n), \(k)]") }
+        let elements = fk_packed_size(n, k)
+        let result: Packed
+        switch t.dtype {
+        case .bfloat16 where WeightStore.nativeBF16:
+            let count = fk_packed_size_bf16dot(n, k)
+            let p = try allocate(count * 2, limit: Executor.memoryLimit)
+            fk_pack_weights_bf16dot(t.bytes.pointer.assumingMemoryBound(to: UInt16.self), n, k, p.assumingMemoryBound(to: UInt16.self))
+            result = Packed(pointer: UnsafeRawPointer(p), type: Int32(FK_WEIGHTS_BF16DOT), bytes: count * 2)
+        case .float16, .bfloat16:
+            let p = try allocate(elements * 2, limit: Executor.memoryLimit)
+            fk_pack_weights_16(t.bytes.pointer.assumingMemoryBound(to: UInt16.self), n, k, p.assumingMemoryBound(to: UInt16.self))
+            result = Packed(pointer: UnsafeRawPointer(p), type: Int32(t.dtype == .float16 ? FK_WEIGHTS_F16 : FK_WEIGHTS_BF16), bytes: elements * 2)
+        case .float32:
+            let p = try allocate(elements * 4, limit: Executor.memoryLimit)
+            let src = Int(bitPattern: t.bytes.pointer) % 4 == 0 ? nil : t.floats()
+            if let src {
+                src.withUnsafeBufferPointer { fk_pack_weights($0.baseAddress!, n, k, p.assumingMemoryBound(to: Float.self)) }
+            } else {
+                fk_pack_weights(t.bytes.pointer.assumingMemoryBound(to: Float.self), n, k, p.assumingMemoryBound(to: Float.self))
+            }
+            result = Packed(pointer: UnsafeRawPointer(p), type: Int32(FK_WEIGHTS_F32), bytes: elements * 4)
+        case .int64:
+            throw RuntimeError("linear weight '\(name)' is i64")
+        }
+        t.bytes.releaseResidentPages()
+        packedBytes += result.bytes
+        packed[name] = result
+        return result
+    }
+
+    /// Constant `name` as the kernels read it: f32 and i64 in place in the file, f16 and bf16
+    /// widened once to f32.
+    func values(_ name: String) throws -> UnsafeMutableRawPointer {
+        guard let t = model.tensor(named: name) else { throw RuntimeError("constant '\(name)' is missing from the model") }
+        if (t.dtype == .float32 || t.dtype == .int64) && Int(bitPattern: t.bytes.pointer) % t.dtype.byteSize == 0 {
+            return UnsafeMutableRawPointer(mutating: t.bytes.pointer)
+        }
+        lock.lock()
+        defer { lock.unlock() }
+        if let p = widened[name] { return p }
+        let es = t.dtype == .int64 ? 8 : 4
+        let p = try allocate(t.bytes.count / t.dtype.byteSize * es, limit: Executor.memoryLimit)
+        if t.dtype == .int64 {
+            p.copyMemory(from: t.bytes.pointer, byteCount: t.bytes.count)
+        } else {
+            let f = t.floats()
+            f.withUnsafeBytes { p.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+        }
+        widened[name] = p
+        return p
+    }
+}

@@ -1,0 +1,178 @@
+import CFlowKernels
+import FlowTestSupport
+import XCTest
+
+/// The half-precision kernels in every copy this CPU can run: f16 conversions against Swift's
+/// Float16 (every bit pattern), `fk_linear_w` with f16 and bf16 panels against float64 on the
+/// widened weights, and `fk_attention_kvh` against float64 on the widened cache.
+final class HalfPrecisionKernelTests: XCTestCase {
+    var rng = SplitMix64(0x16F16)
+
+    override func tearDown() {
+        _ = fk_select_instruction_set("auto")
+        super.tearDown()
+    }
+
+    var instructionSets: [String] { ["avx512bf16", "avx512", "avx2", "baseline"].filter { fk_select_instruction_set($0) == 0 } }
+
+    func testConversionsMatchFloat16() {
+        // Every f16 bit pattern widens exactly (NaN stays NaN).
+        let all = (0...UInt16.max).map { $0 }
+        var wide = [Float](repeating: 0, count: all.count)
+        fk_f16_to_f32(all, &wide, all.count)
+        for (h, f) in zip(all, wide) {
+            let expected = Float(Float16(bitPattern: h))
+            if expected.isNaN { XCTAssertTrue(f.isNaN, "f16 \(h)") } else { XCTAssertEqual(f.bitPattern, expected.bitPattern, "f16 \(h)") }
+        }
+        // Narrowing rounds to nearest even, as Float16(x): ties, subnormals, overflow, NaN.
+        var xs: [Float] = [0, -0, 1, -1, 65504, 65519.996, 65520, 1e6, -1e6, .infinity, -.infinity, .nan, 6e-8, 3e-8, 2.98e-8, 1e-10,
+                           6.1035156e-05, 6.097555e-05, 1 + 1.0 / 2048, 1 + 3.0 / 2048, 0.1, -0.333]
+        xs += rng.floats(5000, -70000...70000) + rng.floats(5000, -1e-4...1e-4)
+        var narrow = [UInt16](repeating: 0, count: xs.count)
+        fk_f32_to_f16(xs, &narrow, xs.count)
+        for (x, h) in zip(xs, narrow) {
+            if x.isNaN { XCTAssertTrue(Float16(bitPattern: h).isNaN); continue }
+            XCTAssertEqual(h, Float16(x).bitPattern, "\(x)")
+        }
+    }
+
+    func widen(_ bits: [UInt16], bf16: Bool) -> [Float] {
+        bits.map { bf16 ? Float(bitPattern: UInt32($0) << 16) : Float(Float16(bitPattern: $0)) }
+    }
+
+    func testLinearWithHalfWeightsInEveryCopy() throws {
+        for isa in instructionSets {
+            XCTAssertEqual(fk_select_instruction_set(isa), 0)
+            for bf16 in [false, true] {
+                for (rows, k, n) in [(1, 16, 32), (3, 37, 45), (8, 128, 100), (9, 700, 64), (17, 5, 1), (49, 64, 130)] {
+                    let x = rng.floats(rows * k, -1...1), b = rng.floats(n, -1...1), r = rng.floats(rows * n, -1...1)
+                    let w16: [UInt16] = rng.floats(n * k, -1...1).map { bf16 ? bfloat16(of: $0) : Float16($0).bitPattern }
+                    let w = widen(w16, bf16: bf16)
+                    var packed = [UInt16](repeating: 0xFFFF, count: fk_packed_size(n, k))
+                    fk_pack_weights_16(w16, n, k, &packed)
+                    let gelu = n == 100
+                    var y = [Float](repeating: .nan, count: rows * n)
+                    fk_linear_w(x, packed, bf16 ? Int32(FK_WEIGHTS_BF16) : Int32(FK_WEIGHTS_F16), b, r, &y, rows, k, n, 0, (n + 31) / 32, gelu ? 1 : 0)
+                    for i in 0..<rows {
+                        for j in 0..<n {
+                            var s = Double(b[j])
+                            for t in 0..<k { s += Double(x[i * k + t]) * Double(w[j * k + t]) }
+                            if gelu { s = 0.5 * s * (1 + erf(s / 2.0.squareRoot())) }
+                            s += Double(r[i * n + j])
+                            let got = Double(y[i * n + j])
+                            if !(abs(got - s) <= 1e-6 * Double(k + 4)) {
+                                XCTFail("\(isa) \(bf16 ? "bf16" : "f16") \(rows)×\(k)×\(n): y[\(i),\(j)] = \(got), reference \(s)")
+                                return
+                            }
+                        }
+                    }
+                    // The f32 kernel on the widened weights gives the same bits: the widening is
+                    // exact and the sums run in the same order.
+                    var packed32 = [Float](repeating: 0, count: fk_packed_size(n, k))
+                    fk_pack_weights(w, n, k, &packed32)
+                    var y32 = [Float](repeating: .nan, count: rows * n)
+                    fk_linear(x, packed32, b, r, &y32, rows, k, n, 0, (n + 31) / 32, gelu ? 1 : 0)
+                    XCTAssertEqual(y.map(\.bitPattern), y32.map(\.bitPattern), "\(isa) \(bf16 ? "bf16" : "f16") \(rows)×\(k)×\(n)")
+                }
+            }
+        }
+    }
+
+    /// Native bf16 dot products (AVX512-BF16 only): x rounded to bf16, products summed in f32;
+    /// against float64 on the rounded x and weights, and the same bits under row/panel splits.
+    func testNativeBF16DotProducts() throws {
+        guard fk_select_instruction_set("avx512bf16") == 0 else { throw XCTSkip("this CPU has no AVX512-BF16") }
+        XCTAssertEqual(fk_bf16dot_available(), 1)
+        for (rows, k, n) in [(1, 16, 32), (3, 37, 45), (8, 128, 100), (9, 701, 64), (17, 5, 1), (49, 64, 130), (2, 1, 3)] {
+            let x = rng.floats(rows * k, -1...1), b = rng.floats(n, -1...1), r = rng.floats(rows * n, -1...1)
+            let w16 = rng.floats(n * k, -1...1).map { bfloat16(of: $0) }
+            let w = widen(w16, bf16: true), xr = widen(x.map { bfloat16(of: $0) }, bf16: true)
+            var packed = [UInt16](repeating: 0xFFFF, count: fk_packed_size_bf16dot(n, k))
+            fk_pack_weights_bf16dot(w16, n, k, &packed)
+            var scratch = [UInt16](repeating: 0, count: rows * ((k + 1) / 2 * 2))
+            let gelu = n == 100
+            var y = [Float](repeating: .nan, count: rows * n)
+            fk_linear_bf16dot(x, packed, b, r, &y, rows, k, n, 0, (n + 31) / 32, gelu ? 1 : 0, &scratch)
+            for i in 0..<rows {
+                for j in 0..<n {
+                    var s = Double(b[j])
+                    for t in 0..<k { s += Double(xr[i * k + t]) * Double(w[j * k + t]) }
+                    if gelu { s = 0.5 * s * (1 + erf(s / 2.0.squareRoot())) }
+                    s += Double(r[i * n + j])
+                    XCTAssertEqual(Double(y[i * n + j]), s, accuracy: 1e-6 * Double(k + 4), "\(rows)×\(k)×\(n) [\(i),\(j)]")
+                }
+            }
+            // Rows and panels asked for in pieces: the same bits.
+            let panels = (n + 31) / 32
+            var pieces = [Float](repeating: .nan, count: rows * n)
+            let cut = rows / 2
+            for (r0, r1) in [(0, cut), (cut, rows)] where r1 > r0 {
+                for (p0, p1) in [(0, panels / 2), (panels / 2, panels)] where p1 > p0 {
+                    x.withUnsafeBufferPointer { xp in
+                        r.withUnsafeBufferPointer { rp in
+                            pieces.withUnsafeMutableBufferPointer { yp in
+                                fk_linear_bf16dot(xp.baseAddress! + r0 * k, packed, b, rp.baseAddress! + r0 * n, yp.baseAddress! + r0 * n,
+                                                  r1 - r0, k, n, p0, p1 - p0, gelu ? 1 : 0, &scratch)
+                            }
+                        }
+                    }
+                }
+            }
+            XCTAssertEqual(pieces.map(\.bitPattern), y.map(\.bitPattern), "\(rows)×\(k)×\(n)")
+        }
+        XCTAssertEqual(fk_select_instruction_set("avx512"), 0)
+        XCTAssertEqual(fk_bf16dot_available(), 0, "only the AVX512-BF16 copy has native bf16 dot products")
+    }
+
+    func bfloat16(of x: Float) -> UInt16 {
+        let b = x.bitPattern
+        return UInt16((b &+ 0x7fff &+ ((b >> 16) & 1)) >> 16)
+    }
+
+    func testAttentionOverHalfCacheInEveryCopy() throws {
+        for isa in instructionSets {
+            XCTAssertEqual(fk_select_instruction_set(isa), 0)
+            for (m, n, d) in [(1, 5, 16), (1, 300, 64), (3, 7, 20), (4, 9, 72), (2, 40, 8)] {
+                for (causal, limit) in [(true, n), (false, n), (false, 3), (false, 0)] {
+                    let (qr, kr, vr, orow) = (d + 3, d + 1, d + 2, d + 5)
+                    let q = rng.floats(m * qr, -1...1)
+                    let k16 = rng.floats(n * kr, -1...1).map { Float16($0).bitPattern }, v16 = rng.floats(n * vr, -1...1).map { Float16($0).bitPattern }
+                    let k = widen(k16, bf16: false), v = widen(v16, bf16: false)
+                    var out = [Float](repeating: 7, count: m * orow)
+                    var scratch = [Float](repeating: .nan, count: fk_attention_scratch(n, d))
+                    fk_attention_kvh(q, qr, k16, kr, v16, vr, &out, orow, m, n, d, 0.3, causal ? 1 : 0, limit, 0, m, &scratch)
+                    for i in 0..<m {
+                        let valid = causal ? min(n, i + 1 + n - m) : min(n, limit)
+                        var p = (0..<max(valid, 0)).map { j in 0.3 * (0..<d).reduce(0.0) { $0 + Double(q[i * qr + $1]) * Double(k[j * kr + $1]) } }
+                        if let mx = p.max() {
+                            p = p.map { exp($0 - mx) }
+                            let sum = p.reduce(0, +)
+                            p = p.map { $0 / sum }
+                        }
+                        for t in 0..<d {
+                            let got = out[i * orow + t]
+                            guard valid > 0 else {
+                                XCTAssertTrue(got.isNaN, "\(isa) m \(m) n \(n) row \(i): no key visible")
+                                continue
+                            }
+                            let ref = (0..<valid).reduce(0.0) { $0 + p[$1] * Double(v[$1 * vr + t]) }
+                            XCTAssertEqual(Double(got), ref, accuracy: 2e-6, "\(isa) m \(m) n \(n) d \(d) causal \(causal) limit \(limit) [\(i), \(t)]")
+                        }
+                        for t in d..<orow { XCTAssertEqual(out[i * orow + t], 7) }
+                    }
+                }
+            }
+        }
+    }
+
+    func testSumReadsEveryElement() {
+        for isa in instructionSets {
+            XCTAssertEqual(fk_select_instruction_set(isa), 0)
+            for n in [0, 1, 127, 128, 129, 1000, 4096 + 17] {
+                let x = (0..<n).map { Float($0 % 7) }
+                let expected = x.reduce(0, +)
+                XCTAssertEqual(fk_sum(x, n), expected, "\(isa) n \(n)")
+            }
+        }
+    }
+}
