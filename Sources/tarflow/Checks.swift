@@ -159,16 +159,19 @@ enum Checks {
         return add(planBytes(plan, batch: rows), mul(mul(rows, m.config.imageDim), 16))
     }
 
-    /// Estimated bytes of sampling `images` images: every block's decode plan stays bound at
-    /// `rows` rows (2× with guidance), plus the noise, the working copy and the output.
+    /// Estimated bytes of sampling `images` images: the decode blocks share one arena (the
+    /// largest block's plan at `rows` rows, 2× with guidance, KV cache in the model's default
+    /// precision), plus the noise, the working copy and the output.
     static func sampleBytes(_ m: TarFlowModel, images: Int, rows: Int) throws -> Int {
-        var total = mul(mul(images, m.config.imageDim), 16)
+        var arena = 0
+        var options = Compiler.Options()
+        options.halfPrecisionState = m.defaultKVCache == .float16
         for k in 0..<m.config.numBlocks {
             guard let g = m.model.graph(named: "decode\(k)") else { break }  // sample() reports it
-            total = add(total, planBytes(try Compiler.compile(g, constants: m.model.constantTypes), batch: rows))
-            if total == Int.max { break }
+            arena = max(arena, planBytes(try Compiler.compile(g, constants: m.model.constantTypes, options: options), batch: rows))
+            if arena == Int.max { break }
         }
-        return total
+        return add(mul(mul(images, m.config.imageDim), 16), arena)
     }
 
     static func graph(_ m: TarFlowModel, _ name: String) throws -> Graph {
