@@ -282,9 +282,11 @@ public enum FileIO {
         let fd = name.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
         guard fd >= 0 else { throw Error(path: url.path, message: "cannot create a temporary file in \(dir): \(String(cString: strerror(errno)))") }
         let tmp = String(cString: name)
+        let slot = TemporaryFiles.register(tmp)  // removed on SIGINT/SIGTERM too
         var ok = false
         defer {
             if !ok { unlink(tmp) }
+            TemporaryFiles.unregister(slot)
         }
         var closed = false
         defer { if !closed { close(fd) } }

@@ -75,6 +75,7 @@ public enum AheadOfTime {
         let parts = s.split(separator: ",", omittingEmptySubsequences: false).map { $0.trimmingCharacters(in: .whitespaces) }
         var out: [Int] = []
         for p in parts {
+            if let b = Int(p), b < 1 { throw TarFlowError.invalidInput("batch size \(b) must be positive (give a list like 1,16,64)") }
             guard let b = Int(p), b >= 1, b <= Int(Int32.max) / 2 else {
                 throw TarFlowError.invalidInput("batch size '\(p)' is not a whole number in 1...\(Int32.max / 2) (give a list like 1,16,64)")
             }
