@@ -105,16 +105,21 @@ public enum AheadOfTime {
     public static func loadConfig(contentsOf url: URL) throws -> (config: TarFlowConfig, noiseStd: Double?) {
         let data: Data
         do { data = try Data(contentsOf: url) } catch { throw TarFlowError.invalidInput("\(url.path): cannot read: \(error.localizedDescription)") }
-        guard data.count <= 1 << 20 else { throw TarFlowError.invalidInput("\(url.path): \(data.count) bytes is too large for a config") }
+        return try parseConfig(data, path: url.path)
+    }
+
+    /// The config JSON in `data` (as `loadConfig`); `path` only labels errors.
+    public static func parseConfig(_ data: Data, path: String) throws -> (config: TarFlowConfig, noiseStd: Double?) {
+        guard data.count <= 1 << 20 else { throw TarFlowError.invalidInput("\(path): \(data.count) bytes is too large for a config") }
         let config: TarFlowConfig
         do { config = try JSONDecoder().decode(TarFlowConfig.self, from: data) } catch {
-            throw TarFlowError.invalidConfig("\(url.path): \(describe(error))")
+            throw TarFlowError.invalidConfig("\(path): \(describe(error))")
         }
-        do { try config.validate() } catch { throw TarFlowError.invalidConfig("\(url.path): \(error)") }
+        do { try config.validate() } catch { throw TarFlowError.invalidConfig("\(path): \(error)") }
         var noise: Double?
         if let obj = try? JSONSerialization.jsonObject(with: data) as? [String: Any], let v = obj["noise_std"] {
             guard let d = (v as? NSNumber)?.doubleValue, d >= 0, d.isFinite else {
-                throw TarFlowError.invalidConfig("\(url.path): noise_std must be a finite number >= 0")
+                throw TarFlowError.invalidConfig("\(path): noise_std must be a finite number >= 0")
             }
             noise = d
         }
