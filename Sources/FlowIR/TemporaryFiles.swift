@@ -49,6 +49,21 @@ public enum TemporaryFiles {
         pthread_mutex_unlock(&lock)
     }
 
+    /// `mkstemp(template)` with the new file registered before any of the handled signals can
+    /// be delivered (they are blocked in between): the file descriptor, the path and its slot.
+    public static func create(template: String) -> (fd: Int32, path: String, slot: Int?) {
+        var name = Array(template.utf8CString)
+        var block = sigset_t(), old = sigset_t()
+        sigemptyset(&block)
+        for s in [SIGINT, SIGTERM, SIGHUP] { sigaddset(&block, s) }
+        pthread_sigmask(SIG_BLOCK, &block, &old)
+        defer { pthread_sigmask(SIG_SETMASK, &old, nil) }
+        let fd = name.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
+        guard fd >= 0 else { return (fd, template, nil) }
+        let path = String(cString: name)
+        return (fd, path, register(path))
+    }
+
     /// Unlinks every registered path. Async-signal-safe: reads the table and calls `unlink`.
     public static func unlinkAll() {
         for i in 0..<slots where used[i] != 0 { _ = unlink(paths + i * slotBytes) }
