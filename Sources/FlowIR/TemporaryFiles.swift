@@ -49,19 +49,24 @@ public enum TemporaryFiles {
         pthread_mutex_unlock(&lock)
     }
 
-    /// `mkstemp(template)` with the new file registered before any of the handled signals can
-    /// be delivered (they are blocked in between): the file descriptor, the path and its slot.
+    /// Creates a new file from `template` (its trailing `XXXXXX` replaced by random letters, as
+    /// `mkstemp`; `O_CREAT | O_EXCL`, mode 0600), registering the path before the file exists:
+    /// a signal that arrives at any moment, on any thread, finds every file it must remove.
+    /// Returns the file descriptor (-1 with `errno` set on failure), the path and its slot.
     public static func create(template: String) -> (fd: Int32, path: String, slot: Int?) {
-        var name = Array(template.utf8CString)
-        var block = sigset_t(), old = sigset_t()
-        sigemptyset(&block)
-        for s in [SIGINT, SIGTERM, SIGHUP] { sigaddset(&block, s) }
-        pthread_sigmask(SIG_BLOCK, &block, &old)
-        defer { pthread_sigmask(SIG_SETMASK, &old, nil) }
-        let fd = name.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
-        guard fd >= 0 else { return (fd, template, nil) }
-        let path = String(cString: name)
-        return (fd, path, register(path))
+        let letters = Array("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+        let stem = template.hasSuffix("XXXXXX") ? String(template.dropLast(6)) : template
+        for _ in 0..<100 {
+            let path = stem + String((0..<6).map { _ in letters.randomElement()! })
+            let slot = register(path)
+            let fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+            if fd >= 0 { return (fd, path, slot) }
+            let e = errno
+            unregister(slot)
+            guard e == EEXIST else { errno = e; return (-1, path, nil) }
+        }
+        errno = EEXIST
+        return (-1, template, nil)
     }
 
     /// Unlinks every registered path. Async-signal-safe: reads the table and calls `unlink`.

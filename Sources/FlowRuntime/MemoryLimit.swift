@@ -14,14 +14,31 @@ public struct MemoryLimit: Sendable, Equatable, CustomStringConvertible {
 
     public var description: String { "\(bytes) bytes (\(source))" }
 
-    /// The limit that applies now; read once per call (limits can change at run time).
+    /// The bytes this process may still allocate now, under the tightest limit: a limit minus
+    /// what already counts against it (the address space already mapped, model file included,
+    /// for RLIMIT_AS; the data segment for RLIMIT_DATA; the cgroup's memory.current). Read on
+    /// every call, since limits and usage change.
     public static func current(cgroupRoot: String = "/sys/fs/cgroup") -> MemoryLimit {
         var best = MemoryLimit(bytes: physicalRAM(), source: "physical RAM")
-        func consider(_ b: Int?, _ s: String) { if let b, b > 0, b < best.bytes { best = MemoryLimit(bytes: b, source: s) } }
-        consider(rlimit(RLIMIT_AS), "RLIMIT_AS (ulimit -v)")
-        consider(rlimit(RLIMIT_DATA), "RLIMIT_DATA (ulimit -d)")
-        consider(cgroupLimit(root: cgroupRoot), "cgroup memory.max")
+        func consider(_ limit: Int?, used: Int, _ name: String) {
+            guard let limit, limit > 0 else { return }
+            let left = max(limit - used, 0)
+            if left < best.bytes { best = MemoryLimit(bytes: left, source: "\(name) \(limit) bytes, \(used) already in use") }
+        }
+        let status = (try? String(contentsOfFile: "/proc/self/status", encoding: .utf8)) ?? ""
+        consider(rlimit(RLIMIT_AS), used: statusBytes(status, "VmSize"), "RLIMIT_AS (ulimit -v)")
+        consider(rlimit(RLIMIT_DATA), used: statusBytes(status, "VmData"), "RLIMIT_DATA (ulimit -d)")
+        if let (limit, used) = cgroupLimit(root: cgroupRoot) { consider(limit, used: used, "cgroup memory.max") }
         return best
+    }
+
+    /// A "Key:   N kB" line of /proc/self/status, in bytes (0 when absent).
+    static func statusBytes(_ status: String, _ key: String) -> Int {
+        for line in status.split(separator: "\n") where line.hasPrefix(key + ":") {
+            let fields = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
+            if fields.count >= 2, let kb = Int(fields[1]) { return kb * 1024 }
+        }
+        return 0
     }
 
     static func physicalRAM() -> Int {
@@ -39,8 +56,8 @@ public struct MemoryLimit: Sendable, Equatable, CustomStringConvertible {
     }
 
     /// The tightest `memory.max` (cgroup v2) or `memory.limit_in_bytes` (v1) on the path from
-    /// this process's cgroup up to the root; nil when none is set.
-    static func cgroupLimit(root: String) -> Int? {
+    /// this process's cgroup up to the root, with that cgroup's current usage; nil when none is set.
+    static func cgroupLimit(root: String) -> (limit: Int, used: Int)? {
         var dirs = [root]
         if let text = try? String(contentsOfFile: "/proc/self/cgroup", encoding: .utf8) {
             for line in text.split(separator: "\n") where line.hasPrefix("0::") {
@@ -51,10 +68,12 @@ public struct MemoryLimit: Sendable, Equatable, CustomStringConvertible {
                 }
             }
         }
-        var best: Int?
+        var best: (limit: Int, used: Int)?
         for d in dirs {
-            for file in ["memory.max", "memory/memory.limit_in_bytes"] {
-                if let v = parseLimit(try? String(contentsOfFile: d + "/" + file, encoding: .utf8)) { best = min(best ?? v, v) }
+            for (file, usage) in [("memory.max", "memory.current"), ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")] {
+                guard let v = parseLimit(try? String(contentsOfFile: d + "/" + file, encoding: .utf8)) else { continue }
+                let used = parseLimit(try? String(contentsOfFile: d + "/" + usage, encoding: .utf8)) ?? 0
+                if best.map({ v - used < $0.limit - $0.used }) ?? true { best = (v, used) }
             }
         }
         return best

@@ -22,7 +22,7 @@ public enum AheadOfTime {
         }
         var m = model
         m.compiled = []
-        let config = try TarFlowConfig(metadata: m.metadata)
+        let config = try TarFlowConfig(validating: m)  // metadata, tensors and graphs agree
         var names: [String] = []
         for f in functions {
             switch f {
@@ -115,7 +115,10 @@ public enum AheadOfTime {
         do { config = try JSONDecoder().decode(TarFlowConfig.self, from: data) } catch {
             throw TarFlowError.invalidConfig("\(path): \(describe(error))")
         }
-        do { try config.validate() } catch { throw TarFlowError.invalidConfig("\(path): \(error)") }
+        do { try config.validate() } catch {
+            guard case .invalidConfig(let m) = error else { throw error }
+            throw TarFlowError.invalidConfig("\(path): \(m)")
+        }
         var noise: Double?
         if let obj = try? JSONSerialization.jsonObject(with: data) as? [String: Any], let v = obj["noise_std"] {
             guard let d = (v as? NSNumber)?.doubleValue, d >= 0, d.isFinite else {

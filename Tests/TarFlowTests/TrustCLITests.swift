@@ -81,6 +81,7 @@ extension CLIHardeningTests {
         for (key, value) in edits {
             let path = try editedMNIST("edit-\(key).tflow") { $0.metadata["tarflow.\(key)"] = value }
             try assertFails(["sample", path, "--count", "1", "-o", keep.path], mentions: [path, "'tarflow.\(key)'"])
+            if key == "num_blocks" { try assertFails(["compile", path, "-o", keep.path], mentions: ["'tarflow.\(key)'"]) }
         }
         // The file as shipped still runs.
         let r = try tarflow(["sample", mnist.path, "--count", "1", "-o", tmp.appendingPathComponent("ok.npy").path, "--quiet"])
@@ -266,7 +267,7 @@ extension CLIHardeningTests {
         let r = try runProcess(URL(fileURLWithPath: "/bin/bash"),
                                ["-c", "ulimit -v \(limitKB) && exec \"$0\" sample \"$1\" --count \(n) -o \"$2\"", exe, uncond, keep.path])
         XCTAssertEqual(r.status, 1, r.err)
-        XCTAssertTrue(r.err.hasPrefix("error: --count \(n)") && r.err.contains("RLIMIT_AS") && r.err.contains("\(limit) bytes"), r.err)
+        XCTAssertTrue(r.err.hasPrefix("error: --count \(n)") && r.err.contains("RLIMIT_AS (ulimit -v) \(limit) bytes"), r.err)
         XCTAssertEqual(r.err.split(separator: "\n").count, 1, r.err)
         XCTAssertEqual(try String(contentsOf: keep, encoding: .utf8), "precious")
     }

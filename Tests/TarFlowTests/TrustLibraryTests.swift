@@ -171,9 +171,12 @@ extension TarFlowHardeningTests {
         try FileManager.default.createDirectory(at: root, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: root) }
         try Data("123456789\n".utf8).write(to: root.appendingPathComponent("memory.max"))
+        try Data("23456789\n".utf8).write(to: root.appendingPathComponent("memory.current"))
         let limit = MemoryLimit.current(cgroupRoot: root.path)
-        XCTAssertLessThanOrEqual(limit.bytes, 123_456_789)
-        if limit.bytes == 123_456_789 { XCTAssertEqual(limit.source, "cgroup memory.max") }
+        XCTAssertLessThanOrEqual(limit.bytes, 100_000_000)
+        if limit.bytes == 100_000_000 { XCTAssertEqual(limit.source, "cgroup memory.max 123456789 bytes, 23456789 already in use") }
+        XCTAssertEqual(MemoryLimit.statusBytes("Name:\tx\nVmSize:\t  1024 kB\nVmData:\t 8 kB\n", "VmSize"), 1 << 20)
+        XCTAssertEqual(MemoryLimit.statusBytes("VmData:\t 8 kB\n", "VmSize"), 0)
         XCTAssertLessThanOrEqual(MemoryLimit.current().bytes, MemoryLimit.physicalRAM())
     }
 

@@ -66,14 +66,15 @@ public enum FuzzEntry {
         _ = withTemporaryFile(bytes, suffix: "idx") { try? IDX.read(contentsOf: $0) }
     }
 
-    /// A config JSON (`compile --config`): parse and validate, then, for configs small enough
-    /// to run at fuzzing speed, build the model with generated weights, load it and run forward.
+    /// A config JSON (`compile --config`): parse and validate, derive every size, then, for
+    /// configs small enough to run at fuzzing speed (the micro configs' size), build the model
+    /// with generated weights, load it and run forward.
     public static func configJSON(_ bytes: [UInt8]) {
         guard let parsed = try? AheadOfTime.parseConfig(Data(bytes), path: "<fuzz>") else { return }
         let c = parsed.config
-        _ = (c.numPatches, c.patchDim, c.imageDim, c.metadata)
-        guard c.numBlocks * max(c.layersPerBlock, 1) <= 8, c.channels <= 64, c.imageDim <= 1024, c.numPatches <= 256,
-              c.channels * c.expansion <= 256, c.numClasses <= 16, c.patchDim <= 256 else { return }
+        _ = (c.numPatches, c.patchDim, c.imageDim, c.numHeads, c.metadata)
+        guard c.numBlocks * max(c.layersPerBlock, 1) <= 2, c.channels <= 64, c.imageDim <= 64, c.numPatches <= 16,
+              c.channels * c.expansion <= 256, c.numClasses <= 4, c.patchDim <= 16 else { return }
         guard let model = try? AheadOfTime.randomModel(config: c, seed: 1, noiseStd: parsed.noiseStd), let m = try? TarFlowModel(model: model) else { return }
         let x = Tensor(shape: [1, c.inChannels, c.imgSize, c.imgSize], floats: [Float](repeating: 0.25, count: c.imageDim))
         _ = try? m.forward(images: x, labels: c.numClasses > 0 ? [0] : nil)
