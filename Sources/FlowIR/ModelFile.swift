@@ -278,13 +278,13 @@ public enum FileIO {
     public static func writeAtomically(to url: URL, _ body: (_ sink: (UnsafeRawBufferPointer) throws -> Void) throws -> Void) throws {
         let dir = url.deletingLastPathComponent().path
         let tmpl = (dir.isEmpty ? "." : dir) + "/.\(url.lastPathComponent).tmp-XXXXXX"
-        var name = Array(tmpl.utf8CString)
-        let fd = name.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
+        // Registered so that SIGINT/SIGTERM remove it too (TemporaryFiles).
+        let (fd, tmp, slot) = TemporaryFiles.create(template: tmpl)
         guard fd >= 0 else { throw Error(path: url.path, message: "cannot create a temporary file in \(dir): \(String(cString: strerror(errno)))") }
-        let tmp = String(cString: name)
         var ok = false
         defer {
             if !ok { unlink(tmp) }
+            TemporaryFiles.unregister(slot)
         }
         var closed = false
         defer { if !closed { close(fd) } }

@@ -375,14 +375,10 @@ public final class BoundPlan: @unchecked Sendable {
 }
 
 extension Executor {
-    /// Physical memory in bytes: no plan may ask for more buffers than this, so a hostile file
-    /// or an oversized batch gets an error instead of an allocation the system cannot satisfy.
-    public static let memoryLimit: Int = {
-        let pages = sysconf(Int32(_SC_PHYS_PAGES)), size = sysconf(Int32(_SC_PAGESIZE))
-        guard pages > 0, size > 0 else { return Int.max }
-        let (m, o) = pages.multipliedReportingOverflow(by: size)
-        return o ? Int.max : m
-    }()
+    /// What the process may allocate (`MemoryLimit`: RLIMIT_AS, RLIMIT_DATA, cgroup memory.max,
+    /// else RAM): no plan may ask for more buffers than this, so a hostile file or an oversized
+    /// batch gets an error instead of an allocation the system cannot satisfy.
+    public static let memoryLimit: Int = MemoryLimit.current().bytes
 
     /// Bytes of a buffer of this shape and dtype (f32/i64 as the runtime stores them), nil on overflow.
     static func byteCount(_ shape: [Int], _ dtype: DType) -> Int? {

@@ -23,7 +23,7 @@ public enum AheadOfTime {
         }
         var m = model
         m.compiled = []
-        let config = try TarFlowConfig(metadata: m.metadata)
+        let config = try TarFlowConfig(validating: m)  // metadata, tensors and graphs agree
         var names: [String] = []
         for f in functions {
             switch f {
@@ -81,6 +81,7 @@ public enum AheadOfTime {
         let parts = s.split(separator: ",", omittingEmptySubsequences: false).map { $0.trimmingCharacters(in: .whitespaces) }
         var out: [Int] = []
         for p in parts {
+            if let b = Int(p), b < 1 { throw TarFlowError.invalidInput("batch size \(b) must be positive (give a list like 1,16,64)") }
             guard let b = Int(p), b >= 1, b <= Int(Int32.max) / 2 else {
                 throw TarFlowError.invalidInput("batch size '\(p)' is not a whole number in 1...\(Int32.max / 2) (give a list like 1,16,64)")
             }
@@ -110,16 +111,24 @@ public enum AheadOfTime {
     public static func loadConfig(contentsOf url: URL) throws -> (config: TarFlowConfig, noiseStd: Double?) {
         let data: Data
         do { data = try Data(contentsOf: url) } catch { throw TarFlowError.invalidInput("\(url.path): cannot read: \(error.localizedDescription)") }
-        guard data.count <= 1 << 20 else { throw TarFlowError.invalidInput("\(url.path): \(data.count) bytes is too large for a config") }
+        return try parseConfig(data, path: url.path)
+    }
+
+    /// The config JSON in `data` (as `loadConfig`); `path` only labels errors.
+    public static func parseConfig(_ data: Data, path: String) throws -> (config: TarFlowConfig, noiseStd: Double?) {
+        guard data.count <= 1 << 20 else { throw TarFlowError.invalidInput("\(path): \(data.count) bytes is too large for a config") }
         let config: TarFlowConfig
         do { config = try JSONDecoder().decode(TarFlowConfig.self, from: data) } catch {
-            throw TarFlowError.invalidConfig("\(url.path): \(describe(error))")
+            throw TarFlowError.invalidConfig("\(path): \(describe(error))")
         }
-        do { try config.validate() } catch { throw TarFlowError.invalidConfig("\(url.path): \(error)") }
+        do { try config.validate() } catch {
+            guard case .invalidConfig(let m) = error else { throw error }
+            throw TarFlowError.invalidConfig("\(path): \(m)")
+        }
         var noise: Double?
         if let obj = try? JSONSerialization.jsonObject(with: data) as? [String: Any], let v = obj["noise_std"] {
             guard let d = (v as? NSNumber)?.doubleValue, d >= 0, d.isFinite else {
-                throw TarFlowError.invalidConfig("\(url.path): noise_std must be a finite number >= 0")
+                throw TarFlowError.invalidConfig("\(path): noise_std must be a finite number >= 0")
             }
             noise = d
         }

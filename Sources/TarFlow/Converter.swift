@@ -99,6 +99,9 @@ public enum Converter {
             case .int64: .int64
             }
             guard dtype != .int64 else { throw TarFlowError.invalidCheckpoint("tensor '\(name)' is int64; TarFlow weights are floating point") }
+            if let i = firstNonFinite(t.data, dtype) {
+                throw TarFlowError.invalidCheckpoint("tensor '\(name)' holds NaN or Inf at element \(i); the checkpoint is damaged (or was saved after training diverged): use another checkpoint")
+            }
             weights.append(WeightTensor(name: name, dtype: dtype, shape: t.shape, bytes: TensorBytes(t.data)))
         }
         return try assemble(config: config, weights: weights, noiseStd: options.noiseStd)
@@ -114,6 +117,22 @@ public enum Converter {
         model.metadata["converter"] = .string("tarflow convert (swift-tarflow, format \(ModelFile.formatVersion))")
         try model.verify()
         return model
+    }
+
+    /// Index of the first NaN or infinity of little-endian float32/float16/bfloat16 bytes
+    /// (exponent bits all ones), nil when every element is finite.
+    static func firstNonFinite(_ bytes: [UInt8], _ dtype: DType) -> Int? {
+        switch dtype {
+        case .float32:
+            for i in 0..<(bytes.count / 4) where bytes[4 * i + 3] & 0x7F == 0x7F && bytes[4 * i + 2] & 0x80 == 0x80 { return i }
+        case .float16:
+            for i in 0..<(bytes.count / 2) where bytes[2 * i + 1] & 0x7C == 0x7C { return i }
+        case .bfloat16:
+            for i in 0..<(bytes.count / 2) where bytes[2 * i + 1] & 0x7F == 0x7F && bytes[2 * i] & 0x80 == 0x80 { return i }
+        case .int64:
+            return nil
+        }
+        return nil
     }
 
     static func summary(_ c: TarFlowConfig) -> String {

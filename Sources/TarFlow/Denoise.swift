@@ -49,8 +49,9 @@ extension TarFlowModel {
 
     /// The paper's denoising step on a batch, as the official code: x − lr·∇ₓ loss with
     /// lr = B·H·W·C·σ², which per image is x + σ²·∇ₓ log p(x) (so batching does not matter).
-    /// σ defaults to the noise level stored in the model.
-    public func denoise(images: Tensor, labels: [Int]?, noiseStd: Double? = nil) throws -> DenoiseResult {
+    /// σ defaults to the noise level stored in the model. `firstImage` (the batch's place in a
+    /// dataset) only numbers the image named when a result is not finite.
+    public func denoise(images: Tensor, labels: [Int]?, noiseStd: Double? = nil, firstImage: Int = 0) throws -> DenoiseResult {
         guard let sigma = noiseStd ?? self.noiseStd else {
             throw TarFlowError.invalidInput("the model records no training noise level: pass --noise-std σ")
         }
@@ -63,6 +64,8 @@ extension TarFlowModel {
         let x = images.floats, g = grad.floats
         let lrF = Float(lr)
         let y = (0..<x.count).map { x[$0] - lrF * g[$0] }
+        try Finite.check(g, rowSize: config.imageDim, what: "the gradient", firstImage: firstImage)
+        try Finite.check(y, rowSize: config.imageDim, what: "the denoised image", firstImage: firstImage)
         return DenoiseResult(images: Tensor(shape: images.shape, floats: y), gradient: grad, learningRate: lr, loss: out["loss"]!.floats[0])
     }
 
@@ -108,6 +111,7 @@ extension TarFlowModel {
                     var s = 0.0
                     for j in (rowIndex * zper)..<((rowIndex + 1) * zper) { s += Double(z[j]) * Double(z[j]) }
                     let loss = Float(0.5 * s / Double(zper) - Double(f.logdets[rowIndex]))
+                    guard loss.isFinite else { throw TarFlowError.nonFinite(Finite.message("the loss with label \(c)", value: Double(loss), image: start + i)) }
                     row.append(loss)
                     if loss < row[best] { best = c }
                 }

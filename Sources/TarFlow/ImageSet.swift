@@ -17,6 +17,9 @@ public struct ImageSet: Sendable {
     public var size: Int
     public var pixels: Pixels
 
+    /// Images in the file, of which the first `count` were read (`load(…limit:)`).
+    public var fileCount: Int
+
     public var isInteger: Bool { if case .integer = pixels { true } else { false } }
     var imageDim: Int { channels * size * size }
 
@@ -25,6 +28,7 @@ public struct ImageSet: Sendable {
         self.channels = channels
         self.size = size
         self.pixels = pixels
+        fileCount = count
     }
 
     /// How integer images become model-space floats.
@@ -61,8 +65,22 @@ public struct ImageSet: Sendable {
         return Tensor(shape: [range.count, channels, size, size], floats: out)
     }
 
-    /// Loads images for a model with `channels` channels of `size`×`size` pixels.
-    public static func load(contentsOf url: URL, channels: Int, size: Int) throws -> ImageSet {
+    /// Loads images for a model with `channels` channels of `size`×`size` pixels; with `limit`,
+    /// only the first `limit` images (a compressed IDX file is inflated no further).
+    public static func load(contentsOf url: URL, channels: Int, size: Int, limit: Int? = nil) throws -> ImageSet {
+        var set = try loadAll(contentsOf: url, channels: channels, size: size, limit: limit)
+        if let limit, set.count > limit {
+            let d = set.imageDim
+            switch set.pixels {
+            case .float(let f): set.pixels = .float(Array(f[0..<(limit * d)]))
+            case .integer(let p): set.pixels = .integer(Array(p[0..<(limit * d)]))
+            }
+            set.count = limit
+        }
+        return set
+    }
+
+    static func loadAll(contentsOf url: URL, channels: Int, size: Int, limit: Int?) throws -> ImageSet {
         func bad(_ m: String) -> TarFlowError { .invalidInput("\(url.path): \(m)") }
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: url.path, isDirectory: &isDir) else { throw bad("no such file or folder") }
@@ -83,10 +101,13 @@ public struct ImageSet: Sendable {
         }
         let lower = url.lastPathComponent.lowercased()
         let array: HostArray
+        var fileCount: Int?
         if lower.hasSuffix(".npy") {
             array = try NPY.read(contentsOf: url)
         } else if lower.contains("idx") || lower.hasSuffix(".gz") || lower.contains("ubyte") {
-            array = try IDX.read(contentsOf: url)
+            let r = try IDX.read(contentsOf: url, maxItems: limit)
+            array = r.array
+            fileCount = r.fileCount
         } else {
             throw bad("unknown image format; give a .npy file, a folder of PNG files, or an MNIST IDX file")
         }
@@ -94,19 +115,22 @@ public struct ImageSet: Sendable {
         let ok = (s.count == 4 && s[1] == channels && s[2] == size && s[3] == size) || (s.count == 3 && channels == 1 && s[1] == size && s[2] == size)
         guard ok else { throw bad("images have shape \(s); the model takes \(expect)") }
         let n = s[0]
+        var set: ImageSet
         switch array.storage {
         case .float32(let f):
             try checkFinite(f, dim: channels * size * size, url)
-            return ImageSet(count: n, channels: channels, size: size, pixels: .float(f))
+            set = ImageSet(count: n, channels: channels, size: size, pixels: .float(f))
         case .float64(let d):
             let f = d.map { Float($0) }
             try checkFinite(f, dim: channels * size * size, url)
-            return ImageSet(count: n, channels: channels, size: size, pixels: .float(f))
+            set = ImageSet(count: n, channels: channels, size: size, pixels: .float(f))
         case .uint8(let b):
-            return ImageSet(count: n, channels: channels, size: size, pixels: .integer(b))
+            set = ImageSet(count: n, channels: channels, size: size, pixels: .integer(b))
         default:
             throw bad("images must be float32, float64 or uint8, are \(array.element)")
         }
+        set.fileCount = fileCount ?? n
+        return set
     }
 
     static func checkFinite(_ f: [Float], dim: Int, _ url: URL) throws {
@@ -117,14 +141,29 @@ public struct ImageSet: Sendable {
 
     /// Labels from an int64/int32 `.npy` or an IDX labels file.
     public static func loadLabels(contentsOf url: URL) throws -> [Int] {
+        try loadLabels(contentsOf: url, limit: nil).labels
+    }
+
+    /// The first `limit` labels (all when nil) and how many the file holds.
+    public static func loadLabels(contentsOf url: URL, limit: Int?) throws -> (labels: [Int], fileCount: Int) {
         let lower = url.lastPathComponent.lowercased()
-        let a = lower.hasSuffix(".npy") ? try NPY.read(contentsOf: url) : try IDX.read(contentsOf: url)
+        let a: HostArray
+        var fileCount: Int?
+        if lower.hasSuffix(".npy") {
+            a = try NPY.read(contentsOf: url)
+        } else {
+            let r = try IDX.read(contentsOf: url, maxItems: limit)
+            a = r.array
+            fileCount = r.fileCount
+        }
         guard a.shape.count == 1 else { throw TarFlowError.invalidInput("\(url.path): labels must be 1-D, have shape \(a.shape)") }
+        let all: [Int]
         switch a.storage {
-        case .int64(let v): return v.map { Int($0) }
-        case .int32(let v): return v.map { Int($0) }
-        case .uint8(let v): return v.map { Int($0) }
+        case .int64(let v): all = v.map { Int($0) }
+        case .int32(let v): all = v.map { Int($0) }
+        case .uint8(let v): all = v.map { Int($0) }
         default: throw TarFlowError.invalidInput("\(url.path): labels must be int64 or int32, are \(a.element)")
         }
+        return (limit.map { Array(all.prefix($0)) } ?? all, fileCount ?? all.count)
     }
 }

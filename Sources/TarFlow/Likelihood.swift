@@ -45,6 +45,9 @@ extension TarFlowModel {
             let x = images.batch(start..<end, dequantization: .uniform(seed: seed))
             let f = try forward(images: x, labels: labels.map { Array($0[start..<end]) })
             let (bpd, nll) = bitsPerDim(f)
+            try Finite.check(f.z.floats, rowSize: config.numPatches * config.patchDim, what: "z", firstImage: start)
+            try Finite.check(f.logdets, rowSize: 1, what: "logdets", firstImage: start)
+            try Finite.check(bpd, rowSize: 1, what: "bits/dim", firstImage: start)
             result.bitsPerDim += bpd
             result.nll += nll
             result.logdets += f.logdets

@@ -52,18 +52,20 @@ public struct TarFlowConfig: Sendable, Hashable, Codable {
     public var imageDim: Int { inChannels * imgSize * imgSize }
 
     /// Checks the constraints the official model asserts, with a message that says what to fix.
+    /// Each size is range-checked on its own, naming its key, before any derived size (patch
+    /// count, image size) is computed, so no value from a file or a config can overflow.
     public func validate() throws(TarFlowError) {
         func bad(_ m: String) -> TarFlowError { .invalidConfig(m) }
-        guard inChannels > 0, imgSize > 0, patchSize > 0, channels > 0, numBlocks > 0, layersPerBlock >= 0, headDim > 0, expansion > 0
-        else { throw bad("all sizes must be positive: \(self)") }
+        let ranges: [(String, Int, ClosedRange<Int>)] = [
+            ("in_channels", inChannels, 1...(1 << 16)), ("img_size", imgSize, 1...(1 << 16)), ("patch_size", patchSize, 1...(1 << 16)),
+            ("channels", channels, 1...(1 << 16)), ("num_blocks", numBlocks, 1...1024), ("layers_per_block", layersPerBlock, 0...1024),
+            ("num_classes", numClasses, 0...(1 << 24)), ("head_dim", headDim, 1...(1 << 16)), ("expansion", expansion, 1...(1 << 10)),
+        ]
+        for (key, v, r) in ranges where !r.contains(v) {
+            throw bad("\(key) \(v) is out of range: use \(r.lowerBound)...\(r.upperBound)")
+        }
         guard imgSize % patchSize == 0 else { throw bad("img_size \(imgSize) is not a multiple of patch_size \(patchSize)") }
         guard channels % headDim == 0 else { throw bad("channels \(channels) is not a multiple of head_dim \(headDim)") }
-        guard numClasses >= 0 else { throw bad("num_classes must be >= 0") }
-        guard numPatches >= 1, imgSize <= 1 << 16, channels <= 1 << 16, numBlocks <= 1024, layersPerBlock <= 1024,
-            inChannels <= 1 << 16, headDim <= 1 << 16, expansion <= 1 << 10, numClasses <= 1 << 24
-        else {
-            throw bad("sizes out of range: \(self)")
-        }
         // Every size the graphs, the sampler and the I/O derive from the config stays far from
         // overflow: an image and the MLP width fit one dimension (2^31 - 1).
         let limit = Int(Int32.max)
@@ -103,7 +105,10 @@ public struct TarFlowConfig: Sendable, Hashable, Codable {
         guard let nvp = m["tarflow.nvp"]?.boolValue else { throw .invalidModel("metadata 'tarflow.nvp' is missing") }
         self.init(inChannels: ints[0], imgSize: ints[1], patchSize: ints[2], channels: ints[3], numBlocks: ints[4],
                   layersPerBlock: ints[5], nvp: nvp, numClasses: ints[6], headDim: ints[7], expansion: ints[8])
-        try validate()
+        do { try validate() } catch {
+            guard case .invalidConfig(let m) = error else { throw error }
+            throw .invalidModel("metadata (tarflow.*): \(m); the file was damaged or edited: re-convert the checkpoint with `tarflow convert`")
+        }
     }
 }
 
@@ -155,6 +160,7 @@ extension TarFlowConfig {
         }
 
         guard model.graph(named: "forward") != nil else { throw .invalidModel("the model file has no 'forward' graph") }
+        try checkMetadataAgrees(with: model)
         for forward in versions("forward") {
             guard forward.state.isEmpty else { throw bad(forward, "has state bindings") }
             try inputs(forward, imageInputs)
@@ -210,6 +216,8 @@ public enum TarFlowError: Error, Sendable, CustomStringConvertible, Equatable {
     case invalidModel(String)
     case invalidCheckpoint(String)
     case invalidInput(String)
+    /// A result (latent, log-determinant, bits/dim, loss, image) came out NaN or infinite.
+    case nonFinite(String)
 
     public var description: String {
         switch self {
@@ -217,6 +225,7 @@ public enum TarFlowError: Error, Sendable, CustomStringConvertible, Equatable {
         case .invalidModel(let m): "invalid model: \(m)"
         case .invalidCheckpoint(let m): "invalid checkpoint: \(m)"
         case .invalidInput(let m): "invalid input: \(m)"
+        case .nonFinite(let m): "non-finite result: \(m)"
         }
     }
 }

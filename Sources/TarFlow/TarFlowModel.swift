@@ -44,6 +44,8 @@ public final class TarFlowModel: @unchecked Sendable {
         do { try self.init(model: m, threads: threads, graphsVerified: true) } catch var e as IRError {
             e.location = e.location.isEmpty ? url.path : "\(url.path), \(e.location)"
             throw e
+        } catch TarFlowError.invalidModel(let m) {
+            throw TarFlowError.invalidModel("\(url.path): \(m)")
         }
     }
 

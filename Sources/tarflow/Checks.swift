@@ -58,6 +58,7 @@ enum Checks {
     /// Loads a model file and checks its graphs against its config (a file whose graphs and
     /// metadata disagree is refused before anything runs).
     static func model(_ path: String, threads: Int) throws -> TarFlowModel {
+        Signals.setMappedFile(path)
         let m = try TarFlowModel(contentsOf: URL(fileURLWithPath: path), threads: threads)
         try m.config.checkGraphs(of: m.model)
         return m
@@ -79,12 +80,8 @@ enum Checks {
 
     // MARK: Memory
 
-    /// Physical memory in bytes (what a run may use at most).
-    static var physicalMemory: Int {
-        let pages = sysconf(Int32(_SC_PHYS_PAGES)), size = sysconf(Int32(_SC_PAGESIZE))
-        guard pages > 0, size > 0 else { return Int.max }
-        return mul(pages, size)
-    }
+    /// What a run may use at most: RLIMIT_AS, RLIMIT_DATA, the cgroup's memory.max, else RAM.
+    static var memoryLimit: MemoryLimit { MemoryLimit.current() }
 
     static func mul(_ a: Int, _ b: Int) -> Int {
         let (p, o) = a.multipliedReportingOverflow(by: b)
@@ -119,19 +116,19 @@ enum Checks {
 
     /// Refuses a run whose estimate exceeds physical memory, naming the flag that sets the batch.
     static func memory(_ bytes: Int, batchFlag: String, batch: Int) throws {
-        let limit = physicalMemory
-        guard bytes > limit else { return }
+        let limit = memoryLimit
+        guard bytes > limit.bytes else { return }
         func gb(_ b: Int) -> String { b == Int.max ? "more than 9.2e9 GB" : String(format: "%.1f GB", Double(b) / 1e9) }
-        throw CLIError("\(batchFlag) \(batch) needs about \(gb(bytes)) of memory (\(bytes == Int.max ? "overflow" : "\(bytes) bytes"), estimated from the execution plan), more than the \(gb(limit)) this machine has; use a smaller \(batchFlag)")
+        throw CLIError("\(batchFlag) \(batch) needs about \(gb(bytes)) of memory (\(bytes == Int.max ? "overflow" : "\(bytes) bytes"), estimated from the execution plan), more than the \(gb(limit.bytes)) (\(limit.bytes) bytes) this process may use (\(limit.source)); use a smaller \(batchFlag)")
     }
 
     /// The weights of a config made up from scratch (`compile --config --random-weights`) must fit
     /// in memory: the bounds of `TarFlowConfig.validate` still allow terabytes of them.
     static func weights(of c: TarFlowConfig, from source: String) throws {
         let bytes = weightBytes(of: c)
-        let limit = physicalMemory
-        guard bytes <= limit else {
-            throw CLIError("\(source): the weights of this config take \(bytes == Int.max ? "more than 9.2e18" : "\(bytes)") bytes, more than the \(limit) bytes of memory; use a smaller config")
+        let limit = memoryLimit
+        guard bytes <= limit.bytes else {
+            throw CLIError("\(source): the weights of this config take \(bytes == Int.max ? "more than 9.2e18" : "\(bytes)") bytes, more than the \(limit.bytes) bytes of memory this process may use (\(limit.source)); use a smaller config")
         }
     }
 

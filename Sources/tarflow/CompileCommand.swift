@@ -15,7 +15,7 @@ struct Compile: ParsableCommand {
 
     @Argument(help: "The model file (.tflow) to compile; omit with --config.") var model: String?
     @Option(name: .shortAndLong, help: "The compiled model file to write (.tflow).") var output: String
-    @Option(help: "Batch sizes to plan memory for, e.g. 1,16,64 (decode steps also get twice each, for guidance).")
+    @Option(parsing: .unconditional, help: "Batch sizes to plan memory for, e.g. 1,16,64 (decode steps also get twice each, for guidance).")
     var batch: String = "1"
     @Option(help: "Functions to compile: any of forward, sample, gradient; none writes the model without compiled functions.")
     var functions: String = "forward,sample,gradient"
@@ -28,6 +28,8 @@ struct Compile: ParsableCommand {
 
     func run() throws {
         guarded {
+            try Checks.output(output, "-o")
+            try Checks.distinct(outputs: [("-o", output)], inputs: [("model", model), ("--config", config)])
             let batches = try AheadOfTime.parseBatches(batch)
             let fs = try AheadOfTime.parseFunctions(functions)
             let source: Model
@@ -35,6 +37,7 @@ struct Compile: ParsableCommand {
             case (let path?, nil):
                 guard randomWeights == nil else { throw TarFlowError.invalidInput("--random-weights goes with --config, not with a model file") }
                 // Compiled functions already in the file are replaced, so stale ones need not load.
+                Signals.setMappedFile(path)
                 source = try ModelFile.read(contentsOf: URL(fileURLWithPath: path), compiledFunctions: .drop)
             case (nil, let path?):
                 guard let seed = randomWeights else {

@@ -22,6 +22,7 @@ struct Denoise: ParsableCommand {
             if let n = noiseStd, !(n >= 0 && n.isFinite) { throw CLIError("--noise-std \(n) must be a finite number >= 0") }
             try Checks.output(output, "-o")
             try Checks.output(saveGrad, "--save-grad")
+            try Checks.distinct(outputs: [("-o", output), ("--save-grad", saveGrad)], inputs: [("model", model), ("--images", images), ("--labels", labels)])
             let m = try Checks.model(model, threads: threads)
             if noiseStd == nil, m.noiseStd == nil { throw CLIError("the model records no training noise level; pass --noise-std σ") }
             let set = try ImageSet.load(contentsOf: URL(fileURLWithPath: images), channels: m.config.inChannels, size: m.config.imgSize)
@@ -36,11 +37,12 @@ struct Denoise: ParsableCommand {
             let rows = min(batchSize, set.count)
             try Checks.memory(Checks.add(try Checks.gradientBytes(m, rows: rows), Checks.mul(set.count, Checks.mul(m.config.imageDim, 8))),
                               batchFlag: "--batch-size", batch: rows)
+            try Checks.imageRange(set, flag: "--images", path: images)
             var out: [Float] = [], grads: [Float] = []
             var start = 0
             while start < set.count {
                 let end = min(start + batchSize, set.count)
-                let r = try m.denoise(images: set.batch(start..<end, dequantization: .none), labels: labs.map { Array($0[start..<end]) }, noiseStd: noiseStd)
+                let r = try m.denoise(images: set.batch(start..<end, dequantization: .none), labels: labs.map { Array($0[start..<end]) }, noiseStd: noiseStd, firstImage: start)
                 out += r.images.floats
                 if saveGrad != nil { grads += r.gradient.floats }
                 start = end
@@ -71,15 +73,22 @@ struct Classify: ParsableCommand {
             try Checks.batching(batchSize: batchSize, offset: offset, limit: limit, threads: threads)
             try Checks.output(save, "--save")
             try Checks.output(saveLosses, "--save-losses")
+            try Checks.distinct(outputs: [("--save", save), ("--save-losses", saveLosses)],
+                                inputs: [("model", model), ("--images", images), ("--true-labels", trueLabels)])
             let m = try Checks.model(model, threads: threads)
             guard m.config.numClasses > 0 else { throw CLIError("\(model): the model is unconditional (num_classes = 0); it cannot classify") }
-            let set = try ImageSet.load(contentsOf: URL(fileURLWithPath: images), channels: m.config.inChannels, size: m.config.imgSize)
-            guard offset < set.count else { throw CLIError("--offset \(offset) is past the \(set.count) images") }
+            // Only the images up to --offset + --limit are read (and inflated).
+            let needed = limit.map { Checks.add(offset, $0) }
+            let set = try ImageSet.load(contentsOf: URL(fileURLWithPath: images), channels: m.config.inChannels, size: m.config.imgSize, limit: needed)
+            guard offset < set.count else { throw CLIError("--offset \(offset) is past the \(set.fileCount) images") }
             let end = limit.map { min(set.count, offset + min($0, set.count)) } ?? set.count
-            let truth = try trueLabels.map { try ImageSet.loadLabels(contentsOf: URL(fileURLWithPath: $0)) }
-            if let truth, truth.count != set.count { throw CLIError("--true-labels \(trueLabels ?? ""): \(truth.count) labels for \(set.count) images") }
+            let truthFile = try trueLabels.map { try ImageSet.loadLabels(contentsOf: URL(fileURLWithPath: $0), limit: needed) }
+            let truth = truthFile?.labels
+            if let truthFile, truthFile.fileCount != set.fileCount { throw CLIError("--true-labels \(trueLabels ?? ""): \(truthFile.fileCount) labels for \(set.fileCount) images") }
+            if let truth { try Checks.trueLabels(truth, from: "--true-labels \(trueLabels ?? "")", classes: m.config.numClasses) }
             let rows = Checks.mul(min(batchSize, end - offset), m.config.numClasses)
             try Checks.memory(Checks.mul(try Checks.forwardBytes(m, rows: rows), 2), batchFlag: "--batch-size", batch: min(batchSize, end - offset))
+            try Checks.imageRange(set, flag: "--images", path: images)
             let r = try m.classify(images: set, range: offset..<end, batchSize: batchSize)
             let n = r.predictions.count
             if let save { try NPY.write(HostArray(shape: [n], int64s: r.predictions.map(Int64.init)), to: URL(fileURLWithPath: save)) }

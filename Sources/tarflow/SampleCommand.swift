@@ -25,9 +25,9 @@ struct Sample: ParsableCommand {
     @Option(parsing: .unconditional, help: "Noise level σ for --denoise (default: the model's).") var noiseStd: Double?
     @Option(name: .shortAndLong, help: "Output: OUT.npy (float32 B,C,H,W in [-1, 1]) or OUT.png (a grid).") var output: String?
     @Option(help: "Write one PNG per image into this folder.") var outDir: String?
-    @Option(help: "Columns of the PNG grid (default: the square root of the count).") var gridColumns: Int?
+    @Option(parsing: .unconditional, help: "Columns of the PNG grid (default: the square root of the count).") var gridColumns: Int?
     @Flag(help: "Min-max normalize PNG output, as torchvision's save_image(normalize=True).") var normalize = false
-    @Option(help: "Threads for the GEMMs.") var threads: Int = 1
+    @Option(parsing: .unconditional, help: "Threads for the GEMMs.") var threads: Int = 1
     @Option(help: "KV cache precision: f32 or f16 (math is f32; default: f16 for f16/bf16 models, f32 for f32 models).")
     var kvCache: KVCacheDType?
     @Flag(help: "No progress bar.") var quiet = false
@@ -40,6 +40,8 @@ struct Sample: ParsableCommand {
                 guard ext == "npy" || ext == "png" else { throw CLIError("-o \(output) must end in .npy or .png") }
             }
             try Checks.output(output, "-o")
+            try Checks.outputFolder(outDir, "--out-dir")
+            try Checks.distinct(outputs: [("-o", output)], inputs: [("model", model), ("--noise", noise), ("--labels", labels)])
             try Checks.threads(threads)
             try Checks.positive(count, "--count")
             try Checks.positive(gridColumns, "--grid-columns")
@@ -90,6 +92,7 @@ struct Sample: ParsableCommand {
             let bar = ProgressBar(enabled: !quiet, images: b)
             var x = try m.sample(noise: z, labels: labs, options: opts, progress: { bar.update($0) })
             bar.finish()
+            try Finite.check(x.floats, rowSize: c.imageDim, what: "the sample", firstImage: 0)
             if denoise { x = try m.denoise(images: x, labels: labs, noiseStd: noiseStd).images }
             try writeImages(x, output: output, outDir: outDir, columns: gridColumns, normalize: normalize)
             if !quiet { FileHandle.standardError.write(Data("sampled \(b) image(s) in \(String(format: "%.2f", bar.elapsed)) s\n".utf8)) }

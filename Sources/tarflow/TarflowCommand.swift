@@ -58,10 +58,10 @@ struct Convert: ParsableCommand {
     var checkpoint: String
     @Option(name: .shortAndLong, help: "The model file to write (.tflow).")
     var output: String
-    @Option(help: "Image side in pixels.") var imageSize: Int?
-    @Option(help: "Image channels.") var inChannels: Int?
-    @Option(help: "Patch size.") var patchSize: Int?
-    @Option(help: "Training noise level σ (read from official file names like afhq_model_8_768_8_8_0.07.pth when absent).")
+    @Option(parsing: .unconditional, help: "Image side in pixels.") var imageSize: Int?
+    @Option(parsing: .unconditional, help: "Image channels.") var inChannels: Int?
+    @Option(parsing: .unconditional, help: "Patch size.") var patchSize: Int?
+    @Option(parsing: .unconditional, help: "Training noise level σ (read from official file names like afhq_model_8_768_8_8_0.07.pth when absent).")
     var noiseStd: Double?
     @Option(help: "Storage of the linear-layer weights: f32, f16 or bf16 (rounded to nearest even; half the file, half the bytes a decode step reads).")
     var weights: WeightsDType = .f32
@@ -69,7 +69,11 @@ struct Convert: ParsableCommand {
     func run() throws {
         guarded {
             if let n = noiseStd, !(n >= 0 && n.isFinite) { throw CLIError("--noise-std \(n) must be a finite number >= 0") }
+            try Checks.positive(imageSize, "--image-size")
+            try Checks.positive(inChannels, "--in-channels")
+            try Checks.positive(patchSize, "--patch-size")
             try Checks.output(output, "-o")
+            try Checks.distinct(outputs: [("-o", output)], inputs: [("checkpoint", checkpoint)])
             var model = try Converter.convert(checkpoint: URL(fileURLWithPath: checkpoint),
                                               options: .init(imageSize: imageSize, inChannels: inChannels, patchSize: patchSize, noiseStd: noiseStd))
             if weights != .f32 { model = try model.storingLinearWeights(as: weights.dtype) }
@@ -89,6 +93,9 @@ struct Inspect: ParsableCommand {
 
     func run() throws {
         guarded {
+            try Checks.output(dot, "--dot")
+            try Checks.distinct(outputs: [("--dot", dot)], inputs: [("model", model)])
+            Signals.setMappedFile(model)
             let m = try ModelFile.read(contentsOf: URL(fileURLWithPath: model))
             print("metadata:")
             for (k, v) in m.metadata.sorted(by: { $0.key < $1.key }) { print("  \(k) = \(v)") }
@@ -124,30 +131,35 @@ struct Likelihood: ParsableCommand {
     var images: String
     @Option(help: "Labels: an int64/int32 .npy or an IDX labels file; -1 = unconditional.") var labels: String?
     @Option(help: "Seed of the dequantization noise for integer images.") var seed: UInt64 = 0
-    @Option(help: "Images per forward pass.") var batchSize: Int = 64
-    @Option(help: "Index of the first image.") var offset: Int = 0
-    @Option(help: "Number of images (default: all after --offset).") var limit: Int?
+    @Option(parsing: .unconditional, help: "Images per forward pass.") var batchSize: Int = 64
+    @Option(parsing: .unconditional, help: "Index of the first image.") var offset: Int = 0
+    @Option(parsing: .unconditional, help: "Number of images (default: all after --offset).") var limit: Int?
     @Option(help: "Write z (B,T,D), logdets (B) and bpd (B) to this .safetensors file.") var save: String?
-    @Option(help: "Threads for the GEMMs.") var threads: Int = 1
+    @Option(parsing: .unconditional, help: "Threads for the GEMMs.") var threads: Int = 1
     @Flag(help: "Print one JSON line.") var json = false
 
     func run() throws {
         guarded {
             try Checks.batching(batchSize: batchSize, offset: offset, limit: limit, threads: threads)
             try Checks.output(save, "--save")
+            try Checks.distinct(outputs: [("--save", save)], inputs: [("model", model), ("--images", images), ("--labels", labels)])
             let m = try Checks.model(model, threads: threads)
-            let set = try ImageSet.load(contentsOf: URL(fileURLWithPath: images), channels: m.config.inChannels, size: m.config.imgSize)
-            let labs = try labels.map { try ImageSet.loadLabels(contentsOf: URL(fileURLWithPath: $0)) }
-            if let labels, let labs {
-                guard labs.count == set.count else { throw CLIError("--labels \(labels): \(labs.count) labels for \(set.count) images") }
-                try Checks.labels(labs, from: "--labels \(labels)", config: m.config)
+            // Only the images up to --offset + --limit are read (and inflated).
+            let needed = limit.map { Checks.add(offset, $0) }
+            let set = try ImageSet.load(contentsOf: URL(fileURLWithPath: images), channels: m.config.inChannels, size: m.config.imgSize, limit: needed)
+            let labelFile = try labels.map { try ImageSet.loadLabels(contentsOf: URL(fileURLWithPath: $0), limit: needed) }
+            let labs = labelFile?.labels
+            if let labels, let labelFile {
+                guard labelFile.fileCount == set.fileCount else { throw CLIError("--labels \(labels): \(labelFile.fileCount) labels for \(set.fileCount) images") }
+                try Checks.labels(labelFile.labels, from: "--labels \(labels)", config: m.config)
             }
-            guard offset < set.count else { throw CLIError("--offset \(offset) is past the \(set.count) images") }
+            guard offset < set.count else { throw CLIError("--offset \(offset) is past the \(set.fileCount) images") }
             let end = limit.map { min(set.count, offset + min($0, set.count)) } ?? set.count
             let rows = min(batchSize, end - offset)
             var bytes = try Checks.forwardBytes(m, rows: rows)
             if save != nil { bytes = Checks.add(bytes, Checks.mul(end - offset, Checks.mul(m.config.imageDim, 4))) }
             try Checks.memory(bytes, batchFlag: "--batch-size", batch: rows)
+            try Checks.imageRange(set, flag: "--images", path: images)
             let r = try m.likelihood(images: set, labels: labs, range: offset..<end, batchSize: batchSize, seed: seed, keepLatents: save != nil)
             if let save {
                 let n = r.count
@@ -158,7 +170,7 @@ struct Likelihood: ParsableCommand {
                 ], to: URL(fileURLWithPath: save))
             }
             if json {
-                print("{\"bits_per_dim\": \(r.meanBitsPerDim), \"nll\": \(r.meanNLL), \"count\": \(r.count)}")
+                print("{\"bits_per_dim\": \(try Checks.json(r.meanBitsPerDim, "bits_per_dim")), \"nll\": \(try Checks.json(r.meanNLL, "nll")), \"count\": \(r.count)}")
             } else {
                 print(String(format: "bits/dim %.4f  nll %.4f nats/dim  count %d", r.meanBitsPerDim, r.meanNLL, r.count))
             }

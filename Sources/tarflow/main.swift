@@ -3,6 +3,7 @@ import Foundation
 
 // Every failure, including a usage error found by the argument parser, is one line on stderr
 // and a non-zero exit; `--help` prints the help text on stdout and exits 0.
+Signals.install()
 do {
     var command = try TarflowCommand.parseAsRoot()
     try command.run()

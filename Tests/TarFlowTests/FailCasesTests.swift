@@ -13,6 +13,7 @@ final class FailCasesTests: XCTestCase {
     static var entries: [String: ([UInt8]) -> Void] { [
         "FuzzModelFile": FuzzEntry.modelFile, "FuzzTorchCheckpoint": FuzzEntry.torchCheckpoint,
         "FuzzSafetensors": FuzzEntry.safetensors, "FuzzNPY": FuzzEntry.npy, "FuzzPNG": FuzzEntry.png, "FuzzIDX": FuzzEntry.idx,
+        "FuzzConfigJSON": FuzzEntry.configJSON, "FuzzModelMetadata": FuzzEntry.modelMetadata,
     ] }
 
     func testEntryPointsMatchTheFuzzers() throws {
@@ -103,6 +104,53 @@ public enum FuzzEntry {
     public static func idx(_ bytes: [UInt8]) {
         _ = withTemporaryFile(bytes, suffix: "idx") { try? IDX.read(contentsOf: $0) }
     }
+
+    /// A config JSON (`compile --config`): parse and validate, derive every size, then, for
+    /// configs small enough to run at fuzzing speed (the micro configs' size), build the model
+    /// with generated weights, load it and run forward.
+    public static func configJSON(_ bytes: [UInt8]) {
+        guard let parsed = try? AheadOfTime.parseConfig(Data(bytes), path: "<fuzz>") else { return }
+        let c = parsed.config
+        _ = (c.numPatches, c.patchDim, c.imageDim, c.numHeads, c.metadata)
+        guard c.numBlocks * max(c.layersPerBlock, 1) <= 2, c.channels <= 64, c.imageDim <= 64, c.numPatches <= 16,
+              c.channels * c.expansion <= 256, c.numClasses <= 4, c.patchDim <= 16 else { return }
+        guard let model = try? AheadOfTime.randomModel(config: c, seed: 1, noiseStd: parsed.noiseStd), let m = try? TarFlowModel(model: model) else { return }
+        let x = Tensor(shape: [1, c.inChannels, c.imgSize, c.imgSize], floats: [Float](repeating: 0.25, count: c.imageDim))
+        _ = try? m.forward(images: x, labels: c.numClasses > 0 ? [0] : nil)
+    }
+
+    /// Model-file metadata as `tarflow inspect` prints it (`key = value` lines; values that read
+    /// as integers, numbers or booleans are those, others strings) put on a small model built in
+    /// memory: loading must refuse every disagreement with the tensors and graphs, and whatever
+    /// loads must run.
+    public static func modelMetadata(_ bytes: [UInt8]) {
+        var metadata: [String: MetadataValue] = [:]
+        for line in String(decoding: bytes, as: UTF8.self).split(separator: "\n") {
+            guard let eq = line.firstIndex(of: "=") else { continue }
+            let key = line[..<eq].trimmingCharacters(in: .whitespaces), text = line[line.index(after: eq)...].trimmingCharacters(in: .whitespaces)
+            metadata[key] = Int64(text).map(MetadataValue.int) ?? (text == "true" || text == "false" ? .bool(text == "true") : nil)
+                ?? Double(text).map(MetadataValue.double) ?? .string(text.count >= 2 && text.hasPrefix("\"") && text.hasSuffix("\"") ? String(text.dropFirst().dropLast()) : text)
+        }
+        for base in metadataBases {
+            var model = base
+            model.metadata = metadata
+            guard let m = try? TarFlowModel(model: model) else { continue }
+            let c = m.config
+            let x = Tensor(shape: [1, c.inChannels, c.imgSize, c.imgSize], floats: [Float](repeating: 0.25, count: c.imageDim))
+            let labels: [Int]? = c.numClasses > 0 ? [c.numClasses - 1] : nil
+            _ = try? m.forward(images: x, labels: labels)
+            _ = try? m.sample(noise: m.noise(count: 1, seed: 1), labels: labels, options: SamplingOptions(guidance: 0.5))
+            _ = try? m.denoise(images: x, labels: labels)
+        }
+    }
+
+    /// Small models (generated weights) whose metadata the metadata target replaces: the
+    /// configs of the micro seeds (Seeds/FuzzModelMetadata/micro*.txt), unconditional and conditional.
+    static let metadataBases: [Model] = [
+        TarFlowConfig(inChannels: 1, imgSize: 4, patchSize: 2, channels: 64, numBlocks: 1, layersPerBlock: 0, nvp: true, numClasses: 0),
+        TarFlowConfig(inChannels: 1, imgSize: 4, patchSize: 2, channels: 64, numBlocks: 1, layersPerBlock: 1, nvp: false, numClasses: 3, expansion: 1),
+        TarFlowConfig(inChannels: 1, imgSize: 4, patchSize: 2, channels: 64, numBlocks: 2, layersPerBlock: 0, nvp: true, numClasses: 2),
+    ].compactMap { try? AheadOfTime.randomModel(config: $0, seed: 1, noiseStd: 0.1) }
 
     static func convert(_ tensors: [CheckpointTensor]) {
         for options in [Converter.Options(inChannels: 1), Converter.Options(imageSize: 8)] {

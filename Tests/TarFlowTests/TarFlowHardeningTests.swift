@@ -16,9 +16,9 @@ final class TarFlowHardeningTests: XCTestCase {
     func testMetadataThatDisagreesWithTheGraphsIsRefused() throws {
         let good = try TinyModels.model(classes: 3)
         XCTAssertNoThrow(try TarFlowModel(model: good))
-        for (key, value, mention) in [("tarflow.img_size", MetadataValue.int(8), "input 'x'"), ("tarflow.num_blocks", .int(3), "block1"),
-                                      ("tarflow.num_classes", .int(0), "inputs are"), ("tarflow.in_channels", .int(4), "'x'"),
-                                      ("tarflow.patch_size", .int(1), "'block0'")] {
+        for (key, value, mention) in [("tarflow.img_size", MetadataValue.int(8), "input 'x'"), ("tarflow.num_blocks", .int(3), "'tarflow.num_blocks'"),
+                                      ("tarflow.num_classes", .int(0), "'tarflow.num_classes'"), ("tarflow.in_channels", .int(4), "'x'"),
+                                      ("tarflow.patch_size", .int(1), "'tarflow.patch_size'")] {
             var m = good
             m.metadata[key] = value
             assertInvalidModel(m, mention)

@@ -8,7 +8,7 @@ import PackageDescription
 let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
 let main = root.lastPathComponent.lowercased()
 
-let targets = ["FuzzModelFile", "FuzzTorchCheckpoint", "FuzzSafetensors", "FuzzNPY", "FuzzPNG", "FuzzIDX"]
+let targets = ["FuzzModelFile", "FuzzTorchCheckpoint", "FuzzSafetensors", "FuzzNPY", "FuzzPNG", "FuzzIDX", "FuzzConfigJSON", "FuzzModelMetadata"]
 
 let package = Package(
     name: "swift-tarflow-fuzz",

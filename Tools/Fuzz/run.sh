@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=../..
-TARGETS=(FuzzModelFile FuzzTorchCheckpoint FuzzSafetensors FuzzNPY FuzzPNG FuzzIDX)
+TARGETS=(FuzzModelFile FuzzTorchCheckpoint FuzzSafetensors FuzzNPY FuzzPNG FuzzIDX FuzzConfigJSON FuzzModelMetadata)
 [ $# -ge 1 ] && TARGETS=("$1")
 SECONDS_EACH=${2:-600}
 
@@ -28,6 +28,8 @@ seeds() {
         FuzzNPY) echo $ROOT/Tests/Fixtures/io/*.npy $ROOT/docs/*.npy ;;
         FuzzPNG) echo $ROOT/Tests/Fixtures/io/*.png $ROOT/docs/*.png ;;
         FuzzIDX) echo $ROOT/Tests/Fixtures/io/*ubyte* Seeds/FuzzIDX ;;
+        FuzzConfigJSON) echo Seeds/FuzzConfigJSON ;;
+        FuzzModelMetadata) echo Seeds/FuzzModelMetadata ;;
     esac
 }
 

@@ -9,6 +9,8 @@ enum CheckpointTorchZip {
     /// A tensor may be larger than its storage only through zero strides (expanded views);
     /// cap that blow-up so a tiny hostile file cannot request an enormous allocation.
     static let maxExpandedElements = 1 << 24
+    /// Bytes a storage may hold beyond the last element its tensors reach.
+    static let maxUnusedStorageBytes = 1 << 20
     /// Upper bound for `data.pkl` itself.
     static let maxPickleBytes = 1 << 30
 
@@ -93,6 +95,30 @@ enum CheckpointTorchZip {
                 }
             } else {
                 dtypes[ref.storage.key] = StorageInfo(dtype: ref.storage.dtype, numel: ref.storage.numel)
+            }
+        }
+
+        // A storage may be larger than its views need (torch saves a sliced tensor's whole
+        // storage), but not by more than `maxUnusedStorageBytes`: checked before any storage is
+        // read, so a small file cannot declare gigabytes of deflated zeros that no tensor uses.
+        var reach: [String: Int] = [:]
+        for (name, ref) in refs {
+            var last = ref.offset
+            for (d, st) in zip(ref.shape, ref.stride) where d > 0 {
+                guard let span = CheckpointMath.multiply(d - 1, st), let next = CheckpointMath.add(last, span) else {
+                    throw CheckpointError(.malformedTensor, file: path, subject: name, "offset/stride arithmetic overflows")
+                }
+                last = next
+            }
+            let used = ref.shape.contains(0) ? 0 : last + 1
+            reach[ref.storage.key] = max(reach[ref.storage.key] ?? 0, used)
+        }
+        for (key, info) in dtypes {
+            let needed = reach[key] ?? 0, es = info.dtype.elementSize
+            guard let unused = CheckpointMath.multiply(max(info.numel - needed, 0), es), unused <= maxUnusedStorageBytes else {
+                throw CheckpointError(.limitExceeded, file: path, subject: key,
+                                      "storage '\(key)' declares \(info.numel) elements but its tensors use \(needed)",
+                                      hint: "the checkpoint is damaged or hostile; save the tensors with .clone() (their own storages)")
             }
         }
 

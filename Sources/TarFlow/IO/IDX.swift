@@ -15,10 +15,70 @@ public enum IDX {
     public static let maxDimensions = 16
 
     public static func read(contentsOf url: URL) throws -> HostArray {
+        try read(contentsOf: url, maxItems: nil).array
+    }
+
+    /// The first `maxItems` items (images, labels) of the file, or all when nil, and how many the
+    /// file holds. A compressed file is inflated only as far as those items reach (its header
+    /// first), and never past the size its header declares, so a small file that inflates to
+    /// gigabytes costs no more memory than the items asked for.
+    public static func read(contentsOf url: URL, maxItems: Int?) throws -> (array: HostArray, fileCount: Int) {
         let path = url.path
         let file = try readFileBytes(at: url, maxBytes: maxBytes)
-        let bytes = isGzip(file) ? try gunzip(file, limit: maxBytes, path: path) : file
-        return try parse(bytes, path: path)
+        guard isGzip(file) else {
+            let a = try parse(file, path: path)
+            guard let maxItems, let n = a.shape.first, n > maxItems else { return (a, a.shape.first ?? 0) }
+            return (try parse(prefix(file, items: maxItems, path: path), path: path), n)
+        }
+        let headerMax = 4 + 4 * maxDimensions
+        let head = try gunzip(file, limit: maxBytes, path: path, stopAt: headerMax)
+        guard head.count >= 4, head[0] == 0, head[1] == 0 else { throw IDXError.notIDX(path: path) }
+        let (dataStart, itemBytes, count) = try layout(head, path: path)
+        // Whole file: one byte past the declared size reveals trailing data without inflating it all.
+        var want = dataStart + count * itemBytes + 1
+        if let maxItems, count > maxItems { want = dataStart + maxItems * itemBytes }
+        guard want - 1 <= maxBytes else { throw IDXError.gzip(path: path, message: "the header declares \(want - 1) bytes, more than \(maxBytes)") }
+        var bytes = try gunzip(file, limit: maxBytes, path: path, stopAt: want)
+        if let maxItems, count > maxItems { bytes = try prefix(bytes, items: maxItems, path: path) }
+        return (try parse(bytes, path: path), count)
+    }
+
+    /// Offset of the data, bytes per item (one index of the first dimension) and item count,
+    /// with every product checked.
+    static func layout(_ bytes: [UInt8], path: String) throws -> (dataStart: Int, itemBytes: Int, count: Int) {
+        let rank = Int(bytes[3])
+        guard (1...maxDimensions).contains(rank) else {
+            throw IDXError.invalid(path: path, reason: "\(rank) dimensions (expected 1...\(maxDimensions))")
+        }
+        let dataStart = 4 + 4 * rank
+        guard bytes.count >= dataStart else { throw IDXError.truncated(path: path, expected: dataStart, actual: bytes.count) }
+        let shape = (0..<rank).map { i -> Int in
+            let at = 4 + 4 * i
+            return Int(bytes[at]) << 24 | Int(bytes[at + 1]) << 16 | Int(bytes[at + 2]) << 8 | Int(bytes[at + 3])
+        }
+        let size: Int
+        switch bytes[2] {
+        case 0x08, 0x09: size = 1
+        case 0x0B: size = 2
+        case 0x0C, 0x0D: size = 4
+        case 0x0E: size = 8
+        default: throw IDXError.unsupportedType(path: path, type: bytes[2])
+        }
+        guard let per = HostArray.elementCount(of: Array(shape.dropFirst())), case let (item, o1) = per.multipliedReportingOverflow(by: size), !o1,
+              case let (total, o2) = item.multipliedReportingOverflow(by: shape[0]), !o2, total <= maxBytes else {
+            throw IDXError.invalid(path: path, reason: "dimensions \(shape) declare more than \(maxBytes) bytes")
+        }
+        return (dataStart, item, shape[0])
+    }
+
+    /// The file cut to its first `items` items, with the first dimension rewritten to match.
+    static func prefix(_ bytes: [UInt8], items: Int, path: String) throws -> [UInt8] {
+        let (dataStart, itemBytes, count) = try layout(bytes, path: path)
+        let n = min(items, count), end = dataStart + n * itemBytes
+        guard bytes.count >= end else { throw IDXError.truncated(path: path, expected: end, actual: bytes.count) }
+        var out = Array(bytes[0..<end])
+        out.replaceSubrange(4..<8, with: [UInt8(n >> 24 & 0xFF), UInt8(n >> 16 & 0xFF), UInt8(n >> 8 & 0xFF), UInt8(n & 0xFF)])
+        return out
     }
 
     /// Decodes an uncompressed, in-memory IDX file; `path` only labels errors.
@@ -80,7 +140,8 @@ public enum IDX {
 
     /// Inflates a gzip file (all members, as `gzip -d` does), refusing output beyond `limit`
     /// bytes so that a small hostile file cannot exhaust memory.
-    static func gunzip(_ input: [UInt8], limit: Int, path: String) throws -> [UInt8] {
+    /// With `stopAt`, inflation stops once that many bytes are out (fewer if the data ends first).
+    static func gunzip(_ input: [UInt8], limit: Int, path: String, stopAt: Int? = nil) throws -> [UInt8] {
         guard input.count <= Int(UInt32.max) else {
             throw IDXError.gzip(path: path, message: "compressed file larger than 4 GiB")
         }
@@ -91,18 +152,20 @@ public enum IDX {
         }
         defer { inflateEnd(&stream) }
 
-        var output = [UInt8](repeating: 0, count: min(limit + 1, max(1 << 16, input.count * 4)))
+        let cap = min(limit + 1, stopAt ?? Int.max)
+        var output = [UInt8](repeating: 0, count: min(cap, max(1 << 16, input.count * 4)))
         var produced = 0
         try input.withUnsafeBytes { inRaw in
             guard let inBase = inRaw.bindMemory(to: Bytef.self).baseAddress else { return }
             stream.next_in = UnsafeMutablePointer(mutating: inBase)
             stream.avail_in = uInt(inRaw.count)
             while true {
+                if let stopAt, produced >= stopAt { return }
                 if produced == output.count {
                     guard output.count <= limit else {
                         throw IDXError.gzip(path: path, message: "decompresses to more than \(limit) bytes")
                     }
-                    output += repeatElement(0, count: min(output.count, limit + 1 - output.count))
+                    output += repeatElement(0, count: min(output.count, cap - output.count))
                 }
                 let status = output.withUnsafeMutableBytes { outRaw -> Int32 in
                     guard let outBase = outRaw.bindMemory(to: Bytef.self).baseAddress else { return Z_MEM_ERROR }

@@ -1,0 +1,93 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The temporary files of writes under way (`FileIO.writeAtomically`), kept where a signal
+/// handler can reach them without allocating or locking: on SIGINT, SIGTERM or SIGHUP each is
+/// unlinked before the process dies, so an interrupted write leaves no `.NAME.tmp-XXXXXX` behind.
+public enum TemporaryFiles {
+    static let slots = 64
+    static let slotBytes = 4096
+    /// `slots` NUL-terminated paths; `used[i] != 0` marks a slot whose path is complete.
+    nonisolated(unsafe) static let paths: UnsafeMutablePointer<CChar> = {
+        let p = UnsafeMutablePointer<CChar>.allocate(capacity: slots * slotBytes)
+        p.initialize(repeating: 0, count: slots * slotBytes)
+        return p
+    }()
+    nonisolated(unsafe) static let used: UnsafeMutablePointer<UInt8> = {
+        let p = UnsafeMutablePointer<UInt8>.allocate(capacity: slots)
+        p.initialize(repeating: 0, count: slots)
+        return p
+    }()
+    nonisolated(unsafe) static var lock = pthread_mutex_t()
+    nonisolated(unsafe) static var lockReady: Bool = {
+        pthread_mutex_init(&lock, nil)
+        return true
+    }()
+
+    /// Records `path` for removal on a signal; the slot to pass to `unregister`, nil when the
+    /// table is full or the path too long (the write still works, it is just not cleaned up).
+    public static func register(_ path: String) -> Int? {
+        let bytes = Array(path.utf8)
+        guard bytes.count < slotBytes, lockReady else { return nil }
+        pthread_mutex_lock(&lock)
+        defer { pthread_mutex_unlock(&lock) }
+        for i in 0..<slots where used[i] == 0 {
+            let p = paths + i * slotBytes
+            for (j, b) in bytes.enumerated() { p[j] = CChar(bitPattern: b) }
+            p[bytes.count] = 0
+            used[i] = 1
+            return i
+        }
+        return nil
+    }
+
+    public static func unregister(_ slot: Int?) {
+        guard let slot, lockReady else { return }
+        pthread_mutex_lock(&lock)
+        used[slot] = 0
+        pthread_mutex_unlock(&lock)
+    }
+
+    /// Creates a new file from `template` (its trailing `XXXXXX` replaced by random letters, as
+    /// `mkstemp`; `O_CREAT | O_EXCL`, mode 0600), registering the path before the file exists:
+    /// a signal that arrives at any moment, on any thread, finds every file it must remove.
+    /// Returns the file descriptor (-1 with `errno` set on failure), the path and its slot.
+    public static func create(template: String) -> (fd: Int32, path: String, slot: Int?) {
+        let letters = Array("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+        let stem = template.hasSuffix("XXXXXX") ? String(template.dropLast(6)) : template
+        for _ in 0..<100 {
+            let path = stem + String((0..<6).map { _ in letters.randomElement()! })
+            let slot = register(path)
+            let fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+            if fd >= 0 { return (fd, path, slot) }
+            let e = errno
+            unregister(slot)
+            guard e == EEXIST else { errno = e; return (-1, path, nil) }
+        }
+        errno = EEXIST
+        return (-1, template, nil)
+    }
+
+    /// Unlinks every registered path. Async-signal-safe: reads the table and calls `unlink`.
+    public static func unlinkAll() {
+        for i in 0..<slots where used[i] != 0 { _ = unlink(paths + i * slotBytes) }
+    }
+
+    /// Installs handlers for SIGINT, SIGTERM and SIGHUP that unlink the temporary files, then
+    /// die of the same signal (default action), so callers still see how the process ended.
+    public static func installSignalHandlers() {
+        _ = paths; _ = used; _ = lockReady  // initialized here, never first inside a handler
+        for s in [SIGINT, SIGTERM, SIGHUP] {
+            var action = sigaction()
+            action.__sigaction_handler.sa_handler = { sig in
+                TemporaryFiles.unlinkAll()
+                signal(sig, SIG_DFL)
+                raise(sig)
+            }
+            sigemptyset(&action.sa_mask)
+            action.sa_flags = 0
+            sigaction(s, &action, nil)
+        }
+    }
+}
