@@ -25,8 +25,8 @@ struct Bench: ParsableCommand {
             }
             guard let model else { throw TarFlowError.invalidInput("give a model file (or --sgemm)") }
             let m = try Checks.model(model, threads: threads)
-            guard what == "forward" || what == "sample" else { throw TarFlowError.invalidInput("--what must be forward or sample, is \(what)") }
-            try Checks.memory(what == "forward" ? try Checks.forwardBytes(m, rows: batch) : try Checks.sampleBytes(m, images: batch, rows: batch),
+            guard ["forward", "sample", "load"].contains(what) else { throw TarFlowError.invalidInput("--what must be forward, sample or load, is \(what)") }
+            try Checks.memory(what == "sample" ? try Checks.sampleBytes(m, images: batch, rows: batch) : try Checks.forwardBytes(m, rows: batch),
                               batchFlag: "--batch", batch: batch)
             let r: BenchSupport.Result
             switch what {

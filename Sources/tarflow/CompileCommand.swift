@@ -22,6 +22,7 @@ struct Compile: ParsableCommand {
     @Option(help: "A config JSON (keys as Tests/Fixtures/*/case.json) instead of a model file; needs --random-weights.")
     var config: String?
     @Option(help: "Seed of the generated weights for --config.") var randomWeights: UInt64?
+    @Flag(help: "No progress bar (drawn on stderr only when it is a terminal).") var quiet = false
 
     func run() throws {
         guarded {
@@ -47,7 +48,12 @@ struct Compile: ParsableCommand {
             case (nil, nil):
                 throw TarFlowError.invalidInput("give a model file to compile, or --config CONFIG.json --random-weights SEED")
             }
-            let compiled = try AheadOfTime.compile(source, functions: fs, batches: batches)
+            var bar: Progress?
+            let compiled = try AheadOfTime.compile(source, functions: fs, batches: batches, progress: { done, total in
+                if bar == nil { bar = Progress("compile", total: total, unit: "graphs", quiet: quiet) }
+                bar?.update(done)
+            })
+            bar?.finish()
             try ModelFile.write(compiled, to: URL(fileURLWithPath: output))
             let plans = compiled.compiled.reduce(0) { $0 + $1.plans.count }
             if compiled.compiled.isEmpty { print("wrote \(output): no compiled functions (--functions none)"); return }

@@ -11,17 +11,18 @@ struct Denoise: ParsableCommand {
     @Option(help: "Labels: an int64/int32 .npy; -1 = unconditional.") var labels: String?
     @Option(parsing: .unconditional, help: "Noise level σ (default: the one stored in the model).") var noiseStd: Double?
     @Option(parsing: .unconditional, help: "Images per step.") var batchSize: Int = 64
-    @Option(name: .shortAndLong, help: "Output .npy (float32, B,C,H,W).") var output: String
-    @Option(help: "Also write the gradient of each batch's loss 0.5·mean(z²) − mean(logdets) (.npy).") var saveGrad: String?
+    @Option(name: .shortAndLong, help: "Output .npy or .npz (float32, B,C,H,W; the .npz member is 'images').") var output: String
+    @Option(help: "Also write the gradient of each batch's loss 0.5·mean(z²) − mean(logdets) (.npy, or .npz with member 'grad').") var saveGrad: String?
     @Option(parsing: .unconditional, help: "Threads for the GEMMs.") var threads: Int = 1
+    @Flag(help: "No progress bar (drawn on stderr only when it is a terminal).") var quiet = false
 
     func run() throws {
         guarded {
             try Checks.positive(batchSize, "--batch-size")
             try Checks.threads(threads)
             if let n = noiseStd, !(n >= 0 && n.isFinite) { throw CLIError("--noise-std \(n) must be a finite number >= 0") }
-            try Checks.output(output, "-o")
-            try Checks.output(saveGrad, "--save-grad")
+            try OutputFormat.check(output, "-o", allowed: [.npy, .npz])
+            try OutputFormat.check(saveGrad, "--save-grad", allowed: [.npy, .npz])
             let m = try Checks.model(model, threads: threads)
             if noiseStd == nil, m.noiseStd == nil { throw CLIError("the model records no training noise level; pass --noise-std σ") }
             let set = try ImageSet.load(contentsOf: URL(fileURLWithPath: images), channels: m.config.inChannels, size: m.config.imgSize)
@@ -38,16 +39,19 @@ struct Denoise: ParsableCommand {
                               batchFlag: "--batch-size", batch: rows)
             var out: [Float] = [], grads: [Float] = []
             var start = 0
+            let bar = Progress("denoise", total: set.count, unit: "images", quiet: quiet)
             while start < set.count {
                 let end = min(start + batchSize, set.count)
                 let r = try m.denoise(images: set.batch(start..<end, dequantization: .none), labels: labs.map { Array($0[start..<end]) }, noiseStd: noiseStd)
                 out += r.images.floats
                 if saveGrad != nil { grads += r.gradient.floats }
                 start = end
+                bar.update(start)
             }
+            bar.finish()
             let shape = [set.count, set.channels, set.size, set.size]
-            try NPY.write(HostArray(shape: shape, floats: out), to: URL(fileURLWithPath: output))
-            if let saveGrad { try NPY.write(HostArray(shape: shape, floats: grads), to: URL(fileURLWithPath: saveGrad)) }
+            try OutputFormat.write([("images", HostArray(shape: shape, floats: out))], to: output, "-o", allowed: [.npy, .npz])
+            if let saveGrad { try OutputFormat.write([("grad", HostArray(shape: shape, floats: grads))], to: saveGrad, "--save-grad", allowed: [.npy, .npz]) }
         }
     }
 }
@@ -61,16 +65,17 @@ struct Classify: ParsableCommand {
     @Option(parsing: .unconditional, help: "Images per chunk (each runs as one batch of chunk × classes).") var batchSize: Int = 64
     @Option(parsing: .unconditional, help: "Index of the first image.") var offset: Int = 0
     @Option(parsing: .unconditional, help: "Number of images (default: all after --offset).") var limit: Int?
-    @Option(help: "Write int64 predictions (B) to this .npy.") var save: String?
-    @Option(help: "Write float32 losses (B, classes) to this .npy.") var saveLosses: String?
+    @Option(help: "Write int64 predictions (B) to this .npy or .npz (member 'predictions').") var save: String?
+    @Option(help: "Write float32 losses (B, classes) to this .npy or .npz (member 'losses').") var saveLosses: String?
     @Option(parsing: .unconditional, help: "Threads for the GEMMs.") var threads: Int = 1
     @Flag(help: "Print one JSON line.") var json = false
+    @Flag(help: "No progress bar (drawn on stderr only when it is a terminal).") var quiet = false
 
     func run() throws {
         guarded {
             try Checks.batching(batchSize: batchSize, offset: offset, limit: limit, threads: threads)
-            try Checks.output(save, "--save")
-            try Checks.output(saveLosses, "--save-losses")
+            try OutputFormat.check(save, "--save", allowed: [.npy, .npz])
+            try OutputFormat.check(saveLosses, "--save-losses", allowed: [.npy, .npz])
             let m = try Checks.model(model, threads: threads)
             guard m.config.numClasses > 0 else { throw CLIError("\(model): the model is unconditional (num_classes = 0); it cannot classify") }
             let set = try ImageSet.load(contentsOf: URL(fileURLWithPath: images), channels: m.config.inChannels, size: m.config.imgSize)
@@ -80,10 +85,16 @@ struct Classify: ParsableCommand {
             if let truth, truth.count != set.count { throw CLIError("--true-labels \(trueLabels ?? ""): \(truth.count) labels for \(set.count) images") }
             let rows = Checks.mul(min(batchSize, end - offset), m.config.numClasses)
             try Checks.memory(Checks.mul(try Checks.forwardBytes(m, rows: rows), 2), batchFlag: "--batch-size", batch: min(batchSize, end - offset))
-            let r = try m.classify(images: set, range: offset..<end, batchSize: batchSize)
+            let bar = Progress("classify", total: end - offset, unit: "images", quiet: quiet)
+            let r = try m.classify(images: set, range: offset..<end, batchSize: batchSize, progress: { done, _ in bar.update(done) })
+            bar.finish()
             let n = r.predictions.count
-            if let save { try NPY.write(HostArray(shape: [n], int64s: r.predictions.map(Int64.init)), to: URL(fileURLWithPath: save)) }
-            if let saveLosses { try NPY.write(HostArray(shape: [n, r.numClasses], floats: r.losses), to: URL(fileURLWithPath: saveLosses)) }
+            if let save {
+                try OutputFormat.write([("predictions", HostArray(shape: [n], int64s: r.predictions.map(Int64.init)))], to: save, "--save", allowed: [.npy, .npz])
+            }
+            if let saveLosses {
+                try OutputFormat.write([("losses", HostArray(shape: [n, r.numClasses], floats: r.losses))], to: saveLosses, "--save-losses", allowed: [.npy, .npz])
+            }
             var accuracy: Double?
             if let truth {
                 let correct = zip(r.predictions, truth[offset..<end]).filter { $0 == $1 }.count

@@ -149,7 +149,7 @@ final class CLIHardeningTests: XCTestCase {
         m.metadata["note"] = .string("\u{1B}[2J\u{7}cleared")
         let path = tmp.appendingPathComponent("escape.tflow")
         try ModelFile.write(m, to: path)
-        let r = try tarflow(["inspect", path.path])
+        let r = try tarflow(["inspect", path.path, "--graphs"])
         XCTAssertEqual(r.status, 0, r.err)
         XCTAssertFalse(r.out.unicodeScalars.contains { $0.value == 0x1B || $0.value == 0x07 }, r.out)
         XCTAssertTrue(r.out.contains("\\u{1B}[2J\\u{7}cleared"), r.out)
