@@ -130,12 +130,15 @@ struct Inspect: ParsableCommand {
         }
     }
 
+    /// 3228560 → "3,228,560".
+    static func grouped(_ n: Int) -> String {
+        let s = String(n)
+        return s.enumerated().map { i, c in (i > 0 && (s.count - i) % 3 == 0 ? "," : "") + String(c) }.joined()
+    }
+
     /// Parameters, dtype, config, file size, graphs and stored functions with their batch sizes.
     func printSummary(_ m: Model, fileBytes: Int?) {
-        func grouped(_ n: Int) -> String {
-            let s = String(n)
-            return s.enumerated().map { i, c in (i > 0 && (s.count - i) % 3 == 0 ? "," : "") + String(c) }.joined()
-        }
+        let grouped = Inspect.grouped
         print("\(model): " + (fileBytes.map { String(format: "%.1f MB", Double($0) / 1e6) + " (\(grouped($0)) bytes)" } ?? "size unknown"))
         if let c = try? TarFlowConfig(metadata: m.metadata) {
             let noise = m.metadata["tarflow.noise_std"].map { "\($0)" } ?? "unknown"

@@ -116,7 +116,7 @@ final class CLIHardeningTests: XCTestCase {
         }
         try assertFails(["sample", cond, "--count", "0", "-o", keep.path], mentions: ["--count 0"])
         try assertFails(["sample", cond, "--count", "-3", "-o", keep.path], mentions: ["--count -3"])
-        try assertFails(["sample", cond, "--count", "2", "-o", tmp.appendingPathComponent("x.jpg").path], mentions: [".npy or .png"])
+        try assertFails(["sample", cond, "--count", "2", "-o", tmp.appendingPathComponent("x.jpg").path], mentions: [".npy, .npz or .png"])
         try assertFails(["sample", cond, "--count", "2", "-o", tmp.appendingPathComponent("no/such/dir/x.npy").path], mentions: ["does not exist"])
         try assertFails(["likelihood", uncond, "--images", keep.path, "--batch-size", "0"], mentions: ["--batch-size"])
     }
