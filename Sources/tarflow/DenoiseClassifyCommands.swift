@@ -62,6 +62,8 @@ struct Classify: ParsableCommand {
     @Argument(help: "The model file.") var model: String
     @Option(help: "Images as for `likelihood`; integer images map to x/255·2−1 with no noise.") var images: String
     @Option(help: "True labels (.npy or IDX) to report accuracy.") var trueLabels: String?
+    @Flag(help: "Image folders: the sorted subfolder names are the classes and give the true labels, as torchvision's ImageFolder.") var labelsFromFolders = false
+    @Flag(help: "Image folders: torchvision's Resize(image size) (shorter side, bilinear, antialiased) then CenterCrop; without it images must have the model's size.") var resize = false
     @Option(parsing: .unconditional, help: "Images per chunk (each runs as one batch of chunk × classes).") var batchSize: Int = 64
     @Option(parsing: .unconditional, help: "Index of the first image.") var offset: Int = 0
     @Option(parsing: .unconditional, help: "Number of images (default: all after --offset).") var limit: Int?
@@ -78,10 +80,11 @@ struct Classify: ParsableCommand {
             try OutputFormat.check(saveLosses, "--save-losses", allowed: [.npy, .npz])
             let m = try Checks.model(model, threads: threads)
             guard m.config.numClasses > 0 else { throw CLIError("\(model): the model is unconditional (num_classes = 0); it cannot classify") }
-            let set = try ImageSet.load(contentsOf: URL(fileURLWithPath: images), channels: m.config.inChannels, size: m.config.imgSize)
+            if trueLabels != nil, labelsFromFolders { throw CLIError("give --true-labels or --labels-from-folders, not both") }
+            let (set, folderLabels) = try Checks.images(images, model: m, resize: resize, labelsFromFolders: labelsFromFolders)
             guard offset < set.count else { throw CLIError("--offset \(offset) is past the \(set.count) images") }
             let end = limit.map { min(set.count, offset + min($0, set.count)) } ?? set.count
-            let truth = try trueLabels.map { try ImageSet.loadLabels(contentsOf: URL(fileURLWithPath: $0)) }
+            let truth = try trueLabels.map { try ImageSet.loadLabels(contentsOf: URL(fileURLWithPath: $0)) } ?? folderLabels
             if let truth, truth.count != set.count { throw CLIError("--true-labels \(trueLabels ?? ""): \(truth.count) labels for \(set.count) images") }
             let rows = Checks.mul(min(batchSize, end - offset), m.config.numClasses)
             try Checks.memory(Checks.mul(try Checks.forwardBytes(m, rows: rows), 2), batchFlag: "--batch-size", batch: min(batchSize, end - offset))

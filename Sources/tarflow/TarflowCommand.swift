@@ -177,9 +177,11 @@ struct Likelihood: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Exact log-likelihood and bits/dim of images.")
 
     @Argument(help: "The model file.") var model: String
-    @Option(help: "Images: a .npy (float in [-1, 1] used as is; uint8 dequantized), a folder of PNG files, or an MNIST IDX file (plain or .gz).")
+    @Option(help: "Images: a .npy (float in [-1, 1] used as is; uint8 dequantized), a folder of PNG/JPEG files (recursive), or an MNIST IDX file (plain or .gz).")
     var images: String
     @Option(help: "Labels: an int64/int32 .npy or an IDX labels file; -1 = unconditional.") var labels: String?
+    @Flag(help: "Image folders: the sorted subfolder names are the classes (labels 0, 1, ...), as torchvision's ImageFolder.") var labelsFromFolders = false
+    @Flag(help: "Image folders: torchvision's Resize(image size) (shorter side, bilinear, antialiased) then CenterCrop; without it images must have the model's size.") var resize = false
     @Option(help: "Seed of the dequantization noise for integer images.") var seed: UInt64 = 0
     @Option(help: "Images per forward pass.") var batchSize: Int = 64
     @Option(help: "Index of the first image.") var offset: Int = 0
@@ -193,9 +195,10 @@ struct Likelihood: ParsableCommand {
         guarded {
             try Checks.batching(batchSize: batchSize, offset: offset, limit: limit, threads: threads)
             try OutputFormat.check(save, "--save", allowed: [.safetensors, .npz])
+            if labels != nil, labelsFromFolders { throw CLIError("give --labels or --labels-from-folders, not both") }
             let m = try Checks.model(model, threads: threads)
-            let set = try ImageSet.load(contentsOf: URL(fileURLWithPath: images), channels: m.config.inChannels, size: m.config.imgSize)
-            let labs = try labels.map { try ImageSet.loadLabels(contentsOf: URL(fileURLWithPath: $0)) }
+            let (set, folderLabels) = try Checks.images(images, model: m, resize: resize, labelsFromFolders: labelsFromFolders)
+            let labs = try labels.map { try ImageSet.loadLabels(contentsOf: URL(fileURLWithPath: $0)) } ?? folderLabels
             if let labels, let labs {
                 guard labs.count == set.count else { throw CLIError("--labels \(labels): \(labs.count) labels for \(set.count) images") }
                 try Checks.labels(labs, from: "--labels \(labels)", config: m.config)

@@ -269,7 +269,85 @@ final class EverydayTests: XCTestCase {
         XCTAssertFalse(quiet.out.contains("likelihood ["), quiet.out)
     }
 
-    // MARK: - The shipped MNIST test set
+    // MARK: - Image folders (JPEG and PNG, classes from subfolders, Resize + CenterCrop)
+
+    var photos: URL { repo.appendingPathComponent("Tests/Fixtures/imagefolder/photos") }
+    func reference(_ name: String) throws -> HostArray { try NPY.read(contentsOf: repo.appendingPathComponent("Tests/Fixtures/imagefolder/\(name)")) }
+
+    /// Tests/Fixtures/imagefolder/make_reference.py computed, with Pillow, the pixels the
+    /// official evaluate_bpd.py preprocessing gives for these files at image size 16.
+    func testImageFolderMatchesTheOfficialPreprocessing() throws {
+        let f = try ImageFolder.load(contentsOf: photos, channels: 3, size: 16, resize: true, labelsFromFolders: true)
+        let files = try String(contentsOf: repo.appendingPathComponent("Tests/Fixtures/imagefolder/reference-files.txt"), encoding: .utf8)
+        XCTAssertEqual(f.files, files.split(separator: "\n").map(String.init), "torchvision ImageFolder order")
+        XCTAssertEqual(f.classes, ["cat", "dog"])
+        XCTAssertEqual(f.labels.map { $0.map(Int64.init) }, try reference("reference-labels.npy").asInt64s())
+        let ref = try reference("reference-16.npy")
+        XCTAssertEqual(ref.shape, [8, 3, 16, 16])
+        guard case .integer(let px) = f.images.pixels, case .uint8(let want) = ref.storage else { return XCTFail("uint8 pixels expected") }
+        XCTAssertEqual(px.count, want.count)
+        let diffs = zip(px, want).map { abs(Int($0) - Int($1)) }
+        // Decoding is exact; resampling is PIL's filter and fixed-point arithmetic, horizontal pass
+        // first as Pillow's C code. Pillow 13 (the reference) runs the vertical pass first for some
+        // sizes (here cat/b.png, 23x57), which changes rounding by one level on some pixels.
+        let perImage = (0..<8).map { i in diffs[(i * 768)..<((i + 1) * 768)].filter { $0 > 0 }.count }
+        XCTAssertLessThanOrEqual(diffs.max() ?? 99, 1, "per image \(perImage)")
+        XCTAssertEqual(perImage.filter { $0 > 0 }.count, 1, "only cat/b.png may differ: \(perImage)")
+        XCTAssertLessThan(perImage[1], 768 / 4, "\(perImage)")
+        // Without --resize, images must have the model's size; a gray image becomes RGB.
+        XCTAssertThrowsError(try ImageFolder.load(contentsOf: photos, channels: 3, size: 16)) { XCTAssertTrue("\($0)".contains("a.jpg is 40x30"), "\($0)") }
+        let dir = tmp.appendingPathComponent("plain")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        try FileManager.default.copyItem(at: photos.appendingPathComponent("dog/x.JPG"), to: dir.appendingPathComponent("1.jpg"))
+        let gray = (0..<256).map { UInt8($0) }
+        try PNGImage.write(width: 16, height: 16, channels: 1, pixels: gray, to: dir.appendingPathComponent("0.png"))
+        let p = try ImageFolder.load(contentsOf: dir, channels: 3, size: 16)
+        XCTAssertEqual(p.files, ["0.png", "1.jpg"])
+        XCTAssertNil(p.labels)
+        XCTAssertEqual(p.images.batch(0..<1, dequantization: .none).floats, (0..<3).flatMap { _ in gray.map { Float($0) / 255 * 2 - 1 } })
+        XCTAssertEqual(p.images.batch(1..<2, dequantization: .none).floats, Array(f.images.batch(4..<5, dequantization: .none).floats), "a 16x16 image is not resampled")
+        // A colour image for a gray model, a damaged JPEG, a truncated one: one-line errors naming the file.
+        XCTAssertThrowsError(try ImageFolder.load(contentsOf: dir, channels: 1, size: 16)) { XCTAssertTrue("\($0)".contains("1.jpg has 3 channel(s)"), "\($0)") }
+        let jpeg = try [UInt8](Data(contentsOf: photos.appendingPathComponent("cat/a.jpg")))
+        for (name, bytes) in [("cut.jpg", Array(jpeg.prefix(jpeg.count / 2))), ("junk.jpg", Array(jpeg.prefix(3)) + [UInt8](repeating: 7, count: 200))] {
+            let bad = tmp.appendingPathComponent("bad-\(name)")
+            try FileManager.default.createDirectory(at: bad, withIntermediateDirectories: true)
+            try Data(bytes).write(to: bad.appendingPathComponent(name))
+            XCTAssertThrowsError(try ImageFolder.load(contentsOf: bad, channels: 3, size: 16, resize: true)) {
+                XCTAssertTrue("\($0)".contains(name) && "\($0)".contains("cannot decode JPEG"), "\($0)")
+                XCTAssertFalse("\($0)".contains("\n"))
+            }
+        }
+    }
+
+    /// The mean bits/dim of the folder through `--resize` agrees with the official preprocessing
+    /// (the reference pixels) within 0.5%, with the class labels from the folders.
+    func testLikelihoodAndClassifyOnAnImageFolder() throws {
+        let model = path("cond.tflow")
+        XCTAssertEqual(try tarflow(["convert", repo.appendingPathComponent("Tests/Fixtures/cond_guided/model.pth").path, "-o", model, "--image-size", "16"]).status, 0)
+        let refImages = repo.appendingPathComponent("Tests/Fixtures/imagefolder/reference-16.npy").path
+        let refLabels = repo.appendingPathComponent("Tests/Fixtures/imagefolder/reference-labels.npy").path
+        func bpd(_ args: [String]) throws -> Double {
+            let r = try tarflow(["likelihood", model, "--json"] + args)
+            XCTAssertEqual(r.status, 0, r.err)
+            return (try JSONSerialization.jsonObject(with: Data(r.out.utf8)) as? [String: Any])?["bits_per_dim"] as? Double ?? .nan
+        }
+        let official = try bpd(["--images", refImages, "--labels", refLabels])
+        let ours = try bpd(["--images", photos.path, "--resize", "--labels-from-folders"])
+        XCTAssertEqual(ours, official, accuracy: 0.005 * official)
+        XCTAssertNotEqual(try bpd(["--images", photos.path, "--resize"]), ours, "labels from folders condition the model")
+        let c = try tarflow(["classify", model, "--images", photos.path, "--resize", "--labels-from-folders", "--json"])
+        XCTAssertEqual(c.status, 0, c.err)
+        let r = try tarflow(["classify", model, "--images", refImages, "--true-labels", refLabels, "--json"])
+        XCTAssertEqual(c.out, r.out)
+        XCTAssertTrue(c.out.contains("\"count\": 8"), c.out)
+        // The flags are for folders, and labels come from one place.
+        try assertFails(["likelihood", model, "--images", refImages, "--resize"], mentions: ["--resize", "folder"])
+        try assertFails(["likelihood", model, "--images", photos.path, "--resize", "--labels-from-folders", "--labels", refLabels], mentions: ["--labels-from-folders"])
+        try assertFails(["classify", model, "--images", photos.path, "--resize", "--labels-from-folders", "--true-labels", refLabels], mentions: ["--true-labels"])
+        try assertFails(["likelihood", model, "--images", photos.path], mentions: ["a.jpg is 40x30", "--resize"])
+    }
+
 
     func testShippedMNISTTestSet() throws {
         let set = try ImageSet.load(contentsOf: URL(fileURLWithPath: mnistImages), channels: 1, size: 28)
