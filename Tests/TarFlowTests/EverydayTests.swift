@@ -258,8 +258,7 @@ final class EverydayTests: XCTestCase {
         guard FileManager.default.isExecutableFile(atPath: script.path) else { throw XCTSkip("no /usr/bin/script to make a terminal") }
         let images = path("x.npy")
         XCTAssertEqual(try tarflow(["sample", cond, "--count", "3", "--label", "1", "-o", images, "--quiet"]).status, 0)
-        var exe = Bundle.main.bundleURL.appendingPathComponent("tarflow")
-        if !FileManager.default.fileExists(atPath: exe.path) { exe = repo.appendingPathComponent(".build/debug/tarflow") }
+        let exe = tarflowExecutable(repo: repo)
         let command = "'\(exe.path)' likelihood '\(cond)' --images '\(images)' --batch-size 1"
         let r = try runProcess(script, ["-qec", command, "/dev/null"])
         XCTAssertEqual(r.status, 0, r.out + r.err)

@@ -16,7 +16,7 @@ extension CheckpointTests {
     }
 
     /// A state dict (OrderedDict of tensors) of `tensors`, storages keyed `\(storagePrefix)\(i)`.
-    func stateDict(_ p: inout PickleWriter, _ tensors: [CheckpointTensor], prefix: String = "", storagePrefix: String) {
+    static func stateDict(_ p: inout PickleWriter, _ tensors: [CheckpointTensor], prefix: String = "", storagePrefix: String) {
         p.global("collections", "OrderedDict")
         p.op(0x29)
         p.op(0x52)
@@ -34,6 +34,12 @@ extension CheckpointTests {
     ///  "param_groups": [{"lr": 0.001, "betas": (0.9, 0.95), "params": [0, 1], "foreach": None,
     ///  "amsgrad": False}]}, "step": 1200, "args": "lr=2e-3", "rng": ByteTensor}
     func trainingCheckpoint(_ tensors: [CheckpointTensor], entries: [String], prefix: String = "") throws -> URL {
+        try writeTemp(Data(Self.trainingCheckpointBytes(tensors, entries: entries, prefix: prefix)), ext: "pth")
+    }
+
+    /// The archive bytes of `trainingCheckpoint` (also the README test's `checkpoint.pth`).
+    static func trainingCheckpointBytes(_ tensors: [CheckpointTensor], entries: [String], prefix: String = "") -> [UInt8] {
+        func floatBytes(_ v: [Float]) -> [UInt8] { v.flatMap { f in withUnsafeBytes(of: f.bitPattern.littleEndian) { Array($0) } } }
         var p = PickleWriter()
         var storages: [String: [UInt8]] = [:]
         p.op(0x7D)  // EMPTY_DICT
@@ -75,7 +81,10 @@ extension CheckpointTests {
         storages["o0"] = floatBytes([1200])
         storages["o1"] = floatBytes([0.5, -0.5])
         storages["r0"] = [1, 2, 3, 4]
-        return try writeTorchZip(pickle: p.bytes, storages: storages)
+        var entries: [(String, [UInt8])] = [("archive/data.pkl", p.bytes), ("archive/byteorder", Array("little".utf8))]
+        for key in storages.keys.sorted() { entries.append(("archive/data/\(key)", storages[key] ?? [])) }
+        entries.append(("archive/version", Array("3\n".utf8)))
+        return StoredZip.make(entries)
     }
 
     func assertSameTensors(_ a: [CheckpointTensor], _ b: [CheckpointTensor], file: StaticString = #filePath, line: UInt = #line) {
