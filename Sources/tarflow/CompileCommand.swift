@@ -48,9 +48,9 @@ struct Compile: ParsableCommand {
             case (nil, nil):
                 throw TarFlowError.invalidInput("give a model file to compile, or --config CONFIG.json --random-weights SEED")
             }
-            var bar: Progress?
+            var bar: ProgressBar?
             let compiled = try AheadOfTime.compile(source, functions: fs, batches: batches, progress: { done, total in
-                if bar == nil { bar = Progress("compile", total: total, unit: "graphs", quiet: quiet) }
+                if bar == nil { bar = ProgressBar("compile", total: total, unit: "graphs", quiet: quiet) }
                 bar?.update(done)
             })
             bar?.finish()

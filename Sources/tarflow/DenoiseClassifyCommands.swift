@@ -39,7 +39,7 @@ struct Denoise: ParsableCommand {
                               batchFlag: "--batch-size", batch: rows)
             var out: [Float] = [], grads: [Float] = []
             var start = 0
-            let bar = Progress("denoise", total: set.count, unit: "images", quiet: quiet)
+            let bar = ProgressBar("denoise", total: set.count, unit: "images", quiet: quiet)
             while start < set.count {
                 let end = min(start + batchSize, set.count)
                 let r = try m.denoise(images: set.batch(start..<end, dequantization: .none), labels: labs.map { Array($0[start..<end]) }, noiseStd: noiseStd)
@@ -88,7 +88,7 @@ struct Classify: ParsableCommand {
             if let truth, truth.count != set.count { throw CLIError("--true-labels \(trueLabels ?? ""): \(truth.count) labels for \(set.count) images") }
             let rows = Checks.mul(min(batchSize, end - offset), m.config.numClasses)
             try Checks.memory(Checks.mul(try Checks.forwardBytes(m, rows: rows), 2), batchFlag: "--batch-size", batch: min(batchSize, end - offset))
-            let bar = Progress("classify", total: end - offset, unit: "images", quiet: quiet)
+            let bar = ProgressBar("classify", total: end - offset, unit: "images", quiet: quiet)
             let r = try m.classify(images: set, range: offset..<end, batchSize: batchSize, progress: { done, _ in bar.update(done) })
             bar.finish()
             let n = r.predictions.count

@@ -93,7 +93,7 @@ struct Sample: ParsableCommand {
                 FileHandle.standardError.write(Data("warning: --guidance \(guidance) with every label -1 changes nothing (the guided and unguided branches are the same); give --label/--labels, or --attn-temp\n".utf8))
             }
             let steps = c.numBlocks * (c.numPatches - 1)
-            let bar = Progress("sample", total: steps, unit: "steps", quiet: quiet)
+            let bar = ProgressBar("sample", total: steps, unit: "steps", quiet: quiet)
             var x = try m.sample(noise: z, labels: labs, options: opts, progress: { bar.update($0.block * ($0.tokens) + $0.token) })
             bar.finish()
             if denoise { x = try m.denoise(images: x, labels: labs, noiseStd: noiseStd).images }

@@ -76,11 +76,11 @@ struct Convert: ParsableCommand {
         guarded {
             if let n = noiseStd, !(n >= 0 && n.isFinite) { throw CLIError("--noise-std \(n) must be a finite number >= 0") }
             try Checks.output(output, "-o")
-            var bar: Progress?
+            var bar: ProgressBar?
             let model = try Converter.convert(checkpoint: URL(fileURLWithPath: checkpoint),
                                               options: .init(imageSize: imageSize, inChannels: inChannels, patchSize: patchSize, noiseStd: noiseStd, key: key),
                                               progress: { done, total in
-                                                  if bar == nil { bar = Progress("convert", total: total, unit: "tensors", quiet: quiet) }
+                                                  if bar == nil { bar = ProgressBar("convert", total: total, unit: "tensors", quiet: quiet) }
                                                   bar?.update(done)
                                               })
             bar?.finish()
@@ -209,7 +209,7 @@ struct Likelihood: ParsableCommand {
             var bytes = try Checks.forwardBytes(m, rows: rows)
             if save != nil { bytes = Checks.add(bytes, Checks.mul(end - offset, Checks.mul(m.config.imageDim, 4))) }
             try Checks.memory(bytes, batchFlag: "--batch-size", batch: rows)
-            let bar = Progress("likelihood", total: end - offset, unit: "images", quiet: quiet)
+            let bar = ProgressBar("likelihood", total: end - offset, unit: "images", quiet: quiet)
             let r = try m.likelihood(images: set, labels: labs, range: offset..<end, batchSize: batchSize, seed: seed, keepLatents: save != nil,
                                      progress: { done, _ in bar.update(done) })
             bar.finish()

@@ -220,19 +220,19 @@ final class EverydayTests: XCTestCase {
     // MARK: - Progress
 
     func testProgressLineAndTerminalOnly() {
-        XCTAssertEqual(Progress.line(label: "likelihood", done: 250, total: 1000, unit: "images", elapsed: 2, width: 8),
+        XCTAssertEqual(ProgressBar.line(label: "likelihood", done: 250, total: 1000, unit: "images", elapsed: 2, width: 8),
                        "likelihood [##      ] 250/1000 images  125 images/s  ETA 0:06")
-        XCTAssertEqual(Progress.line(label: "x", done: 3, total: 3, unit: "graphs", elapsed: 75, width: 4),
+        XCTAssertEqual(ProgressBar.line(label: "x", done: 3, total: 3, unit: "graphs", elapsed: 75, width: 4),
                        "x [####] 3/3 graphs  0.0 graphs/s  1:15")
-        XCTAssertEqual(Progress.line(label: "x", done: 0, total: 5, unit: "steps", elapsed: 0, width: 5), "x [     ] 0/5 steps")
-        XCTAssertEqual(Progress.clock(3725), "1:02:05")
+        XCTAssertEqual(ProgressBar.line(label: "x", done: 0, total: 5, unit: "steps", elapsed: 0, width: 5), "x [     ] 0/5 steps")
+        XCTAssertEqual(ProgressBar.clock(3725), "1:02:05")
         var written: [String] = []
-        let off = Progress("a", total: 2, unit: "images", quiet: false, isTerminal: false) { written.append($0) }
+        let off = ProgressBar("a", total: 2, unit: "images", quiet: false, isTerminal: false) { written.append($0) }
         off.update(1); off.update(2); off.finish()
-        let quiet = Progress("a", total: 2, unit: "images", quiet: true, isTerminal: true) { written.append($0) }
+        let quiet = ProgressBar("a", total: 2, unit: "images", quiet: true, isTerminal: true) { written.append($0) }
         quiet.update(1); quiet.finish()
         XCTAssertEqual(written, [], "nothing when stderr is not a terminal or with --quiet")
-        let on = Progress("a", total: 2, unit: "images", quiet: false, isTerminal: true) { written.append($0) }
+        let on = ProgressBar("a", total: 2, unit: "images", quiet: false, isTerminal: true) { written.append($0) }
         on.update(1); on.update(2); on.finish()
         XCTAssertEqual(written.count, 3)
         XCTAssertTrue(written.allSatisfy { $0.hasPrefix("\r") })

@@ -6,7 +6,7 @@ import Glibc
 /// The progress bar of every long command (likelihood, classify, denoise, sample, convert,
 /// compile): one line on stderr with count, rate and ETA, redrawn at most ten times a second.
 /// Drawn only when stderr is a terminal, so logs and pipes get nothing; `--quiet` turns it off.
-final class Progress {
+final class ProgressBar {
     let label: String
     let unit: String
     let total: Int
@@ -35,13 +35,13 @@ final class Progress {
         guard now.timeIntervalSince(lastDraw) >= 0.1 || done >= total else { return }
         lastDraw = now
         drawn = true
-        sink("\r" + Progress.line(label: label, done: done, total: total, unit: unit, elapsed: elapsed) + "\u{1B}[K")
+        sink("\r" + ProgressBar.line(label: label, done: done, total: total, unit: unit, elapsed: elapsed) + "\u{1B}[K")
     }
 
     /// Ends the bar's line (the final count stays on screen).
     func finish() {
         guard enabled, drawn else { return }
-        sink("\r" + Progress.line(label: label, done: total, total: total, unit: unit, elapsed: elapsed) + "\u{1B}[K\n")
+        sink("\r" + ProgressBar.line(label: label, done: total, total: total, unit: unit, elapsed: elapsed) + "\u{1B}[K\n")
         drawn = false
     }
 
