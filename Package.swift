@@ -29,7 +29,7 @@ let package = Package(
         .target(
             name: "TarFlow",
             dependencies: [
-                "FlowIR", "FlowCompiler", "FlowRuntime", "CPNG", "CTarFlowZlib",
+                "FlowIR", "FlowCompiler", "FlowRuntime", "CPNG", "CJPEG", "CTarFlowZlib",
                 .product(name: "ZIPFoundation", package: "ZIPFoundation"),
             ]
         ),
@@ -41,9 +41,10 @@ let package = Package(
             ]
         ),
 
-        // MARK: - System libraries (Debian: libopenblas-dev, libpng-dev, zlib1g-dev)
+        // MARK: - System libraries (Debian: libopenblas-dev, libpng-dev, libjpeg-dev, zlib1g-dev)
         .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
         .systemLibrary(name: "CPNG", pkgConfig: "libpng", providers: [.apt(["libpng-dev"])]),
+        .systemLibrary(name: "CJPEG", pkgConfig: "libjpeg", providers: [.apt(["libjpeg-dev"])]),
         .systemLibrary(name: "CTarFlowZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
 
         // MARK: - Tests

@@ -14,10 +14,11 @@ public enum AheadOfTime {
     /// `model` with compiled functions for `functions`, each with memory plans for the batch
     /// sizes `batches` (decode steps also for twice each size: guidance doubles the rows).
     /// Any compiled functions the model had are replaced. Other batch sizes still work; they
-    /// are planned when first used.
-    /// Decode steps keep their KV cache in `kvCache` (f32 or f16; nil: f16 for f16/bf16 weights).
+    /// are planned when first used. `progress(done, total)` counts the graphs compiled. Decode
+    /// steps keep their KV cache in `kvCache` (f32 or f16; nil: f16 for f16/bf16 weights).
     public static func compile(_ model: Model, functions: [Function] = Function.allCases, batches: [Int] = [1],
-                               options: Compiler.Options = Compiler.Options(), kvCache: DType? = nil) throws -> Model {
+                               options: Compiler.Options = Compiler.Options(), kvCache: DType? = nil,
+                               progress: ((Int, Int) -> Void)? = nil) throws -> Model {
         guard !batches.isEmpty, batches.allSatisfy({ $0 >= 1 && $0 <= Int(Int32.max) / 2 }) else {
             throw TarFlowError.invalidInput("batch sizes must lie in 1...\(Int32.max / 2), are \(batches)")
         }
@@ -33,7 +34,9 @@ public enum AheadOfTime {
             }
         }
         var seen = Set<String>()
-        for name in names where seen.insert(name).inserted {
+        let unique = names.filter { seen.insert($0).inserted }
+        progress?(0, unique.count)
+        for (i, name) in unique.enumerated() {
             let sizes = Set(batches + (name.hasPrefix("decode") ? batches.map { 2 * $0 } : [])).sorted()
             let bindings = sizes.map { ["B": $0] }
             var o = options
@@ -42,6 +45,7 @@ public enum AheadOfTime {
                 o.halfPrecisionState = (kvCache ?? (weights == .float32 ? .float32 : .float16)) == .float16
             }
             m.compiled.append(try compileFunction(name, of: m, bindings: bindings, options: o))
+            progress?(i + 1, unique.count)
         }
         try m.verify()
         return m

@@ -12,7 +12,10 @@ public enum Converter {
         public var patchSize: Int?
         public var noiseStd: Double?
         public var headDim: Int = 64
-        public init(imageSize: Int? = nil, inChannels: Int? = nil, patchSize: Int? = nil, noiseStd: Double? = nil) {
+        /// The entry of a training checkpoint that holds the state dict (see `Checkpoint.read`).
+        public var key: String?
+        public init(imageSize: Int? = nil, inChannels: Int? = nil, patchSize: Int? = nil, noiseStd: Double? = nil, key: String? = nil) {
+            self.key = key
             self.imageSize = imageSize
             self.inChannels = inChannels
             self.patchSize = patchSize
@@ -20,8 +23,9 @@ public enum Converter {
         }
     }
 
-    public static func convert(checkpoint url: URL, options: Options) throws -> Model {
-        let tensors = try Checkpoint.read(contentsOf: url)
+    /// `progress(done, total)` counts the checkpoint's tensors as they are read.
+    public static func convert(checkpoint url: URL, options: Options, progress: ((Int, Int) -> Void)? = nil) throws -> Model {
+        let tensors = try Checkpoint.read(contentsOf: url, key: options.key, progress: progress)
         var opts = options
         if opts.noiseStd == nil { opts.noiseStd = noiseStd(fromFileName: url.lastPathComponent) }
         var model = try convert(tensors: tensors, options: opts)

@@ -4,8 +4,8 @@ import FlowRuntime
 /// Images to evaluate: float images in model space [−1, 1], or integer images in 0…255.
 ///
 /// Sources: a `.npy` (float32/float64 used as is; uint8 as integers) of shape (B, C, H, W),
-/// or (B, H, W) when C = 1; a folder of PNG files in lexicographic file-name order; or MNIST
-/// IDX files, plain or gzipped.
+/// or (B, H, W) when C = 1; a folder of PNG and JPEG files, recursively (`ImageFolder`, which
+/// also resizes and reads class labels from subfolders); or MNIST IDX files, plain or gzipped.
 public struct ImageSet: Sendable {
     public enum Pixels: Sendable {
         case float([Float])
@@ -85,20 +85,7 @@ public struct ImageSet: Sendable {
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: url.path, isDirectory: &isDir) else { throw bad("no such file or folder") }
         let expect = "(B, \(channels), \(size), \(size))" + (channels == 1 ? " or (B, \(size), \(size))" : "")
-        if isDir.boolValue {
-            let names = try FileManager.default.contentsOfDirectory(atPath: url.path).filter { $0.lowercased().hasSuffix(".png") }.sorted()
-            guard !names.isEmpty else { throw bad("the folder has no .png files") }
-            var px: [UInt8] = []
-            px.reserveCapacity(names.count * channels * size * size)
-            for n in names {
-                let img = try PNGImage.read(contentsOf: url.appendingPathComponent(n))
-                guard img.width == size, img.height == size else { throw bad("\(n) is \(img.width)x\(img.height); the model takes \(size)x\(size)") }
-                guard img.channels == channels else { throw bad("\(n) has \(img.channels) channel(s) after dropping alpha; the model takes \(channels)") }
-                // HWC → CHW.
-                for c in 0..<channels { for i in 0..<(size * size) { px.append(img.pixels[i * channels + c]) } }
-            }
-            return ImageSet(count: names.count, channels: channels, size: size, pixels: .integer(px))
-        }
+        if isDir.boolValue { return try ImageFolder.load(contentsOf: url, channels: channels, size: size).images }
         let lower = url.lastPathComponent.lowercased()
         let array: HostArray
         var fileCount: Int?
@@ -109,7 +96,7 @@ public struct ImageSet: Sendable {
             array = r.array
             fileCount = r.fileCount
         } else {
-            throw bad("unknown image format; give a .npy file, a folder of PNG files, or an MNIST IDX file")
+            throw bad("unknown image format; give a .npy file, a folder of PNG/JPEG files, or an MNIST IDX file")
         }
         let s = array.shape
         let ok = (s.count == 4 && s[1] == channels && s[2] == size && s[3] == size) || (s.count == 3 && channels == 1 && s[1] == size && s[2] == size)

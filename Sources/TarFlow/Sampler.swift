@@ -3,13 +3,30 @@ import FlowCompiler
 import FlowIR
 import FlowRuntime
 
+/// What classifier-free guidance acts on: the log-scale a, the shift b, or both (the official
+/// `guide_what` 'a', 'b', 'ab').
+public enum GuidanceTarget: String, Sendable, Hashable, CaseIterable {
+    case a, b, both
+
+    /// The official code's `guide_what` ('a', 'b' or 'ab'); nil for anything else.
+    public init?(officialName: String) {
+        switch officialName {
+        case "a": self = .a
+        case "b": self = .b
+        case "ab": self = .both
+        default: return nil
+        }
+    }
+}
+
 /// Classifier-free guidance and temperature settings of `Model.reverse`.
 public struct SamplingOptions: Sendable, Hashable {
     /// Guidance weight W ≥ 0; 0 runs no unguided branch.
     public var guidance: Float = 0
     /// Which of a, b guidance acts on.
-    public var guideA = true
-    public var guideB = true
+    public var guide: GuidanceTarget = .both
+    public var guideA: Bool { guide != .b }
+    public var guideB: Bool { guide != .a }
     /// The unguided branch divides its attention logits by this (> 0).
     public var attentionTemperature: Float = 1
     /// g_i = (i + 1) / (T − 1) · W instead of W.
@@ -20,11 +37,10 @@ public struct SamplingOptions: Sendable, Hashable {
     /// default (`TarFlowModel.defaultKVCache`: f16 for f16/bf16 weights, f32 for f32).
     public var kvCache: DType? = nil
 
-    public init(guidance: Float = 0, guideWhat: String = "ab", attentionTemperature: Float = 1, annealed: Bool = false,
+    public init(guidance: Float = 0, guide: GuidanceTarget = .both, attentionTemperature: Float = 1, annealed: Bool = false,
                 temperature: Float = 1) {
         self.guidance = guidance
-        guideA = guideWhat.contains("a")
-        guideB = guideWhat.contains("b")
+        self.guide = guide
         self.attentionTemperature = attentionTemperature
         self.annealed = annealed
         self.temperature = temperature
@@ -36,6 +52,10 @@ public struct SamplingOptions: Sendable, Hashable {
             throw TarFlowError.invalidInput("attention temperature must be > 0, is \(attentionTemperature)")
         }
         guard temperature >= 0, temperature.isFinite else { throw TarFlowError.invalidInput("temperature must be a finite number >= 0, is \(temperature)") }
+        // These shape the guided branch only; without guidance they would be silently ignored.
+        if guidance == 0, guide != .both || attentionTemperature != 1 || annealed {
+            throw TarFlowError.invalidInput("guide target, attention temperature and annealing act only with guidance > 0; set a guidance weight or leave them at their defaults")
+        }
         if let kvCache, kvCache != .float32, kvCache != .float16 {
             throw TarFlowError.invalidInput("the KV cache can be f32 or f16, not \(kvCache)")
         }

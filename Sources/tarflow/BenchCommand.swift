@@ -42,7 +42,7 @@ struct Bench: ParsableCommand {
                 return
             }
             guard what == "forward" || what == "sample" || what == "load" else { throw TarFlowError.invalidInput("--what must be forward, sample, decode or load, is \(what)") }
-            try Checks.memory(what == "forward" ? try Checks.forwardBytes(m, rows: batch) : try Checks.sampleBytes(m, images: batch, rows: batch),
+            try Checks.memory(what == "sample" ? try Checks.sampleBytes(m, images: batch, rows: batch) : try Checks.forwardBytes(m, rows: batch),
                               batchFlag: "--batch", batch: batch)
             let r: BenchSupport.Result
             switch what {

@@ -78,6 +78,26 @@ enum Checks {
         }
     }
 
+    /// `--images`, with `--resize` and `--labels-from-folders` for image folders (which alone
+    /// take them); the labels are the folder classes' indices.
+    /// `limit`: read no more than this many images of a file (compressed data is inflated only
+    /// as far as needed); a folder is read whole.
+    static func images(_ path: String, model m: TarFlowModel, resize: Bool, labelsFromFolders: Bool, limit: Int? = nil) throws -> (ImageSet, [Int]?) {
+        let url = URL(fileURLWithPath: path)
+        var isDir: ObjCBool = false
+        let folder = FileManager.default.fileExists(atPath: url.path, isDirectory: &isDir) && isDir.boolValue
+        guard folder || !(resize || labelsFromFolders) else {
+            throw CLIError("\(resize ? "--resize" : "--labels-from-folders") applies to a folder of images; --images \(path) is a file")
+        }
+        let c = m.config
+        guard folder else { return (try ImageSet.load(contentsOf: url, channels: c.inChannels, size: c.imgSize, limit: limit), nil) }
+        let f = try ImageFolder.load(contentsOf: url, channels: c.inChannels, size: c.imgSize, resize: resize, labelsFromFolders: labelsFromFolders)
+        if labelsFromFolders, f.classes.count > c.numClasses {
+            throw CLIError("--labels-from-folders: \(path) has \(f.classes.count) class folders (\(f.classes.prefix(5).joined(separator: ", "))\(f.classes.count > 5 ? ", ..." : "")) but the model has \(c.numClasses) classes")
+        }
+        return (f.images, f.labels)
+    }
+
     // MARK: Memory
 
     /// What a run may use at most: RLIMIT_AS, RLIMIT_DATA, the cgroup's memory.max, else RAM.

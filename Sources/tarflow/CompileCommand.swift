@@ -25,6 +25,7 @@ struct Compile: ParsableCommand {
     @Option(help: "Re-encode the linear-layer weights: f32, f16 or bf16 (default: keep the file's).") var weights: WeightsDType?
     @Option(help: "KV cache of the compiled decode steps: f32 or f16 (default: f16 for f16/bf16 weights, f32 for f32).")
     var kvCache: KVCacheDType?
+    @Flag(help: "No progress bar (drawn on stderr only when it is a terminal).") var quiet = false
 
     func run() throws {
         guarded {
@@ -55,7 +56,12 @@ struct Compile: ParsableCommand {
             }
             var model = source
             if let weights { model = try model.storingLinearWeights(as: weights.dtype) }
-            let compiled = try AheadOfTime.compile(model, functions: fs, batches: batches, kvCache: kvCache?.dtype)
+            var bar: ProgressBar?
+            let compiled = try AheadOfTime.compile(model, functions: fs, batches: batches, kvCache: kvCache?.dtype, progress: { done, total in
+                if bar == nil { bar = ProgressBar("compile", total: total, unit: "graphs", quiet: quiet) }
+                bar?.update(done)
+            })
+            bar?.finish()
             try ModelFile.write(compiled, to: URL(fileURLWithPath: output))
             let plans = compiled.compiled.reduce(0) { $0 + $1.plans.count }
             if compiled.compiled.isEmpty { print("wrote \(output): no compiled functions (--functions none)"); return }

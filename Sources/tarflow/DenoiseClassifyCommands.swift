@@ -11,15 +11,18 @@ struct Denoise: ParsableCommand {
     @Option(help: "Labels: an int64/int32 .npy; -1 = unconditional.") var labels: String?
     @Option(parsing: .unconditional, help: "Noise level σ (default: the one stored in the model).") var noiseStd: Double?
     @Option(parsing: .unconditional, help: "Images per step.") var batchSize: Int = 64
-    @Option(name: .shortAndLong, help: "Output .npy (float32, B,C,H,W).") var output: String
-    @Option(help: "Also write the gradient of each batch's loss 0.5·mean(z²) − mean(logdets) (.npy).") var saveGrad: String?
+    @Option(name: .shortAndLong, help: "Output .npy or .npz (float32, B,C,H,W; the .npz member is 'images').") var output: String
+    @Option(help: "Also write the gradient of each batch's loss 0.5·mean(z²) − mean(logdets) (.npy, or .npz with member 'grad').") var saveGrad: String?
     @Option(parsing: .unconditional, help: "Threads for the GEMMs.") var threads: Int = 1
+    @Flag(help: "No progress bar (drawn on stderr only when it is a terminal).") var quiet = false
 
     func run() throws {
         guarded {
             try Checks.positive(batchSize, "--batch-size")
             try Checks.threads(threads)
             if let n = noiseStd, !(n >= 0 && n.isFinite) { throw CLIError("--noise-std \(n) must be a finite number >= 0") }
+            try OutputFormat.check(output, "-o", allowed: [.npy, .npz])
+            try OutputFormat.check(saveGrad, "--save-grad", allowed: [.npy, .npz])
             try Checks.output(output, "-o")
             try Checks.output(saveGrad, "--save-grad")
             try Checks.distinct(outputs: [("-o", output), ("--save-grad", saveGrad)], inputs: [("model", model), ("--images", images), ("--labels", labels)])
@@ -40,16 +43,19 @@ struct Denoise: ParsableCommand {
             try Checks.imageRange(set, flag: "--images", path: images)
             var out: [Float] = [], grads: [Float] = []
             var start = 0
+            let bar = ProgressBar("denoise", total: set.count, unit: "images", quiet: quiet)
             while start < set.count {
                 let end = min(start + batchSize, set.count)
                 let r = try m.denoise(images: set.batch(start..<end, dequantization: .none), labels: labs.map { Array($0[start..<end]) }, noiseStd: noiseStd, firstImage: start)
                 out += r.images.floats
                 if saveGrad != nil { grads += r.gradient.floats }
                 start = end
+                bar.update(start)
             }
+            bar.finish()
             let shape = [set.count, set.channels, set.size, set.size]
-            try NPY.write(HostArray(shape: shape, floats: out), to: URL(fileURLWithPath: output))
-            if let saveGrad { try NPY.write(HostArray(shape: shape, floats: grads), to: URL(fileURLWithPath: saveGrad)) }
+            try OutputFormat.write([("images", HostArray(shape: shape, floats: out))], to: output, "-o", allowed: [.npy, .npz])
+            if let saveGrad { try OutputFormat.write([("grad", HostArray(shape: shape, floats: grads))], to: saveGrad, "--save-grad", allowed: [.npy, .npz]) }
         }
     }
 }
@@ -60,39 +66,51 @@ struct Classify: ParsableCommand {
     @Argument(help: "The model file.") var model: String
     @Option(help: "Images as for `likelihood`; integer images map to x/255·2−1 with no noise.") var images: String
     @Option(help: "True labels (.npy or IDX) to report accuracy.") var trueLabels: String?
+    @Flag(help: "Image folders: the sorted subfolder names are the classes and give the true labels, as torchvision's ImageFolder.") var labelsFromFolders = false
+    @Flag(help: "Image folders: torchvision's Resize(image size) (shorter side, bilinear, antialiased) then CenterCrop; without it images must have the model's size.") var resize = false
     @Option(parsing: .unconditional, help: "Images per chunk (each runs as one batch of chunk × classes).") var batchSize: Int = 64
     @Option(parsing: .unconditional, help: "Index of the first image.") var offset: Int = 0
     @Option(parsing: .unconditional, help: "Number of images (default: all after --offset).") var limit: Int?
-    @Option(help: "Write int64 predictions (B) to this .npy.") var save: String?
-    @Option(help: "Write float32 losses (B, classes) to this .npy.") var saveLosses: String?
+    @Option(help: "Write int64 predictions (B) to this .npy or .npz (member 'predictions').") var save: String?
+    @Option(help: "Write float32 losses (B, classes) to this .npy or .npz (member 'losses').") var saveLosses: String?
     @Option(parsing: .unconditional, help: "Threads for the GEMMs.") var threads: Int = 1
     @Flag(help: "Print one JSON line.") var json = false
+    @Flag(help: "No progress bar (drawn on stderr only when it is a terminal).") var quiet = false
 
     func run() throws {
         guarded {
             try Checks.batching(batchSize: batchSize, offset: offset, limit: limit, threads: threads)
+            try OutputFormat.check(save, "--save", allowed: [.npy, .npz])
+            try OutputFormat.check(saveLosses, "--save-losses", allowed: [.npy, .npz])
             try Checks.output(save, "--save")
             try Checks.output(saveLosses, "--save-losses")
             try Checks.distinct(outputs: [("--save", save), ("--save-losses", saveLosses)],
                                 inputs: [("model", model), ("--images", images), ("--true-labels", trueLabels)])
             let m = try Checks.model(model, threads: threads)
             guard m.config.numClasses > 0 else { throw CLIError("\(model): the model is unconditional (num_classes = 0); it cannot classify") }
+            if trueLabels != nil, labelsFromFolders { throw CLIError("give --true-labels or --labels-from-folders, not both") }
             // Only the images up to --offset + --limit are read (and inflated).
             let needed = limit.map { Checks.add(offset, $0) }
-            let set = try ImageSet.load(contentsOf: URL(fileURLWithPath: images), channels: m.config.inChannels, size: m.config.imgSize, limit: needed)
+            let (set, folderLabels) = try Checks.images(images, model: m, resize: resize, labelsFromFolders: labelsFromFolders, limit: needed)
             guard offset < set.count else { throw CLIError("--offset \(offset) is past the \(set.fileCount) images") }
             let end = limit.map { min(set.count, offset + min($0, set.count)) } ?? set.count
             let truthFile = try trueLabels.map { try ImageSet.loadLabels(contentsOf: URL(fileURLWithPath: $0), limit: needed) }
-            let truth = truthFile?.labels
+            let truth = truthFile?.labels ?? folderLabels
             if let truthFile, truthFile.fileCount != set.fileCount { throw CLIError("--true-labels \(trueLabels ?? ""): \(truthFile.fileCount) labels for \(set.fileCount) images") }
-            if let truth { try Checks.trueLabels(truth, from: "--true-labels \(trueLabels ?? "")", classes: m.config.numClasses) }
+            if let truth { try Checks.trueLabels(truth, from: trueLabels.map { "--true-labels \($0)" } ?? "--labels-from-folders", classes: m.config.numClasses) }
             let rows = Checks.mul(min(batchSize, end - offset), m.config.numClasses)
             try Checks.memory(Checks.mul(try Checks.forwardBytes(m, rows: rows), 2), batchFlag: "--batch-size", batch: min(batchSize, end - offset))
             try Checks.imageRange(set, flag: "--images", path: images)
-            let r = try m.classify(images: set, range: offset..<end, batchSize: batchSize)
+            let bar = ProgressBar("classify", total: end - offset, unit: "images", quiet: quiet)
+            let r = try m.classify(images: set, range: offset..<end, batchSize: batchSize, progress: { done, _ in bar.update(done) })
+            bar.finish()
             let n = r.predictions.count
-            if let save { try NPY.write(HostArray(shape: [n], int64s: r.predictions.map(Int64.init)), to: URL(fileURLWithPath: save)) }
-            if let saveLosses { try NPY.write(HostArray(shape: [n, r.numClasses], floats: r.losses), to: URL(fileURLWithPath: saveLosses)) }
+            if let save {
+                try OutputFormat.write([("predictions", HostArray(shape: [n], int64s: r.predictions.map(Int64.init)))], to: save, "--save", allowed: [.npy, .npz])
+            }
+            if let saveLosses {
+                try OutputFormat.write([("losses", HostArray(shape: [n, r.numClasses], floats: r.losses))], to: saveLosses, "--save-losses", allowed: [.npy, .npz])
+            }
             var accuracy: Double?
             if let truth {
                 let correct = zip(r.predictions, truth[offset..<end]).filter { $0 == $1 }.count

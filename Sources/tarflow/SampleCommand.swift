@@ -3,8 +3,12 @@ import Foundation
 import FlowRuntime
 import TarFlow
 
-enum GuideWhat: String, ExpressibleByArgument, CaseIterable {
-    case a, b, ab
+extension GuidanceTarget: ExpressibleByArgument {
+    /// a, b, both, or the official spelling ab.
+    public init?(argument: String) {
+        guard let t = GuidanceTarget(rawValue: argument) ?? GuidanceTarget(officialName: argument) else { return nil }
+        self = t
+    }
 }
 
 struct Sample: ParsableCommand {
@@ -17,28 +21,25 @@ struct Sample: ParsableCommand {
     @Option(help: "Labels: an int64/int32 .npy, one per image; -1 = unconditional.") var labels: String?
     @Option(parsing: .unconditional, help: "One label for every image; -1 = unconditional.") var label: Int?
     @Option(parsing: .unconditional, help: "Classifier-free guidance weight W >= 0.") var guidance: Float = 0
-    @Option(help: "Guide a, b or both.") var guideWhat: GuideWhat = .ab
-    @Option(parsing: .unconditional, help: "Attention temperature of the unguided branch (> 0).") var attnTemp: Float = 1
-    @Flag(help: "Annealed guidance: g_i = (i+1)/(T-1)·W.") var annealed = false
+    @Option(help: "With --guidance: guide a, b or both (ab) (default: both).") var guideWhat: GuidanceTarget?
+    @Option(parsing: .unconditional, help: "With --guidance: attention temperature of the unguided branch (> 0; default 1).") var attnTemp: Float?
+    @Flag(help: "With --guidance: annealed guidance, g_i = (i+1)/(T-1)·W.") var annealed = false
     @Option(parsing: .unconditional, help: "Scale of the prior noise.") var temperature: Float = 1
     @Flag(help: "Follow sampling with one score-based denoising step (x + σ²∇ log p), the official pipeline.") var denoise = false
     @Option(parsing: .unconditional, help: "Noise level σ for --denoise (default: the model's).") var noiseStd: Double?
-    @Option(name: .shortAndLong, help: "Output: OUT.npy (float32 B,C,H,W in [-1, 1]) or OUT.png (a grid).") var output: String?
+    @Option(name: .shortAndLong, help: "Output: OUT.npy or OUT.npz (float32 B,C,H,W in model space, member 'images'; not clamped to [-1, 1], as the official code) or OUT.png (a grid, clamped).") var output: String?
     @Option(help: "Write one PNG per image into this folder.") var outDir: String?
     @Option(parsing: .unconditional, help: "Columns of the PNG grid (default: the square root of the count).") var gridColumns: Int?
     @Flag(help: "Min-max normalize PNG output, as torchvision's save_image(normalize=True).") var normalize = false
     @Option(parsing: .unconditional, help: "Threads for the GEMMs.") var threads: Int = 1
     @Option(help: "KV cache precision: f32 or f16 (math is f32; default: f16 for f16/bf16 models, f32 for f32 models).")
     var kvCache: KVCacheDType?
-    @Flag(help: "No progress bar.") var quiet = false
+    @Flag(help: "No progress bar (drawn on stderr only when it is a terminal) and no summary line.") var quiet = false
 
     func run() throws {
         guarded {
             guard output != nil || outDir != nil else { throw CLIError("give -o OUT.npy|OUT.png or --out-dir DIR") }
-            if let output {
-                let ext = URL(fileURLWithPath: output).pathExtension.lowercased()
-                guard ext == "npy" || ext == "png" else { throw CLIError("-o \(output) must end in .npy or .png") }
-            }
+            try OutputFormat.check(output, "-o", allowed: [.npy, .npz, .png])
             try Checks.output(output, "-o")
             try Checks.outputFolder(outDir, "--out-dir")
             try Checks.distinct(outputs: [("-o", output)], inputs: [("model", model), ("--noise", noise), ("--labels", labels)])
@@ -46,14 +47,18 @@ struct Sample: ParsableCommand {
             try Checks.positive(count, "--count")
             try Checks.positive(gridColumns, "--grid-columns")
             try Checks.finite(guidance, "--guidance", ">= 0") { $0 >= 0 }
-            try Checks.finite(attnTemp, "--attn-temp", "> 0") { $0 > 0 }
+            if let attnTemp { try Checks.finite(attnTemp, "--attn-temp", "> 0") { $0 > 0 } }
+            if guidance == 0, guideWhat != nil || attnTemp != nil || annealed {
+                let given = [guideWhat.map { "--guide-what \($0.rawValue)" }, attnTemp.map { "--attn-temp \($0)" }, annealed ? "--annealed" : nil].compactMap { $0 }
+                throw CLIError("\(given.joined(separator: ", ")) act\(given.count == 1 ? "s" : "") only with guidance; add --guidance W (W > 0)")
+            }
             try Checks.finite(temperature, "--temperature", ">= 0") { $0 >= 0 }
             if let n = noiseStd, !(n >= 0 && n.isFinite) { throw CLIError("--noise-std \(n) must be a finite number >= 0") }
             if labels != nil && label != nil { throw CLIError("give --labels or --label, not both") }
             if noise != nil && count != nil { throw CLIError("give --noise or --count, not both") }
             let m = try Checks.model(model, threads: threads)
             let c = m.config
-            var opts = SamplingOptions(guidance: guidance, guideWhat: guideWhat.rawValue, attentionTemperature: attnTemp,
+            var opts = SamplingOptions(guidance: guidance, guide: guideWhat ?? .both, attentionTemperature: attnTemp ?? 1,
                                        annealed: annealed, temperature: temperature)
             opts.kvCache = kvCache?.dtype
 
@@ -89,8 +94,13 @@ struct Sample: ParsableCommand {
                 try Checks.memory(try Checks.gradientBytes(m, rows: b), batchFlag: "--count", batch: b)
             }
 
-            let bar = ProgressBar(enabled: !quiet, images: b)
-            var x = try m.sample(noise: z, labels: labs, options: opts, progress: { bar.update($0) })
+            if guided, (attnTemp ?? 1) == 1, (labs ?? []).allSatisfy({ $0 == -1 }) {
+                // Both branches then see label -1 at the same temperature: the same a and b.
+                FileHandle.standardError.write(Data("warning: --guidance \(guidance) with every label -1 changes nothing (the guided and unguided branches are the same); give --label/--labels, or --attn-temp\n".utf8))
+            }
+            let steps = c.numBlocks * (c.numPatches - 1)
+            let bar = ProgressBar("sample", total: steps, unit: "steps", quiet: quiet)
+            var x = try m.sample(noise: z, labels: labs, options: opts, progress: { bar.update($0.block * ($0.tokens) + $0.token) })
             bar.finish()
             try Finite.check(x.floats, rowSize: c.imageDim, what: "the sample", firstImage: 0)
             if denoise { x = try m.denoise(images: x, labels: labs, noiseStd: noiseStd).images }
@@ -122,8 +132,8 @@ func writeImages(_ x: Tensor, output: String?, outDir: String?, columns: Int?, n
     let (b, c, h, w) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
     if let output {
         let url = URL(fileURLWithPath: output)
-        if url.pathExtension.lowercased() == "npy" {
-            try NPY.write(HostArray(shape: x.shape, floats: x.floats), to: url)
+        if try OutputFormat.of(output, "-o", allowed: [.npy, .npz, .png]) != .png {
+            try OutputFormat.write([("images", HostArray(shape: x.shape, floats: x.floats))], to: output, "-o", allowed: [.npy, .npz])
         } else {
             guard c == 1 || c == 3 else { throw TarFlowError.invalidInput("PNG output needs 1 or 3 channels, images have \(c); use .npy") }
             let cols = columns ?? Int(Double(b).squareRoot().rounded(.up))
@@ -141,33 +151,5 @@ func writeImages(_ x: Tensor, output: String?, outDir: String?, columns: Int?, n
             try PNGImage.write(width: g.width, height: g.height, channels: g.channels, pixels: g.pixels,
                                to: URL(fileURLWithPath: outDir).appendingPathComponent(String(format: "%05d.png", i)))
         }
-    }
-}
-
-/// A one-line progress bar on stderr, drawn only when stderr is a terminal.
-final class ProgressBar {
-    let enabled: Bool
-    let images: Int
-    let start = Date()
-    var lastDraw = Date.distantPast
-
-    init(enabled: Bool, images: Int) {
-        self.enabled = enabled && isatty(2) == 1
-        self.images = images
-    }
-
-    var elapsed: Double { Date().timeIntervalSince(start) }
-
-    func update(_ p: SamplingProgress) {
-        guard enabled, Date().timeIntervalSince(lastDraw) > 0.1 || p.fraction >= 1 else { return }
-        lastDraw = Date()
-        let width = 30, filled = Int(p.fraction * Double(width))
-        let rate = p.fraction > 0 ? Double(images) * p.fraction / max(elapsed, 1e-9) : 0
-        let line = "\r[\(String(repeating: "#", count: filled))\(String(repeating: " ", count: width - filled))] block \(p.block + 1)/\(p.blocks) token \(p.token)/\(p.tokens)  \(String(format: "%.1f", rate)) img/s"
-        FileHandle.standardError.write(Data(line.utf8))
-    }
-
-    func finish() {
-        if enabled { FileHandle.standardError.write(Data("\n".utf8)) }
     }
 }

@@ -52,10 +52,17 @@ func guarded(_ body: () throws -> Void) {
 }
 
 struct Convert: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Convert an official checkpoint (.pth or .safetensors) into a model file.")
+    static let configuration = CommandConfiguration(
+        abstract: "Convert an official checkpoint (.pth or .safetensors) into a model file.",
+        discussion: """
+            A .pth may be a training checkpoint: the state dict is taken from the top level or from the entry \
+            model, state_dict, ema or model_ema (--key picks one); other entries (optimizer state, numbers, \
+            strings) are skipped without running any code. Name prefixes module. and _orig_mod. are removed.
+            """)
 
-    @Argument(help: "The checkpoint: torch.save(model.state_dict()) output, or a .safetensors file.")
+    @Argument(help: "The checkpoint: torch.save(model.state_dict()) output, a training checkpoint holding it, or a .safetensors file.")
     var checkpoint: String
+    @Option(help: "The entry of a training checkpoint that holds the state dict, e.g. ema (needed when several do).") var key: String?
     @Option(name: .shortAndLong, help: "The model file to write (.tflow).")
     var output: String
     @Option(parsing: .unconditional, help: "Image side in pixels.") var imageSize: Int?
@@ -65,6 +72,7 @@ struct Convert: ParsableCommand {
     var noiseStd: Double?
     @Option(help: "Storage of the linear-layer weights: f32, f16 or bf16 (rounded to nearest even; half the file, half the bytes a decode step reads).")
     var weights: WeightsDType = .f32
+    @Flag(help: "No progress bar (drawn on stderr only when it is a terminal).") var quiet = false
 
     func run() throws {
         guarded {
@@ -74,8 +82,14 @@ struct Convert: ParsableCommand {
             try Checks.positive(patchSize, "--patch-size")
             try Checks.output(output, "-o")
             try Checks.distinct(outputs: [("-o", output)], inputs: [("checkpoint", checkpoint)])
+            var bar: ProgressBar?
             var model = try Converter.convert(checkpoint: URL(fileURLWithPath: checkpoint),
-                                              options: .init(imageSize: imageSize, inChannels: inChannels, patchSize: patchSize, noiseStd: noiseStd))
+                                              options: .init(imageSize: imageSize, inChannels: inChannels, patchSize: patchSize, noiseStd: noiseStd, key: key),
+                                              progress: { done, total in
+                                                  if bar == nil { bar = ProgressBar("convert", total: total, unit: "tensors", quiet: quiet) }
+                                                  bar?.update(done)
+                                              })
+            bar?.finish()
             if weights != .f32 { model = try model.storingLinearWeights(as: weights.dtype) }
             try ModelFile.write(model, to: URL(fileURLWithPath: output))
             let c = try TarFlowConfig(metadata: model.metadata)
@@ -85,9 +99,10 @@ struct Convert: ParsableCommand {
 }
 
 struct Inspect: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Print a model file: metadata, tensor table and graphs.")
+    static let configuration = CommandConfiguration(abstract: "Print a model file: a one-screen summary; --graphs adds metadata, tensor table and graphs.")
 
     @Argument(help: "The model file.") var model: String
+    @Flag(help: "Also print every metadata entry, the tensor table and the graphs.") var graphs = false
     @Flag(help: "Also print the execution plans: stored ones (with their memory plans) for compiled functions, else as compiled now.") var plan = false
     @Option(help: "Write the graphs as compiled (optimized) to this Graphviz file.") var dot: String?
 
@@ -96,15 +111,21 @@ struct Inspect: ParsableCommand {
             try Checks.output(dot, "--dot")
             try Checks.distinct(outputs: [("--dot", dot)], inputs: [("model", model)])
             Signals.setMappedFile(model)
-            let m = try ModelFile.read(contentsOf: URL(fileURLWithPath: model))
-            print("metadata:")
-            for (k, v) in m.metadata.sorted(by: { $0.key < $1.key }) { print("  \(k) = \(v)") }
-            let total = m.tensors.reduce(0) { $0 + $1.bytes.count }
-            print("tensors: \(m.tensors.count), \(total) bytes")
-            for t in m.tensors { print("  \(t.name): \(t.dtype)[\(t.shape.map(String.init).joined(separator: ","))]") }
+            let url = URL(fileURLWithPath: model)
+            let m = try ModelFile.read(contentsOf: url)
+            printSummary(m, fileBytes: ((try? FileManager.default.attributesOfItem(atPath: url.path))?[.size] as? NSNumber)?.intValue)
+            if graphs {
+                print("\nmetadata:")
+                for (k, v) in m.metadata.sorted(by: { $0.key < $1.key }) { print("  \(k) = \(v)") }
+                let total = m.tensors.reduce(0) { $0 + $1.bytes.count }
+                print("tensors: \(m.tensors.count), \(total) bytes")
+                for t in m.tensors { print("  \(t.name): \(t.dtype)[\(t.shape.map(String.init).joined(separator: ","))]") }
+            }
             for g in m.graphs {
-                print()
-                print(Printer.print(g), terminator: "")
+                if graphs {
+                    print()
+                    print(Printer.print(g), terminator: "")
+                }
                 if plan && m.compiledFunction(named: g.name) == nil {
                     let p = try Compiler.compile(g, constants: m.constantTypes)
                     print("plan '\(g.name)': \(p.loadSteps.count) load-time steps, \(p.steps.count) run steps; passes changed: \(p.passLog.joined(separator: ", "))")
@@ -114,12 +135,51 @@ struct Inspect: ParsableCommand {
                     }
                 }
             }
-            if plan { try PlanReport.printCompiled(m) } else if !m.compiled.isEmpty {
-                print("\ncompiled functions (tarflow compile; --plan shows them): "
-                    + m.compiled.map { "\($0.name) (\($0.plans.count) plan\($0.plans.count == 1 ? "" : "s"))" }.joined(separator: ", "))
-            }
+            if plan { try PlanReport.printCompiled(m) }
             if let dot { try PlanReport.writeDot(m, to: dot) }
         }
+    }
+
+    /// 3228560 → "3,228,560".
+    static func grouped(_ n: Int) -> String {
+        let s = String(n)
+        return s.enumerated().map { i, c in (i > 0 && (s.count - i) % 3 == 0 ? "," : "") + String(c) }.joined()
+    }
+
+    /// Parameters, dtype, config, file size, graphs and stored functions with their batch sizes.
+    func printSummary(_ m: Model, fileBytes: Int?) {
+        let grouped = Inspect.grouped
+        print("\(model): " + (fileBytes.map { String(format: "%.1f MB", Double($0) / 1e6) + " (\(grouped($0)) bytes)" } ?? "size unknown"))
+        if let c = try? TarFlowConfig(metadata: m.metadata) {
+            let noise = m.metadata["tarflow.noise_std"].map { "\($0)" } ?? "unknown"
+            print("config:     \(c.inChannels)x\(c.imgSize)x\(c.imgSize), patch \(c.patchSize) (\(c.numPatches) tokens of \(c.patchDim)), \(c.channels) channels, "
+                + "\(c.numBlocks) blocks x \(c.layersPerBlock) layers, \(c.numHeads) heads, \(c.numClasses) classes, nvp=\(c.nvp), noise_std=\(noise)")
+        } else {
+            print("config:     none (not a TarFlow model file)")
+        }
+        var counts: [String: (tensors: Int, elements: Int)] = [:]
+        for t in m.tensors {
+            let n = t.shape.reduce(1, *)
+            counts["\(t.dtype)", default: (0, 0)].tensors += 1
+            counts["\(t.dtype)", default: (0, 0)].elements += n
+        }
+        let params = counts.values.reduce(0) { $0 + $1.elements }
+        let bytes = m.tensors.reduce(0) { $0 + $1.bytes.count }
+        print("parameters: \(grouped(params)) in \(m.tensors.count) tensors, \(String(format: "%.1f MB", Double(bytes) / 1e6))")
+        print("dtype:      " + counts.sorted { $0.value.elements > $1.value.elements }
+            .map { "\($0.key) (\($0.value.tensors) tensor\($0.value.tensors == 1 ? "" : "s"))" }.joined(separator: ", "))
+        print("graphs:     " + (m.graphs.isEmpty ? "none" : m.graphs.map { "\($0.name) (\($0.nodes.count) nodes)" }.joined(separator: ", ")))
+        if m.compiled.isEmpty {
+            print("compiled:   none (tarflow compile stores optimized graphs and memory plans)")
+        } else {
+            let fs = m.compiled.map { f -> String in
+                let sizes = f.plans.map { $0.bindings.sorted { $0.key < $1.key }.map { "\($0.value)" }.joined(separator: "/") }
+                return "\(f.name) (batch \(sizes.isEmpty ? "none" : sizes.joined(separator: ",")))"
+            }
+            print("compiled:   " + fs.joined(separator: ", ") + (plan ? "" : "; --plan shows them"))
+        }
+        if let src = m.metadata["source.file"] { print("source:     \(src)") }
+        if !graphs { print("(--graphs: metadata, tensor table and graphs)") }
     }
 }
 
@@ -127,28 +187,33 @@ struct Likelihood: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Exact log-likelihood and bits/dim of images.")
 
     @Argument(help: "The model file.") var model: String
-    @Option(help: "Images: a .npy (float in [-1, 1] used as is; uint8 dequantized), a folder of PNG files, or an MNIST IDX file (plain or .gz).")
+    @Option(help: "Images: a .npy (float in [-1, 1] used as is; uint8 dequantized), a folder of PNG/JPEG files (recursive), or an MNIST IDX file (plain or .gz).")
     var images: String
     @Option(help: "Labels: an int64/int32 .npy or an IDX labels file; -1 = unconditional.") var labels: String?
+    @Flag(help: "Image folders: the sorted subfolder names are the classes (labels 0, 1, ...), as torchvision's ImageFolder.") var labelsFromFolders = false
+    @Flag(help: "Image folders: torchvision's Resize(image size) (shorter side, bilinear, antialiased) then CenterCrop; without it images must have the model's size.") var resize = false
     @Option(help: "Seed of the dequantization noise for integer images.") var seed: UInt64 = 0
     @Option(parsing: .unconditional, help: "Images per forward pass.") var batchSize: Int = 64
     @Option(parsing: .unconditional, help: "Index of the first image.") var offset: Int = 0
     @Option(parsing: .unconditional, help: "Number of images (default: all after --offset).") var limit: Int?
-    @Option(help: "Write z (B,T,D), logdets (B) and bpd (B) to this .safetensors file.") var save: String?
+    @Option(help: "Write z (B,T,D), logdets (B) and bpd (B) to this .safetensors or .npz file (the extension picks the format).") var save: String?
     @Option(parsing: .unconditional, help: "Threads for the GEMMs.") var threads: Int = 1
     @Flag(help: "Print one JSON line.") var json = false
+    @Flag(help: "No progress bar (drawn on stderr only when it is a terminal).") var quiet = false
 
     func run() throws {
         guarded {
             try Checks.batching(batchSize: batchSize, offset: offset, limit: limit, threads: threads)
+            try OutputFormat.check(save, "--save", allowed: [.safetensors, .npz])
             try Checks.output(save, "--save")
             try Checks.distinct(outputs: [("--save", save)], inputs: [("model", model), ("--images", images), ("--labels", labels)])
+            if labels != nil, labelsFromFolders { throw CLIError("give --labels or --labels-from-folders, not both") }
             let m = try Checks.model(model, threads: threads)
             // Only the images up to --offset + --limit are read (and inflated).
             let needed = limit.map { Checks.add(offset, $0) }
-            let set = try ImageSet.load(contentsOf: URL(fileURLWithPath: images), channels: m.config.inChannels, size: m.config.imgSize, limit: needed)
+            let (set, folderLabels) = try Checks.images(images, model: m, resize: resize, labelsFromFolders: labelsFromFolders, limit: needed)
             let labelFile = try labels.map { try ImageSet.loadLabels(contentsOf: URL(fileURLWithPath: $0), limit: needed) }
-            let labs = labelFile?.labels
+            let labs = labelFile?.labels ?? folderLabels
             if let labels, let labelFile {
                 guard labelFile.fileCount == set.fileCount else { throw CLIError("--labels \(labels): \(labelFile.fileCount) labels for \(set.fileCount) images") }
                 try Checks.labels(labelFile.labels, from: "--labels \(labels)", config: m.config)
@@ -160,14 +225,17 @@ struct Likelihood: ParsableCommand {
             if save != nil { bytes = Checks.add(bytes, Checks.mul(end - offset, Checks.mul(m.config.imageDim, 4))) }
             try Checks.memory(bytes, batchFlag: "--batch-size", batch: rows)
             try Checks.imageRange(set, flag: "--images", path: images)
-            let r = try m.likelihood(images: set, labels: labs, range: offset..<end, batchSize: batchSize, seed: seed, keepLatents: save != nil)
+            let bar = ProgressBar("likelihood", total: end - offset, unit: "images", quiet: quiet)
+            let r = try m.likelihood(images: set, labels: labs, range: offset..<end, batchSize: batchSize, seed: seed, keepLatents: save != nil,
+                                     progress: { done, _ in bar.update(done) })
+            bar.finish()
             if let save {
                 let n = r.count
-                try SafetensorsWriter.write([
+                try OutputFormat.write([
                     ("z", HostArray(shape: [n, m.config.numPatches, m.config.patchDim], floats: r.z)),
                     ("logdets", HostArray(shape: [n], floats: r.logdets)),
                     ("bpd", HostArray(shape: [n], floats: r.bitsPerDim.map { Float($0) })),
-                ], to: URL(fileURLWithPath: save))
+                ], to: save, "--save", allowed: [.safetensors, .npz])
             }
             if json {
                 print("{\"bits_per_dim\": \(try Checks.json(r.meanBitsPerDim, "bits_per_dim")), \"nll\": \(try Checks.json(r.meanNLL, "nll")), \"count\": \(r.count)}")

@@ -122,7 +122,7 @@ final class CLIHardeningTests: XCTestCase {
         }
         try assertFails(["sample", cond, "--count", "0", "-o", keep.path], mentions: ["--count 0"])
         try assertFails(["sample", cond, "--count", "-3", "-o", keep.path], mentions: ["--count -3"])
-        try assertFails(["sample", cond, "--count", "2", "-o", tmp.appendingPathComponent("x.jpg").path], mentions: [".npy or .png"])
+        try assertFails(["sample", cond, "--count", "2", "-o", tmp.appendingPathComponent("x.jpg").path], mentions: [".npy, .npz or .png"])
         try assertFails(["sample", cond, "--count", "2", "-o", tmp.appendingPathComponent("no/such/dir/x.npy").path], mentions: ["does not exist"])
         try assertFails(["likelihood", uncond, "--images", keep.path, "--batch-size", "0"], mentions: ["--batch-size"])
     }
@@ -155,7 +155,7 @@ final class CLIHardeningTests: XCTestCase {
         m.metadata["note"] = .string("\u{1B}[2J\u{7}cleared")
         let path = tmp.appendingPathComponent("escape.tflow")
         try ModelFile.write(m, to: path)
-        let r = try tarflow(["inspect", path.path])
+        let r = try tarflow(["inspect", path.path, "--graphs"])
         XCTAssertEqual(r.status, 0, r.err)
         XCTAssertFalse(r.out.unicodeScalars.contains { $0.value == 0x1B || $0.value == 0x07 }, r.out)
         XCTAssertTrue(r.out.contains("\\u{1B}[2J\\u{7}cleared"), r.out)

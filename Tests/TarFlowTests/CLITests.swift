@@ -24,7 +24,7 @@ final class CLITests: XCTestCase {
         let out = tmp.appendingPathComponent("m.tflow").path
         let r = try tarflow(["convert", repo.appendingPathComponent("Tests/Fixtures/vp_prior/model.pth").path, "-o", out, "--in-channels", "1"])
         XCTAssertEqual(r.status, 0, r.err)
-        let i = try tarflow(["inspect", out])
+        let i = try tarflow(["inspect", out, "--graphs"])
         XCTAssertEqual(i.status, 0)
         XCTAssertTrue(i.out.contains("graph forward(%x: f32[B,1,8,8]) -> ("), i.out)
         XCTAssertTrue(i.out.contains("tarflow.nvp = false"))

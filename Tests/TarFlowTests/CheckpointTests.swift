@@ -463,7 +463,7 @@ final class CheckpointTests: XCTestCase {
 }
 
 /// Emits the pickle opcodes torch.save uses for a state_dict (protocol 2).
-private struct PickleWriter {
+struct PickleWriter {
     var bytes: [UInt8]
 
     init(protocolVersion: UInt8 = 2) { bytes = [0x80, protocolVersion] }
@@ -550,7 +550,7 @@ private struct PickleWriter {
 }
 
 /// Writes a zip of stored (uncompressed) entries, independent of the reader's zip library.
-private enum StoredZip {
+enum StoredZip {
     static func make(_ entries: [(String, [UInt8])]) -> [UInt8] {
         var out: [UInt8] = []
         var central: [UInt8] = []

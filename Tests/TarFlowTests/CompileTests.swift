@@ -58,7 +58,7 @@ final class CompileTests: XCTestCase {
         let z = Tensor(shape: [rows] + noise.shape.dropFirst(), floats: Array(noise.floats.prefix(rows * noise.count / c.batch)))
         for v in c.json["sample"] as! [[String: Any]] {
             let opts = SamplingOptions(
-                guidance: Float(v["guidance"] as? Double ?? 0), guideWhat: v["guide_what"] as? String ?? "ab",
+                guidance: Float(v["guidance"] as? Double ?? 0), guide: GuidanceTarget(officialName: v["guide_what"] as? String ?? "ab")!,
                 attentionTemperature: Float(v["attn_temp"] as? Double ?? 1), annealed: v["annealed_guidance"] as? Bool ?? false)
             let a = try atLoad.sample(noise: z, labels: labels, options: opts)
             let b = try ahead.sample(noise: z, labels: labels, options: opts)

@@ -1,10 +1,11 @@
 import Foundation
 
 /// Runs a program to completion; its exit status and everything it printed.
-func runProcess(_ exe: URL, _ args: [String]) throws -> (status: Int32, out: String, err: String) {
+func runProcess(_ exe: URL, _ args: [String], in directory: URL? = nil) throws -> (status: Int32, out: String, err: String) {
     let p = Process()
     p.executableURL = exe
     p.arguments = args
+    if let directory { p.currentDirectoryURL = directory }
     let o = Pipe(), e = Pipe()
     p.standardOutput = o
     p.standardError = e
@@ -15,8 +16,12 @@ func runProcess(_ exe: URL, _ args: [String]) throws -> (status: Int32, out: Str
 }
 
 /// Runs the `tarflow` built beside the tests (else the repository's debug build).
-func runTarflow(_ args: [String], repo: URL) throws -> (status: Int32, out: String, err: String) {
-    var exe = Bundle.main.bundleURL.appendingPathComponent("tarflow")
-    if !FileManager.default.fileExists(atPath: exe.path) { exe = repo.appendingPathComponent(".build/debug/tarflow") }
-    return try runProcess(exe, args)
+func runTarflow(_ args: [String], repo: URL, in directory: URL? = nil) throws -> (status: Int32, out: String, err: String) {
+    try runProcess(tarflowExecutable(repo: repo), args, in: directory)
+}
+
+/// The `tarflow` built beside the tests (else the repository's debug build).
+func tarflowExecutable(repo: URL) -> URL {
+    let exe = Bundle.main.bundleURL.appendingPathComponent("tarflow")
+    return FileManager.default.fileExists(atPath: exe.path) ? exe : repo.appendingPathComponent(".build/debug/tarflow")
 }

@@ -14,7 +14,7 @@ final class SamplingFixtureTests: XCTestCase {
         let labels = c.labels.map { $0.map { max($0, 0) } }
         for (k, v) in variants.enumerated() {
             let opts = SamplingOptions(
-                guidance: Float(v["guidance"] as? Double ?? 0), guideWhat: v["guide_what"] as? String ?? "ab",
+                guidance: Float(v["guidance"] as? Double ?? 0), guide: GuidanceTarget(officialName: v["guide_what"] as? String ?? "ab")!,
                 attentionTemperature: Float(v["attn_temp"] as? Double ?? 1), annealed: v["annealed_guidance"] as? Bool ?? false)
             let x = try m.sample(noise: c.tensor("input.noise"), labels: labels, options: opts)
             XCTAssertEqual(x.shape, c.io["sample\(k).x"]!.shape)
@@ -95,7 +95,7 @@ final class SamplingFixtureTests: XCTestCase {
     func testSamplingIsDeterministicAndCancellable() throws {
         let m = try Fixtures.model("cond_guided")
         let z = m.noise(count: 2, seed: 1)
-        let opts = SamplingOptions(guidance: 1, guideWhat: "ab", attentionTemperature: 0.9)
+        let opts = SamplingOptions(guidance: 1, guide: .both, attentionTemperature: 0.9)
         let a = try m.sample(noise: z, labels: [1, -1], options: opts)
         let b = try m.sample(noise: z, labels: [1, -1], options: opts)
         XCTAssertEqual(a, b)

@@ -155,19 +155,57 @@ public struct CheckpointError: Error, CustomStringConvertible, Sendable {
 
 /// Entry point: reads a PyTorch `torch.save(state_dict)` zip archive or a safetensors file.
 public enum Checkpoint {
-    /// Reads every tensor of the checkpoint at `url`, in file order (pickle dict order for
-    /// `.pth`, header order for safetensors). The format is chosen by content, not extension.
-    public static func read(contentsOf url: URL) throws -> [CheckpointTensor] {
+    /// Reads every tensor of the checkpoint's state dict at `url`, in file order (pickle dict
+    /// order for `.pth`, header order for safetensors). The format is chosen by content, not
+    /// extension. A `.pth` may be a training checkpoint: its state dict is found at the top level
+    /// or under `model`, `state_dict`, `ema` or `model_ema` (`key` names the entry to use; more
+    /// than one candidate without it is an error that lists them); its other entries (optimizer
+    /// state, numbers, strings) are skipped unread. Name prefixes `module.`
+    /// (DistributedDataParallel) and `_orig_mod.` (torch.compile) are stripped.
+    /// `progress(done, total)` is called after each tensor is read.
+    public static func read(contentsOf url: URL, key: String? = nil, progress: ((Int, Int) -> Void)? = nil) throws -> [CheckpointTensor] {
+        try stripWrapperPrefixes(readAll(contentsOf: url, key: key, progress: progress), file: url.path)
+    }
+
+    /// Prefixes that wrappers add to every parameter name of the model they wrap.
+    public static let wrapperPrefixes = ["module.", "_orig_mod."]
+
+    /// Names without `wrapperPrefixes` (repeatedly: `_orig_mod.module.x` is `x`); two tensors
+    /// that end up with the same name are refused.
+    static func stripWrapperPrefixes(_ tensors: [CheckpointTensor], file: String) throws -> [CheckpointTensor] {
+        var original: [String: String] = [:]
+        return try tensors.map { t in
+            var t = t
+            var name = Substring(t.name)
+            while let p = wrapperPrefixes.first(where: { name.hasPrefix($0) }) { name = name.dropFirst(p.count) }
+            let stripped = String(name)
+            if let other = original.updateValue(t.name, forKey: stripped) {
+                throw CheckpointError(.notAStateDict, file: file, subject: t.name,
+                                      "'\(other)' and '\(t.name)' are both '\(stripped)' once the prefixes \(wrapperPrefixes.joined(separator: " and ")) are removed",
+                                      hint: "save one model's state dict")
+            }
+            t.name = stripped
+            return t
+        }
+    }
+
+    static func readAll(contentsOf url: URL, key: String?, progress: ((Int, Int) -> Void)?) throws -> [CheckpointTensor] {
         let path = url.path
         let file = try CheckpointFile(url: url)
         defer { file.close() }
         let head = try file.read(at: 0, count: min(9, file.size), what: "file header")
         if head.count >= 4, head[0] == 0x50, head[1] == 0x4B, head[2] == 0x03, head[3] == 0x04 {
             file.close()
-            return try CheckpointTorchZip.read(url: url, fileSize: file.size)
+            return try CheckpointTorchZip.read(url: url, fileSize: file.size, key: key, progress: progress)
         }
         if head.count == 9, head[8] == UInt8(ascii: "{") {
-            return try CheckpointSafetensors.read(file: file)
+            if let key {
+                throw CheckpointError(.notAStateDict, file: path, subject: "--key \(key)",
+                                      "a safetensors file holds one flat state dict, with no entries to choose from", hint: "drop --key")
+            }
+            let tensors = try CheckpointSafetensors.read(file: file)
+            progress?(tensors.count, tensors.count)
+            return tensors
         }
         if head.count >= 2, head[0] == 0x80, head[1] <= 5 {
             throw CheckpointError(

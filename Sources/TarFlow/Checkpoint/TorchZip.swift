@@ -14,7 +14,7 @@ enum CheckpointTorchZip {
     /// Upper bound for `data.pkl` itself.
     static let maxPickleBytes = 1 << 30
 
-    static func read(url: URL, fileSize: Int) throws -> [CheckpointTensor] {
+    static func read(url: URL, fileSize: Int, key: String? = nil, progress: ((Int, Int) -> Void)? = nil) throws -> [CheckpointTensor] {
         let path = url.path
         let archive: Archive
         do {
@@ -65,7 +65,7 @@ enum CheckpointTorchZip {
             throw CheckpointError(.malformedArchive, file: path, "data.pkl disappeared from the index")
         }
         let pickle = try reader.read(pickleEntry, name: "\(prefix)/data.pkl", expected: nil, cap: maxPickleBytes)
-        return try assemble(pickle: pickle, file: path) { key, nbytes, name in
+        return try assemble(pickle: pickle, file: path, key: key, progress: progress) { key, nbytes, name in
             let entryName = "\(prefix)/data/\(key)"
             guard let entry = entries[entryName] else {
                 throw CheckpointError(.malformedArchive, file: path, subject: name,
@@ -78,9 +78,9 @@ enum CheckpointTorchZip {
 
     /// The tensors of a state_dict pickle, each storage's bytes supplied once by
     /// `storage(key, byteCount, firstTensorName)` (which must return exactly `byteCount` bytes).
-    static func assemble(pickle: [UInt8], file path: String,
+    static func assemble(pickle: [UInt8], file path: String, key: String? = nil, progress: ((Int, Int) -> Void)? = nil,
                          storage load: (String, Int, String) throws -> [UInt8]) throws -> [CheckpointTensor] {
-        let refs = try CheckpointUnpickler.load(pickle, file: path)
+        let refs = try CheckpointUnpickler.load(pickle, file: path, key: key)
 
         // Storages are read once, shared by every view into them, and dropped after last use.
         var remainingUses: [String: Int] = [:]
@@ -123,6 +123,7 @@ enum CheckpointTorchZip {
         }
 
         var cache: [String: [UInt8]] = [:]
+        progress?(0, refs.count)
         var tensors: [CheckpointTensor] = []
         tensors.reserveCapacity(refs.count)
         for (name, ref) in refs {
@@ -147,6 +148,7 @@ enum CheckpointTorchZip {
             let data = try materialize(storage: &storage, lastUse: uses == 0, ref: ref, name: name, file: path)
             if uses > 0 { cache[key] = storage }
             tensors.append(CheckpointTensor(name: name, dtype: ref.storage.dtype, shape: ref.shape, data: data))
+            progress?(tensors.count, refs.count)
         }
         return tensors
     }

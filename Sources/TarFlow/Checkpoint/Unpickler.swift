@@ -1,6 +1,8 @@
 import Foundation
 
-/// A restricted unpickler for the `data.pkl` that `torch.save(state_dict)` writes.
+/// A restricted unpickler for the `data.pkl` that `torch.save(state_dict)` writes, or a training
+/// checkpoint's: a dict holding the state dict (under `model`, `state_dict`, `ema`, ...) next to
+/// optimizer state, numbers and strings.
 ///
 /// Pickle is a program for a stack machine whose GLOBAL/REDUCE opcodes can import and call any
 /// Python function, which is why loading an untrusted `.pth` with Python is code execution.
@@ -52,6 +54,10 @@ enum CheckpointUnpickler {
         case rebuildParameter
         case rebuildParameterWithState
         case storageType(CheckpointDType)
+        /// A torch storage class of an element type TarFlow weights never use (optimizer or RNG
+        /// state: ByteStorage, DoubleStorage, ...). Tensors on it are kept opaque: skipped when
+        /// outside the state dict, refused by name inside it.
+        case otherStorage(String)
 
         var pythonName: String {
             switch self {
@@ -67,6 +73,7 @@ enum CheckpointUnpickler {
                 case .bfloat16: return "torch.BFloat16Storage"
                 case .int64: return "torch.LongStorage"
                 }
+            case .otherStorage(let name): return "torch.\(name)"
             }
         }
     }
@@ -75,6 +82,13 @@ enum CheckpointUnpickler {
     enum Key: Hashable {
         case string(String)
         case int(Int)
+
+        var text: String {
+            switch self {
+            case .string(let s): return "'\(s)'"
+            case .int(let i): return "\(i)"
+            }
+        }
     }
 
     /// A mutable list or dict. Containers are reference types because pickle mutates them
@@ -107,6 +121,9 @@ enum CheckpointUnpickler {
         case global(Global)
         case storage(StorageRef)
         case tensor(TensorRef)
+        /// A storage or tensor of an `otherStorage` class, named by that class; never read.
+        case opaqueStorage(String)
+        case opaqueTensor(String)
 
         var depth: Int {
             switch self {
@@ -131,35 +148,90 @@ enum CheckpointUnpickler {
             case .global(let g): return g.pythonName
             case .storage: return "storage"
             case .tensor: return "tensor"
+            case .opaqueStorage(let name): return "\(name)"
+            case .opaqueTensor(let name): return "tensor on \(name)"
             }
         }
     }
 
     // MARK: Entry point
 
-    /// Interprets `bytes` and returns the state_dict entries in dict order.
-    static func load(_ bytes: [UInt8], file: String, limits: Limits = .standard) throws -> [(name: String, tensor: TensorRef)] {
+    /// Top-level entries of a training checkpoint that hold the model's state dict, in the
+    /// order they are looked for.
+    static let stateDictKeys = ["model", "state_dict", "ema", "model_ema"]
+
+    /// Interprets `bytes` and returns the state dict's entries in dict order: the top-level
+    /// dict when every value is a tensor, else the one of `stateDictKeys` that holds one
+    /// (`key` picks an entry by name). Other entries are never materialized.
+    static func load(_ bytes: [UInt8], file: String, key: String? = nil, limits: Limits = .standard) throws -> [(name: String, tensor: TensorRef)] {
         var machine = Machine(bytes: bytes, file: file, limits: limits)
         let result = try machine.run()
-        guard case .dict(let dict) = result else {
+        guard case .dict(let root) = result else {
             throw CheckpointError(.notAStateDict, file: file, subject: "data.pkl",
                                   "the pickle holds a \(result.typeName), not a dict of tensors",
                                   hint: "save model.state_dict() rather than the model or a wrapper object")
         }
+        func isTensors(_ box: DictBox) -> Bool {
+            box.values.allSatisfy { if case .tensor = $0 { true } else if case .opaqueTensor = $0 { true } else { false } }
+        }
+        func entry(_ name: String) -> DictBox? {
+            guard let i = root.index[.string(name)], case .dict(let box) = root.values[i] else { return nil }
+            return box
+        }
+        /// Top-level entries that are dicts of tensors with string keys (what --key may name).
+        func candidates() -> [String] {
+            zip(root.keys, root.values).compactMap { k, v in
+                guard case .string(let name) = k, case .dict(let box) = v, !box.keys.isEmpty, isTensors(box),
+                      box.keys.allSatisfy({ if case .string = $0 { true } else { false } }) else { return nil }
+                return name
+            }
+        }
+        let chosen: DictBox
+        if let key {
+            guard let box = entry(key) else {
+                let found = candidates()
+                throw CheckpointError(.notAStateDict, file: file, subject: "--key \(key)",
+                                      "the checkpoint has no dict entry '\(key)' at the top level",
+                                      hint: found.isEmpty ? "the file holds a plain state dict; drop --key"
+                                                          : "entries holding tensors: \(found.joined(separator: ", "))")
+            }
+            chosen = box
+        } else if isTensors(root) {
+            chosen = root
+        } else {
+            let found = stateDictKeys.filter { name in entry(name).map(isTensors) ?? false }
+            guard found.count == 1 else {
+                let all = candidates()
+                let names = zip(root.keys, root.values).prefix(12).map { k, v in "\(k.text) (\(v.typeName))" }.joined(separator: ", ")
+                throw CheckpointError(
+                    .notAStateDict, file: file, subject: "data.pkl",
+                    found.isEmpty
+                        ? "no state dict found: the top level is not a dict of tensors and has none of \(stateDictKeys.joined(separator: ", ")) holding one; entries: \(names)"
+                        : "several state dicts: \(found.joined(separator: ", "))",
+                    hint: found.isEmpty ? (all.isEmpty ? "save model.state_dict()" : "pass --key with one of: \(all.joined(separator: ", "))")
+                                        : "pass --key with one of them (--key \(found[0]) for example)")
+            }
+            chosen = entry(found[0])!
+        }
         var out: [(name: String, tensor: TensorRef)] = []
-        out.reserveCapacity(dict.keys.count)
-        for (key, value) in zip(dict.keys, dict.values) {
+        out.reserveCapacity(chosen.keys.count)
+        for (key, value) in zip(chosen.keys, chosen.values) {
             guard case .string(let name) = key else {
                 throw CheckpointError(.notAStateDict, file: file, subject: "data.pkl",
                                       "state_dict key \(key) is not a string",
                                       hint: "save model.state_dict()")
             }
-            guard case .tensor(let tensor) = value else {
+            switch value {
+            case .tensor(let tensor): out.append((name, tensor))
+            case .opaqueTensor(let storage):
+                throw CheckpointError(.unsupportedDType, file: file, subject: name,
+                                      "storage type \(storage) is not supported (only float32, float16, bfloat16, int64)",
+                                      hint: "convert the state_dict, e.g. {k: v.float() for k, v in sd.items()}, and save again")
+            default:
                 throw CheckpointError(.notAStateDict, file: file, subject: name,
                                       "entry is a \(value.typeName), not a tensor",
-                                      hint: "save a flat model.state_dict() (name -> tensor); nested training checkpoints are not supported")
+                                      hint: "save a flat model.state_dict() (name -> tensor), or a training checkpoint with it under \(stateDictKeys.joined(separator: ", "))")
             }
-            out.append((name, tensor))
         }
         return out
     }
@@ -390,13 +462,17 @@ enum CheckpointUnpickler {
             default: break
             }
             let full = "\(module).\(name)"
-            if module == "torch", name.hasSuffix("Storage") {
-                throw fail(.unsupportedDType, "storage type \(full) is not supported (only float32, float16, bfloat16, int64)",
-                           hint: "convert the state_dict, e.g. {k: v.float() for k, v in sd.items()}, and save again")
-            }
+            if module == "torch", Self.otherStorages.contains(name) { return .otherStorage(name) }
             throw fail(.refusedGlobal, "refusing global \(full): a state_dict pickle only needs collections.OrderedDict and torch._utils tensor rebuilders",
-                       hint: "the file may be malicious or is not a plain state_dict; never load it with torch.load(weights_only=False) — re-save model.state_dict() from a trusted source or use safetensors")
+                       hint: "the file may be malicious, or is a training checkpoint holding Python objects; never load it with torch.load(weights_only=False) — re-save model.state_dict() (or a dict of state dicts, numbers and strings) from a trusted source, or use safetensors")
         }
+
+        /// torch's storage classes of other element types: data, never code (optimizer state,
+        /// RNG state, counters). Their tensors are only ever skipped or refused.
+        static let otherStorages: Set<String> = [
+            "DoubleStorage", "IntStorage", "ShortStorage", "CharStorage", "ByteStorage", "BoolStorage",
+            "ComplexFloatStorage", "ComplexDoubleStorage", "QInt8Storage", "QUInt8Storage", "QInt32Storage",
+        ]
 
         // MARK: Calls
 
@@ -420,6 +496,7 @@ enum CheckpointUnpickler {
 
         /// Builds a tensor view and checks it fits the storage's claimed element count.
         func makeTensor(storage: Value, offset: Value, size: Value, stride: Value) throws -> Value {
+            if case .opaqueStorage(let name) = storage { return .opaqueTensor(name) }
             guard case .storage(let ref) = storage else {
                 throw malformed("tensor storage argument is a \(storage.typeName), expected a persistent storage id")
             }
@@ -485,7 +562,10 @@ enum CheckpointUnpickler {
                 guard args.count == expected else {
                     throw malformed("\(g.pythonName) expects \(expected) arguments, got \(args.count)")
                 }
-                guard case .tensor = args[0] else { throw malformed("\(g.pythonName) data is a \(args[0].typeName), expected tensor") }
+                switch args[0] {
+                case .tensor, .opaqueTensor: break
+                default: throw malformed("\(g.pythonName) data is a \(args[0].typeName), expected tensor")
+                }
                 try emptyHooks(args[2])
                 if expected == 4 {
                     switch args[3] {
@@ -495,7 +575,7 @@ enum CheckpointUnpickler {
                     }
                 }
                 return args[0]
-            case .storageType:
+            case .storageType, .otherStorage:
                 throw malformed("\(g.pythonName) cannot be called; storages come only from persistent ids")
             }
         }
@@ -505,6 +585,7 @@ enum CheckpointUnpickler {
             guard case .tuple(let items, _) = pid, items.count == 5, case .string("storage") = items[0] else {
                 throw malformed("persistent id is not ('storage', type, key, location, numel)")
             }
+            if case .global(.otherStorage(let name)) = items[1] { return .opaqueStorage("torch.\(name)") }
             guard case .global(.storageType(let dtype)) = items[1] else {
                 throw malformed("persistent id storage type is a \(items[1].typeName), expected a torch.*Storage class")
             }

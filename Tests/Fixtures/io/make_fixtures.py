@@ -146,8 +146,17 @@ def idx_fixtures(mnist):
             f.write(gzip.compress(head, mtime=0))
 
 
+# ---------------------------------------------------------------- npz
+
+def npz_fixtures():
+    # numpy.savez's own archive (uncompressed members a.npy, b.npy).
+    import numpy as np
+    np.savez(out("numpy-savez.npz"), a=np.arange(6, dtype="<f4").reshape(2, 3), b=np.array([3, -1], dtype="<i8"))
+
+
 if __name__ == "__main__":
     npy_fixtures()
+    npz_fixtures()
     png_fixtures()
     if len(sys.argv) > 1:
         idx_fixtures(sys.argv[1])

@@ -1,0 +1,195 @@
+import Foundation
+
+/// A folder of JPEG and PNG images read as the official evaluation reads its datasets
+/// (torchvision's `ImageFolder`): files found recursively in `os.walk` order (folders sorted
+/// by path, files by name), classes = the sorted names of the top-level subfolders.
+public struct ImageFolder: Sendable {
+    public var images: ImageSet
+    /// The class of each image (its top-level subfolder's index in `classes`), with `labelsFromFolders`.
+    public var labels: [Int]?
+    public var classes: [String]
+    /// Paths relative to the folder, in image order.
+    public var files: [String]
+
+    /// File name endings read as images.
+    public static let extensions = [".png", ".jpg", ".jpeg"]
+
+    /// Reads every image under `url`. Without `resize`, each must already be `size`×`size`; with
+    /// it, each goes through torchvision's `Resize(size)` (shorter side to `size`, bilinear with
+    /// antialiasing, as PIL) and `CenterCrop(size)`. Gray images become RGB for a 3-channel model
+    /// (as `ImageFolder` converts to RGB); a colour image for a 1-channel model is refused.
+    public static func load(contentsOf url: URL, channels: Int, size: Int, resize: Bool = false,
+                            labelsFromFolders: Bool = false) throws -> ImageFolder {
+        func bad(_ m: String) -> TarFlowError { .invalidInput("\(url.path): \(m)") }
+        let fm = FileManager.default
+        var classes: [String] = []
+        var roots: [(dir: String, label: Int?)] = [("", nil)]
+        if labelsFromFolders {
+            classes = try fm.contentsOfDirectory(atPath: url.path).filter { name in
+                var isDir: ObjCBool = false
+                return !name.hasPrefix(".") && fm.fileExists(atPath: url.appendingPathComponent(name).path, isDirectory: &isDir) && isDir.boolValue
+            }.sorted(by: utf8Less)
+            guard !classes.isEmpty else { throw bad("--labels-from-folders: the folder has no subfolders (one per class)") }
+            roots = classes.enumerated().map { ($0.element, $0.offset) }
+        }
+        var files: [(path: String, label: Int?)] = []
+        for root in roots {
+            let found = try walk(url, root.dir)
+            if labelsFromFolders, found.isEmpty { throw bad("class folder '\(root.dir)' has no .png, .jpg or .jpeg files") }
+            files += found.map { ($0, root.label) }
+        }
+        guard !files.isEmpty else { throw bad("the folder has no .png, .jpg or .jpeg files") }
+        let per = channels * size * size
+        guard files.count <= Int.max / max(per, 1) else { throw bad("too many images") }
+        var px: [UInt8] = []
+        px.reserveCapacity(files.count * per)
+        for f in files {
+            let fileURL = url.appendingPathComponent(f.path)
+            let lower = f.path.lowercased()
+            var img = lower.hasSuffix(".png") ? try PNGImage.read(contentsOf: fileURL) : try JPEGImage.read(contentsOf: fileURL)
+            if img.channels == 1, channels == 3 {
+                img.pixels = img.pixels.flatMap { [$0, $0, $0] }
+                img.channels = 3
+            }
+            guard img.channels == channels else { throw bad("\(f.path) has \(img.channels) channel(s) after dropping alpha; the model takes \(channels)") }
+            if resize {
+                img = ImageResize.resizeAndCenterCrop(img, size: size)
+            } else {
+                guard img.width == size, img.height == size else {
+                    throw bad("\(f.path) is \(img.width)x\(img.height); the model takes \(size)x\(size) (--resize scales and crops to it)")
+                }
+            }
+            // HWC → CHW.
+            for c in 0..<channels { for i in 0..<(size * size) { px.append(img.pixels[i * channels + c]) } }
+        }
+        return ImageFolder(images: ImageSet(count: files.count, channels: channels, size: size, pixels: .integer(px)),
+                           labels: labelsFromFolders ? files.map { $0.label ?? 0 } : nil, classes: classes, files: files.map(\.path))
+    }
+
+    /// Image files under `base/dir`, relative to `base`, in `sorted(os.walk(...))` order: folders
+    /// by their path, each folder's files by name (hidden entries skipped; links not followed).
+    static func walk(_ base: URL, _ dir: String) throws -> [String] {
+        let fm = FileManager.default
+        var folders: [String] = []
+        var stack = [dir]
+        while let d = stack.popLast() {
+            folders.append(d)
+            let names = try fm.contentsOfDirectory(atPath: d.isEmpty ? base.path : base.appendingPathComponent(d).path)
+            for n in names where !n.hasPrefix(".") {
+                let rel = d.isEmpty ? n : d + "/" + n
+                let attrs = try fm.attributesOfItem(atPath: base.appendingPathComponent(rel).path)
+                if attrs[.type] as? FileAttributeType == .typeDirectory { stack.append(rel) }
+            }
+        }
+        var out: [String] = []
+        for d in folders.sorted(by: utf8Less) {
+            let path = d.isEmpty ? base.path : base.appendingPathComponent(d).path
+            let names = try fm.contentsOfDirectory(atPath: path).filter { n in
+                !n.hasPrefix(".") && extensions.contains { n.lowercased().hasSuffix($0) }
+                    && (try? fm.attributesOfItem(atPath: path + "/" + n)[.type] as? FileAttributeType) != .typeDirectory
+            }
+            out += names.sorted(by: utf8Less).map { d.isEmpty ? $0 : d + "/" + $0 }
+        }
+        return out
+    }
+
+    /// Python's string order (by code point, which UTF-8 bytes preserve).
+    static func utf8Less(_ a: String, _ b: String) -> Bool { a.utf8.lexicographicallyPrecedes(b.utf8) }
+}
+
+/// torchvision's `Resize(size)` + `CenterCrop(size)` on PIL images, with PIL's bilinear filter:
+/// a triangle of support 1 widened by the scale factor when shrinking (antialiasing), weights in
+/// 22-bit fixed point, the horizontal pass first, 8-bit rounding after each pass.
+public enum ImageResize {
+    public typealias Image = (width: Int, height: Int, channels: Int, pixels: [UInt8])
+
+    public static func resizeAndCenterCrop(_ img: Image, size: Int) -> Image {
+        let (w, h) = (img.width, img.height)
+        // torchvision: the shorter side becomes `size`, the longer int(size * long / short).
+        let (nw, nh): (Int, Int) = w <= h ? (size, Int(Double(size) * Double(h) / Double(w))) : (Int(Double(size) * Double(w) / Double(h)), size)
+        let r = (nw == w && nh == h) ? img : resize(img, width: nw, height: nh)
+        // CenterCrop: offsets int(round((dim - size) / 2)), Python rounding half to even.
+        func offset(_ d: Int) -> Int {
+            let q = d / 2
+            return d % 2 == 0 || q % 2 == 0 ? q : q + 1
+        }
+        let top = offset(r.height - size), left = offset(r.width - size), c = r.channels
+        var out = [UInt8](repeating: 0, count: size * size * c)
+        for y in 0..<size {
+            let src = ((top + y) * r.width + left) * c
+            for i in 0..<(size * c) { out[y * size * c + i] = r.pixels[src + i] }
+        }
+        return (size, size, c, out)
+    }
+
+    static let precisionBits = 32 - 8 - 2
+
+    /// PIL's `ImagingResample` with the bilinear filter over the whole image.
+    public static func resize(_ img: Image, width: Int, height: Int) -> Image {
+        let c = img.channels
+        var cur = img
+        if width != img.width {
+            let (bounds, k) = coefficients(input: img.width, output: width)
+            var out = [UInt8](repeating: 0, count: width * img.height * c)
+            for y in 0..<img.height {
+                for x in 0..<width {
+                    let (lo, n) = bounds[x]
+                    for ch in 0..<c {
+                        var ss = 1 << (precisionBits - 1)
+                        for j in 0..<n { ss += Int(img.pixels[(y * img.width + lo + j) * c + ch]) * k[x][j] }
+                        out[(y * width + x) * c + ch] = clip8(ss)
+                    }
+                }
+            }
+            cur = (width, img.height, c, out)
+        }
+        if height != cur.height {
+            let (bounds, k) = coefficients(input: cur.height, output: height)
+            var out = [UInt8](repeating: 0, count: cur.width * height * c)
+            for y in 0..<height {
+                let (lo, n) = bounds[y]
+                for x in 0..<cur.width {
+                    for ch in 0..<c {
+                        var ss = 1 << (precisionBits - 1)
+                        for j in 0..<n { ss += Int(cur.pixels[((lo + j) * cur.width + x) * c + ch]) * k[y][j] }
+                        out[(y * cur.width + x) * c + ch] = clip8(ss)
+                    }
+                }
+            }
+            cur = (cur.width, height, c, out)
+        }
+        return cur
+    }
+
+    static func clip8(_ v: Int) -> UInt8 { UInt8(clamping: v >> precisionBits) }
+
+    /// For each output pixel, the first input pixel, the count, and the fixed-point weights
+    /// (PIL `precompute_coeffs` + `normalize_coeffs_8bpc`).
+    static func coefficients(input: Int, output: Int) -> ([(Int, Int)], [[Int]]) {
+        let scale = Double(input) / Double(output)
+        let filterScale = max(scale, 1)
+        let support = 1.0 * filterScale
+        var bounds: [(Int, Int)] = [], weights: [[Int]] = []
+        for x in 0..<output {
+            let center = (Double(x) + 0.5) * scale
+            let ss = 1 / filterScale
+            let lo = max(Int(center - support + 0.5), 0)  // C truncation toward zero, as PIL
+            let hi = min(Int(center + support + 0.5), input)
+            var k = [Double]()
+            var total = 0.0
+            for i in lo..<max(hi, lo) {
+                let v = max(0, 1 - abs((Double(i) - center + 0.5) * ss))
+                k.append(v)
+                total += v
+            }
+            let fixed = k.map { v -> Int in
+                let f = total != 0 ? v / total : 0
+                let s = f * Double(1 << precisionBits)
+                return Int(s < 0 ? s - 0.5 : s + 0.5)
+            }
+            bounds.append((lo, fixed.count))
+            weights.append(fixed)
+        }
+        return (bounds, weights)
+    }
+}
