@@ -65,12 +65,17 @@ struct Classify: ParsableCommand {
     @Option(help: "Write float32 losses (B, classes) to this .npy.") var saveLosses: String?
     @Option(parsing: .unconditional, help: "Threads for the GEMMs.") var threads: Int = 1
     @Flag(help: "Print one JSON line.") var json = false
+    @OptionGroup var sharding: ShardOptions
 
     func run() throws {
         guarded {
             try Checks.batching(batchSize: batchSize, offset: offset, limit: limit, threads: threads)
-            try Checks.output(save, "--save")
-            try Checks.output(saveLosses, "--save-losses")
+            let shard = try sharding.resolve()
+            let save = shardPath(self.save, shard), saveLosses = shardPath(self.saveLosses, shard)
+            for (path, flag) in [(save, "--save"), (saveLosses, "--save-losses")] {
+                if let path, ![PartFormat.npy, .npz].contains(try? PartFormat(path: path)) { throw CLIError("\(flag) \(path) must end in .npy (or .npz)") }
+                try Checks.output(path, flag)
+            }
             let m = try Checks.model(model, threads: threads)
             guard m.config.numClasses > 0 else { throw CLIError("\(model): the model is unconditional (num_classes = 0); it cannot classify") }
             let set = try ImageSet.load(contentsOf: URL(fileURLWithPath: images), channels: m.config.inChannels, size: m.config.imgSize)
@@ -78,22 +83,26 @@ struct Classify: ParsableCommand {
             let end = limit.map { min(set.count, offset + min($0, set.count)) } ?? set.count
             let truth = try trueLabels.map { try ImageSet.loadLabels(contentsOf: URL(fileURLWithPath: $0)) }
             if let truth, truth.count != set.count { throw CLIError("--true-labels \(trueLabels ?? ""): \(truth.count) labels for \(set.count) images") }
-            let rows = Checks.mul(min(batchSize, end - offset), m.config.numClasses)
-            try Checks.memory(Checks.mul(try Checks.forwardBytes(m, rows: rows), 2), batchFlag: "--batch-size", batch: min(batchSize, end - offset))
-            let r = try m.classify(images: set, range: offset..<end, batchSize: batchSize)
+            let part = try shard?.images(of: offset..<end) ?? offset..<end
+            let rows = Checks.mul(min(batchSize, part.count), m.config.numClasses)
+            try Checks.memory(Checks.mul(try Checks.forwardBytes(m, rows: rows), 2), batchFlag: "--batch-size", batch: min(batchSize, part.count))
+            let r = try m.classify(images: set, range: part, batchSize: batchSize)
             let n = r.predictions.count
-            if let save { try NPY.write(HostArray(shape: [n], int64s: r.predictions.map(Int64.init)), to: URL(fileURLWithPath: save)) }
-            if let saveLosses { try NPY.write(HostArray(shape: [n, r.numClasses], floats: r.losses), to: URL(fileURLWithPath: saveLosses)) }
-            var accuracy: Double?
-            if let truth {
-                let correct = zip(r.predictions, truth[offset..<end]).filter { $0 == $1 }.count
-                accuracy = Double(correct) / Double(max(n, 1))
+            let correct = truth.map { t in zip(r.predictions, t[part]).filter { $0 == $1 }.count }
+            func record(_ output: String) throws -> RunRecord? {
+                try shard.map { s in
+                    RunRecord(command: "classify", output: output, model: try ContentDigest.file(URL(fileURLWithPath: model)), seed: nil,
+                              parameters: ["--images": ContentDigest.of(set), "--true-labels": truth.map { ContentDigest.of($0) } ?? "none"],
+                              shard: s, part: part, run: offset..<end, correct: correct)
+                }
             }
-            if json {
-                print("{" + (accuracy.map { "\"accuracy\": \($0), " } ?? "") + "\"count\": \(n)}")
-            } else {
-                print("classified \(n) image(s)" + (accuracy.map { String(format: ", accuracy %.2f%%", 100 * $0) } ?? ""))
+            if let save {
+                try ShardMerge.write([("predictions", HostArray(shape: [n], int64s: r.predictions.map(Int64.init)))], record: try record("--save"), to: URL(fileURLWithPath: save))
             }
+            if let saveLosses {
+                try ShardMerge.write([("losses", HostArray(shape: [n, r.numClasses], floats: r.losses))], record: try record("--save-losses"), to: URL(fileURLWithPath: saveLosses))
+            }
+            Summary.classify(count: n, correct: correct, json: json)
         }
     }
 }
