@@ -35,6 +35,11 @@ struct Sample: ParsableCommand {
         guarded {
             guard self.output != nil || outDir != nil else { throw CLIError("give -o OUT.npy|OUT.png or --out-dir DIR") }
             let shard = try sharding.resolve()
+            if shard != nil && denoise {
+                // The denoising step's gradient is a batch computation whose rounding depends on
+                // the batch, so shards could not give the unsharded bytes.
+                throw CLIError("--denoise cannot be sharded (its gradient's rounding depends on the batch); sample with --shard, merge, then run `tarflow denoise` on the merged .npy")
+            }
             let output = shardPath(self.output, shard)
             if let output {
                 let ext = URL(fileURLWithPath: output).pathExtension.lowercased()
@@ -107,8 +112,7 @@ struct Sample: ParsableCommand {
             let record = try shard.map { s in
                 RunRecord(command: "sample", output: "-o", model: try ContentDigest.file(URL(fileURLWithPath: model)), seed: noise == nil ? seed : nil,
                           parameters: ["--noise": noiseDigest, "--labels": labelDigest, "--guidance": "\(guidance)", "--guide-what": guideWhat.rawValue,
-                                       "--attn-temp": "\(attnTemp)", "--annealed": "\(annealed)", "--temperature": "\(temperature)",
-                                       "--denoise": denoise ? "σ \(noiseStd.map { "\($0)" } ?? "of the model")" : "no"],
+                                       "--attn-temp": "\(attnTemp)", "--annealed": "\(annealed)", "--temperature": "\(temperature)"],
                           shard: s, part: part, run: run)
             }
             try writeImages(x, output: output, outDir: outDir, columns: gridColumns, normalize: normalize, first: part.lowerBound, record: record)

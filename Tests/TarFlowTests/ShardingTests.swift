@@ -112,16 +112,16 @@ final class ShardingTests: XCTestCase {
 
     /// Runs `args` unsharded writing `outputs` (flag, file name), then at 1…4 shards with
     /// another batch size and thread count, merges each output and compares bytes and the summary.
-    func checkShardedEqualsUnsharded(_ args: [String], outputs: [(flag: String, name: String)], summary: Bool) throws {
+    func checkShardedEqualsUnsharded(_ args: [String], outputs: [(flag: String, name: String)], summary: Bool, batches: Bool = true) throws {
         var full = args
         for (flag, name) in outputs { full += [flag, path(name)] }
-        let ref = try tarflow(full + ["--batch-size", "5"])
+        let ref = try tarflow(full + (batches ? ["--batch-size", "5"] : []))
         XCTAssertEqual(ref.status, 0, ref.err)
         for n in 1...4 {
             for k in 0..<n {
                 var a = args
                 for (flag, name) in outputs { a += [flag, path("\(n)-" + name)] }
-                let r = try tarflow(a + ["--shard", "\(k)/\(n)", "--batch-size", "\(k + 2)", "--threads", "\(k % 2 + 1)"])
+                let r = try tarflow(a + ["--shard", "\(k)/\(n)", "--threads", "\(k % 2 + 1)"] + (batches ? ["--batch-size", "\(k + 2)"] : []))
                 XCTAssertEqual(r.status, 0, r.err)
             }
             for (_, name) in outputs {
@@ -140,7 +140,7 @@ final class ShardingTests: XCTestCase {
         let f = try fixtures()
         try checkShardedEqualsUnsharded(["likelihood", f.model, "--images", f.images, "--labels", f.labels, "--seed", "4", "--offset", "1", "--json"],
                                         outputs: [("--save", "lik.safetensors")], summary: true)
-        XCTAssertEqual(SafetensorsReader.read(contentsOf: URL(fileURLWithPath: path("lik.safetensors"))).metadata, [:])
+        XCTAssertEqual(try SafetensorsReader.read(contentsOf: URL(fileURLWithPath: path("lik.safetensors"))).metadata, [:])
         let part = try SafetensorsReader.read(contentsOf: URL(fileURLWithPath: path("4-lik.shard-3-of-4.safetensors")))
         let record = try RunRecord.parse(try XCTUnwrap(part.metadata[ShardMerge.safetensorsRecordKey]), source: "part")
         XCTAssertEqual([record.start, record.end, record.runStart, record.runEnd, record.shard, record.shards], [10, 13, 1, 13, 3, 4])
@@ -158,7 +158,11 @@ final class ShardingTests: XCTestCase {
         let f = try fixtures()
         try NPY.write(HostArray(shape: [9], int64s: [0, 1, 2, -1, 0, 1, 2, 2, 1]), to: URL(fileURLWithPath: path("y9.npy")))
         try checkShardedEqualsUnsharded(["sample", f.model, "--count", "9", "--labels", path("y9.npy"), "--guidance", "1.5", "--seed", "2", "--quiet"],
-                                        outputs: [("-o", "s.npy")], summary: false)
+                                        outputs: [("-o", "s.npy")], summary: false, batches: false)
+        // Noise from a file: a shard takes its rows.
+        try NPY.write(HostArray(shape: [5, 4, 4], floats: (0..<80).map { Float(($0 * 29) % 17) / 8 - 1 }), to: URL(fileURLWithPath: path("z.npy")))
+        try checkShardedEqualsUnsharded(["sample", f.model, "--noise", path("z.npy"), "--temperature", "0.9", "--quiet"],
+                                        outputs: [("-o", "n.npy")], summary: false, batches: false)
         // --out-dir: every shard writes into one folder, files named by global index.
         let dir = path("each"), dir3 = path("each3")
         XCTAssertEqual(try tarflow(["sample", f.model, "--count", "7", "--label", "1", "--out-dir", dir, "--quiet"]).status, 0)
@@ -242,7 +246,7 @@ final class ShardingTests: XCTestCase {
         try Data("precious".utf8).write(to: URL(fileURLWithPath: out))
         for (extra, message) in [(["--shard", "4/4"], "K must be in 0...3"), (["--shard", "0/0"], "at least 1"), (["--shard", "x"], "expected K/N"),
                                  (["--shard", "1/2", "--shards", "2"], "--shards goes with --shard auto"), (["--shards", "2"], "--shards goes with --shard auto"),
-                                 (["--shard", "20/21"], "gets none of the 13 image(s)")] {
+                                 (["--shard", "0/21"], "gets none of the 13 image(s)")] {
             for args in [["classify", f.model, "--images", f.images, "--save", out], ["likelihood", f.model, "--images", f.images],
                          ["sample", f.model, "--count", "13", "-o", out, "--quiet"]] {
                 let r = try tarflow(args + extra)
@@ -251,6 +255,8 @@ final class ShardingTests: XCTestCase {
                 XCTAssertEqual(r.err.split(separator: "\n").count, 1, r.err)
             }
         }
+        let d = try tarflow(["sample", f.model, "--count", "4", "--denoise", "-o", out, "--quiet", "--shard", "0/2"])
+        XCTAssertTrue(d.status == 1 && d.err.contains("--denoise cannot be sharded"), d.err)
         XCTAssertEqual(try bytes(out), Data("precious".utf8))
     }
 }
