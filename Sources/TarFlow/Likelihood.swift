@@ -10,6 +10,13 @@ extension TarFlowModel {
         public var logdets: [Float]
         /// f32[count, T, D] when latents were kept, else empty.
         public var z: [Float]
+        public init(bitsPerDim: [Double], nll: [Double], logdets: [Float], z: [Float]) {
+            self.bitsPerDim = bitsPerDim
+            self.nll = nll
+            self.logdets = logdets
+            self.z = z
+        }
+
         public var count: Int { bitsPerDim.count }
         public var meanBitsPerDim: Double { bitsPerDim.reduce(0, +) / Double(max(count, 1)) }
         public var meanNLL: Double { nll.reduce(0, +) / Double(max(count, 1)) }

@@ -73,14 +73,6 @@ public struct SamplingProgress: Sendable {
 }
 
 extension TarFlowModel {
-    /// Prior noise f32[count, T, D] from the counter-based generator: element i of stream
-    /// `seed` is `CounterRNG(seed).gaussian(i)`, identical on every machine and thread count.
-    public func noise(count: Int, seed: UInt64) -> Tensor {
-        let n = count * config.numPatches * config.patchDim
-        let rng = CounterRNG(seed: seed)
-        return Tensor(shape: [count, config.numPatches, config.patchDim], floats: (0..<n).map { rng.gaussian(UInt64($0)) })
-    }
-
     /// The compiled decode step of block `k`, with its KV cache in f16 if `halfCache`.
     func decodePlan(_ k: Int, halfCache: Bool = false) throws -> Executor {
         lock.lock()

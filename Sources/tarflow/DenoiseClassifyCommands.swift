@@ -76,10 +76,13 @@ struct Classify: ParsableCommand {
     @Option(parsing: .unconditional, help: "Threads for the GEMMs.") var threads: Int = 1
     @Flag(help: "Print one JSON line.") var json = false
     @Flag(help: "No progress bar (drawn on stderr only when it is a terminal).") var quiet = false
+    @OptionGroup var sharding: ShardOptions
 
     func run() throws {
         guarded {
             try Checks.batching(batchSize: batchSize, offset: offset, limit: limit, threads: threads)
+            let shard = try sharding.resolve()
+            let save = shardPath(self.save, shard), saveLosses = shardPath(self.saveLosses, shard)
             try OutputFormat.check(save, "--save", allowed: [.npy, .npz])
             try OutputFormat.check(saveLosses, "--save-losses", allowed: [.npy, .npz])
             try Checks.output(save, "--save")
@@ -98,29 +101,29 @@ struct Classify: ParsableCommand {
             let truth = truthFile?.labels ?? folderLabels
             if let truthFile, truthFile.fileCount != set.fileCount { throw CLIError("--true-labels \(trueLabels ?? ""): \(truthFile.fileCount) labels for \(set.fileCount) images") }
             if let truth { try Checks.trueLabels(truth, from: trueLabels.map { "--true-labels \($0)" } ?? "--labels-from-folders", classes: m.config.numClasses) }
-            let rows = Checks.mul(min(batchSize, end - offset), m.config.numClasses)
-            try Checks.memory(Checks.mul(try Checks.forwardBytes(m, rows: rows), 2), batchFlag: "--batch-size", batch: min(batchSize, end - offset))
+            let part = try shard?.images(of: offset..<end) ?? offset..<end
+            let rows = Checks.mul(min(batchSize, part.count), m.config.numClasses)
+            try Checks.memory(Checks.mul(try Checks.forwardBytes(m, rows: rows), 2), batchFlag: "--batch-size", batch: min(batchSize, part.count))
             try Checks.imageRange(set, flag: "--images", path: images)
-            let bar = ProgressBar("classify", total: end - offset, unit: "images", quiet: quiet)
-            let r = try m.classify(images: set, range: offset..<end, batchSize: batchSize, progress: { done, _ in bar.update(done) })
+            let bar = ProgressBar("classify", total: part.count, unit: "images", quiet: quiet)
+            let r = try m.classify(images: set, range: part, batchSize: batchSize, progress: { done, _ in bar.update(done) })
             bar.finish()
             let n = r.predictions.count
+            let correct = truth.map { t in zip(r.predictions, t[part]).filter { $0 == $1 }.count }
+            func record(_ output: String) throws -> RunRecord? {
+                try shard.map { s in
+                    RunRecord(command: "classify", output: output, model: try ContentDigest.file(URL(fileURLWithPath: model)), seed: nil,
+                              parameters: ["--images": ContentDigest.of(set), "--true-labels": truth.map { ContentDigest.of($0) } ?? "none"],
+                              shard: s, part: part, run: offset..<end, correct: correct)
+                }
+            }
             if let save {
-                try OutputFormat.write([("predictions", HostArray(shape: [n], int64s: r.predictions.map(Int64.init)))], to: save, "--save", allowed: [.npy, .npz])
+                try ShardMerge.write([("predictions", HostArray(shape: [n], int64s: r.predictions.map(Int64.init)))], record: try record("--save"), to: URL(fileURLWithPath: save))
             }
             if let saveLosses {
-                try OutputFormat.write([("losses", HostArray(shape: [n, r.numClasses], floats: r.losses))], to: saveLosses, "--save-losses", allowed: [.npy, .npz])
+                try ShardMerge.write([("losses", HostArray(shape: [n, r.numClasses], floats: r.losses))], record: try record("--save-losses"), to: URL(fileURLWithPath: saveLosses))
             }
-            var accuracy: Double?
-            if let truth {
-                let correct = zip(r.predictions, truth[offset..<end]).filter { $0 == $1 }.count
-                accuracy = Double(correct) / Double(max(n, 1))
-            }
-            if json {
-                print("{" + (accuracy.map { "\"accuracy\": \($0), " } ?? "") + "\"count\": \(n)}")
-            } else {
-                print("classified \(n) image(s)" + (accuracy.map { String(format: ", accuracy %.2f%%", 100 * $0) } ?? ""))
-            }
+            Summary.classify(count: n, correct: correct, json: json)
         }
     }
 }

@@ -35,10 +35,18 @@ struct Sample: ParsableCommand {
     @Option(help: "KV cache precision: f32 or f16 (math is f32; default: f16 for f16/bf16 models, f32 for f32 models).")
     var kvCache: KVCacheDType?
     @Flag(help: "No progress bar (drawn on stderr only when it is a terminal) and no summary line.") var quiet = false
+    @OptionGroup var sharding: ShardOptions
 
     func run() throws {
         guarded {
-            guard output != nil || outDir != nil else { throw CLIError("give -o OUT.npy|OUT.png or --out-dir DIR") }
+            guard self.output != nil || outDir != nil else { throw CLIError("give -o OUT.npy|OUT.npz|OUT.png or --out-dir DIR") }
+            let shard = try sharding.resolve()
+            if shard != nil && denoise {
+                // The denoising step's gradient is a batch computation whose rounding depends on
+                // the batch, so shards could not give the unsharded bytes.
+                throw CLIError("--denoise cannot be sharded (its gradient's rounding depends on the batch); sample with --shard, merge, then run `tarflow denoise` on the merged .npy")
+            }
+            let output = shardPath(self.output, shard)
             try OutputFormat.check(output, "-o", allowed: [.npy, .npz, .png])
             try Checks.output(output, "-o")
             try Checks.outputFolder(outDir, "--out-dir")
@@ -67,7 +75,12 @@ struct Sample: ParsableCommand {
             if let labels { try Checks.labels(labs, from: "--labels \(labels)", config: c) }
             if let label { try Checks.labels([label], from: "--label", config: c) }
             let guided = guidance > 0
+            // The run's images: the noise file's rows, else --count, else the labels; a shard
+            // takes its part of them (noise rows, labels and file names by global index).
+            let run: Range<Int>
+            var part: Range<Int>
             var z: Tensor
+            var noiseDigest = "generated"
             if let noise {
                 let a = try NPY.read(contentsOf: URL(fileURLWithPath: noise))
                 guard case .float32(let f) = a.storage else { throw CLIError("--noise \(noise): noise must be float32, is \(a.element)") }
@@ -77,17 +90,25 @@ struct Sample: ParsableCommand {
                 if let i = f.firstIndex(where: { !$0.isFinite }) {
                     throw CLIError("--noise \(noise): element \(i) is \(f[i]); noise must be finite")
                 }
-                try Checks.memory(try Checks.sampleBytes(m, images: a.shape[0], rows: guided ? 2 * a.shape[0] : a.shape[0]), batchFlag: "--noise batch", batch: a.shape[0])
-                z = Tensor(shape: a.shape, floats: f)
+                run = 0..<a.shape[0]
+                part = try shard?.images(of: run) ?? run
+                try Checks.memory(try Checks.sampleBytes(m, images: part.count, rows: guided ? 2 * part.count : part.count), batchFlag: "--noise batch", batch: part.count)
+                let per = c.numPatches * c.patchDim
+                z = Tensor(shape: [part.count, c.numPatches, c.patchDim], floats: Array(f[(part.lowerBound * per)..<(part.upperBound * per)]))
+                if shard != nil { noiseDigest = ContentDigest.of(f) }
             } else {
                 guard let n = count ?? labs?.count else { throw CLIError("give --count K (or --noise, or --labels) to set the number of images") }
                 if let l = labs, l.count != n { throw CLIError("--labels \(labels ?? ""): \(l.count) labels for --count \(n) images") }
-                try Checks.memory(try Checks.sampleBytes(m, images: n, rows: guided ? Checks.mul(2, n) : n), batchFlag: "--count", batch: n)
-                z = m.noise(count: n, seed: seed)
+                run = 0..<n
+                part = try shard?.images(of: run) ?? run
+                try Checks.memory(try Checks.sampleBytes(m, images: part.count, rows: guided ? Checks.mul(2, part.count) : part.count), batchFlag: "--count", batch: part.count)
+                z = m.noise(images: part, seed: seed)
             }
             let b = z.shape[0]
             try checkPNGOutput(output: output, outDir: outDir, count: b, channels: c.inChannels, size: c.imgSize, columns: gridColumns)
-            if let l = labs, l.count != b { throw CLIError("--labels \(labels ?? ""): \(l.count) labels for \(b) images") }
+            if let l = labs, l.count != run.count { throw CLIError("--labels \(labels ?? ""): \(l.count) labels for \(run.count) images") }
+            let labelDigest = labs.map { ContentDigest.of($0) } ?? label.map { "all \($0)" } ?? "none"
+            labs = labs.map { Array($0[part]) }
             if let label { labs = [Int](repeating: label, count: b) }
             if denoise {
                 if noiseStd == nil, m.noiseStd == nil { throw CLIError("--denoise: the model records no training noise level; pass --noise-std σ") }
@@ -104,7 +125,14 @@ struct Sample: ParsableCommand {
             bar.finish()
             try Finite.check(x.floats, rowSize: c.imageDim, what: "the sample", firstImage: 0)
             if denoise { x = try m.denoise(images: x, labels: labs, noiseStd: noiseStd).images }
-            try writeImages(x, output: output, outDir: outDir, columns: gridColumns, normalize: normalize)
+            let record = try shard.map { s in
+                RunRecord(command: "sample", output: "-o", model: try ContentDigest.file(URL(fileURLWithPath: model)), seed: noise == nil ? seed : nil,
+                          parameters: ["--noise": noiseDigest, "--labels": labelDigest, "--guidance": "\(guidance)", "--guide-what": (guideWhat ?? .both).rawValue,
+                                       "--attn-temp": "\(attnTemp ?? 1)", "--annealed": "\(annealed)", "--temperature": "\(temperature)",
+                                       "--kv-cache": "\(opts.kvCache ?? m.defaultKVCache)"],
+                          shard: s, part: part, run: run)
+            }
+            try writeImages(x, output: output, outDir: outDir, columns: gridColumns, normalize: normalize, first: part.lowerBound, record: record)
             if !quiet { FileHandle.standardError.write(Data("sampled \(b) image(s) in \(String(format: "%.2f", bar.elapsed)) s\n".utf8)) }
         }
     }
@@ -128,12 +156,14 @@ func checkPNGOutput(output: String?, outDir: String?, count b: Int, channels c: 
 }
 
 /// Writes model-space images f32[B,C,H,W] as .npy, a PNG grid, and/or one PNG per image.
-func writeImages(_ x: Tensor, output: String?, outDir: String?, columns: Int?, normalize: Bool) throws {
+/// Files of --out-dir are named by global image index (`first` + position), so the shards of a
+/// run fill one folder; a shard's .npy carries its run record.
+func writeImages(_ x: Tensor, output: String?, outDir: String?, columns: Int?, normalize: Bool, first: Int = 0, record: RunRecord? = nil) throws {
     let (b, c, h, w) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
     if let output {
         let url = URL(fileURLWithPath: output)
         if try OutputFormat.of(output, "-o", allowed: [.npy, .npz, .png]) != .png {
-            try OutputFormat.write([("images", HostArray(shape: x.shape, floats: x.floats))], to: output, "-o", allowed: [.npy, .npz])
+            try ShardMerge.write([("images", HostArray(shape: x.shape, floats: x.floats))], record: record, to: url)
         } else {
             guard c == 1 || c == 3 else { throw TarFlowError.invalidInput("PNG output needs 1 or 3 channels, images have \(c); use .npy") }
             let cols = columns ?? Int(Double(b).squareRoot().rounded(.up))
@@ -149,7 +179,7 @@ func writeImages(_ x: Tensor, output: String?, outDir: String?, columns: Int?, n
         for i in 0..<b {
             let g = PNGImage.grid(images: Array(f[(i * per)..<((i + 1) * per)]), count: 1, channels: c, height: h, width: w, columns: 1, normalize: normalize)
             try PNGImage.write(width: g.width, height: g.height, channels: g.channels, pixels: g.pixels,
-                               to: URL(fileURLWithPath: outDir).appendingPathComponent(String(format: "%05d.png", i)))
+                               to: URL(fileURLWithPath: outDir).appendingPathComponent(String(format: "%06d.png", first + i)))
         }
     }
 }

@@ -9,7 +9,7 @@ struct TarflowCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tarflow",
         abstract: "Run TarFlow normalizing flows: exact likelihoods, sampling, no Python.",
-        subcommands: [Convert.self, Compile.self, Inspect.self, Likelihood.self, Sample.self, Denoise.self, Classify.self, Bench.self]
+        subcommands: [Convert.self, Compile.self, Inspect.self, Likelihood.self, Sample.self, Denoise.self, Classify.self, Merge.self, Bench.self]
     )
 }
 
@@ -196,14 +196,17 @@ struct Likelihood: ParsableCommand {
     @Option(parsing: .unconditional, help: "Images per forward pass.") var batchSize: Int = 64
     @Option(parsing: .unconditional, help: "Index of the first image.") var offset: Int = 0
     @Option(parsing: .unconditional, help: "Number of images (default: all after --offset).") var limit: Int?
-    @Option(help: "Write z (B,T,D), logdets (B) and bpd (B) to this .safetensors or .npz file (the extension picks the format).") var save: String?
+    @Option(help: "Write z (B,T,D), logdets (B) and bpd (B) (float32), bits_per_dim and nll (B, float64) to this .safetensors or .npz file (the extension picks the format).") var save: String?
     @Option(parsing: .unconditional, help: "Threads for the GEMMs.") var threads: Int = 1
     @Flag(help: "Print one JSON line.") var json = false
     @Flag(help: "No progress bar (drawn on stderr only when it is a terminal).") var quiet = false
+    @OptionGroup var sharding: ShardOptions
 
     func run() throws {
         guarded {
             try Checks.batching(batchSize: batchSize, offset: offset, limit: limit, threads: threads)
+            let shard = try sharding.resolve()
+            let save = shardPath(self.save, shard)
             try OutputFormat.check(save, "--save", allowed: [.safetensors, .npz])
             try Checks.output(save, "--save")
             try Checks.distinct(outputs: [("--save", save)], inputs: [("model", model), ("--images", images), ("--labels", labels)])
@@ -220,28 +223,34 @@ struct Likelihood: ParsableCommand {
             }
             guard offset < set.count else { throw CLIError("--offset \(offset) is past the \(set.fileCount) images") }
             let end = limit.map { min(set.count, offset + min($0, set.count)) } ?? set.count
-            let rows = min(batchSize, end - offset)
+            let part = try shard?.images(of: offset..<end) ?? offset..<end
+            let rows = min(batchSize, part.count)
             var bytes = try Checks.forwardBytes(m, rows: rows)
-            if save != nil { bytes = Checks.add(bytes, Checks.mul(end - offset, Checks.mul(m.config.imageDim, 4))) }
+            if save != nil { bytes = Checks.add(bytes, Checks.mul(part.count, Checks.mul(m.config.imageDim, 4))) }
             try Checks.memory(bytes, batchFlag: "--batch-size", batch: rows)
             try Checks.imageRange(set, flag: "--images", path: images)
-            let bar = ProgressBar("likelihood", total: end - offset, unit: "images", quiet: quiet)
-            let r = try m.likelihood(images: set, labels: labs, range: offset..<end, batchSize: batchSize, seed: seed, keepLatents: save != nil,
+            let bar = ProgressBar("likelihood", total: part.count, unit: "images", quiet: quiet)
+            let r = try m.likelihood(images: set, labels: labs, range: part, batchSize: batchSize, seed: seed, keepLatents: save != nil,
                                      progress: { done, _ in bar.update(done) })
             bar.finish()
             if let save {
                 let n = r.count
-                try OutputFormat.write([
+                let record = try shard.map { s in
+                    RunRecord(command: "likelihood", output: "--save", model: try ContentDigest.file(URL(fileURLWithPath: model)),
+                              seed: set.isInteger ? seed : nil,
+                              parameters: ["--images": ContentDigest.of(set), "--labels": labs.map { ContentDigest.of($0) } ?? "none"],
+                              shard: s, part: part, run: offset..<end)
+                }
+                // float64 figures first (8-byte aligned data), then the float32 tensors.
+                try ShardMerge.write([
+                    ("bits_per_dim", HostArray(shape: [n], doubles: r.bitsPerDim)),
+                    ("nll", HostArray(shape: [n], doubles: r.nll)),
                     ("z", HostArray(shape: [n, m.config.numPatches, m.config.patchDim], floats: r.z)),
                     ("logdets", HostArray(shape: [n], floats: r.logdets)),
                     ("bpd", HostArray(shape: [n], floats: r.bitsPerDim.map { Float($0) })),
-                ], to: save, "--save", allowed: [.safetensors, .npz])
+                ], record: record, to: URL(fileURLWithPath: save))
             }
-            if json {
-                print("{\"bits_per_dim\": \(try Checks.json(r.meanBitsPerDim, "bits_per_dim")), \"nll\": \(try Checks.json(r.meanNLL, "nll")), \"count\": \(r.count)}")
-            } else {
-                print(String(format: "bits/dim %.4f  nll %.4f nats/dim  count %d", r.meanBitsPerDim, r.meanNLL, r.count))
-            }
+            try Summary.likelihood(r, json: json)
         }
     }
 }

@@ -66,7 +66,7 @@ final class CLITests: XCTestCase {
         XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: npy1)), try Data(contentsOf: URL(fileURLWithPath: npy2)))
         let dir = tmp.appendingPathComponent("each").path
         XCTAssertEqual(try tarflow(["sample", mnist, "--count", "3", "--out-dir", dir, "--quiet"]).status, 0)
-        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir).sorted(), ["00000.png", "00001.png", "00002.png"])
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir).sorted(), ["000000.png", "000001.png", "000002.png"])
     }
 
     func testDenoiseAndClassify() throws {

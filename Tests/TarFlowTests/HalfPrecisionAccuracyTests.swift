@@ -18,7 +18,7 @@ final class HalfPrecisionAccuracyTests: XCTestCase {
 
     func figures(_ model: Model) throws -> Figures {
         let m = try TarFlowModel(model: model, threads: 2)
-        let images = try ImageSet.load(contentsOf: Self.repo.appendingPathComponent("Tests/Fixtures/mnist/t10k-images-idx3-ubyte.gz"),
+        let images = try ImageSet.load(contentsOf: Self.repo.appendingPathComponent("Models/data/mnist/t10k-images-idx3-ubyte.gz"),
                                        channels: 1, size: 28)
         let bpd = try m.likelihood(images: images, labels: nil, range: 0..<1000, batchSize: 100, seed: 0).meanBitsPerDim
         let samples = try m.sample(noise: m.noise(count: 100, seed: 0), labels: (0..<100).map { $0 % 10 }, options: SamplingOptions(guidance: 2))

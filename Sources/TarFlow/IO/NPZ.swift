@@ -15,16 +15,33 @@ public enum NPZ {
         try writeAtomically(try encode(arrays), to: url)
     }
 
-    /// The archive bytes: local headers and data, then the central directory.
+    /// Arrays as `NAME.npy` members, then `extra` members as they are (e.g. a run record).
+    public static func write(arrays: [(name: String, array: HostArray)], extra: [(name: String, bytes: [UInt8])] = [], to url: URL) throws {
+        try writeAtomically(try encode(members: try members(arrays) + extra), to: url)
+    }
+
+    /// The archive bytes of `arrays`.
     public static func encode(_ arrays: [(name: String, array: HostArray)]) throws -> [UInt8] {
+        try encode(members: try members(arrays))
+    }
+
+    static func members(_ arrays: [(name: String, array: HostArray)]) throws -> [(name: String, bytes: [UInt8])] {
+        var seen = Set<String>()
+        return try arrays.map { name, array in
+            guard !name.isEmpty, !name.contains("/"), seen.insert(name).inserted else { throw NPZError.badName(name) }
+            return (name + ".npy", try NPY.encode(array))
+        }
+    }
+
+    /// The archive bytes: local headers and data, then the central directory.
+    public static func encode(members: [(name: String, bytes: [UInt8])]) throws -> [UInt8] {
         var out: [UInt8] = [], central: [UInt8] = []
         var seen = Set<String>()
         func u16(_ v: Int, _ b: inout [UInt8]) { b += [UInt8(v & 0xFF), UInt8((v >> 8) & 0xFF)] }
         func u32(_ v: Int, _ b: inout [UInt8]) { for i in 0..<4 { b.append(UInt8((v >> (8 * i)) & 0xFF)) } }
-        for (name, array) in arrays {
-            guard !name.isEmpty, !name.contains("/"), seen.insert(name).inserted else { throw NPZError.badName(name) }
-            let data = try NPY.encode(array)
-            let member = Array((name + ".npy").utf8)
+        for (name, data) in members {
+            guard !name.isEmpty, seen.insert(name).inserted else { throw NPZError.badName(name) }
+            let member = Array(name.utf8)
             // No ZIP64: a member and the archive stay below 4 GiB.
             guard data.count < Int(UInt32.max), out.count + data.count + member.count + 30 < Int(UInt32.max) else {
                 throw NPZError.tooLarge(name: name, bytes: data.count)
@@ -42,28 +59,50 @@ public enum NPZ {
             u16(0, &central); u16(0, &central); u16(0, &central); u16(0, &central); u32(0, &central); u32(offset, &central)
             central += member
         }
-        guard arrays.count < 0xFFFF, out.count + central.count + 22 < Int(UInt32.max) else {
+        guard members.count < 0xFFFF, out.count + central.count + 22 < Int(UInt32.max) else {
             throw NPZError.tooLarge(name: "archive", bytes: out.count + central.count)
         }
         let centralOffset = out.count
         out += central
-        u32(0x0605_4B50, &out); u16(0, &out); u16(0, &out); u16(arrays.count, &out); u16(arrays.count, &out)
+        u32(0x0605_4B50, &out); u16(0, &out); u16(0, &out); u16(members.count, &out); u16(members.count, &out)
         u32(central.count, &out); u32(centralOffset, &out); u16(0, &out)
         return out
     }
 
-    /// The arrays of an `.npz`, in archive order, named without the `.npy` suffix.
+    /// The arrays of an `.npz`, in archive order, named without the `.npy` suffix; any other
+    /// member is an error.
     public static func read(contentsOf url: URL) throws -> [(name: String, array: HostArray)] {
+        let (arrays, other) = try readArrays(contentsOf: url)
+        if let m = other.first { throw NPZError.badMember(path: url.path, member: m.name) }
+        return arrays
+    }
+
+    /// Arrays (`NAME.npy` members, the suffix dropped) and other members, in archive order.
+    public static func readArrays(contentsOf url: URL) throws -> (arrays: [(name: String, array: HostArray)], other: [(name: String, bytes: [UInt8])]) {
+        var arrays: [(name: String, array: HostArray)] = [], other: [(name: String, bytes: [UInt8])] = []
+        for (name, bytes) in try readMembers(contentsOf: url) {
+            if name.hasSuffix(".npy") {
+                arrays.append((String(name.dropLast(4)), try NPY.parse(bytes, path: "\(url.path)[\(name)]")))
+            } else {
+                other.append((name, bytes))
+            }
+        }
+        return (arrays, other)
+    }
+
+    /// Every member's bytes, in archive order (stored or deflated).
+    public static func readMembers(contentsOf url: URL) throws -> [(name: String, bytes: [UInt8])] {
         let bytes = try readFileBytes(at: url, maxBytes: maxFileBytes)
         let archive: Archive
         do { archive = try Archive(data: Data(bytes), accessMode: .read) } catch {
             throw NPZError.notNPZ(path: url.path)
         }
-        var out: [(name: String, array: HostArray)] = []
+        var out: [(name: String, bytes: [UInt8])] = []
+        var seen = Set<String>()
         for entry in archive where entry.type == .file {
-            guard entry.path.hasSuffix(".npy") else { throw NPZError.badMember(path: url.path, member: entry.path) }
-            // The member's stated size is bounded by the file (stored) or by the format's limit.
-            guard entry.uncompressedSize <= UInt64(NPY.maxFileBytes) else { throw NPZError.badMember(path: url.path, member: entry.path) }
+            guard seen.insert(entry.path).inserted, entry.uncompressedSize <= UInt64(NPY.maxFileBytes) else {
+                throw NPZError.badMember(path: url.path, member: entry.path)
+            }
             var data = [UInt8]()
             do {
                 _ = try archive.extract(entry, bufferSize: 1 << 20) { chunk in
@@ -73,7 +112,7 @@ public enum NPZ {
             } catch let e as NPZError { throw e } catch {
                 throw NPZError.corrupt(path: url.path, member: entry.path, reason: "\(error)")
             }
-            out.append((String(entry.path.dropLast(4)), try NPY.parse(data, path: "\(url.path)[\(entry.path)]")))
+            out.append((entry.path, data))
         }
         return out
     }

@@ -1,0 +1,237 @@
+import Foundation
+
+/// The file formats a shard's part can have, and that `tarflow merge` joins.
+public enum PartFormat: String, Sendable, CaseIterable {
+    case npy, npz, safetensors
+
+    public init(path: String) throws {
+        guard let f = PartFormat(rawValue: URL(fileURLWithPath: path).pathExtension.lowercased()) else {
+            throw TarFlowError.invalidInput("\(path): only .npy, .npz and .safetensors parts can be merged")
+        }
+        self = f
+    }
+}
+
+/// Writing the parts of a sharded run and joining them back: arrays are concatenated along
+/// their first (image) axis in index order, and the result is byte for byte the file the
+/// unsharded run writes (same writer, same tensor order, no run record).
+public enum ShardMerge {
+    /// The member of an `.npz` part that holds its run record.
+    public static let npzRecordMember = "tarflow_run.json"
+    /// The `__metadata__` key of a safetensors part that holds its run record.
+    public static let safetensorsRecordKey = "tarflow.run"
+
+    /// Where the run record of an `.npy` part lives.
+    public static func sidecar(of path: String) -> URL { URL(fileURLWithPath: path + ".run.json") }
+
+    /// Writes `arrays` to `url` in the format its extension names; with a record (a shard's part)
+    /// the record goes with it, without one the file is what the unsharded command writes.
+    public static func write(_ arrays: [(name: String, array: HostArray)], record: RunRecord?, to url: URL) throws {
+        switch try PartFormat(path: url.path) {
+        case .npy:
+            guard arrays.count == 1 else { throw TarFlowError.invalidInput("\(url.path): a .npy file holds one array, not \(arrays.count)") }
+            try NPY.write(arrays[0].array, to: url)
+            if let record { try writeAtomically(Array(record.json().utf8), to: sidecar(of: url.path)) }
+        case .npz:
+            try NPZ.write(arrays: arrays, extra: record.map { [(npzRecordMember, Array($0.json().utf8))] } ?? [], to: url)
+        case .safetensors:
+            try SafetensorsWriter.write(arrays, to: url, metadata: record.map { [safetensorsRecordKey: $0.json()] } ?? [:])
+        }
+    }
+
+    /// One part as read back: its arrays (in file order) and its run record.
+    public struct Part: Sendable {
+        public var path: String
+        public var format: PartFormat
+        public var arrays: [(name: String, array: HostArray)]
+        public var record: RunRecord
+    }
+
+    public static func read(_ path: String) throws -> Part {
+        let url = URL(fileURLWithPath: path)
+        guard FileManager.default.fileExists(atPath: path) else { throw TarFlowError.invalidInput("\(path): no such file") }
+        let format = try PartFormat(path: path)
+        let noRecord = "carries no run record, so it is not the part of a sharded run (write parts with --shard)"
+        switch format {
+        case .npy:
+            let side = sidecar(of: path)
+            guard FileManager.default.fileExists(atPath: side.path) else {
+                throw TarFlowError.invalidInput("\(path): \(side.lastPathComponent) is missing; the part \(noRecord)")
+            }
+            let text = String(decoding: try readFileBytes(at: side, maxBytes: 1 << 20), as: UTF8.self)
+            return Part(path: path, format: format, arrays: [("", try NPY.read(contentsOf: url))], record: try RunRecord.parse(text, source: side.path))
+        case .npz:
+            let (arrays, other) = try NPZ.readArrays(contentsOf: url)
+            guard let r = other.first(where: { $0.name == npzRecordMember }) else {
+                throw TarFlowError.invalidInput("\(path): no member \(npzRecordMember); the part \(noRecord)")
+            }
+            return Part(path: path, format: format, arrays: arrays, record: try RunRecord.parse(String(decoding: r.bytes, as: UTF8.self), source: path))
+        case .safetensors:
+            let (arrays, metadata) = try SafetensorsReader.read(contentsOf: url)
+            guard let text = metadata[safetensorsRecordKey] else {
+                throw TarFlowError.invalidInput("\(path): no '\(safetensorsRecordKey)' in __metadata__; the part \(noRecord)")
+            }
+            return Part(path: path, format: format, arrays: arrays, record: try RunRecord.parse(text, source: path))
+        }
+    }
+
+    /// The joined run: arrays in the parts' order and the record fields they share.
+    public struct Merged: Sendable {
+        public var format: PartFormat
+        public var arrays: [(name: String, array: HostArray)]
+        public var record: RunRecord
+        /// Images of the whole run.
+        public var count: Int { record.runEnd - record.runStart }
+        /// Correct predictions over the run, when every part counted them.
+        public var correct: Int?
+    }
+
+    /// Checks that the parts are of one run and tile its images exactly, then concatenates.
+    public static func merge(_ input: [Part]) throws -> Merged {
+        guard let first = input.first else { throw TarFlowError.invalidInput("merge: give at least one part") }
+        for p in input.dropFirst() {
+            guard p.format == first.format else {
+                throw TarFlowError.invalidInput("\(p.path) is .\(p.format.rawValue) but \(first.path) is .\(first.format.rawValue); merge parts of one output at a time")
+            }
+            if let field = difference(first.record, p.record) {
+                throw TarFlowError.invalidInput("\(p.path) and \(first.path) are parts of different runs: they differ in \(field)")
+            }
+        }
+        let parts = input.sorted { ($0.record.start, $0.record.end, $0.record.shard) < ($1.record.start, $1.record.end, $1.record.shard) }
+        var at = first.record.runStart
+        var previous: Part?
+        for p in parts {
+            let r = p.record
+            if r.start > at {
+                throw TarFlowError.invalidInput("gap: no part holds images \(at)..<\(r.start) of the run's \(r.runStart)..<\(r.runEnd)"
+                    + " (shard\(missingShards(parts).count == 1 ? "" : "s") \(missingShards(parts).map(String.init).joined(separator: ", ")) of \(r.shards) missing?)")
+            }
+            if r.start < at, let q = previous {
+                throw TarFlowError.invalidInput("overlap: \(p.path) (images \(r.start)..<\(r.end), shard \(r.shard)/\(r.shards)) and \(q.path) (images \(q.record.start)..<\(q.record.end), shard \(q.record.shard)/\(q.record.shards)) share images; give each shard once")
+            }
+            at = r.end
+            previous = p
+        }
+        if at < first.record.runEnd {
+            throw TarFlowError.invalidInput("gap: no part holds images \(at)..<\(first.record.runEnd) of the run's \(first.record.runStart)..<\(first.record.runEnd)"
+                + " (shard\(missingShards(parts).count == 1 ? "" : "s") \(missingShards(parts).map(String.init).joined(separator: ", ")) of \(first.record.shards) missing?)")
+        }
+
+        // The same arrays in every part, each with one row per image.
+        let names = first.arrays.map(\.name)
+        var columns: [[HostArray]] = names.map { _ in [] }
+        for p in parts {
+            guard p.arrays.map(\.name) == names else {
+                throw TarFlowError.invalidInput("\(p.path) holds arrays \(p.arrays.map(\.name)), \(first.path) holds \(names); write the parts again with one version")
+            }
+            let rows = p.record.end - p.record.start
+            for (i, (name, a)) in p.arrays.enumerated() {
+                let label = name.isEmpty ? p.path : "\(p.path): '\(name)'"
+                guard a.shape.first == rows else {
+                    throw TarFlowError.invalidInput("\(label) has shape \(a.shape) but the part holds \(rows) image(s) (\(p.record.start)..<\(p.record.end)); the file is damaged")
+                }
+                let f = first.arrays[i].array
+                guard a.element == f.element, Array(a.shape.dropFirst()) == Array(f.shape.dropFirst()) else {
+                    throw TarFlowError.invalidInput("\(label) is \(a.element) \(a.shape), the first part's is \(f.element) \(f.shape)")
+                }
+                columns[i].append(a)
+            }
+        }
+        var record = first.record
+        record.shard = 0
+        record.shards = 1
+        record.start = record.runStart
+        record.end = record.runEnd
+        let counted = parts.allSatisfy { $0.record.correct != nil }
+        record.correct = nil
+        return Merged(format: first.format, arrays: zip(names, columns).map { ($0, concatenate($1)) }, record: record,
+                      correct: counted ? parts.reduce(0) { $0 + ($1.record.correct ?? 0) } : nil)
+    }
+
+    /// Shards numbered in the record that no part is.
+    static func missingShards(_ parts: [Part]) -> [Int] {
+        let have = Set(parts.map(\.record.shard))
+        return (0..<(parts.first?.record.shards ?? 0)).filter { !have.contains($0) }
+    }
+
+    /// The first run field in which two records differ, named for the message; nil when the
+    /// records describe the same run (they may differ in shard and image range only).
+    public static func difference(_ a: RunRecord, _ b: RunRecord) -> String? {
+        if a.command != b.command { return "command (\(a.command) vs \(b.command))" }
+        if a.output != b.output { return "output (\(a.output) vs \(b.output))" }
+        if a.model != b.model { return "model (\(a.model) vs \(b.model))" }
+        if a.seed != b.seed { return "seed (\(a.seed.map(String.init) ?? "none") vs \(b.seed.map(String.init) ?? "none"))" }
+        for key in Set(a.parameters.keys).union(b.parameters.keys).sorted() where a.parameters[key] != b.parameters[key] {
+            return "\(key) (\(a.parameters[key] ?? "not given") vs \(b.parameters[key] ?? "not given"))"
+        }
+        if a.shards != b.shards { return "shard count (\(a.shards) vs \(b.shards))" }
+        if a.runStart != b.runStart || a.runEnd != b.runEnd {
+            return "the run's images (\(a.runStart)..<\(a.runEnd) vs \(b.runStart)..<\(b.runEnd))"
+        }
+        if (a.correct == nil) != (b.correct == nil) { return "true labels (one part counted correct predictions, the other did not)" }
+        return nil
+    }
+
+    /// Arrays of one element type and trailing shape, stacked along axis 0.
+    static func concatenate(_ arrays: [HostArray]) -> HostArray {
+        let rows = arrays.reduce(0) { $0 + ($1.shape.first ?? 0) }
+        let shape = [rows] + Array(arrays[0].shape.dropFirst())
+        func join<T>(_ pick: (HostArray.Storage) -> [T]?) -> [T] { arrays.flatMap { pick($0.storage) ?? [] } }
+        switch arrays[0].storage {
+        case .float32: return HostArray(shape: shape, floats: join { if case .float32(let v) = $0 { return v }; return nil })
+        case .float64: return HostArray(shape: shape, doubles: join { if case .float64(let v) = $0 { return v }; return nil })
+        case .uint8: return HostArray(shape: shape, bytes: join { if case .uint8(let v) = $0 { return v }; return nil })
+        case .int32: return HostArray(shape: shape, int32s: join { if case .int32(let v) = $0 { return v }; return nil })
+        case .int64: return HostArray(shape: shape, int64s: join { if case .int64(let v) = $0 { return v }; return nil })
+        }
+    }
+}
+
+/// Reads the safetensors files this project writes (any of its element types: F32, F64, U8,
+/// I32, I64) with their `__metadata__`, arrays in data order, which is the order
+/// `SafetensorsWriter` was given them. (Checkpoints go through `CheckpointSafetensors`.)
+public enum SafetensorsReader {
+    public static func read(contentsOf url: URL) throws -> (arrays: [(name: String, array: HostArray)], metadata: [String: String]) {
+        func bad(_ m: String) -> TarFlowError { .invalidInput("\(url.path): \(m); the file is not a complete safetensors file") }
+        let bytes = try readFileBytes(at: url, maxBytes: NPY.maxFileBytes)
+        guard bytes.count >= 8 else { throw bad("\(bytes.count) bytes, shorter than the header length") }
+        var n = 0
+        for i in 0..<8 { n |= Int(bytes[i]) << (8 * i) }
+        guard n >= 2, n <= min(CheckpointSafetensors.maxHeaderBytes, bytes.count - 8) else { throw bad("header length \(n) does not fit the file") }
+        var parser = CheckpointSafetensors.JSONParser(bytes: Array(bytes[8..<(8 + n)]))
+        guard let root = try? parser.parseDocument(), case .object(let members) = root else { throw bad("the header is not a JSON object") }
+        let dataStart = 8 + n
+        var metadata: [String: String] = [:]
+        var entries: [(name: String, begin: Int, array: HostArray)] = []
+        for (name, value) in members {
+            guard case .object(let fields) = value else { throw bad("entry '\(name)' is not an object") }
+            if name == "__metadata__" {
+                for (k, v) in fields { if case .string(let s) = v { metadata[k] = s } }
+                continue
+            }
+            func field(_ key: String) -> CheckpointSafetensors.JSONValue? { fields.first { $0.0 == key }?.1 }
+            guard case .string(let dtype)? = field("dtype"), case .array(let dims)? = field("shape"),
+                  case .array(let offsets)? = field("data_offsets"), offsets.count == 2,
+                  case .integer(let begin) = offsets[0], case .integer(let end) = offsets[1] else { throw bad("entry '\(name)' lacks dtype, shape or data_offsets") }
+            let element: HostElement
+            switch dtype {
+            case "F32": element = .float32
+            case "F64": element = .float64
+            case "U8": element = .uint8
+            case "I32": element = .int32
+            case "I64": element = .int64
+            default: throw bad("entry '\(name)' has dtype \(dtype), not one this project writes")
+            }
+            var shape: [Int] = []
+            for d in dims { guard case .integer(let v) = d, v >= 0 else { throw bad("entry '\(name)' has a bad shape") }; shape.append(v) }
+            guard let count = HostArray.elementCount(of: shape), count.multipliedReportingOverflow(by: element.byteSize) == (end - begin, false),
+                  begin >= 0, begin <= end, end <= bytes.count - dataStart else { throw bad("entry '\(name)': data_offsets [\(begin), \(end)] do not match shape \(shape) of \(dtype)") }
+            let storage = bytes.withUnsafeBytes {
+                HostArray.decode(UnsafeRawBufferPointer(rebasing: $0[(dataStart + begin)..<(dataStart + end)]), element: element, count: count, bigEndian: false)
+            }
+            entries.append((name, begin, HostArray(shape: shape, storage: storage)))
+        }
+        let ordered = entries.sorted { ($0.begin, $0.array.byteCount) < ($1.begin, $1.array.byteCount) }
+        return (ordered.map { ($0.name, $0.array) }, metadata)
+    }
+}
