@@ -34,6 +34,13 @@ final class EverydayTests: XCTestCase {
         for m in mentions { XCTAssertTrue(r.err.contains(m), "'\(m)' missing from: \(r.err)", file: file, line: line) }
     }
 
+    /// Samples of the random-weight fixture model reach ±5; as likelihood inputs they must lie
+    /// in model space (the CLI refuses floats beyond ±4), so they are clamped to [-1, 1].
+    func clampToModelSpace(_ p: String) throws {
+        let a = try NPY.read(contentsOf: URL(fileURLWithPath: p))
+        try NPY.write(HostArray(shape: a.shape, floats: a.asFloats().map { min(1, max(-1, $0)) }), to: URL(fileURLWithPath: p))
+    }
+
     func npz(_ p: String) throws -> [String: HostArray] {
         Dictionary(uniqueKeysWithValues: try NPZ.read(contentsOf: URL(fileURLWithPath: p)).map { ($0.name, $0.array) })
     }
@@ -86,15 +93,16 @@ final class EverydayTests: XCTestCase {
     func testOutputFormatsFollowTheExtension() throws {
         let images = path("x.npy")
         XCTAssertEqual(try tarflow(["sample", cond, "--count", "3", "--label", "1", "-o", images, "--quiet"]).status, 0)
+        try clampToModelSpace(images)
         // sample -o .npz: member 'images', the same values as the .npy.
         XCTAssertEqual(try tarflow(["sample", cond, "--count", "3", "--label", "1", "-o", path("x.npz"), "--quiet"]).status, 0)
-        let x = try NPY.read(contentsOf: URL(fileURLWithPath: images))
-        XCTAssertEqual(try npz(path("x.npz"))["images"]?.asFloats(), x.asFloats())
+        let x = try NPZ.read(contentsOf: URL(fileURLWithPath: path("x.npz")))[0].array.asFloats().map { min(1, max(-1, $0)) }
+        XCTAssertEqual(try NPY.read(contentsOf: URL(fileURLWithPath: images)).asFloats(), x)
         // likelihood --save .npz: z, logdets, bpd; .safetensors still works.
         let l = try tarflow(["likelihood", cond, "--images", images, "--json", "--save", path("l.npz")])
         XCTAssertEqual(l.status, 0, l.err)
         let saved = try npz(path("l.npz"))
-        XCTAssertEqual(Set(saved.keys), ["z", "logdets", "bpd"])
+        XCTAssertEqual(Set(saved.keys), ["z", "logdets", "bpd", "bits_per_dim", "nll"])
         XCTAssertEqual(saved["z"]?.shape, [3, 4, 4])
         let obj = try JSONSerialization.jsonObject(with: Data(l.out.utf8)) as! [String: Any]
         let bpd = saved["bpd"]!.asDoubles()
@@ -189,7 +197,7 @@ final class EverydayTests: XCTestCase {
         XCTAssertEqual(obj["what"] as? String, "load")
         XCTAssertEqual((obj["seconds_all"] as? [Double])?.count, 2)
         XCTAssertEqual((obj["ready_seconds_all"] as? [Double])?.count, 2)
-        try assertFails(["bench", cond, "--what", "nonsense"], mentions: ["forward, sample or load"])
+        try assertFails(["bench", cond, "--what", "nonsense"], mentions: ["forward, sample, decode or load"])
     }
 
     func testInspectSummaryFirstGraphsOnRequest() throws {
@@ -243,6 +251,7 @@ final class EverydayTests: XCTestCase {
     func testLongCommandsPrintNoProgressWhenNotATerminal() throws {
         let images = path("x.npy")
         XCTAssertEqual(try tarflow(["sample", cond, "--count", "2", "--label", "1", "-o", images, "--quiet"]).err, "")
+        try clampToModelSpace(images)
         for args in [["likelihood", cond, "--images", images], ["classify", cond, "--images", images],
                      ["denoise", cond, "--images", images, "-o", path("d.npy")], ["compile", cond, "-o", path("c.tflow")],
                      ["likelihood", cond, "--images", images, "--quiet"]] {
@@ -258,6 +267,7 @@ final class EverydayTests: XCTestCase {
         guard FileManager.default.isExecutableFile(atPath: script.path) else { throw XCTSkip("no /usr/bin/script to make a terminal") }
         let images = path("x.npy")
         XCTAssertEqual(try tarflow(["sample", cond, "--count", "3", "--label", "1", "-o", images, "--quiet"]).status, 0)
+        try clampToModelSpace(images)
         let exe = tarflowExecutable(repo: repo)
         let command = "'\(exe.path)' likelihood '\(cond)' --images '\(images)' --batch-size 1"
         let r = try runProcess(script, ["-qec", command, "/dev/null"])

@@ -60,7 +60,7 @@ final class ReadmeCommandTests: XCTestCase {
         for f in ["afhq.tflow", "afhq-ema.tflow", "mnist-compiled.tflow", "graphs.dot", "bpd.npz", "threes.png", "x.npy", "clean.npy", "g.npy"] {
             XCTAssertTrue(FileManager.default.fileExists(atPath: tmp.appendingPathComponent(f).path), f)
         }
-        XCTAssertEqual(Set(try NPZ.read(contentsOf: tmp.appendingPathComponent("bpd.npz")).map(\.name)), ["z", "logdets", "bpd"])
+        XCTAssertEqual(Set(try NPZ.read(contentsOf: tmp.appendingPathComponent("bpd.npz")).map(\.name)), ["z", "logdets", "bpd", "bits_per_dim", "nll"])
         let official = try ModelFile.read(contentsOf: tmp.appendingPathComponent("afhq.tflow"))
         XCTAssertEqual(official.metadata["tarflow.noise_std"]?.description, "0.07", "noise level from the official file name")
         XCTAssertEqual(try ModelFile.read(contentsOf: tmp.appendingPathComponent("afhq-ema.tflow")).tensors.map { $0.floats() },

@@ -158,8 +158,11 @@ extension CLIHardeningTests {
         try FileManager.default.createSymbolicLink(atPath: link, withDestinationPath: cond)
         let z = try npy("z.npy", shape: [2, 4, 4], [Float](repeating: 0.1, count: 32))
         let before = try [ckpt.path, images, cond, z].map { try Data(contentsOf: URL(fileURLWithPath: $0)) }
-        for args in [["convert", ckpt.path, "-o", ckpt.path, "--image-size", "8"], ["likelihood", cond, "--images", images, "--save", cond],
-                     ["likelihood", cond, "--images", images, "--save", images], ["compile", cond, "-o", cond], ["compile", cond, "-o", link],
+        // A likelihood --save that is the model or the images is refused by its extension first.
+        for args in [["likelihood", cond, "--images", images, "--save", cond], ["likelihood", cond, "--images", images, "--save", images]] {
+            try assertFails(args, mentions: ["--save", "must end in .safetensors or .npz"])
+        }
+        for args in [["convert", ckpt.path, "-o", ckpt.path, "--image-size", "8"], ["compile", cond, "-o", cond], ["compile", cond, "-o", link],
                      ["sample", uncond, "--noise", z, "-o", z], ["denoise", cond, "--images", images, "-o", images],
                      ["denoise", cond, "--images", images, "-o", keep.path, "--save-grad", keep.path],
                      ["classify", cond, "--images", images, "--save", images], ["inspect", cond, "--dot", link]] {
@@ -177,7 +180,7 @@ extension CLIHardeningTests {
         // A folder that does not exist yet is created.
         let dir = tmp.appendingPathComponent("new/pngs")
         XCTAssertEqual(try tarflow(["sample", uncond, "--count", "2", "--out-dir", dir.path, "--quiet"]).status, 0)
-        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir.path).sorted(), ["00000.png", "00001.png"])
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir.path).sorted(), ["000000.png", "000001.png"])
     }
 
     func testTrueLabelsOutOfRangeAreAnError() throws {
