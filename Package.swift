@@ -25,7 +25,7 @@ let package = Package(
         // SIMD inner loops in C, each built for AVX-512, AVX2+F16C and baseline x86-64, picked at
         // load through a table (dispatch.c). Optimized in debug builds too: the test suite runs
         // whole models through them.
-        .target(name: "CFlowKernels", cSettings: [.unsafeFlags(["-O2"])]),
+        .target(name: "CFlowKernels", cSettings: [.unsafeFlags(["-O2"], .when(configuration: .debug))]),
         .target(
             name: "TarFlow",
             dependencies: [
@@ -52,7 +52,7 @@ let package = Package(
         // Test helpers shared by test targets (test targets cannot import each other).
         .target(name: "FlowTestSupport", dependencies: ["FlowIR", "FlowCompiler"], path: "Tests/FlowTestSupport"),
         .testTarget(name: "FlowCompilerTests", dependencies: ["FlowIR", "FlowCompiler", "FlowRuntime", "FlowTestSupport"]),
-        .testTarget(name: "FlowRuntimeTests", dependencies: ["FlowIR", "FlowCompiler", "FlowRuntime", "CFlowKernels", "FlowTestSupport"]),
+        .testTarget(name: "FlowRuntimeTests", dependencies: ["FlowIR", "FlowCompiler", "FlowRuntime", "CFlowKernels", "COpenBLAS", "FlowTestSupport"]),
         .testTarget(
             name: "TarFlowTests",
             dependencies: ["TarFlow", "FlowIR", "FlowCompiler", "FlowRuntime", "tarflow", "FlowTestSupport"],

@@ -1,6 +1,7 @@
 import FlowCompiler
 import FlowIR
 import FlowRuntime
+import FlowTestSupport
 import XCTest
 
 /// Every vector-Jacobian rule of `Differentiate` against central finite differences.
@@ -164,7 +165,7 @@ final class DifferentiateTests: XCTestCase {
             let ours = outs["grad.\(w)"]!
             XCTAssertEqual(ours.shape, ref.shape, "\(label): executor grad.\(w) shape", file: file, line: line)
             let scale = max(1, ref.data.map(abs).max() ?? 0)
-            let err = zip(ours.floats, ref.data).map { abs(Double($0) - $1) }.max() ?? 0
+            let err = maxAbsDifference(ours.floats, ref.data)
             XCTAssertLessThanOrEqual(err, 2e-4 * scale, "\(label): executor grad.\(w) vs reference, error \(err)", file: file, line: line)
         }
     }

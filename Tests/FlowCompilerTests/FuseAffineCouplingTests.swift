@@ -1,6 +1,7 @@
 import FlowCompiler
 import FlowIR
 import FlowRuntime
+import FlowTestSupport
 import XCTest
 
 /// `FuseAffineCoupling`: the shift-and-affine step of TarFlow's blocks (with and without a
@@ -35,7 +36,7 @@ final class FuseAffineCouplingTests: XCTestCase {
         for (oa, ob) in zip(a.outputs, b.outputs) {
             let x = try XCTUnwrap(ra[oa], file: file, line: line), y = try XCTUnwrap(rb[ob], file: file, line: line)
             XCTAssertEqual(x.shape, y.shape, file: file, line: line)
-            XCTAssertLessThan(zip(x.data, y.data).map { abs($0 - $1) }.max() ?? 0, 1e-12, a.values[oa].name, file: file, line: line)
+            XCTAssertLessThan(maxAbsDifference(x.data, y.data), 1e-12, a.values[oa].name, file: file, line: line)
         }
     }
 

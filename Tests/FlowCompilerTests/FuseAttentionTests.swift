@@ -1,6 +1,7 @@
 import FlowCompiler
 import FlowIR
 import FlowRuntime
+import FlowTestSupport
 import XCTest
 
 /// `FuseAttention`: multi-head attention written in primitive ops (as TarFlow's graph builder
@@ -42,7 +43,7 @@ final class FuseAttentionTests: XCTestCase {
         for (oa, ob) in zip(a.outputs, b.outputs) {
             let x = try XCTUnwrap(ra[oa], file: file, line: line), y = try XCTUnwrap(rb[ob], file: file, line: line)
             XCTAssertEqual(x.shape, y.shape, file: file, line: line)
-            let err = zip(x.data, y.data).map { abs($0 - $1) }.max() ?? 0
+            let err = maxAbsDifference(x.data, y.data)
             XCTAssertLessThan(err, 1e-12, "output \(a.values[oa].name)", file: file, line: line)
         }
     }

@@ -63,7 +63,9 @@ final class LinearKernelTests: XCTestCase {
             }
         }
         cases += [Case(rows: 5, k: 0, n: 33, bias: true, residual: true, gelu: false), Case(rows: 3, k: 1, n: 7, bias: false, residual: false, gelu: true),
-                  Case(rows: 9, k: 700, n: 64, bias: true, residual: false, gelu: false), Case(rows: 2, k: 5, n: 1, bias: true, residual: true, gelu: true)]
+                  Case(rows: 9, k: 700, n: 64, bias: true, residual: false, gelu: false), Case(rows: 2, k: 5, n: 1, bias: true, residual: true, gelu: true),
+                  // Weights beyond L2 (1.3 MB): rows in L2-sized chunks, several of them.
+                  Case(rows: 70, k: 1024, n: 300, bias: true, residual: true, gelu: false)]
         for isa in instructionSets {
             XCTAssertEqual(fk_select_instruction_set(isa), 0)
             XCTAssertEqual(String(cString: fk_instruction_set()), isa)

@@ -1,3 +1,4 @@
+import COpenBLAS
 import XCTest
 import FlowCompiler
 import FlowIR
@@ -38,7 +39,9 @@ final class RuntimeHardeningTests: XCTestCase {
 
     func testThreadCountsBeyondInt32AreClamped() {
         Executor.setBLASThreads(Int.max)
-        Executor.setBLASThreads(1)
+        XCTAssertGreaterThanOrEqual(openblas_get_num_threads(), 1, "a count beyond Int32 reaches OpenBLAS clamped")
+        Executor.setBLASThreads(0)
+        XCTAssertEqual(openblas_get_num_threads(), 1, "counts below 1 become 1")
     }
 
     func testBatchesBeyondMemoryAreRefused() throws {

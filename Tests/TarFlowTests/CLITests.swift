@@ -1,4 +1,5 @@
 import Foundation
+import TarFlow
 import XCTest
 
 /// The `tarflow` command end to end: exit codes, one-line errors, outputs.
@@ -46,7 +47,12 @@ final class CLITests: XCTestCase {
         let bpd = obj["bits_per_dim"] as! Double
         XCTAssertGreaterThan(bpd, 3)
         XCTAssertLessThan(bpd, 8)
-        XCTAssertEqual((obj["nll"] as! Double) / log(2.0), bpd, accuracy: 1e-9)
+        // The library on the same images, labels and dequantization seed gives the same figures.
+        let lib = try TarFlowModel(contentsOf: URL(fileURLWithPath: mnist))
+        let set = try ImageSet.load(contentsOf: URL(fileURLWithPath: idx), channels: 1, size: 28)
+        let expected = try lib.likelihood(images: set, labels: try ImageSet.loadLabels(contentsOf: URL(fileURLWithPath: idxLabels)), range: 2..<6, seed: 0)
+        XCTAssertEqual(bpd, expected.meanBitsPerDim, accuracy: 1e-6)
+        XCTAssertEqual(obj["nll"] as! Double, expected.meanNLL, accuracy: 1e-6)
         XCTAssertTrue(FileManager.default.fileExists(atPath: save))
         // Same seed, same noise: the batch size changes only GEMM rounding.
         let again = try tarflow(["likelihood", mnist, "--images", idx, "--labels", idxLabels, "--limit", "4", "--offset", "2", "--json", "--batch-size", "3"])

@@ -1,4 +1,5 @@
 import Foundation
+import FlowTestSupport
 import XCTest
 import FlowCompiler
 @testable import FlowIR
@@ -282,7 +283,7 @@ final class CompileTests: XCTestCase {
         let f = try tm.forward(images: x, labels: [0, -1])
         XCTAssertTrue(f.z.floats.allSatisfy(\.isFinite))
         let back = try tm.sample(noise: f.z, labels: [0, -1])
-        XCTAssertLessThan(zip(back.floats, x.floats).map { abs($0 - $1) }.max()!, 1e-4, "random weights give an invertible flow")
+        XCTAssertLessThan(maxAbsDifference(back.floats, x.floats), 1e-4, "random weights give an invertible flow")
         // The same seed gives the same file; another seed other weights.
         XCTAssertEqual(try ModelFile.encode(m), try ModelFile.encode(try AheadOfTime.compile(try AheadOfTime.randomModel(config: config, seed: 5, noiseStd: noise), batches: [1, 2])))
         let other = try AheadOfTime.randomModel(config: config, seed: 6)

@@ -1,4 +1,5 @@
 import Foundation
+import FlowTestSupport
 import XCTest
 import FlowRuntime
 @testable import TarFlow
@@ -36,11 +37,8 @@ enum Fixtures {
         func assertMatches(_ ours: [Float], _ name: String, file: StaticString = #filePath, line: UInt = #line) {
             let ref = io[name + ".f64"]!.values
             XCTAssertEqual(ours.count, ref.count, "\(self.name) \(name): element count", file: file, line: line)
-            var err = 0.0, mx = 0.0
-            for (a, b) in zip(ours, ref) {
-                err = max(err, abs(Double(a) - b))
-                mx = max(mx, abs(b))
-            }
+            var err = maxAbsDifference(ours, ref)
+            let mx = ref.map(abs).max() ?? 0
             if ours.contains(where: { !$0.isFinite }) { err = .infinity }
             let bound = 4 * torchError(name) + 1e-5 * max(1, mx)
             XCTAssertLessThanOrEqual(err, bound, "\(self.name) \(name): max error \(err) exceeds \(bound)", file: file, line: line)

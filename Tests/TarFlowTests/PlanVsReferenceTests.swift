@@ -1,4 +1,5 @@
 import Foundation
+import FlowTestSupport
 import XCTest
 import FlowCompiler
 import FlowIR
@@ -33,15 +34,8 @@ final class PlanVsReferenceTests: XCTestCase {
                                                         bindings: ["B": x.shape[0]])
             let ours = all[s.outputs[0]]!
             XCTAssertEqual(ours.shape, ref.shape, "\(s.op.name) shape")
-            var err = 0.0, mx = 0.0
-            for (a, b) in zip(ours.floats, ref.data) {
-                if a.isInfinite || b.isInfinite {
-                    XCTAssertEqual(Double(a), b, "\(s.op.name): infinities differ")
-                    continue
-                }
-                err = max(err, abs(Double(a) - b))
-                mx = max(mx, abs(b))
-            }
+            let err = maxAbsDifference(ours.floats, ref.data)
+            let mx = ref.data.filter(\.isFinite).map(abs).max() ?? 0
             // float32 rounding of a result, plus accumulation over at most a few thousand terms.
             let bound = 2e-5 * max(1, mx)
             XCTAssertLessThanOrEqual(err, bound, "\(name): step \(s.op.name) -> \(plan.graph.values[s.outputs[0]].name) error \(err)")
@@ -68,7 +62,7 @@ final class PlanVsReferenceTests: XCTestCase {
             for (out, key) in [("z", "forward.z.f64"), ("logdets", "forward.logdets.f64")] {
                 let ours = vals[g.value(named: out)!]!.data
                 let ref = c.io[key]!.values
-                let err = zip(ours, ref).map { abs($0 - $1) }.max()!
+                let err = maxAbsDifference(ours, ref)
                 XCTAssertLessThan(err, 1e-9, "\(name) \(out): reference interpreter vs float64 official")
             }
         }
