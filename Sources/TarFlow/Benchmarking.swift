@@ -148,8 +148,16 @@ public enum BenchSupport {
         return unsafeBitCast(sym, to: Get.self)()
     }
 
-    /// Peak resident set size of this process.
+    /// Peak resident set size of this process image: VmHWM of /proc/self/status (getrusage's
+    /// ru_maxrss keeps the peak from before execve, so a process started by a large parent, such
+    /// as Tools/compare, would report the parent's), else getrusage.
     public static func peakRSS() -> Int {
+        if let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
+            let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") }),
+            let kb = Int(line.dropFirst(6).trimmingCharacters(in: .whitespaces).split(separator: " ").first ?? "")
+        {
+            return kb * 1024
+        }
         var u = rusage()
         getrusage(RUSAGE_SELF.rawValue, &u)
         return Int(u.ru_maxrss) * 1024
