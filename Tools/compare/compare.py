@@ -115,7 +115,7 @@ def load_config(path):
 
 def model_config(args):
     """The architecture, as tarflow recorded it in the model file."""
-    text = subprocess.run([args.tarflow, "inspect", args.model], check=True, capture_output=True, text=True).stdout
+    text = subprocess.run([args.tarflow, "inspect", args.model, "--graphs"], check=True, capture_output=True, text=True).stdout
     meta = {}
     for line in text.splitlines():
         if line.startswith("  tarflow.") and " = " in line:
