@@ -106,27 +106,21 @@ int fk_select_instruction_set(const char *name) {
 
 ptrdiff_t fk_packed_size(ptrdiff_t n, ptrdiff_t k) { return (n + 31) / 32 * 32 * k; }
 
-void fk_pack_weights(const float *w, ptrdiff_t n, ptrdiff_t k, float *packed) {
-    for (ptrdiff_t p = 0; p < (n + 31) / 32; p++) {
-        float *panel = packed + p * k * 32;
-        for (ptrdiff_t kk = 0; kk < k; kk++)
-            for (ptrdiff_t j = 0; j < 32; j++) {
-                ptrdiff_t c = p * 32 + j;
-                panel[kk * 32 + j] = c < n ? w[c * k + kk] : 0.0f;
-            }
+// W [n, k] row-major into panels of 32 output columns, k rows of 32 each, zero past n: the one
+// layout for every element type (f32, and f16/bf16 bits copied as they are).
+#define PACK_PANELS(T, w, n, k, packed)                                                  \
+    for (ptrdiff_t p = 0; p < ((n) + 31) / 32; p++) {                                    \
+        T *panel = (packed) + p * (k) * 32;                                              \
+        for (ptrdiff_t kk = 0; kk < (k); kk++)                                           \
+            for (ptrdiff_t j = 0; j < 32; j++) {                                         \
+                ptrdiff_t c = p * 32 + j;                                                \
+                panel[kk * 32 + j] = c < (n) ? (w)[c * (k) + kk] : (T)0;                 \
+            }                                                                            \
     }
-}
 
-void fk_pack_weights_16(const uint16_t *w, ptrdiff_t n, ptrdiff_t k, uint16_t *packed) {
-    for (ptrdiff_t p = 0; p < (n + 31) / 32; p++) {
-        uint16_t *panel = packed + p * k * 32;
-        for (ptrdiff_t kk = 0; kk < k; kk++)
-            for (ptrdiff_t j = 0; j < 32; j++) {
-                ptrdiff_t c = p * 32 + j;
-                panel[kk * 32 + j] = c < n ? w[c * k + kk] : 0;
-            }
-    }
-}
+void fk_pack_weights(const float *w, ptrdiff_t n, ptrdiff_t k, float *packed) { PACK_PANELS(float, w, n, k, packed) }
+
+void fk_pack_weights_16(const uint16_t *w, ptrdiff_t n, ptrdiff_t k, uint16_t *packed) { PACK_PANELS(uint16_t, w, n, k, packed) }
 
 void fk_linear(const float *x, const float *packed, const float *bias, const float *residual, float *y, ptrdiff_t rows,
                ptrdiff_t k, ptrdiff_t n, ptrdiff_t panel0, ptrdiff_t panels, int gelu) {
