@@ -3,6 +3,11 @@
 
 #include <math.h>
 #include <string.h>
+#if defined(__x86_64__) && defined(__linux__)
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 #define DECLARE(suffix)                                                                                        \
     void fk_gelu_##suffix(const float *, float *, ptrdiff_t);                                                  \
@@ -23,6 +28,8 @@ DECLARE(avx2)
 DECLARE(avx512)
 DECLARE(avx512bf16)
 void fk_linear_bf16dot_avx512bf16(const float *, const uint16_t *, const float *, const float *, float *, ptrdiff_t,
+                                  ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, int, uint16_t *);
+void fk_linear_bf16amx_avx512bf16(const float *, const uint16_t *, const float *, const float *, float *, ptrdiff_t,
                                   ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, int, uint16_t *);
 #endif
 
@@ -48,6 +55,9 @@ typedef void (*fk_bf16dot_fn)(const float *, const uint16_t *, const float *, co
                               ptrdiff_t, ptrdiff_t, ptrdiff_t, int, uint16_t *);
 /// fk_linear_bf16dot where the CPU has AVX512-BF16 (and that copy is selected), else NULL.
 static fk_bf16dot_fn bf16dot = 0;
+/// fk_linear_bf16amx where the CPU has AMX-BF16, Linux grants the tile state, and the
+/// avx512bf16 copy is selected; else NULL.
+static fk_bf16dot_fn bf16amx = 0;
 
 #if defined(__x86_64__)
 static int has_avx512(void) {
@@ -55,6 +65,27 @@ static int has_avx512(void) {
            __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
 }
 static int has_avx512bf16(void) { return has_avx512() && __builtin_cpu_supports("avx512bf16"); }
+/// AMX-TILE and AMX-BF16 in CPUID, tile state enabled in XCR0, and (Linux ≥ 5.16) this
+/// process granted the tile data state: the kernel refuses AMX instructions without it.
+static int has_amx_bf16(void) {
+#if defined(__linux__)
+    static int known = -1;
+    if (known >= 0) return known;
+    known = 0;
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !((d >> 24) & 1u) || !((d >> 22) & 1u)) return 0;
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !((c >> 27) & 1u)) return 0;  // OSXSAVE
+    unsigned lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    if ((lo & (3u << 17)) != (3u << 17)) return 0;
+    enum { ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18 };
+    if (syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) != 0) return 0;
+    known = 1;
+    return 1;
+#else
+    return 0;
+#endif
+}
 static int has_avx2(void) {
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
 }
@@ -64,9 +95,11 @@ __attribute__((constructor)) static void fk_select(void) {
 #if defined(__x86_64__)
     __builtin_cpu_init();
     bf16dot = 0;
+    bf16amx = 0;
     if (has_avx512bf16()) {
         table = TABLE(avx512bf16);
         bf16dot = fk_linear_bf16dot_avx512bf16;
+        if (has_amx_bf16()) bf16amx = fk_linear_bf16amx_avx512bf16;
     } else if (has_avx512()) table = TABLE(avx512);
     else if (has_avx2()) table = TABLE(avx2);
 #endif
@@ -81,24 +114,28 @@ int fk_select_instruction_set(const char *name) {
     if (strcmp(name, "baseline") == 0) {
         table = TABLE(base);
         bf16dot = 0;
-        return 0;
+        bf16amx = 0;
+            return 0;
     }
 #if defined(__x86_64__)
     __builtin_cpu_init();
     if (strcmp(name, "avx512bf16") == 0 && has_avx512bf16()) {
         table = TABLE(avx512bf16);
         bf16dot = fk_linear_bf16dot_avx512bf16;
+        bf16amx = has_amx_bf16() ? fk_linear_bf16amx_avx512bf16 : 0;
         return 0;
     }
     if (strcmp(name, "avx512") == 0 && has_avx512()) {
         table = TABLE(avx512);
         bf16dot = 0;
-        return 0;
+        bf16amx = 0;
+            return 0;
     }
     if (strcmp(name, "avx2") == 0 && has_avx2()) {
         table = TABLE(avx2);
         bf16dot = 0;
-        return 0;
+        bf16amx = 0;
+            return 0;
     }
 #endif
     return -1;
@@ -221,6 +258,35 @@ void fk_linear_bf16dot(const float *x, const uint16_t *packed, const float *bias
                        ptrdiff_t rows, ptrdiff_t k, ptrdiff_t n, ptrdiff_t panel0, ptrdiff_t panels, int gelu,
                        uint16_t *scratch) {
     if (bf16dot) bf16dot(x, packed, bias, residual, y, rows, k, n, panel0, panels, gelu, scratch);
+}
+
+int fk_bf16amx_available(void) { return bf16amx != 0; }
+
+ptrdiff_t fk_packed_size_amx(ptrdiff_t n, ptrdiff_t k) { return (n + 31) / 32 * ((k + 31) / 32) * 1024; }
+
+void fk_pack_weights_amx(const uint16_t *w, ptrdiff_t n, ptrdiff_t k, uint16_t *packed) {
+    ptrdiff_t kb = (k + 31) / 32;
+    for (ptrdiff_t p = 0; p < (n + 31) / 32; p++)
+        for (ptrdiff_t t = 0; t < kb; t++)
+            for (int half = 0; half < 2; half++) {
+                uint16_t *tile = packed + (p * kb + t) * 1024 + half * 512;
+                for (int r = 0; r < 16; r++)
+                    for (int j = 0; j < 16; j++) {
+                        ptrdiff_t c = p * 32 + half * 16 + j;
+                        for (int e = 0; e < 2; e++) {
+                            ptrdiff_t kk = t * 32 + 2 * r + e;
+                            tile[r * 32 + j * 2 + e] = c < n && kk < k ? w[c * k + kk] : 0;
+                        }
+                    }
+            }
+}
+
+ptrdiff_t fk_bf16amx_scratch(ptrdiff_t rows, ptrdiff_t k) { return (rows + 15) / 16 * 16 * ((k + 31) / 32 * 32); }
+
+void fk_linear_bf16amx(const float *x, const uint16_t *packed, const float *bias, const float *residual, float *y,
+                       ptrdiff_t rows, ptrdiff_t k, ptrdiff_t n, ptrdiff_t panel0, ptrdiff_t panels, int gelu,
+                       uint16_t *scratch) {
+    if (bf16amx) bf16amx(x, packed, bias, residual, y, rows, k, n, panel0, panels, gelu, scratch);
 }
 
 const char *fk_instruction_set(void) {

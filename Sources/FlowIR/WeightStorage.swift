@@ -74,12 +74,14 @@ extension TensorBytes {
     /// if touched): for weights whose contents now live in a packed copy, so they are not
     /// resident twice. Owned copies are left alone. Pages shared with a neighbouring tensor
     /// are kept (only whole pages inside the window are released).
-    public func releaseResidentPages() {
+    /// With `sharedPages`, the pages the window shares with its neighbours go too (for a
+    /// caller that no longer reads any tensor of the file in place).
+    public func releaseResidentPages(sharedPages: Bool = false) {
         guard isMapped else { return }
         let page = Int(sysconf(Int32(_SC_PAGESIZE)))
         guard page > 0 else { return }
-        let start = (Int(bitPattern: pointer) + page - 1) / page * page
-        let end = (Int(bitPattern: pointer) + count) / page * page
+        let start = (Int(bitPattern: pointer) + (sharedPages ? 0 : page - 1)) / page * page
+        let end = (Int(bitPattern: pointer) + count + (sharedPages ? page - 1 : 0)) / page * page
         guard end > start, let p = UnsafeMutableRawPointer(bitPattern: start) else { return }
         _ = madvise(p, end - start, Int32(MADV_DONTNEED))
     }

@@ -113,6 +113,7 @@ public final class Executor: @unchecked Sendable {
             fk_pack_weights(wp.assumingMemoryBound(to: Float.self), ws[0], ws[1], p)
             packedWeights[wv] = WeightStore.Packed(pointer: UnsafeRawPointer(p), type: Int32(FK_WEIGHTS_F32), bytes: floats * 4)
         }
+        store.releaseMappedPages()
     }
 
     /// Bytes of the packed linear weights this plan reads per run (each once).

@@ -64,8 +64,11 @@ final class LinearJob: ParallelJob {
 
     /// Makes the bf16 scratch (at prepare time: `run` must not allocate).
     func prepareScratch(threads: Int) {
-        guard packedType == Int32(FK_WEIGHTS_BF16DOT) else { return }
-        bf16RowsPerThread = Swift.max(1, rowBlock) * ((k + 1) / 2 * 2)
+        switch packedType {
+        case Int32(FK_WEIGHTS_BF16DOT): bf16RowsPerThread = Swift.max(1, rowBlock) * ((k + 1) / 2 * 2)
+        case Int32(FK_WEIGHTS_BF16AMX): bf16RowsPerThread = fk_bf16amx_scratch(Swift.max(1, rowBlock), k)
+        default: return
+        }
         let p = UnsafeMutablePointer<UInt16>.allocate(capacity: Swift.max(1, threads) * bf16RowsPerThread)
         p.initialize(repeating: 0, count: Swift.max(1, threads) * bf16RowsPerThread)
         bf16Rows = p
@@ -82,6 +85,11 @@ final class LinearJob: ParallelJob {
         let r0 = (index / colTiles) * rowBlock, c0 = (index % colTiles) * colBlock
         let mb = Swift.min(rowBlock, rows - r0), nb = Swift.min(colBlock, n - c0)
         guard mb > 0, nb > 0 else { return }
+        if let packed, let scratch = bf16Rows, packedType == Int32(FK_WEIGHTS_BF16AMX) {
+            fk_linear_bf16amx(x + r0 * k, packed.assumingMemoryBound(to: UInt16.self), bias, residual.map { $0 + r0 * n }, y + r0 * n, mb, k, n,
+                              c0 / 32, (nb + 31) / 32, gelu ? 1 : 0, scratch + worker * bf16RowsPerThread)
+            return
+        }
         if let packed, let scratch = bf16Rows {
             fk_linear_bf16dot(x + r0 * k, packed.assumingMemoryBound(to: UInt16.self), bias, residual.map { $0 + r0 * n }, y + r0 * n, mb, k, n,
                               c0 / 32, (nb + 31) / 32, gelu ? 1 : 0, scratch + worker * bf16RowsPerThread)
@@ -164,8 +172,10 @@ final class AttentionJob: ParallelJob {
         self.scale = scale; self.causal = causal; self.threads = threads
         perWorker = fk_attention_scratch(nKeys, d)
         scratch = .allocate(capacity: Swift.max(1, threads * perWorker))
-        // One sequence: split its query rows between threads as the linear layers split them.
-        affinityRows = batch == 1 ? RowAffinity.rowsPerThread(rows: m, threads: threads) : nil
+        // One sequence with too few heads to feed every thread: split its query rows between
+        // threads as the linear layers split them. Otherwise whole heads: under a causal mask
+        // a head's last rows cost the most, so row splits would leave threads idle.
+        affinityRows = batch == 1 && heads < 2 * threads ? RowAffinity.rowsPerThread(rows: m, threads: threads) : nil
     }
 
     /// Query rows per item when items are row blocks of the one sequence (all heads each).

@@ -14,7 +14,8 @@ public final class WeightStore: @unchecked Sendable {
     /// A linear weight packed in panels of 32 output columns (see `fk_pack_weights`).
     struct Packed {
         let pointer: UnsafeRawPointer
-        /// FK_WEIGHTS_F32, FK_WEIGHTS_F16 or FK_WEIGHTS_BF16.
+        /// FK_WEIGHTS_F32, FK_WEIGHTS_F16, FK_WEIGHTS_BF16, or a native bf16 layout
+        /// (FK_WEIGHTS_BF16DOT, FK_WEIGHTS_BF16AMX).
         let type: Int32
         let bytes: Int
     }
@@ -35,6 +36,17 @@ public final class WeightStore: @unchecked Sendable {
     public static var nativeBF16: Bool {
         fk_bf16dot_available() != 0 && getenv("TARFLOW_BF16DOT").map { String(cString: $0) != "0" } ?? true
     }
+
+    /// Native bf16 runs on AMX tiles where the CPU has AMX-BF16 and the OS grants the tile
+    /// state (Sapphire Rapids and later): about 4× the vector path's multiply-adds per second.
+    /// `TARFLOW_AMX=0` keeps the vector dot products, for comparisons.
+    public static var amxBF16: Bool {
+        nativeBF16 && fk_bf16amx_available() != 0 && getenv("TARFLOW_AMX").map { String(cString: $0) != "0" } ?? true
+    }
+
+    /// How bf16 linear weights run here: "amx", "dot" (AVX512-BF16 vector dot products) or
+    /// "widened" (to f32 in registers).
+    public static var bf16Path: String { amxBF16 ? "amx" : nativeBF16 ? "dot" : "widened" }
 
     deinit { for p in owned { p.deallocate() } }
 
@@ -57,6 +69,11 @@ public final class WeightStore: @unchecked Sendable {
         let elements = fk_packed_size(n, k)
         let result: Packed
         switch t.dtype {
+        case .bfloat16 where WeightStore.amxBF16:
+            let count = fk_packed_size_amx(n, k)
+            let p = try allocate(count * 2, limit: Executor.memoryLimit)
+            fk_pack_weights_amx(t.bytes.pointer.assumingMemoryBound(to: UInt16.self), n, k, p.assumingMemoryBound(to: UInt16.self))
+            result = Packed(pointer: UnsafeRawPointer(p), type: Int32(FK_WEIGHTS_BF16AMX), bytes: count * 2)
         case .bfloat16 where WeightStore.nativeBF16:
             let count = fk_packed_size_bf16dot(n, k)
             let p = try allocate(count * 2, limit: Executor.memoryLimit)
@@ -84,11 +101,13 @@ public final class WeightStore: @unchecked Sendable {
         return result
     }
 
-    /// Constant `name` as the kernels read it: f32 and i64 in place in the file, f16 and bf16
-    /// widened once to f32.
+    /// Constant `name` as the kernels read it: f32 and i64 in place when the model is in
+    /// memory; copied once when it is a mapped file, so that runs never touch the mapping (a
+    /// fault on a 3 KB bias maps up to 2 MB of the packed weights around it back in: 0.45 GB
+    /// over a paper-size forward); f16 and bf16 widened once to f32.
     func values(_ name: String) throws -> UnsafeMutableRawPointer {
         guard let t = model.tensor(named: name) else { throw RuntimeError("constant '\(name)' is missing from the model") }
-        if (t.dtype == .float32 || t.dtype == .int64) && Int(bitPattern: t.bytes.pointer) % t.dtype.byteSize == 0 {
+        if (t.dtype == .float32 || t.dtype == .int64) && Int(bitPattern: t.bytes.pointer) % t.dtype.byteSize == 0 && !t.bytes.isMapped {
             return UnsafeMutableRawPointer(mutating: t.bytes.pointer)
         }
         lock.lock()
@@ -96,13 +115,23 @@ public final class WeightStore: @unchecked Sendable {
         if let p = widened[name] { return p }
         let es = t.dtype == .int64 ? 8 : 4
         let p = try allocate(t.bytes.count / t.dtype.byteSize * es, limit: Executor.memoryLimit)
-        if t.dtype == .int64 {
+        if t.dtype == .int64 || t.dtype == .float32 {
             p.copyMemory(from: t.bytes.pointer, byteCount: t.bytes.count)
         } else {
             let f = t.floats()
             f.withUnsafeBytes { p.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
         }
+        t.bytes.releaseResidentPages()
         widened[name] = p
         return p
+    }
+
+    /// Drops every resident page of a mapped model file once an executor has what it reads
+    /// (packed weights and copied constants): faults while reading them mapped neighbouring
+    /// pages too. Later readers of the tensors (none in a run) read the file again.
+    func releaseMappedPages() {
+        lock.lock()
+        defer { lock.unlock() }
+        for t in model.tensors where t.bytes.isMapped { t.bytes.releaseResidentPages(sharedPages: true) }
     }
 }

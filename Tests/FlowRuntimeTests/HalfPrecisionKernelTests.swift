@@ -124,6 +124,57 @@ final class HalfPrecisionKernelTests: XCTestCase {
         XCTAssertEqual(fk_bf16dot_available(), 0, "only the AVX512-BF16 copy has native bf16 dot products")
     }
 
+    /// bf16 weights on AMX tiles (AMX-BF16 only): x rounded to bf16, products summed in f32;
+    /// against float64 on the rounded x and weights (tails of rows, k and columns included),
+    /// the same bits under row and panel splits, and off in every other kernel copy.
+    func testBF16OnAMXTiles() throws {
+        guard fk_select_instruction_set("avx512bf16") == 0, fk_bf16amx_available() == 1 else {
+            throw XCTSkip("this CPU (or OS) has no AMX-BF16")
+        }
+        for (rows, k, n) in [(1, 16, 32), (3, 37, 45), (16, 64, 64), (17, 96, 100), (33, 701, 64), (49, 64, 130), (2, 1, 3), (70, 200, 96)] {
+            let x = rng.floats(rows * k, -1...1), b = rng.floats(n, -1...1), r = rng.floats(rows * n, -1...1)
+            let w16 = rng.floats(n * k, -1...1).map { bfloat16(of: $0) }
+            let w = widen(w16, bf16: true), xr = widen(x.map { bfloat16(of: $0) }, bf16: true)
+            var packed = [UInt16](repeating: 0xFFFF, count: fk_packed_size_amx(n, k))
+            fk_pack_weights_amx(w16, n, k, &packed)
+            // Scratch left with NaN bits: the kernel must write (or zero) all it reads.
+            var scratch = [UInt16](repeating: 0x7FC0, count: fk_bf16amx_scratch(rows, k))
+            let gelu = n == 100
+            var y = [Float](repeating: .nan, count: rows * n)
+            fk_linear_bf16amx(x, packed, b, r, &y, rows, k, n, 0, (n + 31) / 32, gelu ? 1 : 0, &scratch)
+            var worst = 0.0
+            for i in 0..<rows {
+                for j in 0..<n {
+                    var s = Double(b[j])
+                    for t in 0..<k { s += Double(xr[i * k + t]) * Double(w[j * k + t]) }
+                    if gelu { s = 0.5 * s * (1 + erf(s / 2.0.squareRoot())) }
+                    s += Double(r[i * n + j])
+                    let e = abs(Double(y[i * n + j]) - s)
+                    worst = e.isNaN ? .infinity : Swift.max(worst, e)
+                }
+            }
+            XCTAssertLessThanOrEqual(worst, 1e-6 * Double(k + 4), "\(rows)×\(k)×\(n)")
+            let panels = (n + 31) / 32
+            var pieces = [Float](repeating: .nan, count: rows * n)
+            let cut = rows / 2
+            for (r0, r1) in [(0, cut), (cut, rows)] where r1 > r0 {
+                for (p0, p1) in [(0, panels / 2), (panels / 2, panels)] where p1 > p0 {
+                    x.withUnsafeBufferPointer { xp in
+                        r.withUnsafeBufferPointer { rp in
+                            pieces.withUnsafeMutableBufferPointer { yp in
+                                fk_linear_bf16amx(xp.baseAddress! + r0 * k, packed, b, rp.baseAddress! + r0 * n, yp.baseAddress! + r0 * n,
+                                                  r1 - r0, k, n, p0, p1 - p0, gelu ? 1 : 0, &scratch)
+                            }
+                        }
+                    }
+                }
+            }
+            XCTAssertEqual(pieces.map(\.bitPattern), y.map(\.bitPattern), "\(rows)×\(k)×\(n)")
+        }
+        XCTAssertEqual(fk_select_instruction_set("avx512"), 0)
+        XCTAssertEqual(fk_bf16amx_available(), 0, "only the AVX512-BF16 copy runs AMX tiles")
+    }
+
     func bfloat16(of x: Float) -> UInt16 {
         let b = x.bitPattern
         return UInt16((b &+ 0x7fff &+ ((b >> 16) & 1)) >> 16)

@@ -10,7 +10,7 @@
 #include <stdint.h>
 
 /// Element types of packed linear weights (fk_linear_w; BF16DOT: fk_linear_bf16dot's layout).
-enum { FK_WEIGHTS_F32 = 0, FK_WEIGHTS_F16 = 1, FK_WEIGHTS_BF16 = 2, FK_WEIGHTS_BF16DOT = 3 };
+enum { FK_WEIGHTS_F32 = 0, FK_WEIGHTS_F16 = 1, FK_WEIGHTS_BF16 = 2, FK_WEIGHTS_BF16DOT = 3, FK_WEIGHTS_BF16AMX = 4 };
 
 /// y[i] = x[i]·½·(1 + erf(x[i]/√2)); x and y may be the same buffer.
 void fk_gelu(const float *x, float *y, ptrdiff_t n);
@@ -66,6 +66,27 @@ void fk_pack_weights_bf16dot(const uint16_t *w, ptrdiff_t n, ptrdiff_t k, uint16
 /// summed in f32 (AVX512-BF16); does nothing unless fk_bf16dot_available(). `scratch` holds
 /// rows × ⌈k/2⌉ × 2 uint16 (x as bf16). Each output is one sequential sum over k.
 void fk_linear_bf16dot(const float *x, const uint16_t *packed, const float *bias, const float *residual, float *y,
+                       ptrdiff_t rows, ptrdiff_t k, ptrdiff_t n, ptrdiff_t panel0, ptrdiff_t panels, int gelu,
+                       uint16_t *scratch);
+
+/// Whether fk_linear_bf16amx runs here: the CPU has AMX-BF16, the OS granted the tile state,
+/// and the avx512bf16 copy is selected.
+int fk_bf16amx_available(void);
+
+/// Elements (uint16) of W [n, k] packed for fk_linear_bf16amx: ⌈n/32⌉ panels × ⌈k/32⌉ × 1024.
+ptrdiff_t fk_packed_size_amx(ptrdiff_t n, ptrdiff_t k);
+
+/// Packs bf16 W [n, k] into panels of 32 columns, per
+/// block of 32 k two 16-column AMX tiles whose row t holds (w[c, 2t], w[c, 2t+1]); zero-padded.
+void fk_pack_weights_amx(const uint16_t *w, ptrdiff_t n, ptrdiff_t k, uint16_t *packed);
+
+/// Scratch (uint16) fk_linear_bf16amx needs for `rows` rows: rows and k rounded up to 16 and 32.
+ptrdiff_t fk_bf16amx_scratch(ptrdiff_t rows, ptrdiff_t k);
+
+/// fk_linear_bf16dot's contract on AMX tiles (x rounded to bf16, products summed in f32 per
+/// block of 32 k); does nothing unless fk_bf16amx_available(). The result does not depend on
+/// how a caller splits rows or panels.
+void fk_linear_bf16amx(const float *x, const uint16_t *packed, const float *bias, const float *residual, float *y,
                        ptrdiff_t rows, ptrdiff_t k, ptrdiff_t n, ptrdiff_t panel0, ptrdiff_t panels, int gelu,
                        uint16_t *scratch);
 
