@@ -66,7 +66,7 @@ public struct SamplingOptions: Sendable, Hashable {
                          attentionTemperature != 1 ? "\(names.attentionTemperature) \(attentionTemperature)" : nil,
                          annealed ? names.annealed : nil].compactMap { $0 }
             if !given.isEmpty {
-                throw TarFlowError.invalidInput("\(given.joined(separator: ", ")) act\(given.count == 1 ? "s" : "") only with guidance; add \(names.guidance) W (W > 0)")
+                throw TarFlowError.invalidInput("\(given.joined(separator: ", ")) act\(given.count == 1 ? "s" : "") only with guidance > 0; add \(names.guidance) W (W > 0) or leave \(given.count == 1 ? "it" : "them") out")
             }
         }
         if let kvCache, kvCache != .float32, kvCache != .float16 {

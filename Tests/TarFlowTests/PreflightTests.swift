@@ -144,18 +144,23 @@ final class PreflightTests: XCTestCase {
         let uncond = tmp.appendingPathComponent("u.tflow"), cond = tmp.appendingPathComponent("c.tflow")
         try ModelFile.write(try TinyModels.model(), to: uncond)
         try ModelFile.write(try TinyModels.model(classes: 3), to: cond)
-        let mc = try TarFlowModel(model: try TinyModels.model(classes: 3), threads: 1)
-        let per = try mc.memoryNeed(.classify(images: 1000, batchSize: 1000)).bytes / 1000
-        let n = 2 * limit / per + 1
-        let estimate = try mc.memoryNeed(.classify(images: n, batchSize: n)).bytes
-        XCTAssertGreaterThan(estimate, limit)
-        try XCTSkipUnless(estimate < MemoryLimit.physicalRAM(), "this machine has less RAM than the batch chosen to exceed the limit")
+        // Per command, a batch of twice the limit by the preflight's own figures.
+        func batch(_ m: TarFlowModel, _ run: (Int) -> TarFlowModel.Run) throws -> Int {
+            let n = 2 * limit / (try m.memoryNeed(run(1000)).bytes / 1000) + 1
+            let estimate = try m.memoryNeed(run(n)).bytes
+            XCTAssertGreaterThan(estimate, limit)
+            try XCTSkipUnless(estimate < MemoryLimit.physicalRAM(), "this machine has less RAM than the batch chosen to exceed the limit")
+            return n
+        }
+        let nc = try batch(try TarFlowModel(model: try TinyModels.model(classes: 3))) { .classify(images: $0, batchSize: $0) }
+        let nl = try batch(try TarFlowModel(model: try TinyModels.model())) { .likelihood(images: $0, batchSize: $0, keepLatents: false) }
+        let n = max(nc, nl)
         XCTAssertLessThan(n * 16, 64 << 20, "the image file stays small")
         let x = tmp.appendingPathComponent("x.npy")
         try NPY.write(HostArray(shape: [n, 1, 4, 4], bytes: (0..<(n * 16)).map { UInt8($0 % 251) }), to: x)
         let out = tmp.appendingPathComponent("out.npy")
-        for (args, flag) in [(["classify", cond.path, "--images", x.path, "--batch-size", "\(n)", "--save", out.path], "--batch-size \(n)"),
-                             (["likelihood", uncond.path, "--images", x.path, "--batch-size", "\(n)"], "--batch-size")] {
+        for (args, flag) in [(["classify", cond.path, "--images", x.path, "--limit", "\(nc)", "--batch-size", "\(nc)", "--save", out.path], "--batch-size \(nc)"),
+                             (["likelihood", uncond.path, "--images", x.path, "--batch-size", "\(nl)"], "--batch-size \(nl)")] {
             let r = try limited(limitKB, args)
             XCTAssertEqual(r.status, 1, "\(args[0]): \(r.err)")
             XCTAssertEqual(r.err.split(separator: "\n").count, 1, r.err)
