@@ -36,7 +36,7 @@ let package = Package(
         .executableTarget(
             name: "tarflow",
             dependencies: [
-                "TarFlow", "FlowIR", "FlowCompiler", "FlowRuntime",
+                "TarFlow",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

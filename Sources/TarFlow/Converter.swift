@@ -177,32 +177,40 @@ public enum Converter {
 
     /// Names and shapes of every parameter and buffer of the official model (except `attn_mask`).
     public static func expectedShapes(_ c: TarFlowConfig) -> [String: [Int]] {
-        let C = c.channels, D = c.patchDim, T = c.numPatches
-        var s: [String: [Int]] = ["var": [T, D]]
+        var s: [String: [Int]] = ["var": [c.numPatches, c.patchDim]]
         for k in 0..<c.numBlocks {
             let b = "blocks.\(k)"
-            s["\(b).proj_in.weight"] = [C, D]
-            s["\(b).proj_in.bias"] = [C]
-            s["\(b).pos_embed"] = [T, C]
-            if c.numClasses > 0 { s["\(b).class_embed"] = [c.numClasses, 1, C] }
-            s["\(b).proj_out.weight"] = [c.nvp ? 2 * D : D, C]
-            s["\(b).proj_out.bias"] = [c.nvp ? 2 * D : D]
+            for (name, shape) in blockShapes(c) { s["\(b).\(name)"] = shape }
             for l in 0..<c.layersPerBlock {
-                let a = "\(b).attn_blocks.\(l)"
-                s["\(a).attention.norm.weight"] = [C]
-                s["\(a).attention.norm.bias"] = [C]
-                s["\(a).attention.qkv.weight"] = [3 * C, C]
-                s["\(a).attention.qkv.bias"] = [3 * C]
-                s["\(a).attention.proj.weight"] = [C, C]
-                s["\(a).attention.proj.bias"] = [C]
-                s["\(a).mlp.norm.weight"] = [C]
-                s["\(a).mlp.norm.bias"] = [C]
-                s["\(a).mlp.main.0.weight"] = [C * c.expansion, C]
-                s["\(a).mlp.main.0.bias"] = [C * c.expansion]
-                s["\(a).mlp.main.2.weight"] = [C, C * c.expansion]
-                s["\(a).mlp.main.2.bias"] = [C]
+                for (name, shape) in layerShapes(c) { s["\(b).attn_blocks.\(l).\(name)"] = shape }
             }
         }
         return s
+    }
+
+    /// The tensors of each block outside its attention layers, by name within the block.
+    static func blockShapes(_ c: TarFlowConfig) -> KeyValuePairs<String, [Int]> {
+        let C = c.channels, D = c.patchDim, out = c.nvp ? 2 * c.patchDim : c.patchDim
+        if c.numClasses == 0 {
+            return ["proj_in.weight": [C, D], "proj_in.bias": [C], "pos_embed": [c.numPatches, C], "proj_out.weight": [out, C], "proj_out.bias": [out]]
+        }
+        return ["proj_in.weight": [C, D], "proj_in.bias": [C], "pos_embed": [c.numPatches, C], "class_embed": [c.numClasses, 1, C],
+                "proj_out.weight": [out, C], "proj_out.bias": [out]]
+    }
+
+    /// The tensors of each attention layer, by name within `attn_blocks.{l}`.
+    static func layerShapes(_ c: TarFlowConfig) -> KeyValuePairs<String, [Int]> {
+        let C = c.channels, E = C * c.expansion
+        return ["attention.norm.weight": [C], "attention.norm.bias": [C], "attention.qkv.weight": [3 * C, C], "attention.qkv.bias": [3 * C],
+                "attention.proj.weight": [C, C], "attention.proj.bias": [C], "mlp.norm.weight": [C], "mlp.norm.bias": [C],
+                "mlp.main.0.weight": [E, C], "mlp.main.0.bias": [E], "mlp.main.2.weight": [C, E], "mlp.main.2.bias": [C]]
+    }
+
+    /// Bytes of the float32 tensors of `expectedShapes(c)`, counted per block and layer (listing
+    /// every tensor of a huge config would itself take long); saturates at `Int.max`.
+    public static func expectedWeightBytes(_ c: TarFlowConfig) -> Int {
+        func elements(_ shapes: KeyValuePairs<String, [Int]>) -> Int { shapes.reduce(0) { Saturating.add($0, $1.value.reduce(1, Saturating.mul)) } }
+        let block = Saturating.add(elements(blockShapes(c)), Saturating.mul(c.layersPerBlock, elements(layerShapes(c))))
+        return Saturating.mul(Saturating.add(Saturating.mul(c.numBlocks, block), Saturating.mul(c.numPatches, c.patchDim)), 4)
     }
 }

@@ -1,3 +1,4 @@
+import Foundation
 import FlowRuntime
 
 extension TarFlowModel {
@@ -14,5 +15,29 @@ extension TarFlowModel {
         let first = images.lowerBound * per
         return Tensor(shape: [images.count, config.numPatches, config.patchDim],
                       floats: (0..<(images.count * per)).map { rng.gaussian(UInt64(first + $0)) })
+    }
+}
+
+extension TarFlowModel {
+    /// Prior noise from a float32 `.npy` of shape (B, T, D), checked as `sample` takes it;
+    /// errors name the file.
+    public func noise(contentsOf url: URL) throws -> Tensor {
+        let a = try NPY.read(contentsOf: url)
+        guard case .float32(let f) = a.storage else { throw TarFlowError.invalidInput("\(url.path): noise must be float32, is \(a.element)") }
+        let t = Tensor(shape: a.shape, floats: f)
+        do { _ = try checkNoise(t) } catch TarFlowError.invalidInput(let m) { throw TarFlowError.invalidInput("\(url.path): \(m)") }
+        return t
+    }
+
+    /// The batch size of prior noise f32[B, T, D] (B > 0, every element finite).
+    func checkNoise(_ noise: Tensor) throws -> Int {
+        let T = config.numPatches, D = config.patchDim
+        guard noise.dtype == .float32 else { throw TarFlowError.invalidInput("noise must be float32, is \(noise.dtype)") }
+        guard noise.shape.count == 3, noise.shape[0] > 0, noise.shape[1] == T, noise.shape[2] == D else {
+            throw TarFlowError.invalidInput("noise must have shape (B, \(T), \(D)) with B > 0, has \(noise.shape)")
+        }
+        let f = noise.floats
+        if let i = f.firstIndex(where: { !$0.isFinite }) { throw TarFlowError.invalidInput("element \(i) is \(f[i]); noise must be finite") }
+        return noise.shape[0]
     }
 }

@@ -3,65 +3,6 @@ import FlowCompiler
 import FlowIR
 import FlowRuntime
 
-/// What classifier-free guidance acts on: the log-scale a, the shift b, or both (the official
-/// `guide_what` 'a', 'b', 'ab').
-public enum GuidanceTarget: String, Sendable, Hashable, CaseIterable {
-    case a, b, both
-
-    /// The official code's `guide_what` ('a', 'b' or 'ab'); nil for anything else.
-    public init?(officialName: String) {
-        switch officialName {
-        case "a": self = .a
-        case "b": self = .b
-        case "ab": self = .both
-        default: return nil
-        }
-    }
-}
-
-/// Classifier-free guidance and temperature settings of `Model.reverse`.
-public struct SamplingOptions: Sendable, Hashable {
-    /// Guidance weight W ≥ 0; 0 runs no unguided branch.
-    public var guidance: Float = 0
-    /// Which of a, b guidance acts on.
-    public var guide: GuidanceTarget = .both
-    public var guideA: Bool { guide != .b }
-    public var guideB: Bool { guide != .a }
-    /// The unguided branch divides its attention logits by this (> 0).
-    public var attentionTemperature: Float = 1
-    /// g_i = (i + 1) / (T − 1) · W instead of W.
-    public var annealed = false
-    /// Scales the prior noise (τ).
-    public var temperature: Float = 1
-    /// Precision of the KV cache: f32 or f16 (math is f32 either way); nil: the model's
-    /// default (`TarFlowModel.defaultKVCache`: f16 for f16/bf16 weights, f32 for f32).
-    public var kvCache: DType? = nil
-
-    public init(guidance: Float = 0, guide: GuidanceTarget = .both, attentionTemperature: Float = 1, annealed: Bool = false,
-                temperature: Float = 1) {
-        self.guidance = guidance
-        self.guide = guide
-        self.attentionTemperature = attentionTemperature
-        self.annealed = annealed
-        self.temperature = temperature
-    }
-
-    func validate() throws {
-        guard guidance >= 0, guidance.isFinite else { throw TarFlowError.invalidInput("guidance must be a finite number >= 0, is \(guidance)") }
-        guard attentionTemperature > 0, attentionTemperature.isFinite else {
-            throw TarFlowError.invalidInput("attention temperature must be > 0, is \(attentionTemperature)")
-        }
-        guard temperature >= 0, temperature.isFinite else { throw TarFlowError.invalidInput("temperature must be a finite number >= 0, is \(temperature)") }
-        // These shape the guided branch only; without guidance they would be silently ignored.
-        if guidance == 0, guide != .both || attentionTemperature != 1 || annealed {
-            throw TarFlowError.invalidInput("guide target, attention temperature and annealing act only with guidance > 0; set a guidance weight or leave them at their defaults")
-        }
-        if let kvCache, kvCache != .float32, kvCache != .float16 {
-            throw TarFlowError.invalidInput("the KV cache can be f32 or f16, not \(kvCache)")
-        }
-    }
-}
-
 /// Where sampling is: block (in the order run, 0 first) and token, for progress reports.
 public struct SamplingProgress: Sendable {
     public var block: Int
@@ -114,11 +55,7 @@ extension TarFlowModel {
         lock.unlock()
         let plans = try (0..<config.numBlocks).map { try decodePlan($0, halfCache: halfCache) }
         let split = splitsDecode(plans[0], rows: rows)
-        var sizes: [Int] = []
-        for p in plans {
-            let need = split ? try p.splitArenaBytes(["B": rows]) : [try p.memoryPlan(["B": rows]).arenaBytes]
-            sizes = sizes.isEmpty ? need : zip(sizes, need).map { max($0, $1) }
-        }
+        let sizes = try samplingArenaSizes(rows: rows, halfCache: halfCache)
         let arenas = try sizes.map { try SharedArena(byteCount: $0) }
         let steps = try plans.enumerated().map { k, p in try DecodeStep(plan: p, rows: rows, split: split, block: k, arenas: arenas) }
         let s = SamplingSession(rows: rows, halfCache: halfCache, steps: steps, arenaBytes: sizes.reduce(0, +))
@@ -134,11 +71,7 @@ extension TarFlowModel {
                        progress: ((SamplingProgress) -> Void)? = nil, isCancelled: (() -> Bool)? = nil) throws -> Tensor {
         try options.validate()
         let T = config.numPatches, D = config.patchDim
-        guard noise.dtype == .float32, noise.shape.count == 3, noise.shape[1] == T, noise.shape[2] == D, noise.shape[0] > 0 else {
-            throw TarFlowError.invalidInput("noise has shape \(noise.shape); this model samples from [B, \(T), \(D)] float32")
-        }
-        let B = noise.shape[0]
-        if let i = noise.floats.firstIndex(where: { !$0.isFinite }) { throw TarFlowError.invalidInput("noise contains NaN or Inf at element \(i)") }
+        let B = try checkNoise(noise)
         let labs: [Int]
         if config.numClasses > 0 {
             labs = try checkLabels(labels, count: B)
@@ -153,7 +86,7 @@ extension TarFlowModel {
         var x = noise.floats
         for i in x.indices { x[i] = x[i] * options.temperature * sd[i % (T * D)] }
 
-        let guided = options.guidance > 0 && (options.guideA || options.guideB)
+        let guided = options.isGuided
         let rows = guided ? 2 * B : B
         let scale = TarFlowGraphs.attentionScale(config)
         let session = try samplingSession(rows: rows, halfCache: (options.kvCache ?? defaultKVCache) == .float16)

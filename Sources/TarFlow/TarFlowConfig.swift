@@ -218,6 +218,8 @@ public enum TarFlowError: Error, Sendable, CustomStringConvertible, Equatable {
     case invalidInput(String)
     /// A result (latent, log-determinant, bits/dim, loss, image) came out NaN or infinite.
     case nonFinite(String)
+    /// The run needs more memory than the process may use (refused by the preflight).
+    case insufficientMemory(MemoryShortfall)
 
     public var description: String {
         switch self {
@@ -226,6 +228,7 @@ public enum TarFlowError: Error, Sendable, CustomStringConvertible, Equatable {
         case .invalidCheckpoint(let m): "invalid checkpoint: \(m)"
         case .invalidInput(let m): "invalid input: \(m)"
         case .nonFinite(let m): "non-finite result: \(m)"
+        case .insufficientMemory(let s): "\(s)"
         }
     }
 }

@@ -1,7 +1,5 @@
 import ArgumentParser
 import Foundation
-import FlowIR
-import FlowRuntime
 import TarFlow
 
 struct Bench: ParsableCommand {
@@ -23,12 +21,12 @@ struct Bench: ParsableCommand {
             guard batch > 0, threads > 0, reps > 0 else { throw TarFlowError.invalidInput("--batch, --threads and --reps must be positive") }
             try Checks.threads(threads)
             if sgemm {
-                let s = SgemmBenchmark.run(n: 2048, threads: threads, reps: reps)
+                let s = try BenchSupport.sgemm(n: 2048, threads: threads, reps: reps)
                 print("{\"what\": \"sgemm\", \"n\": 2048, \"threads\": \(threads), \"seconds_median\": \(s.median), \"gflops\": \(s.gflops)}")
                 return
             }
             if bandwidth {
-                let b = BandwidthBenchmark.run(threads: threads, reps: reps)
+                let b = try BenchSupport.bandwidth(bytes: 1 << 30, threads: threads, reps: reps)
                 print("{\"what\": \"bandwidth\", \"bytes\": \(1 << 30), \"threads\": \(threads), \"seconds_median\": \(b.median), \"gbytes_per_second\": \(b.gbytesPerSecond), \"gbytes_per_second_best\": \(Double(1 << 30) / b.best / 1e9)}")
                 return
             }
@@ -36,14 +34,13 @@ struct Bench: ParsableCommand {
             let m = try Checks.model(model, threads: threads)
             if what == "decode" {
                 guard steps > 0 else { throw TarFlowError.invalidInput("--steps must be positive, is \(steps)") }
-                try Checks.memory(try Checks.sampleBytes(m, images: batch, rows: batch), batchFlag: "--batch", batch: batch)
+                try Checks.memory(m, .benchSample(batch: batch, kvCache: kvCache?.dtype), flag: "--batch")
                 let d = try BenchSupport.decode(m, batch: batch, steps: steps, kvCache: kvCache?.dtype)
                 print("{\"what\": \"decode\", \"batch\": \(batch), \"threads\": \(threads), \"steps\": \(steps), \"weights\": \"\(m.weightDType)\", \"kv_cache\": \"\(d.kvCache)\", \"batch_split\": \(d.split), \"seconds_per_step\": \(d.secondsPerStep), \"seconds_per_image_estimate\": \(d.secondsPerImageEstimate), \"bytes_per_step\": \(Int(d.bytesPerStep)), \"weight_bytes_per_step\": \(d.weightBytes), \"gbytes_per_second\": \(d.gbytesPerSecond), \"peak_rss_bytes\": \(BenchSupport.peakRSS())}")
                 return
             }
             guard what == "forward" || what == "sample" || what == "load" else { throw TarFlowError.invalidInput("--what must be forward, sample, decode or load, is \(what)") }
-            try Checks.memory(what == "sample" ? try Checks.sampleBytes(m, images: batch, rows: batch) : try Checks.forwardBytes(m, rows: batch),
-                              batchFlag: "--batch", batch: batch)
+            try Checks.memory(m, what == "sample" ? .benchSample(batch: batch, kvCache: kvCache?.dtype) : .benchForward(batch: batch, profile: profile || what == "load"), flag: "--batch")
             let r: BenchSupport.Result
             switch what {
             case "forward": r = try BenchSupport.forward(m, batch: batch, reps: reps, profile: profile)

@@ -1,11 +1,5 @@
 import Foundation
-import FlowCompiler
-import FlowIR
-import FlowRuntime
 import TarFlow
-#if canImport(Glibc)
-import Glibc
-#endif
 
 /// A bad flag or input file, reported as one line that names it and says what to do.
 struct CLIError: Error, CustomStringConvertible {
@@ -34,10 +28,6 @@ enum Checks {
 
     static func positive(_ n: Int?, _ flag: String) throws {
         if let n, n <= 0 { throw CLIError("\(flag) \(n) must be positive") }
-    }
-
-    static func finite(_ x: Float, _ flag: String, _ rule: String, _ ok: (Float) -> Bool) throws {
-        guard x.isFinite, ok(x) else { throw CLIError("\(flag) \(x) must be a finite number \(rule)") }
     }
 
     /// An output path must name a file in an existing folder; checked before the run so a typo
@@ -100,99 +90,25 @@ enum Checks {
 
     // MARK: Memory
 
-    /// What a run may use at most: RLIMIT_AS, RLIMIT_DATA, the cgroup's memory.max, else RAM.
-    static var memoryLimit: MemoryLimit { MemoryLimit.current() }
-
-    static func mul(_ a: Int, _ b: Int) -> Int {
-        let (p, o) = a.multipliedReportingOverflow(by: b)
-        return o ? Int.max : p
-    }
-
-    static func add(_ a: Int, _ b: Int) -> Int {
-        let (s, o) = a.addingReportingOverflow(b)
-        return o ? Int.max : s
-    }
-
-    /// Bytes the executor allocates for `plan` at batch size `batch`: the memory planner's arena
-    /// (what `BoundPlan` allocates) plus the load-time values. Saturates at `Int.max`.
-    /// The planner runs only when a one-slot-per-value bound fits comfortably in `Int`, so no
-    /// batch, however large, can overflow its arithmetic.
-    static func planBytes(_ plan: ExecutionPlan, batch: Int) -> Int {
-        let g = plan.graph
-        func bytes(_ v: ValueID) -> Int {
-            var n = g.values[v].type.dtype.byteSize
-            for d in g.values[v].type.shape { n = mul(n, d.resolved(["B": batch]) ?? batch) }
-            return add(n, 63) / 64 * 64
-        }
-        var loadTime = 0
-        for s in plan.loadSteps { if case .constant = s.op {} else { for o in s.outputs { loadTime = add(loadTime, bytes(o)) } } }
-        var naive = 0
-        for v in Set(g.inputs + plan.steps.flatMap(\.outputs)) where v >= 0 && v < g.values.count { naive = add(naive, bytes(v)) }
-        guard naive < Int.max / 8, let arena = try? MemoryPlanner.plan(plan, bindings: ["B": batch]).arenaBytes else {
-            return add(naive, loadTime)
-        }
-        return add(arena, loadTime)
-    }
-
-    /// Refuses a run whose estimate exceeds physical memory, naming the flag that sets the batch.
-    static func memory(_ bytes: Int, batchFlag: String, batch: Int) throws {
-        let limit = memoryLimit
-        guard bytes > limit.bytes else { return }
-        func gb(_ b: Int) -> String { b == Int.max ? "more than 9.2e9 GB" : String(format: "%.1f GB", Double(b) / 1e9) }
-        throw CLIError("\(batchFlag) \(batch) needs about \(gb(bytes)) of memory (\(bytes == Int.max ? "overflow" : "\(bytes) bytes"), estimated from the execution plan), more than the \(gb(limit.bytes)) (\(limit.bytes) bytes) this process may use (\(limit.source)); use a smaller \(batchFlag)")
-    }
-
-    /// The weights of a config made up from scratch (`compile --config --random-weights`) must fit
-    /// in memory: the bounds of `TarFlowConfig.validate` still allow terabytes of them.
-    static func weights(of c: TarFlowConfig, from source: String) throws {
-        let bytes = weightBytes(of: c)
-        let limit = memoryLimit
-        guard bytes <= limit.bytes else {
-            throw CLIError("\(source): the weights of this config take \(bytes == Int.max ? "more than 9.2e18" : "\(bytes)") bytes, more than the \(limit.bytes) bytes of memory this process may use (\(limit.source)); use a smaller config")
+    /// The library's preflight of `run` (`TarFlowModel.preflight`), its refusal naming `flag`,
+    /// the flag that sets the batch.
+    static func memory(_ m: TarFlowModel, _ run: TarFlowModel.Run, flag: String) throws {
+        do { try m.preflight(run) } catch TarFlowError.insufficientMemory(let s) {
+            throw CLIError(s.message(subject: "\(flag) \(s.batch ?? run.batch)", fix: "use a smaller \(flag)"))
         }
     }
 
-    /// Bytes of the float32 weights of `Converter.expectedShapes(c)`, summed in closed form
-    /// (listing them would itself take long for a huge config). Saturates at `Int.max`.
-    static func weightBytes(of c: TarFlowConfig) -> Int {
-        let C = c.channels, D = c.patchDim, T = c.numPatches, E = c.expansion, out = c.nvp ? 2 * D : D
-        let layer = [4 * C, mul(3 * C, C), 3 * C, mul(C, C), C, mul(mul(C, E), C), mul(C, E), mul(mul(C, E), C), C].reduce(0, add)
-        let block = [mul(C, D), C, mul(T, C), mul(c.numClasses, C), mul(out, C), out, mul(c.layersPerBlock, layer)].reduce(0, add)
-        return mul(add(mul(c.numBlocks, block), mul(T, D)), 4)
-    }
-
-    /// Estimated bytes of a forward batch of `rows` images (plan arena plus the batch's input
-    /// and copies).
-    static func forwardBytes(_ m: TarFlowModel, rows: Int) throws -> Int {
-        let plan = try Compiler.compile(try graph(m, "forward"), constants: m.model.constantTypes)
-        return add(planBytes(plan, batch: rows), mul(mul(rows, m.config.imageDim), 12))
-    }
-
-    /// Estimated bytes of a denoising batch (the gradient graph's arena).
-    static func gradientBytes(_ m: TarFlowModel, rows: Int) throws -> Int {
-        let g = try m.model.graph(named: "gradient")
-            ?? TarFlowGraphs.gradient(forward: try graph(m, "forward"), constants: m.model.constantTypes)
-        let plan = try Compiler.compile(g, constants: m.model.constantTypes)
-        return add(planBytes(plan, batch: rows), mul(mul(rows, m.config.imageDim), 16))
-    }
-
-    /// Estimated bytes of sampling `images` images: the decode blocks share one arena (the
-    /// largest block's plan at `rows` rows, 2× with guidance, KV cache in the model's default
-    /// precision), plus the noise, the working copy and the output.
-    static func sampleBytes(_ m: TarFlowModel, images: Int, rows: Int) throws -> Int {
-        var arena = 0
-        var options = Compiler.Options()
-        options.halfPrecisionState = m.defaultKVCache == .float16
-        for k in 0..<m.config.numBlocks {
-            guard let g = m.model.graph(named: "decode\(k)") else { break }  // sample() reports it
-            arena = max(arena, planBytes(try Compiler.compile(g, constants: m.model.constantTypes, options: options), batch: rows))
-            if arena == Int.max { break }
+    /// A need that does not come from a batch (weights of a config, a re-encoding, a
+    /// checkpoint), refused with `subject` ("--config x.json") and what to do.
+    static func memory(_ need: MemoryNeed, _ subject: String, fix: String) throws {
+        do { try need.check() } catch TarFlowError.insufficientMemory(let s) {
+            throw CLIError(s.message(subject: subject, fix: fix))
         }
-        return add(mul(mul(images, m.config.imageDim), 16), arena)
     }
 
-    static func graph(_ m: TarFlowModel, _ name: String) throws -> Graph {
-        guard let g = m.model.graph(named: name) else { throw CLIError("the model file has no '\(name)' graph") }
-        return g
+    /// A library call on the input of `flag`: its `invalid input` error, as one line that
+    /// starts with the flag (nil: the message names the flags itself).
+    static func input<T>(_ flag: String?, _ body: () throws -> T) throws -> T {
+        do { return try body() } catch TarFlowError.invalidInput(let m) { throw CLIError(flag.map { "\($0) \(m)" } ?? m) }
     }
 }

@@ -1,6 +1,5 @@
 import ArgumentParser
 import Foundation
-import FlowIR
 import TarFlow
 
 struct Compile: ParsableCommand {
@@ -45,7 +44,7 @@ struct Compile: ParsableCommand {
                     throw TarFlowError.invalidInput("--config needs --random-weights SEED (there is no checkpoint to take weights from)")
                 }
                 let (c, noise) = try AheadOfTime.loadConfig(contentsOf: URL(fileURLWithPath: path))
-                try Checks.weights(of: c, from: "--config \(path)")
+                try Checks.memory(c.weightMemoryNeed, "--config \(path)", fix: "use a smaller config")
                 var m = try AheadOfTime.randomModel(config: c, seed: seed, noiseStd: noise)
                 m.metadata["source.file"] = .string(URL(fileURLWithPath: path).lastPathComponent)
                 source = m
@@ -55,7 +54,10 @@ struct Compile: ParsableCommand {
                 throw TarFlowError.invalidInput("give a model file to compile, or --config CONFIG.json --random-weights SEED")
             }
             var model = source
-            if let weights { model = try model.storingLinearWeights(as: weights.dtype) }
+            if let weights {
+                try Checks.memory(model.reencodingMemoryNeed(as: weights.dtype), "--weights \(weights.rawValue)", fix: "keep the file's precision (drop --weights)")
+                model = try model.storingLinearWeights(as: weights.dtype)
+            }
             var bar: ProgressBar?
             let compiled = try AheadOfTime.compile(model, functions: fs, batches: batches, kvCache: kvCache?.dtype, progress: { done, total in
                 if bar == nil { bar = ProgressBar("compile", total: total, unit: "graphs", quiet: quiet) }

@@ -1,6 +1,5 @@
 import ArgumentParser
 import Foundation
-import FlowRuntime
 import TarFlow
 
 struct Denoise: ParsableCommand {
@@ -37,9 +36,7 @@ struct Denoise: ParsableCommand {
                 guard labs.count == set.count else { throw CLIError("--labels \(labels): \(labs.count) labels for \(set.count) images") }
                 try Checks.labels(labs, from: "--labels \(labels)", config: m.config)
             }
-            let rows = min(batchSize, set.count)
-            try Checks.memory(Checks.add(try Checks.gradientBytes(m, rows: rows), Checks.mul(set.count, Checks.mul(m.config.imageDim, 8))),
-                              batchFlag: "--batch-size", batch: rows)
+            try Checks.memory(m, .denoise(images: set.count, batchSize: batchSize, keepGradient: saveGrad != nil), flag: "--batch-size")
             try Checks.imageRange(set, flag: "--images", path: images)
             var out: [Float] = [], grads: [Float] = []
             var start = 0
@@ -93,7 +90,7 @@ struct Classify: ParsableCommand {
             guard m.config.numClasses > 0 else { throw CLIError("\(model): the model is unconditional (num_classes = 0); it cannot classify") }
             if trueLabels != nil, labelsFromFolders { throw CLIError("give --true-labels or --labels-from-folders, not both") }
             // Only the images up to --offset + --limit are read (and inflated).
-            let needed = limit.map { Checks.add(offset, $0) }
+            let needed = limit.map { Saturating.add(offset, $0) }
             let (set, folderLabels) = try Checks.images(images, model: m, resize: resize, labelsFromFolders: labelsFromFolders, limit: needed)
             guard offset < set.count else { throw CLIError("--offset \(offset) is past the \(set.fileCount) images") }
             let end = limit.map { min(set.count, offset + min($0, set.count)) } ?? set.count
@@ -102,8 +99,7 @@ struct Classify: ParsableCommand {
             if let truthFile, truthFile.fileCount != set.fileCount { throw CLIError("--true-labels \(trueLabels ?? ""): \(truthFile.fileCount) labels for \(set.fileCount) images") }
             if let truth { try Checks.trueLabels(truth, from: trueLabels.map { "--true-labels \($0)" } ?? "--labels-from-folders", classes: m.config.numClasses) }
             let part = try shard?.images(of: offset..<end) ?? offset..<end
-            let rows = Checks.mul(min(batchSize, part.count), m.config.numClasses)
-            try Checks.memory(Checks.mul(try Checks.forwardBytes(m, rows: rows), 2), batchFlag: "--batch-size", batch: min(batchSize, part.count))
+            try Checks.memory(m, .classify(images: part.count, batchSize: batchSize), flag: "--batch-size")
             try Checks.imageRange(set, flag: "--images", path: images)
             let bar = ProgressBar("classify", total: part.count, unit: "images", quiet: quiet)
             let r = try m.classify(images: set, range: part, batchSize: batchSize, progress: { done, _ in bar.update(done) })

@@ -1,6 +1,5 @@
 import ArgumentParser
 import Foundation
-import FlowRuntime
 import TarFlow
 
 extension GuidanceTarget: ExpressibleByArgument {
@@ -12,6 +11,14 @@ extension GuidanceTarget: ExpressibleByArgument {
 }
 
 struct Sample: ParsableCommand {
+    /// The flags of `SamplingOptions`, for its messages.
+    static let optionNames: SamplingOptions.Names = {
+        var n = SamplingOptions.Names()
+        (n.guidance, n.guide, n.attentionTemperature, n.annealed, n.temperature, n.kvCache) =
+            ("--guidance", "--guide-what", "--attn-temp", "--annealed", "--temperature", "--kv-cache")
+        return n
+    }()
+
     static let configuration = CommandConfiguration(abstract: "Generate images with the model's inverse pass (Model.reverse), with optional guidance.")
 
     @Argument(help: "The model file.") var model: String
@@ -54,27 +61,20 @@ struct Sample: ParsableCommand {
             try Checks.threads(threads)
             try Checks.positive(count, "--count")
             try Checks.positive(gridColumns, "--grid-columns")
-            try Checks.finite(guidance, "--guidance", ">= 0") { $0 >= 0 }
-            if let attnTemp { try Checks.finite(attnTemp, "--attn-temp", "> 0") { $0 > 0 } }
-            if guidance == 0, guideWhat != nil || attnTemp != nil || annealed {
-                let given = [guideWhat.map { "--guide-what \($0.rawValue)" }, attnTemp.map { "--attn-temp \($0)" }, annealed ? "--annealed" : nil].compactMap { $0 }
-                throw CLIError("\(given.joined(separator: ", ")) act\(given.count == 1 ? "s" : "") only with guidance; add --guidance W (W > 0)")
-            }
-            try Checks.finite(temperature, "--temperature", ">= 0") { $0 >= 0 }
+            var opts = SamplingOptions(guidance: guidance, guide: guideWhat ?? .both, attentionTemperature: attnTemp ?? 1,
+                                       annealed: annealed, temperature: temperature)
+            opts.kvCache = kvCache?.dtype
+            try Checks.input(nil) { try opts.validate(names: Sample.optionNames) }
             if let n = noiseStd, !(n >= 0 && n.isFinite) { throw CLIError("--noise-std \(n) must be a finite number >= 0") }
             if labels != nil && label != nil { throw CLIError("give --labels or --label, not both") }
             if noise != nil && count != nil { throw CLIError("give --noise or --count, not both") }
             let m = try Checks.model(model, threads: threads)
             let c = m.config
-            var opts = SamplingOptions(guidance: guidance, guide: guideWhat ?? .both, attentionTemperature: attnTemp ?? 1,
-                                       annealed: annealed, temperature: temperature)
-            opts.kvCache = kvCache?.dtype
+            if denoise, noiseStd == nil, m.noiseStd == nil { throw CLIError("--denoise: the model records no training noise level; pass --noise-std σ") }
 
-            // Batch size: the noise's first dimension, else --count, else the number of labels.
             var labs = try labels.map { try ImageSet.loadLabels(contentsOf: URL(fileURLWithPath: $0)) }
             if let labels { try Checks.labels(labs, from: "--labels \(labels)", config: c) }
             if let label { try Checks.labels([label], from: "--label", config: c) }
-            let guided = guidance > 0
             // The run's images: the noise file's rows, else --count, else the labels; a shard
             // takes its part of them (noise rows, labels and file names by global index).
             let run: Range<Int>
@@ -82,18 +82,11 @@ struct Sample: ParsableCommand {
             var z: Tensor
             var noiseDigest = "generated"
             if let noise {
-                let a = try NPY.read(contentsOf: URL(fileURLWithPath: noise))
-                guard case .float32(let f) = a.storage else { throw CLIError("--noise \(noise): noise must be float32, is \(a.element)") }
-                guard a.shape.count == 3, a.shape[0] > 0, a.shape[1] == c.numPatches, a.shape[2] == c.patchDim else {
-                    throw CLIError("--noise \(noise): noise must have shape (B, \(c.numPatches), \(c.patchDim)) with B > 0, has \(a.shape)")
-                }
-                if let i = f.firstIndex(where: { !$0.isFinite }) {
-                    throw CLIError("--noise \(noise): element \(i) is \(f[i]); noise must be finite")
-                }
-                run = 0..<a.shape[0]
+                let all = try Checks.input("--noise") { try m.noise(contentsOf: URL(fileURLWithPath: noise)) }
+                run = 0..<all.shape[0]
                 part = try shard?.images(of: run) ?? run
-                try Checks.memory(try Checks.sampleBytes(m, images: part.count, rows: guided ? 2 * part.count : part.count), batchFlag: "--noise batch", batch: part.count)
-                let per = c.numPatches * c.patchDim
+                try Checks.memory(m, .sample(images: part.count, options: opts, denoise: denoise), flag: "--noise batch")
+                let per = c.numPatches * c.patchDim, f = all.floats
                 z = Tensor(shape: [part.count, c.numPatches, c.patchDim], floats: Array(f[(part.lowerBound * per)..<(part.upperBound * per)]))
                 if shard != nil { noiseDigest = ContentDigest.of(f) }
             } else {
@@ -101,7 +94,7 @@ struct Sample: ParsableCommand {
                 if let l = labs, l.count != n { throw CLIError("--labels \(labels ?? ""): \(l.count) labels for --count \(n) images") }
                 run = 0..<n
                 part = try shard?.images(of: run) ?? run
-                try Checks.memory(try Checks.sampleBytes(m, images: part.count, rows: guided ? Checks.mul(2, part.count) : part.count), batchFlag: "--count", batch: part.count)
+                try Checks.memory(m, .sample(images: part.count, options: opts, denoise: denoise), flag: "--count")
                 z = m.noise(images: part, seed: seed)
             }
             let b = z.shape[0]
@@ -110,10 +103,7 @@ struct Sample: ParsableCommand {
             let labelDigest = labs.map { ContentDigest.of($0) } ?? label.map { "all \($0)" } ?? "none"
             labs = labs.map { Array($0[part]) }
             if let label { labs = [Int](repeating: label, count: b) }
-            if denoise {
-                if noiseStd == nil, m.noiseStd == nil { throw CLIError("--denoise: the model records no training noise level; pass --noise-std σ") }
-                try Checks.memory(try Checks.gradientBytes(m, rows: b), batchFlag: "--count", batch: b)
-            }
+            let guided = opts.isGuided
 
             if guided, (attnTemp ?? 1) == 1, (labs ?? []).allSatisfy({ $0 == -1 }) {
                 // Both branches then see label -1 at the same temperature: the same a and b.
@@ -146,12 +136,9 @@ func checkPNGOutput(output: String?, outDir: String?, count b: Int, channels c: 
         throw CLIError("\(png ? "-o \(output ?? "")" : "--out-dir \(outDir ?? "")"): PNG output needs 1 or 3 channels, the model has \(c); write .npy instead")
     }
     guard png else { return }
-    // The grid's size, as PNGImage.grid lays it out (padding 2, none for a single image).
-    let cols = b == 1 ? 1 : min(columns ?? Int(Double(b).squareRoot().rounded(.up)), b)
-    let rows = (b + cols - 1) / cols, pad = b == 1 ? 0 : 2
-    let w = Checks.add(Checks.mul(cols, size + pad), pad), h = Checks.add(Checks.mul(rows, size + pad), pad)
-    guard w <= PNGImage.maxDimension, h <= PNGImage.maxDimension, Checks.mul(w, h) <= PNGImage.maxPixels else {
-        throw CLIError("-o \(output ?? ""): a grid of \(b) images is \(w)x\(h) pixels, above the PNG limit of \(PNGImage.maxDimension) per side and \(PNGImage.maxPixels) pixels; use .npy, --out-dir or --grid-columns")
+    let g = PNGImage.gridLayout(count: b, height: size, width: size, columns: columns)
+    guard g.fitsPNG else {
+        throw CLIError("-o \(output ?? ""): a grid of \(b) images is \(g.width)x\(g.height) pixels, above the PNG limit of \(PNGImage.maxDimension) per side and \(PNGImage.maxPixels) pixels; use .npy, --out-dir or --grid-columns")
     }
 }
 
@@ -166,7 +153,7 @@ func writeImages(_ x: Tensor, output: String?, outDir: String?, columns: Int?, n
             try ShardMerge.write([("images", HostArray(shape: x.shape, floats: x.floats))], record: record, to: url)
         } else {
             guard c == 1 || c == 3 else { throw TarFlowError.invalidInput("PNG output needs 1 or 3 channels, images have \(c); use .npy") }
-            let cols = columns ?? Int(Double(b).squareRoot().rounded(.up))
+            let cols = PNGImage.gridLayout(count: b, height: h, width: w, columns: columns).columns
             let g = PNGImage.grid(images: x.floats, count: b, channels: c, height: h, width: w, columns: cols, normalize: normalize)
             try PNGImage.write(width: g.width, height: g.height, channels: g.channels, pixels: g.pixels, to: url)
         }

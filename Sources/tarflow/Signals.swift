@@ -1,4 +1,4 @@
-import FlowIR
+import TarFlow
 #if canImport(Glibc)
 import Glibc
 #endif

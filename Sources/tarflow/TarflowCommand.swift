@@ -1,8 +1,5 @@
 import ArgumentParser
 import Foundation
-import FlowCompiler
-import FlowIR
-import FlowRuntime
 import TarFlow
 
 struct TarflowCommand: ParsableCommand {
@@ -82,6 +79,8 @@ struct Convert: ParsableCommand {
             try Checks.positive(patchSize, "--patch-size")
             try Checks.output(output, "-o")
             try Checks.distinct(outputs: [("-o", output)], inputs: [("checkpoint", checkpoint)])
+            try Checks.memory(Converter.memoryNeed(checkpoint: URL(fileURLWithPath: checkpoint)), "checkpoint \(checkpoint)",
+                              fix: "convert on a machine (or under a limit) with more memory")
             var bar: ProgressBar?
             var model = try Converter.convert(checkpoint: URL(fileURLWithPath: checkpoint),
                                               options: .init(imageSize: imageSize, inChannels: inChannels, patchSize: patchSize, noiseStd: noiseStd, key: key),
@@ -90,7 +89,10 @@ struct Convert: ParsableCommand {
                                                   bar?.update(done)
                                               })
             bar?.finish()
-            if weights != .f32 { model = try model.storingLinearWeights(as: weights.dtype) }
+            if weights != .f32 {
+                try Checks.memory(model.reencodingMemoryNeed(as: weights.dtype), "--weights \(weights.rawValue)", fix: "convert with --weights f32, then compile --weights \(weights.rawValue) in another run")
+                model = try model.storingLinearWeights(as: weights.dtype)
+            }
             try ModelFile.write(model, to: URL(fileURLWithPath: output))
             let c = try TarFlowConfig(metadata: model.metadata)
             print("wrote \(output): \(c.inChannels)x\(c.imgSize)x\(c.imgSize), patch \(c.patchSize), \(c.channels) channels, \(c.numBlocks) blocks x \(c.layersPerBlock) layers, \(c.numClasses) classes, nvp=\(c.nvp), noise_std=\(model.metadata["tarflow.noise_std"]?.description ?? "unknown")")
@@ -111,75 +113,9 @@ struct Inspect: ParsableCommand {
             try Checks.output(dot, "--dot")
             try Checks.distinct(outputs: [("--dot", dot)], inputs: [("model", model)])
             Signals.setMappedFile(model)
-            let url = URL(fileURLWithPath: model)
-            let m = try ModelFile.read(contentsOf: url)
-            printSummary(m, fileBytes: ((try? FileManager.default.attributesOfItem(atPath: url.path))?[.size] as? NSNumber)?.intValue)
-            if graphs {
-                print("\nmetadata:")
-                for (k, v) in m.metadata.sorted(by: { $0.key < $1.key }) { print("  \(k) = \(v)") }
-                let total = m.tensors.reduce(0) { $0 + $1.bytes.count }
-                print("tensors: \(m.tensors.count), \(total) bytes")
-                for t in m.tensors { print("  \(t.name): \(t.dtype)[\(t.shape.map(String.init).joined(separator: ","))]") }
-            }
-            for g in m.graphs {
-                if graphs {
-                    print()
-                    print(Printer.print(g), terminator: "")
-                }
-                if plan && m.compiledFunction(named: g.name) == nil {
-                    let p = try Compiler.compile(g, constants: m.constantTypes)
-                    print("plan '\(g.name)': \(p.loadSteps.count) load-time steps, \(p.steps.count) run steps; passes changed: \(p.passLog.joined(separator: ", "))")
-                    for (i, s) in p.steps.enumerated() {
-                        let outs = s.outputs.map { "%" + p.graph.values[$0].name }.joined(separator: ",")
-                        print(String(format: "  %4d ", i) + "\(outs) = \(s.op.name)(\(s.inputs.map { "%" + p.graph.values[$0].name }.joined(separator: ", ")))")
-                    }
-                }
-            }
-            if plan { try PlanReport.printCompiled(m) }
-            if let dot { try PlanReport.writeDot(m, to: dot) }
+            try ModelReport.inspect(contentsOf: URL(fileURLWithPath: model), name: model,
+                                    options: .init(graphs: graphs, plans: plan, dot: dot.map { URL(fileURLWithPath: $0) })) { print($0) }
         }
-    }
-
-    /// 3228560 → "3,228,560".
-    static func grouped(_ n: Int) -> String {
-        let s = String(n)
-        return s.enumerated().map { i, c in (i > 0 && (s.count - i) % 3 == 0 ? "," : "") + String(c) }.joined()
-    }
-
-    /// Parameters, dtype, config, file size, graphs and stored functions with their batch sizes.
-    func printSummary(_ m: Model, fileBytes: Int?) {
-        let grouped = Inspect.grouped
-        print("\(model): " + (fileBytes.map { String(format: "%.1f MB", Double($0) / 1e6) + " (\(grouped($0)) bytes)" } ?? "size unknown"))
-        if let c = try? TarFlowConfig(metadata: m.metadata) {
-            let noise = m.metadata["tarflow.noise_std"].map { "\($0)" } ?? "unknown"
-            print("config:     \(c.inChannels)x\(c.imgSize)x\(c.imgSize), patch \(c.patchSize) (\(c.numPatches) tokens of \(c.patchDim)), \(c.channels) channels, "
-                + "\(c.numBlocks) blocks x \(c.layersPerBlock) layers, \(c.numHeads) heads, \(c.numClasses) classes, nvp=\(c.nvp), noise_std=\(noise)")
-        } else {
-            print("config:     none (not a TarFlow model file)")
-        }
-        var counts: [String: (tensors: Int, elements: Int)] = [:]
-        for t in m.tensors {
-            let n = t.shape.reduce(1, *)
-            counts["\(t.dtype)", default: (0, 0)].tensors += 1
-            counts["\(t.dtype)", default: (0, 0)].elements += n
-        }
-        let params = counts.values.reduce(0) { $0 + $1.elements }
-        let bytes = m.tensors.reduce(0) { $0 + $1.bytes.count }
-        print("parameters: \(grouped(params)) in \(m.tensors.count) tensors, \(String(format: "%.1f MB", Double(bytes) / 1e6))")
-        print("dtype:      " + counts.sorted { $0.value.elements > $1.value.elements }
-            .map { "\($0.key) (\($0.value.tensors) tensor\($0.value.tensors == 1 ? "" : "s"))" }.joined(separator: ", "))
-        print("graphs:     " + (m.graphs.isEmpty ? "none" : m.graphs.map { "\($0.name) (\($0.nodes.count) nodes)" }.joined(separator: ", ")))
-        if m.compiled.isEmpty {
-            print("compiled:   none (tarflow compile stores optimized graphs and memory plans)")
-        } else {
-            let fs = m.compiled.map { f -> String in
-                let sizes = f.plans.map { $0.bindings.sorted { $0.key < $1.key }.map { "\($0.value)" }.joined(separator: "/") }
-                return "\(f.name) (batch \(sizes.isEmpty ? "none" : sizes.joined(separator: ",")))"
-            }
-            print("compiled:   " + fs.joined(separator: ", ") + (plan ? "" : "; --plan shows them"))
-        }
-        if let src = m.metadata["source.file"] { print("source:     \(src)") }
-        if !graphs { print("(--graphs: metadata, tensor table and graphs)") }
     }
 }
 
@@ -213,7 +149,7 @@ struct Likelihood: ParsableCommand {
             if labels != nil, labelsFromFolders { throw CLIError("give --labels or --labels-from-folders, not both") }
             let m = try Checks.model(model, threads: threads)
             // Only the images up to --offset + --limit are read (and inflated).
-            let needed = limit.map { Checks.add(offset, $0) }
+            let needed = limit.map { Saturating.add(offset, $0) }
             let (set, folderLabels) = try Checks.images(images, model: m, resize: resize, labelsFromFolders: labelsFromFolders, limit: needed)
             let labelFile = try labels.map { try ImageSet.loadLabels(contentsOf: URL(fileURLWithPath: $0), limit: needed) }
             let labs = labelFile?.labels ?? folderLabels
@@ -224,10 +160,7 @@ struct Likelihood: ParsableCommand {
             guard offset < set.count else { throw CLIError("--offset \(offset) is past the \(set.fileCount) images") }
             let end = limit.map { min(set.count, offset + min($0, set.count)) } ?? set.count
             let part = try shard?.images(of: offset..<end) ?? offset..<end
-            let rows = min(batchSize, part.count)
-            var bytes = try Checks.forwardBytes(m, rows: rows)
-            if save != nil { bytes = Checks.add(bytes, Checks.mul(part.count, Checks.mul(m.config.imageDim, 4))) }
-            try Checks.memory(bytes, batchFlag: "--batch-size", batch: rows)
+            try Checks.memory(m, .likelihood(images: part.count, batchSize: batchSize, keepLatents: save != nil), flag: "--batch-size")
             try Checks.imageRange(set, flag: "--images", path: images)
             let bar = ProgressBar("likelihood", total: part.count, unit: "images", quiet: quiet)
             let r = try m.likelihood(images: set, labels: labs, range: part, batchSize: batchSize, seed: seed, keepLatents: save != nil,

@@ -209,11 +209,11 @@ final class EverydayTests: XCTestCase {
         XCTAssertLessThanOrEqual(lines.count, 24, "one screen: \(r.out)")
         let size = try FileManager.default.attributesOfItem(atPath: compiled)[.size] as! NSNumber
         XCTAssertTrue(lines[0].hasPrefix("\(compiled): "), lines[0])
-        XCTAssertTrue(lines[0].contains(Inspect.grouped(size.intValue) + " bytes"), lines[0])
+        XCTAssertTrue(lines[0].contains(ModelReport.grouped(size.intValue) + " bytes"), lines[0])
         let c = try TarFlowConfig(metadata: try ModelFile.read(contentsOf: URL(fileURLWithPath: compiled)).metadata)
         let params = try ModelFile.read(contentsOf: URL(fileURLWithPath: compiled)).tensors.reduce(0) { $0 + $1.shape.reduce(1, *) }
         for part in ["config:     \(c.inChannels)x\(c.imgSize)x\(c.imgSize), patch \(c.patchSize)", "\(c.numClasses) classes",
-                     "parameters: \(Inspect.grouped(params)) in", "dtype:      f32", "graphs:     forward (",
+                     "parameters: \(ModelReport.grouped(params)) in", "dtype:      f32", "graphs:     forward (",
                      "compiled:   forward (batch 1,4)"] {
             XCTAssertTrue(r.out.contains(part), "'\(part)' missing from: \(r.out)")
         }

@@ -261,9 +261,9 @@ extension CLIHardeningTests {
     func testMemoryEstimateHonoursTheAddressSpaceLimit() throws {
         let limitKB = 4_000_000, limit = limitKB * 1024
         let m = try TarFlowModel(model: try TinyModels.model())
-        let per = try Checks.sampleBytes(m, images: 1000, rows: 1000) / 1000
+        let per = try m.memoryNeed(.sample(images: 1000, options: SamplingOptions(), denoise: false)).bytes / 1000
         let n = 2 * limit / per
-        let estimate = try Checks.sampleBytes(m, images: n, rows: n)
+        let estimate = try m.memoryNeed(.sample(images: n, options: SamplingOptions(), denoise: false)).bytes
         XCTAssertGreaterThan(estimate, limit)
         try XCTSkipUnless(estimate < MemoryLimit.physicalRAM(), "this machine has less RAM than the batch chosen to exceed the limit")
         let exe = tarflowExecutable().path
