@@ -2,6 +2,7 @@ import CTarFlowZlib
 import Foundation
 import XCTest
 import FlowIR
+@testable import FlowRuntime
 @testable import TarFlow
 
 /// Issue 12, bounded memory: no input of a few MB makes `tarflow` use more than 256 MB beyond
@@ -12,9 +13,11 @@ import FlowIR
 /// there with room to spare, a 1 GiB buffer does not. Every refusal is exit 1 with one `error:`
 /// line naming the file, never a signal or a hang.
 extension CLIHardeningTests {
-    /// Address space for the hostile runs: a debug `tarflow` likelihood on two MNIST images
-    /// runs in 300 MB (its libraries, thread stacks and BLAS buffers included).
-    static let addressSpaceKB = 400 * 1024
+    /// Address space for the hostile runs: a debug `tarflow` maps about 150 MB (libraries,
+    /// thread stacks), the memory estimate keeps 256 MB for OpenBLAS's buffer
+    /// (`MemoryLimit.blasBufferBytes`), and likelihood on two MNIST images needs a few MB more.
+    /// Every bomb here is 1 GiB or more.
+    static let addressSpaceKB = 640 * 1024
     static let gib = 1 << 30
 
     /// Runs `tarflow args` under `ulimit -v kilobytes` (and a 300 s timeout, so a hang fails
@@ -117,8 +120,8 @@ extension CLIHardeningTests {
     // MARK: .pth
 
     /// A tensor declared as 2^28 floats over a 1 GiB entry of deflated zeros: refused from the
-    /// pickle's shapes before anything is inflated. The entry's deflate stream is also cut
-    /// short, so inflating it at all would end in a different error.
+    /// pickle's shapes before anything is inflated. The end of the entry's deflate stream is
+    /// also damaged, so inflating it would end in a different error (or out of memory).
     func testPTHTensorOfDeflatedZerosIsRefusedBeforeInflating() throws {
         let good = try tinyStateDictPTH("good.pth")
         let converted = tmp.appendingPathComponent("good.tflow").path
@@ -130,7 +133,9 @@ extension CLIHardeningTests {
         let path = try tinyStateDictPTH("shape-bomb.pth", hostile: Self.bombTensor) { numel, shape in
             numel = Self.gib / 4
             shape = [Self.gib / 4]
-            return StoredZip.Entry(name: "", method: 8, crc: bomb.crc, data: Array(bomb.bytes.prefix(bomb.bytes.count / 2)), size: Self.gib)
+            var damaged = bomb.bytes
+            for i in (damaged.count - 64)..<(damaged.count - 32) { damaged[i] ^= 0x5A }
+            return StoredZip.Entry(name: "", method: 8, crc: bomb.crc, data: damaged, size: Self.gib)
         }
         try assertRefusedUnderLimit(["convert", path, "-o", keep.path, "--image-size", "4"], file: path,
                                     mentions: ["'\(Self.bombTensor)' has shape [268435456]", "needs [192, 64]"])
@@ -249,6 +254,28 @@ extension CLIHardeningTests {
         XCTAssertThrowsError(try NPY.read(contentsOf: url, maxItems: 2)) { XCTAssertTrue("\($0)".contains("1 bytes after the array data"), "\($0)") }
         XCTAssertEqual(truncate(url.path, off_t(fileSize - 1)), 0)
         XCTAssertThrowsError(try NPY.read(contentsOf: url, maxItems: 2)) { XCTAssertTrue("\($0)".contains("truncated"), "\($0)") }
+    }
+
+    /// Under `ulimit -v` the memory left for plans keeps OpenBLAS's buffer aside: OpenBLAS
+    /// retries a failed buffer allocation forever, so without it `denoise` hung in its first
+    /// sgemm instead of being refused. Checked in this process, with a soft limit 1 GB above
+    /// what is mapped now (restored after).
+    func testMemoryLimitKeepsTheBLASBufferAside() throws {
+        var saved = rlimit()
+        XCTAssertEqual(getrlimit(__rlimit_resource_t(RLIMIT_AS.rawValue), &saved), 0)
+        let status = try String(contentsOfFile: "/proc/self/status", encoding: .utf8)
+        let mapped = MemoryLimit.statusBytes(status, "VmSize")
+        let soft = rlim_t(mapped + (1 << 30))
+        try XCTSkipIf(saved.rlim_max != rlim_t.max && saved.rlim_max < soft, "the hard RLIMIT_AS is below what this test sets")
+        var tight = saved
+        tight.rlim_cur = soft
+        XCTAssertEqual(setrlimit(__rlimit_resource_t(RLIMIT_AS.rawValue), &tight), 0)
+        let limit = MemoryLimit.current()
+        XCTAssertEqual(setrlimit(__rlimit_resource_t(RLIMIT_AS.rawValue), &saved), 0)
+        XCTAssertTrue(limit.source.hasPrefix("RLIMIT_AS (ulimit -v) \(soft) bytes") && limit.source.contains("\(MemoryLimit.blasBufferBytes) kept for the BLAS buffer"), limit.source)
+        // What was mapped may have grown a little between the two reads, never by the buffer's size.
+        XCTAssertLessThanOrEqual(limit.bytes, (1 << 30) - MemoryLimit.blasBufferBytes)
+        XCTAssertGreaterThan(limit.bytes, (1 << 30) - MemoryLimit.blasBufferBytes - (64 << 20))
     }
 
     /// Labels from a .npy with a limit: the first ones, and how many the file holds.
