@@ -20,17 +20,27 @@ public struct MemoryLimit: Sendable, Equatable, CustomStringConvertible {
     /// every call, since limits and usage change.
     public static func current(cgroupRoot: String = "/sys/fs/cgroup") -> MemoryLimit {
         var best = MemoryLimit(bytes: physicalRAM(), source: "physical RAM")
-        func consider(_ limit: Int?, used: Int, _ name: String) {
+        func consider(_ limit: Int?, used: Int, reserve: Int = 0, _ name: String) {
             guard let limit, limit > 0 else { return }
-            let left = max(limit - used, 0)
-            if left < best.bytes { best = MemoryLimit(bytes: left, source: "\(name) \(limit) bytes, \(used) already in use") }
+            let left = max(limit - used - reserve, 0)
+            if left < best.bytes {
+                best = MemoryLimit(bytes: left, source: "\(name) \(limit) bytes, \(used) already in use" + (reserve > 0 ? ", \(reserve) kept for the BLAS buffer" : ""))
+            }
         }
         let status = (try? String(contentsOfFile: "/proc/self/status", encoding: .utf8)) ?? ""
-        consider(rlimit(RLIMIT_AS), used: statusBytes(status, "VmSize"), "RLIMIT_AS (ulimit -v)")
-        consider(rlimit(RLIMIT_DATA), used: statusBytes(status, "VmData"), "RLIMIT_DATA (ulimit -d)")
+        consider(rlimit(RLIMIT_AS), used: statusBytes(status, "VmSize"), reserve: blasBufferBytes, "RLIMIT_AS (ulimit -v)")
+        consider(rlimit(RLIMIT_DATA), used: statusBytes(status, "VmData"), reserve: blasBufferBytes, "RLIMIT_DATA (ulimit -d)")
         if let (limit, used) = cgroupLimit(root: cgroupRoot) { consider(limit, used: used, "cgroup memory.max") }
         return best
     }
+
+    /// The address space OpenBLAS needs for its work buffer at a thread's first sgemm: its
+    /// BUFFER_SIZE (128 MiB on x86-64), malloc'ed from a new arena that reserves as much again
+    /// while it is made. OpenBLAS retries a failed allocation forever, so a run that leaves
+    /// less than this under `ulimit -v` or `-d` hangs in its first matrix product instead of
+    /// failing (measured: `denoise` on mnist under `ulimit -v 700000`): it is kept out of what a
+    /// plan may use. (cgroup limits count touched pages only, and the buffer is mostly untouched.)
+    public static let blasBufferBytes = 256 << 20
 
     /// A "Key:   N kB" line of /proc/self/status, in bytes (0 when absent).
     static func statusBytes(_ status: String, _ key: String) -> Int {

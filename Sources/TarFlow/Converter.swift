@@ -24,11 +24,21 @@ public enum Converter {
     }
 
     /// `progress(done, total)` counts the checkpoint's tensors as they are read.
+    /// The architecture is inferred and every tensor's name, dtype and shape checked before any
+    /// tensor data is read, so a checkpoint whose tensors the model cannot use (a 1 GiB tensor of
+    /// deflated zeros in a small file) costs only its header. Errors name the file.
     public static func convert(checkpoint url: URL, options: Options, progress: ((Int, Int) -> Void)? = nil) throws -> Model {
-        let tensors = try Checkpoint.read(contentsOf: url, key: options.key, progress: progress)
         var opts = options
         if opts.noiseStd == nil { opts.noiseStd = noiseStd(fromFileName: url.lastPathComponent) }
-        var model = try convert(tensors: tensors, options: opts)
+        var model: Model
+        do {
+            let tensors = try Checkpoint.read(contentsOf: url, key: options.key, progress: progress) { infos in
+                _ = try config(of: infos, options: opts)
+            }
+            model = try convert(tensors: tensors, options: opts)
+        } catch TarFlowError.invalidCheckpoint(let m) {
+            throw TarFlowError.invalidCheckpoint("\(url.path): \(m)")
+        }
         model.metadata["source.file"] = .string(url.lastPathComponent)
         model.metadata["source.format"] = .string(url.pathExtension.lowercased() == "safetensors" ? "safetensors" : "pytorch")
         return model
@@ -45,7 +55,32 @@ public enum Converter {
     }
 
     public static func convert(tensors: [CheckpointTensor], options: Options) throws -> Model {
+        let config = try config(of: tensors.map { CheckpointTensorInfo(name: $0.name, dtype: $0.dtype, shape: $0.shape) }, options: options)
         var byName: [String: CheckpointTensor] = [:]
+        for t in tensors { byName[t.name] = t }
+        let expected = expectedShapes(config)
+        var weights: [WeightTensor] = []
+        for name in expected.keys.sorted() {
+            let t = byName[name]!
+            let dtype: DType = switch t.dtype {
+            case .float32: .float32
+            case .float16: .float16
+            case .bfloat16: .bfloat16
+            case .int64: .int64
+            }
+            if let i = firstNonFinite(t.data, dtype) {
+                throw TarFlowError.invalidCheckpoint("tensor '\(name)' holds NaN or Inf at element \(i); the checkpoint is damaged (or was saved after training diverged): use another checkpoint")
+            }
+            weights.append(WeightTensor(name: name, dtype: dtype, shape: t.shape, bytes: TensorBytes(t.data)))
+        }
+        return try assemble(config: config, weights: weights, noiseStd: options.noiseStd)
+    }
+
+    /// The architecture of a state dict, inferred from its tensors' names and shapes, with every
+    /// tensor the official model has checked for its exact shape and nothing unexpected (an
+    /// `attn_mask` buffer is [T, T]): needs no tensor data, so it runs before any is read.
+    static func config(of tensors: [CheckpointTensorInfo], options: Options) throws -> TarFlowConfig {
+        var byName: [String: CheckpointTensorInfo] = [:]
         for t in tensors {
             guard byName[t.name] == nil else { throw TarFlowError.invalidCheckpoint("tensor '\(t.name)' appears twice") }
             byName[t.name] = t
@@ -88,27 +123,20 @@ public enum Converter {
         for (name, s) in expected {
             let got = try shape(name)
             guard got == s else { throw TarFlowError.invalidCheckpoint("tensor '\(name)' has shape \(got), the inferred config \(summary(config)) needs \(s)") }
+            guard byName[name]?.dtype != .int64 else { throw TarFlowError.invalidCheckpoint("tensor '\(name)' is int64; TarFlow weights are floating point") }
         }
+        let masks = Set((0..<numBlocks).map { "blocks.\($0).attn_mask" })
         for t in tensors where expected[t.name] == nil {
-            if t.name.hasSuffix(".attn_mask") { continue }  // the causal mask is an op, not a weight
+            // The causal mask is an op, not a weight; its buffer is skipped, but only at its size.
+            if masks.contains(t.name) {
+                guard t.shape == [T, T] else {
+                    throw TarFlowError.invalidCheckpoint("tensor '\(t.name)' has shape \(t.shape), the inferred config \(summary(config)) needs [\(T), \(T)]")
+                }
+                continue
+            }
             throw TarFlowError.invalidCheckpoint("unexpected tensor '\(t.name)' (shape \(t.shape)) for config \(summary(config))")
         }
-        var weights: [WeightTensor] = []
-        for name in expected.keys.sorted() {
-            let t = byName[name]!
-            let dtype: DType = switch t.dtype {
-            case .float32: .float32
-            case .float16: .float16
-            case .bfloat16: .bfloat16
-            case .int64: .int64
-            }
-            guard dtype != .int64 else { throw TarFlowError.invalidCheckpoint("tensor '\(name)' is int64; TarFlow weights are floating point") }
-            if let i = firstNonFinite(t.data, dtype) {
-                throw TarFlowError.invalidCheckpoint("tensor '\(name)' holds NaN or Inf at element \(i); the checkpoint is damaged (or was saved after training diverged): use another checkpoint")
-            }
-            weights.append(WeightTensor(name: name, dtype: dtype, shape: t.shape, bytes: TensorBytes(t.data)))
-        }
-        return try assemble(config: config, weights: weights, noiseStd: options.noiseStd)
+        return config
     }
 
     /// Builds the graphs over the given weights and records the config as metadata.

@@ -66,7 +66,8 @@ public struct ImageSet: Sendable {
     }
 
     /// Loads images for a model with `channels` channels of `size`×`size` pixels; with `limit`,
-    /// only the first `limit` images (a compressed IDX file is inflated no further).
+    /// only the first `limit` images (only their rows of a `.npy` are read, and a compressed IDX
+    /// file is inflated no further).
     public static func load(contentsOf url: URL, channels: Int, size: Int, limit: Int? = nil) throws -> ImageSet {
         var set = try loadAll(contentsOf: url, channels: channels, size: size, limit: limit)
         if let limit, set.count > limit {
@@ -90,7 +91,9 @@ public struct ImageSet: Sendable {
         let array: HostArray
         var fileCount: Int?
         if lower.hasSuffix(".npy") {
-            array = try NPY.read(contentsOf: url)
+            let r = try NPY.read(contentsOf: url, maxItems: limit)
+            array = r.array
+            fileCount = r.fileCount
         } else if lower.contains("idx") || lower.hasSuffix(".gz") || lower.contains("ubyte") {
             let r = try IDX.read(contentsOf: url, maxItems: limit)
             array = r.array
@@ -137,7 +140,9 @@ public struct ImageSet: Sendable {
         let a: HostArray
         var fileCount: Int?
         if lower.hasSuffix(".npy") {
-            a = try NPY.read(contentsOf: url)
+            let r = try NPY.read(contentsOf: url, maxItems: limit)
+            a = r.array
+            fileCount = r.fileCount
         } else {
             let r = try IDX.read(contentsOf: url, maxItems: limit)
             a = r.array

@@ -552,25 +552,38 @@ struct PickleWriter {
 /// Writes a zip of stored (uncompressed) entries, independent of the reader's zip library.
 enum StoredZip {
     static func make(_ entries: [(String, [UInt8])]) -> [UInt8] {
+        make(entries: entries.map { Entry(name: $0.0, method: 0, crc: crc32($0.1), data: $0.1, size: $0.1.count) })
+    }
+
+    /// One entry as written: `data` is stored (method 0) or raw deflate (method 8) of `size`
+    /// bytes with checksum `crc`; a hostile file declares what it likes.
+    struct Entry {
+        var name: String
+        var method: Int
+        var crc: UInt32
+        var data: [UInt8]
+        var size: Int
+    }
+
+    static func make(entries: [Entry]) -> [UInt8] {
         var out: [UInt8] = []
         var central: [UInt8] = []
         func u16(_ v: Int, _ buf: inout [UInt8]) { buf += [UInt8(v & 0xFF), UInt8((v >> 8) & 0xFF)] }
         func u32(_ v: UInt32, _ buf: inout [UInt8]) {
             buf += [UInt8(v & 0xFF), UInt8((v >> 8) & 0xFF), UInt8((v >> 16) & 0xFF), UInt8(v >> 24)]
         }
-        for (name, data) in entries {
-            let nameBytes = Array(name.utf8)
-            let crc = crc32(data)
+        for e in entries {
+            let nameBytes = Array(e.name.utf8)
             let offset = UInt32(out.count)
             u32(0x0403_4B50, &out)
-            u16(20, &out); u16(0, &out); u16(0, &out); u16(0, &out); u16(0x21, &out)
-            u32(crc, &out); u32(UInt32(data.count), &out); u32(UInt32(data.count), &out)
+            u16(20, &out); u16(0, &out); u16(e.method, &out); u16(0, &out); u16(0x21, &out)
+            u32(e.crc, &out); u32(UInt32(e.data.count), &out); u32(UInt32(e.size), &out)
             u16(nameBytes.count, &out); u16(0, &out)
             out += nameBytes
-            out += data
+            out += e.data
             u32(0x0201_4B50, &central)
-            u16(20, &central); u16(20, &central); u16(0, &central); u16(0, &central); u16(0, &central); u16(0x21, &central)
-            u32(crc, &central); u32(UInt32(data.count), &central); u32(UInt32(data.count), &central)
+            u16(20, &central); u16(20, &central); u16(0, &central); u16(e.method, &central); u16(0, &central); u16(0x21, &central)
+            u32(e.crc, &central); u32(UInt32(e.data.count), &central); u32(UInt32(e.size), &central)
             u16(nameBytes.count, &central); u16(0, &central); u16(0, &central); u16(0, &central); u16(0, &central)
             u32(0, &central); u32(offset, &central)
             central += nameBytes

@@ -94,6 +94,20 @@ public struct CheckpointTensor: Sendable {
     }
 }
 
+/// A tensor as the checkpoint declares it, before its bytes are read: what a caller needs to
+/// refuse a file whose tensors it cannot use without inflating or reading their data.
+public struct CheckpointTensorInfo: Sendable, Equatable {
+    public var name: String
+    public var dtype: CheckpointDType
+    public var shape: [Int]
+
+    public init(name: String, dtype: CheckpointDType, shape: [Int]) {
+        self.name = name
+        self.dtype = dtype
+        self.shape = shape
+    }
+}
+
 /// A checkpoint could not be read. One line says which file, which tensor / opcode / global,
 /// what is wrong and what to do.
 public struct CheckpointError: Error, CustomStringConvertible, Sendable {
@@ -162,9 +176,26 @@ public enum Checkpoint {
     /// than one candidate without it is an error that lists them); its other entries (optimizer
     /// state, numbers, strings) are skipped unread. Name prefixes `module.`
     /// (DistributedDataParallel) and `_orig_mod.` (torch.compile) are stripped.
-    /// `progress(done, total)` is called after each tensor is read.
-    public static func read(contentsOf url: URL, key: String? = nil, progress: ((Int, Int) -> Void)? = nil) throws -> [CheckpointTensor] {
-        try stripWrapperPrefixes(readAll(contentsOf: url, key: key, progress: progress), file: url.path)
+    /// `progress(done, total)` is called after each tensor is read. `check` sees every tensor's
+    /// name (prefixes stripped), dtype and shape after the pickle or header is parsed and before
+    /// any tensor data is read or inflated, so a caller that knows which shapes it can use
+    /// refuses a hostile file (a 1 GiB tensor of deflated zeros) at the cost of its header.
+    public static func read(contentsOf url: URL, key: String? = nil, progress: ((Int, Int) -> Void)? = nil,
+                            check: (([CheckpointTensorInfo]) throws -> Void)? = nil) throws -> [CheckpointTensor] {
+        let file = url.path
+        let checkStripped = check.map { check in
+            { (infos: [CheckpointTensorInfo]) throws in
+                let names = try strippedNames(infos.map(\.name), file: file)
+                try check(zip(infos, names).map { CheckpointTensorInfo(name: $1, dtype: $0.dtype, shape: $0.shape) })
+            }
+        }
+        let tensors = try readAll(contentsOf: url, key: key, progress: progress, check: checkStripped)
+        let names = try strippedNames(tensors.map(\.name), file: file)
+        return zip(tensors, names).map { t, name in
+            var t = t
+            t.name = name
+            return t
+        }
     }
 
     /// Prefixes that wrappers add to every parameter name of the model they wrap.
@@ -172,38 +203,37 @@ public enum Checkpoint {
 
     /// Names without `wrapperPrefixes` (repeatedly: `_orig_mod.module.x` is `x`); two tensors
     /// that end up with the same name are refused.
-    static func stripWrapperPrefixes(_ tensors: [CheckpointTensor], file: String) throws -> [CheckpointTensor] {
+    static func strippedNames(_ names: [String], file: String) throws -> [String] {
         var original: [String: String] = [:]
-        return try tensors.map { t in
-            var t = t
-            var name = Substring(t.name)
+        return try names.map { full in
+            var name = Substring(full)
             while let p = wrapperPrefixes.first(where: { name.hasPrefix($0) }) { name = name.dropFirst(p.count) }
             let stripped = String(name)
-            if let other = original.updateValue(t.name, forKey: stripped) {
-                throw CheckpointError(.notAStateDict, file: file, subject: t.name,
-                                      "'\(other)' and '\(t.name)' are both '\(stripped)' once the prefixes \(wrapperPrefixes.joined(separator: " and ")) are removed",
+            if let other = original.updateValue(full, forKey: stripped) {
+                throw CheckpointError(.notAStateDict, file: file, subject: full,
+                                      "'\(other)' and '\(full)' are both '\(stripped)' once the prefixes \(wrapperPrefixes.joined(separator: " and ")) are removed",
                                       hint: "save one model's state dict")
             }
-            t.name = stripped
-            return t
+            return stripped
         }
     }
 
-    static func readAll(contentsOf url: URL, key: String?, progress: ((Int, Int) -> Void)?) throws -> [CheckpointTensor] {
+    static func readAll(contentsOf url: URL, key: String?, progress: ((Int, Int) -> Void)?,
+                        check: (([CheckpointTensorInfo]) throws -> Void)?) throws -> [CheckpointTensor] {
         let path = url.path
         let file = try CheckpointFile(url: url)
         defer { file.close() }
         let head = try file.read(at: 0, count: min(9, file.size), what: "file header")
         if head.count >= 4, head[0] == 0x50, head[1] == 0x4B, head[2] == 0x03, head[3] == 0x04 {
             file.close()
-            return try CheckpointTorchZip.read(url: url, fileSize: file.size, key: key, progress: progress)
+            return try CheckpointTorchZip.read(url: url, fileSize: file.size, key: key, progress: progress, check: check)
         }
         if head.count == 9, head[8] == UInt8(ascii: "{") {
             if let key {
                 throw CheckpointError(.notAStateDict, file: path, subject: "--key \(key)",
                                       "a safetensors file holds one flat state dict, with no entries to choose from", hint: "drop --key")
             }
-            let tensors = try CheckpointSafetensors.read(file: file)
+            let tensors = try CheckpointSafetensors.read(file: file, check: check)
             progress?(tensors.count, tensors.count)
             return tensors
         }

@@ -17,7 +17,8 @@ enum CheckpointSafetensors {
         var end: Int
     }
 
-    static func read(file: CheckpointFile) throws -> [CheckpointTensor] {
+    /// `check` sees every tensor's dtype and shape before any tensor data is read.
+    static func read(file: CheckpointFile, check: (([CheckpointTensorInfo]) throws -> Void)? = nil) throws -> [CheckpointTensor] {
         let path = file.path
         let lengthBytes = try file.read(at: 0, count: 8, what: "safetensors header length")
         var headerLength: UInt64 = 0
@@ -78,6 +79,8 @@ enum CheckpointSafetensors {
             previousEnd = spec.end
             previousName = spec.name
         }
+
+        try check?(specs.map { CheckpointTensorInfo(name: $0.name, dtype: $0.dtype, shape: $0.shape) })
 
         var tensors: [CheckpointTensor] = []
         tensors.reserveCapacity(specs.count)

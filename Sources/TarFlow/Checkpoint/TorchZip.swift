@@ -14,7 +14,8 @@ enum CheckpointTorchZip {
     /// Upper bound for `data.pkl` itself.
     static let maxPickleBytes = 1 << 30
 
-    static func read(url: URL, fileSize: Int, key: String? = nil, progress: ((Int, Int) -> Void)? = nil) throws -> [CheckpointTensor] {
+    static func read(url: URL, fileSize: Int, key: String? = nil, progress: ((Int, Int) -> Void)? = nil,
+                     check: (([CheckpointTensorInfo]) throws -> Void)? = nil) throws -> [CheckpointTensor] {
         let path = url.path
         let archive: Archive
         do {
@@ -65,7 +66,7 @@ enum CheckpointTorchZip {
             throw CheckpointError(.malformedArchive, file: path, "data.pkl disappeared from the index")
         }
         let pickle = try reader.read(pickleEntry, name: "\(prefix)/data.pkl", expected: nil, cap: maxPickleBytes)
-        return try assemble(pickle: pickle, file: path, key: key, progress: progress) { key, nbytes, name in
+        return try assemble(pickle: pickle, file: path, key: key, progress: progress, check: check) { key, nbytes, name in
             let entryName = "\(prefix)/data/\(key)"
             guard let entry = entries[entryName] else {
                 throw CheckpointError(.malformedArchive, file: path, subject: name,
@@ -78,7 +79,9 @@ enum CheckpointTorchZip {
 
     /// The tensors of a state_dict pickle, each storage's bytes supplied once by
     /// `storage(key, byteCount, firstTensorName)` (which must return exactly `byteCount` bytes).
+    /// `check` sees every tensor's declared dtype and shape before any storage is loaded.
     static func assemble(pickle: [UInt8], file path: String, key: String? = nil, progress: ((Int, Int) -> Void)? = nil,
+                         check: (([CheckpointTensorInfo]) throws -> Void)? = nil,
                          storage load: (String, Int, String) throws -> [UInt8]) throws -> [CheckpointTensor] {
         let refs = try CheckpointUnpickler.load(pickle, file: path, key: key)
 
@@ -121,6 +124,8 @@ enum CheckpointTorchZip {
                                       hint: "the checkpoint is damaged or hostile; save the tensors with .clone() (their own storages)")
             }
         }
+
+        try check?(refs.map { CheckpointTensorInfo(name: $0.name, dtype: $0.tensor.storage.dtype, shape: $0.tensor.shape) })
 
         var cache: [String: [UInt8]] = [:]
         progress?(0, refs.count)

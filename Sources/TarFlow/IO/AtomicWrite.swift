@@ -80,3 +80,52 @@ func readFileBytes(at url: URL, maxBytes: Int) throws -> [UInt8] {
     bytes.removeLast(bytes.count - filled)
     return bytes
 }
+
+/// An open regular file read by position, so a reader that needs a header and then part of the
+/// data (the first N images) reads no more than that, whatever the file's size.
+final class PositionalFile {
+    let path: String
+    /// The size `fstat` reported at open.
+    let size: Int
+    private let fd: Int32
+
+    init(url: URL) throws {
+        path = url.standardizedFileURL.path
+        // O_NONBLOCK: a FIFO must not wait for a writer (it is refused below).
+        fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC)
+        guard fd >= 0 else { throw FileAccessError.system(operation: "open", path: path, errno: errno) }
+        var info = stat()
+        guard fstat(fd, &info) == 0 else {
+            let code = errno
+            _ = close(fd)
+            throw FileAccessError.system(operation: "fstat", path: path, errno: code)
+        }
+        guard (info.st_mode & S_IFMT) == S_IFREG else {
+            _ = close(fd)
+            throw FileAccessError.notRegularFile(path: path)
+        }
+        size = Int(info.st_size)
+    }
+
+    deinit { _ = close(fd) }
+
+    /// Bytes `range`, within the size at open; a file that shrank meanwhile is an error.
+    func read(_ range: Range<Int>) throws -> [UInt8] {
+        precondition(range.lowerBound >= 0 && range.upperBound <= size, "PositionalFile.read: \(range) outside \(size) bytes")
+        let lower = range.lowerBound
+        var bytes = [UInt8](repeating: 0, count: range.count)
+        var filled = 0
+        try bytes.withUnsafeMutableBytes { buffer in
+            while filled < buffer.count, let base = buffer.baseAddress {
+                let got = pread(fd, base + filled, buffer.count - filled, off_t(lower + filled))
+                if got < 0 {
+                    if errno == EINTR { continue }
+                    throw FileAccessError.system(operation: "read", path: path, errno: errno)
+                }
+                if got == 0 { throw FileAccessError.changedWhileReading(path: path) }
+                filled += got
+            }
+        }
+        return bytes
+    }
+}

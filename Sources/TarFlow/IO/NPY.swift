@@ -24,8 +24,50 @@ public enum NPY {
         return try parse(bytes, path: url.path)
     }
 
+    /// The first `maxItems` entries of the first axis (images, labels), or all when nil, and
+    /// how many the file holds. Only the header and those rows are read: `--limit 2` on a 10 GB
+    /// file reads two images. The file's size must still match its header exactly.
+    public static func read(contentsOf url: URL, maxItems: Int?) throws -> (array: HostArray, fileCount: Int) {
+        guard let maxItems else {
+            let a = try read(contentsOf: url)
+            return (a, a.shape.first ?? 1)
+        }
+        let file = try PositionalFile(url: url)
+        let path = url.path
+        let head = try file.read(0..<min(file.size, 12 + maxHeaderBytes))
+        let l = try layout(head, path: path)
+        try checkDataSize(l, available: file.size - l.dataStart, fileSize: file.size, path: path)
+        guard let rows = l.shape.first, rows > maxItems, maxItems >= 0 else {
+            guard file.size <= maxFileBytes else { throw FileAccessError.tooLarge(path: path, size: file.size, limit: maxFileBytes) }
+            return (decode(try file.read(l.dataStart..<file.size), l), l.shape.first ?? 1)
+        }
+        let rowBytes = l.byteLength / rows
+        var shape = l.shape
+        shape[0] = maxItems
+        let part = Layout(dataStart: 0, shape: shape, element: l.element, bigEndian: l.bigEndian, count: l.count / rows * maxItems,
+                          byteLength: rowBytes * maxItems)
+        return (decode(try file.read(l.dataStart..<(l.dataStart + part.byteLength)), part), rows)
+    }
+
     /// Decodes an in-memory `.npy` file; `path` only labels errors.
     public static func parse(_ bytes: [UInt8], path: String = "<memory>") throws -> HostArray {
+        let l = try layout(bytes, path: path)
+        try checkDataSize(l, available: bytes.count - l.dataStart, fileSize: bytes.count, path: path)
+        return bytes.withUnsafeBytes { decode(UnsafeRawBufferPointer(rebasing: $0[l.dataStart...]), l) }
+    }
+
+    /// Where the data starts and what it holds, from the magic and header dictionary.
+    struct Layout {
+        var dataStart: Int
+        var shape: [Int]
+        var element: HostElement
+        var bigEndian: Bool
+        var count: Int
+        var byteLength: Int
+    }
+
+    /// The layout from the first bytes of a file (at least the whole header), every size checked.
+    static func layout(_ bytes: [UInt8], path: String) throws -> Layout {
         guard bytes.count >= 10, Array(bytes[0..<6]) == magic else { throw NPYError.notNPY(path: path) }
         let major = bytes[6], minor = bytes[7]
         guard (1...3).contains(major), minor == 0 else {
@@ -63,19 +105,26 @@ public enum NPY {
         guard !overflow else {
             throw NPYError.badHeader(path: path, reason: "shape \(header.shape) overflows the byte count")
         }
-        let available = bytes.count - dataStart
-        guard available >= byteLength else {
-            throw NPYError.truncated(path: path, what: "array data", expected: dataStart + byteLength, actual: bytes.count)
-        }
-        guard available == byteLength else {
-            throw NPYError.trailingBytes(path: path, extra: available - byteLength)
-        }
+        return Layout(dataStart: dataStart, shape: header.shape, element: element, bigEndian: bigEndian, count: count, byteLength: byteLength)
+    }
 
-        let storage = bytes.withUnsafeBytes { raw in
-            HostArray.decode(UnsafeRawBufferPointer(rebasing: raw[dataStart...]), element: element,
-                             count: count, bigEndian: bigEndian)
+    /// The data after the header must be exactly what the header declares.
+    private static func checkDataSize(_ l: Layout, available: Int, fileSize: Int, path: String) throws {
+        guard available >= l.byteLength else {
+            throw NPYError.truncated(path: path, what: "array data", expected: l.dataStart + l.byteLength, actual: fileSize)
         }
-        return HostArray(shape: header.shape, storage: storage)
+        guard available == l.byteLength else {
+            throw NPYError.trailingBytes(path: path, extra: available - l.byteLength)
+        }
+    }
+
+    /// `bytes` (exactly the data of `l`) as an array.
+    private static func decode(_ bytes: [UInt8], _ l: Layout) -> HostArray {
+        bytes.withUnsafeBytes { decode($0, l) }
+    }
+
+    private static func decode(_ raw: UnsafeRawBufferPointer, _ l: Layout) -> HostArray {
+        HostArray(shape: l.shape, storage: HostArray.decode(raw, element: l.element, count: l.count, bigEndian: l.bigEndian))
     }
 
     /// Maps a NumPy type string such as `<f4` to an element type and byte order.
