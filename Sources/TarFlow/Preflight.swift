@@ -42,7 +42,11 @@ public struct MemoryNeed: Sendable, Equatable, CustomStringConvertible {
         self.bytes = Saturating.add(self.bytes, bytes)
     }
 
-    static func gb(_ b: Int) -> String { b == Int.max ? "more than 9.2e9 GB" : String(format: "%.1f GB", Double(b) / 1e9) }
+    /// Bytes for people: GB with one decimal, MB below 1 GB (so a small need is not "0.0 GB").
+    static func gb(_ b: Int) -> String {
+        if b == Int.max { return "more than 9.2e9 GB" }
+        return b >= 1_000_000_000 ? String(format: "%.1f GB", Double(b) / 1e9) : String(format: "%.1f MB", Double(b) / 1e6)
+    }
 
     /// "about 1.2 GB (1234567890 bytes: forward plan arena 1000000000, batch images 234567890)".
     public var description: String {

@@ -29,6 +29,13 @@ final class PreflightTests: XCTestCase {
 
     /// 10 images in batches of 4 bind the forward plan at 4 and at 2 rows; the preflight counts
     /// exactly those two arenas.
+    /// Refusals print sizes people read: MB below 1 GB, never "0.0 GB" for a small need.
+    func testSizesInMessagesUseMBBelowAGigabyte() {
+        XCTAssertEqual(MemoryNeed.gb(1_500_000), "1.5 MB")
+        XCTAssertEqual(MemoryNeed.gb(2_340_000_000), "2.3 GB")
+        XCTAssertEqual(MemoryNeed.gb(Int.max), "more than 9.2e9 GB")
+    }
+
     func testLikelihoodArenasAreTheBoundPlans() throws {
         let m = try TarFlowModel(model: try TinyModels.model(), threads: 1)
         let need = try m.memoryNeed(.likelihood(images: 10, batchSize: 4, keepLatents: false))
