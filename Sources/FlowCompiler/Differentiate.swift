@@ -65,7 +65,7 @@ public struct Differentiate: CompilerPass {
         }
         let active = zip(reach, needed).map { $0 && $1 }
 
-        var t = Tape(g)
+        let t = GraphBuilder(extending: g, constants: constants, freshNamePrefix: "vjp")
         var contributions = [[ValueID]](repeating: [], count: g.values.count)
         do {
             if active[out] { contributions[out] = [try t.full(1, outType.shape)] }
@@ -73,7 +73,7 @@ public struct Differentiate: CompilerPass {
                 let y = n.outputs[0]
                 guard active[y], let gy = try t.sum(contributions[y]) else { continue }
                 let grads: [ValueID?]
-                do { grads = try vjp(n.op, inputs: n.inputs, output: y, gradient: gy, active: active, tape: &t) } catch let e as IRError {
+                do { grads = try vjp(n.op, inputs: n.inputs, output: y, gradient: gy, active: active, builder: t) } catch let e as IRError {
                     throw fail("internal error in the vector-Jacobian rule of \(n.op.name) (node \(ni) -> %\(g.values[y].name)): \(e)")
                 } catch let e as NoRule {
                     throw fail("no vector-Jacobian rule for \(e.what) (node \(ni) -> %\(g.values[y].name)): \(e.why)")
@@ -89,8 +89,8 @@ public struct Differentiate: CompilerPass {
                 // Two gradients can be the same value (d(a + b)); each output needs its own.
                 if claimed.contains(gv) { gv = try t.apply(.reshape(shape: t.type(gv).shape), gv) }
                 claimed.insert(gv)
-                t.graph.values[gv].name = "grad.\(w)"
-                t.graph.outputs.append(gv)
+                t.rename(gv, "grad.\(w)")
+                t.output(gv)
             }
         } catch let e as IRError {
             throw fail("internal error while building the gradient: \(e)")
@@ -110,7 +110,7 @@ public struct Differentiate: CompilerPass {
     /// The vector-Jacobian product of one op: given `gradient` (of the op's result), the
     /// gradient contribution of each input, or nil for inputs off the active path.
     static func vjp(_ op: Op, inputs x: [ValueID], output y: ValueID, gradient g: ValueID, active: [Bool],
-                    tape t: inout Tape) throws -> [ValueID?] {
+                    builder t: GraphBuilder) throws -> [ValueID?] {
         func on(_ i: Int) -> Bool { active[x[i]] }
         switch op {
         case .constant, .full:
@@ -278,72 +278,47 @@ public struct Differentiate: CompilerPass {
         }
         return p
     }
+}
 
-    /// The graph being extended, with fresh value names.
-    struct Tape {
-        var graph: Graph
-        var names: Set<String>
-        var counter = 0
+/// The gradient's building blocks on top of `GraphBuilder`.
+extension GraphBuilder {
+    func full(_ value: Float, _ shape: [Dim]) throws(IRError) -> ValueID {
+        try apply(.full(value: value, shape: shape))
+    }
 
-        init(_ g: Graph) {
-            graph = g
-            names = Set(g.values.map(\.name))
+    /// Sum of gradient contributions (nil when there are none).
+    func sum(_ vs: [ValueID]) throws(IRError) -> ValueID? {
+        guard var acc = vs.first else { return nil }
+        for v in vs.dropFirst() { acc = try apply(.add, acc, v) }
+        return acc
+    }
+
+    /// `g` (of a broadcast result's shape) summed down to the shape of operand `x`.
+    func unbroadcast(_ g: ValueID, _ x: ValueID) throws(IRError) -> ValueID {
+        let target = type(x).shape
+        var v = g
+        var s = type(g).shape
+        if s == target { return v }
+        let lead = s.count - target.count
+        if lead > 0 {
+            v = try apply(.reduceSum(axes: Array(0..<lead), keepDims: false), v)
+            s = type(v).shape
         }
+        let axes = target.indices.filter { target[$0] == 1 && s[$0] != 1 }
+        if !axes.isEmpty { v = try apply(.reduceSum(axes: axes, keepDims: true), v) }
+        return v
+    }
 
-        func type(_ v: ValueID) -> TensorType { graph.values[v].type }
+    /// `g` broadcast to `shape` (there is no broadcast op: add zeros of that shape).
+    func expand(_ g: ValueID, to shape: [Dim]) throws(IRError) -> ValueID {
+        if type(g).shape == shape { return g }
+        return try apply(.add, g, full(0, shape))
+    }
 
-        mutating func apply(_ op: Op, _ inputs: ValueID...) throws(IRError) -> ValueID {
-            let type = try op.resultType(inputs.map { graph.values[$0].type })
-            var name: String
-            repeat {
-                counter += 1
-                name = "vjp\(counter)"
-            } while names.contains(name)
-            names.insert(name)
-            graph.values.append(Value(name: name, type: type))
-            let id = graph.values.count - 1
-            graph.nodes.append(Node(op: op, inputs: inputs, outputs: [id]))
-            return id
-        }
-
-        mutating func full(_ value: Float, _ shape: [Dim]) throws(IRError) -> ValueID {
-            try apply(.full(value: value, shape: shape))
-        }
-
-        /// Sum of gradient contributions (nil when there are none).
-        mutating func sum(_ vs: [ValueID]) throws(IRError) -> ValueID? {
-            guard var acc = vs.first else { return nil }
-            for v in vs.dropFirst() { acc = try apply(.add, acc, v) }
-            return acc
-        }
-
-        /// `g` (of a broadcast result's shape) summed down to the shape of operand `x`.
-        mutating func unbroadcast(_ g: ValueID, _ x: ValueID) throws(IRError) -> ValueID {
-            let target = type(x).shape
-            var v = g
-            var s = type(g).shape
-            if s == target { return v }
-            let lead = s.count - target.count
-            if lead > 0 {
-                v = try apply(.reduceSum(axes: Array(0..<lead), keepDims: false), v)
-                s = type(v).shape
-            }
-            let axes = target.indices.filter { target[$0] == 1 && s[$0] != 1 }
-            if !axes.isEmpty { v = try apply(.reduceSum(axes: axes, keepDims: true), v) }
-            return v
-        }
-
-        /// `g` broadcast to `shape` (there is no broadcast op: add zeros of that shape).
-        mutating func expand(_ g: ValueID, to shape: [Dim]) throws(IRError) -> ValueID {
-            if type(g).shape == shape { return g }
-            return try apply(.add, g, full(0, shape))
-        }
-
-        /// Sums `v` over all but its last `keep` axes.
-        mutating func sumLeading(_ v: ValueID, keep: Int) throws(IRError) -> ValueID {
-            let r = type(v).rank
-            if r <= keep { return v }
-            return try apply(.reduceSum(axes: Array(0..<(r - keep)), keepDims: false), v)
-        }
+    /// Sums `v` over all but its last `keep` axes.
+    func sumLeading(_ v: ValueID, keep: Int) throws(IRError) -> ValueID {
+        let r = type(v).rank
+        if r <= keep { return v }
+        return try apply(.reduceSum(axes: Array(0..<(r - keep)), keepDims: false), v)
     }
 }

@@ -9,21 +9,15 @@ import FlowIR
 ///
 /// The shift, split and flip become indexing in one pass over x. Other readers of the
 /// pieces (e.g. a log-determinant's mean of the scale half) keep them alive.
-public struct FuseAffineCoupling: CompilerPass {
+public struct FuseAffineCoupling: CompilerPass, NodeRewrite {
     public var name: String { "fuse-affine-coupling" }
     public init() {}
 
     public func run(_ graph: inout Graph, context: PassContext) throws -> Bool {
-        var changed = false
-        var idx = GraphIndex(graph)
-        for i in graph.nodes.indices {
-            guard let (op, inputs, at) = match(i, idx) else { continue }
-            graph.replaceNode(at, op: op, inputs: inputs)
-            idx = GraphIndex(graph)
-            changed = true
-        }
-        return changed
+        RewriteDriver.sweep(self, &graph).changed
     }
+
+    func rewrite(at i: Int, _ index: GraphIndex) -> (op: Op, inputs: [ValueID])? { match(i, index) }
 
     /// The shift (k) and source p of s = pad(slice(p)).
     func shifted(_ s: ValueID, _ g: GraphIndex) -> (Int, ValueID)? {
@@ -34,17 +28,15 @@ public struct FuseAffineCoupling: CompilerPass {
         return (k, sl.inputs[0])
     }
 
-    /// Matches at node `i` (the z node, or a flip of a single-use z). Returns the op, its
-    /// inputs, and which node index takes it.
-    func match(_ i: Int, _ g: GraphIndex) -> (Op, [ValueID], Int)? {
+    /// Matches at node `i` (the z node, or a flip of a single-use z, which then takes the
+    /// whole pattern). Returns the op and its inputs.
+    func match(_ i: Int, _ g: GraphIndex) -> (Op, [ValueID])? {
         var node = g.graph.nodes[i]
         var flip = false
-        var at = i
         if case .flip(1) = node.op, let zi = g.producer[node.inputs[0]], g.single(node.inputs[0]) {
             flip = true
             node = g.graph.nodes[zi]
-            at = i
-        } else if g.single(node.outputs[0]), g.graph.nodes.contains(where: { $0.op == .flip(axis: 1) && $0.inputs[0] == node.outputs[0] }) {
+        } else if let reader = g.soleReader(node.outputs[0]), reader.op == .flip(axis: 1) {
             return nil  // the flip that reads it will take the whole pattern
         }
         let x: ValueID, p: ValueID, k: Int, hasScale: Bool
@@ -65,8 +57,8 @@ public struct FuseAffineCoupling: CompilerPass {
             return nil
         }
         let op = Op.affineCoupling(shift: k, hasScale: hasScale, flip: flip)
-        let outValue = g.graph.nodes[at].outputs[0]
+        let outValue = g.graph.nodes[i].outputs[0]
         guard let t = try? op.resultType([g.graph.values[x].type, g.graph.values[p].type]), t == g.graph.values[outValue].type else { return nil }
-        return (op, [x, p], at)
+        return (op, [x, p])
     }
 }

@@ -9,7 +9,7 @@ import FlowIR
 ///
 /// q, k and v may also be head-major values [B,H,N,d] (e.g. a KV cache). The op reads the
 /// sources in place (no head split or merge copies) and applies the mask inline.
-public struct FuseAttention: CompilerPass {
+public struct FuseAttention: CompilerPass, NodeRewrite {
     public var name: String { "fuse-attention" }
     public init() {}
 
@@ -18,16 +18,10 @@ public struct FuseAttention: CompilerPass {
     struct Source { var value: ValueID; var offset: Int }
 
     public func run(_ graph: inout Graph, context: PassContext) throws -> Bool {
-        var changed = false
-        var idx = GraphIndex(graph)
-        for i in graph.nodes.indices {
-            guard let (op, inputs) = match(at: i, idx) else { continue }
-            graph.replaceNode(i, op: op, inputs: inputs)
-            idx = GraphIndex(graph)
-            changed = true
-        }
-        return changed
+        RewriteDriver.sweep(self, &graph).changed
     }
+
+    func rewrite(at i: Int, _ index: GraphIndex) -> (op: Op, inputs: [ValueID])? { match(at: i, index) }
 
     func match(at i: Int, _ g: GraphIndex) -> (Op, [ValueID])? {
         // Merge: reshape[B,M,H·d](transpose[0,2,1,3](o)).

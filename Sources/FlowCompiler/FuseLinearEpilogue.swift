@@ -8,37 +8,33 @@ import FlowIR
 ///
 /// so bias and residual ride on the GEMM's β = 1 and GELU runs on each output tile while it is
 /// in cache. The linear's result must have no other reader.
-public struct FuseLinearEpilogue: CompilerPass {
+public struct FuseLinearEpilogue: CompilerPass, NodeRewrite {
     public var name: String { "fuse-linear-epilogue" }
     public init() {}
 
     public func run(_ graph: inout Graph, context: PassContext) throws -> Bool {
-        var changed = false
-        var idx = GraphIndex(graph)
-        for i in graph.nodes.indices {
-            let n = graph.nodes[i]
-            switch n.op {
-            case .gelu:
-                guard let (x, w, b, act, res) = linearParts(n.inputs[0], idx), act == .none, res == nil else { continue }
-                graph.replaceNode(i, op: .fusedLinear(activation: .gelu, hasBias: b != nil, hasResidual: false), inputs: [x, w] + (b.map { [$0] } ?? []))
-            case .add:
-                let (l, r) = (n.inputs[0], n.inputs[1])
-                let out = graph.values[n.outputs[0]].type.shape
-                // Neither side may broadcast: the fused op's result has exactly the linear's shape.
-                guard graph.values[l].type.shape == out, graph.values[r].type.shape == out, l != r else { continue }
-                var matched: (ValueID, ValueID, ValueID?, Activation, ValueID?, ValueID)?
-                if let p = linearParts(r, idx), p.4 == nil { matched = (p.0, p.1, p.2, p.3, p.4, l) }
-                else if let p = linearParts(l, idx), p.4 == nil { matched = (p.0, p.1, p.2, p.3, p.4, r) }
-                guard let (x, w, b, act, _, residual) = matched else { continue }
-                graph.replaceNode(i, op: .fusedLinear(activation: act, hasBias: b != nil, hasResidual: true),
-                                  inputs: [x, w] + (b.map { [$0] } ?? []) + [residual])
-            default:
-                continue
-            }
-            idx = GraphIndex(graph)
-            changed = true
+        RewriteDriver.sweep(self, &graph).changed
+    }
+
+    func rewrite(at i: Int, _ idx: GraphIndex) -> (op: Op, inputs: [ValueID])? {
+        let n = idx.graph.nodes[i]
+        switch n.op {
+        case .gelu:
+            guard let (x, w, b, act, res) = linearParts(n.inputs[0], idx), act == .none, res == nil else { return nil }
+            return (.fusedLinear(activation: .gelu, hasBias: b != nil, hasResidual: false), [x, w] + (b.map { [$0] } ?? []))
+        case .add:
+            let (l, r) = (n.inputs[0], n.inputs[1])
+            let out = idx.shape(n.outputs[0])
+            // Neither side may broadcast: the fused op's result has exactly the linear's shape.
+            guard idx.shape(l) == out, idx.shape(r) == out, l != r else { return nil }
+            var matched: (ValueID, ValueID, ValueID?, Activation, ValueID?, ValueID)?
+            if let p = linearParts(r, idx), p.4 == nil { matched = (p.0, p.1, p.2, p.3, p.4, l) }
+            else if let p = linearParts(l, idx), p.4 == nil { matched = (p.0, p.1, p.2, p.3, p.4, r) }
+            guard let (x, w, b, act, _, residual) = matched else { return nil }
+            return (.fusedLinear(activation: act, hasBias: b != nil, hasResidual: true), [x, w] + (b.map { [$0] } ?? []) + [residual])
+        default:
+            return nil
         }
-        return changed
     }
 
     /// (x, W, bias, activation, residual) of a linear or fused linear read only here.

@@ -4,19 +4,28 @@
 public final class GraphBuilder {
     public private(set) var graph: Graph
     let constantTypes: [String: TensorType]
+    /// Fresh names are `prefix` + a counter, skipping names already taken.
+    let prefix: String
     var counter = 0
+    /// How many values bear each name, so a fresh name is found without scanning the values.
+    var nameCounts: [String: Int] = [:]
 
     public init(name: String, constants: [String: TensorType]) {
         graph = Graph(name: name)
         constantTypes = constants
+        prefix = "t"
     }
 
-    /// Continues an existing graph (e.g. to add a loss on top of a forward pass).
-    public init(extending g: Graph, name: String? = nil, constants: [String: TensorType]) {
+    /// Continues an existing graph (e.g. to add a loss on top of a forward pass). Fresh names
+    /// continue the "t" numbering after the graph's values, or, with `freshNamePrefix`, count
+    /// from 1 under that prefix (the gradient's "vjp1", "vjp2", …).
+    public init(extending g: Graph, name: String? = nil, constants: [String: TensorType], freshNamePrefix: String? = nil) {
         graph = g
         if let name { graph.name = name }
         constantTypes = constants
-        counter = g.values.count
+        prefix = freshNamePrefix ?? "t"
+        counter = freshNamePrefix == nil ? g.values.count : 0
+        for v in g.values { nameCounts[v.name, default: 0] += 1 }
     }
 
     /// A graph input.
@@ -29,7 +38,11 @@ public final class GraphBuilder {
     public func output(_ v: ValueID) { graph.outputs.append(v) }
 
     /// Gives a value a readable name (must be unique).
-    public func rename(_ v: ValueID, _ name: String) { graph.values[v].name = name }
+    public func rename(_ v: ValueID, _ name: String) {
+        nameCounts[graph.values[v].name, default: 1] -= 1
+        nameCounts[name, default: 0] += 1
+        graph.values[v].name = name
+    }
 
     public func type(_ v: ValueID) -> TensorType { graph.values[v].type }
 
@@ -53,11 +66,12 @@ public final class GraphBuilder {
     }
 
     func newValue(_ name: String?, _ t: TensorType) -> ValueID {
-        var n = name ?? { counter += 1; return "t\(counter)" }()
-        while name == nil && graph.values.contains(where: { $0.name == n }) {
+        var n = name ?? { counter += 1; return prefix + String(counter) }()
+        while name == nil && nameCounts[n, default: 0] > 0 {
             counter += 1
-            n = "t\(counter)"
+            n = prefix + String(counter)
         }
+        nameCounts[n, default: 0] += 1
         graph.values.append(Value(name: n, type: t))
         return graph.values.count - 1
     }

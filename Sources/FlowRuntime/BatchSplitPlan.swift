@@ -1,3 +1,4 @@
+import FlowCompiler
 import FlowIR
 
 /// One graph bound for a batch of rows that are computed independently of each other, run as
@@ -7,8 +8,8 @@ import FlowIR
 /// cores; a split hands over once per run and keeps each slice's activations and state in one
 /// core's cache.
 ///
-/// The caller vouches that the graph's rows along `symbol` are independent (no op mixes rows:
-/// true of TarFlow's forward and decode graphs, not of a loss averaged over the batch).
+/// A graph whose rows along `symbol` are not independent (an op mixes rows, as a loss averaged
+/// over the batch does) is refused with the `BatchRowError` of `BatchRows.check`.
 /// Inputs and outputs whose first dimension is `symbol` are sliced by rows; every other input
 /// is per part (write it to each, see `buffers(_:)`). State lives in the parts.
 ///
@@ -41,6 +42,7 @@ public final class BatchSplitPlan: @unchecked Sendable {
     ///   parts with arenas of their own (cached by the executor).
     init(executor e: Executor, symbol: String, bindings: [String: Int], parts count: Int, arenas: [SharedArena]? = nil) throws {
         guard let total = bindings[symbol], total > 0 else { throw RuntimeError("batch split: symbol \(symbol) must be bound to a positive size") }
+        try BatchRows.check(e.plan.graph, symbol: symbol)
         let ranges = BatchSplitPlan.partRanges(total: total, parts: count)
         if let arenas, arenas.count != ranges.count { throw RuntimeError("batch split: \(ranges.count) parts need \(ranges.count) arenas, have \(arenas.count)") }
         var plans: [BoundPlan] = []
@@ -170,6 +172,7 @@ extension Executor {
     /// Arena bytes each part of a split of `bindings` needs (for sizing shared arenas).
     public func splitArenaBytes(_ bindings: [String: Int], symbol: String = "B", parts: Int? = nil) throws -> [Int] {
         guard let total = bindings[symbol], total > 0 else { throw RuntimeError("batch split: symbol \(symbol) must be bound to a positive size") }
+        try BatchRows.check(plan.graph, symbol: symbol)
         return try BatchSplitPlan.partRanges(total: total, parts: parts ?? threads).map { r in
             var b = bindings
             b[symbol] = r.count

@@ -109,6 +109,24 @@ final class BatchSplitPlanTests: XCTestCase {
         XCTAssertThrowsError(try split.run(badLabel), "a gather error in one part reaches the caller")
     }
 
+    /// A graph that centers each row on the batch mean mixes rows: the split is refused with
+    /// the rule it breaks, and the graph still runs whole.
+    func testSplitRefusesAGraphThatMixesRows() throws {
+        let b = GraphBuilder(name: "centered", constants: [:])
+        let x = b.input("x", TensorType(.float32, [.batch, .fixed(3)]))
+        b.output(try b.apply(.sub, x, try b.apply(.reduceMean(axes: [0], keepDims: true), x, name: "batch_mean"), name: "y"))
+        let e = try Executor(plan: try Compiler.compile(b.graph, constants: [:]), model: Model(graphs: [], tensors: [], metadata: [:]), threads: 2)
+        for attempt in [{ _ = try e.bindSplit(["B": 4]) }, { _ = try e.splitArenaBytes(["B": 4]) }] {
+            XCTAssertThrowsError(try attempt()) { error in
+                guard let error = error as? BatchRowError else { return XCTFail("\(error)") }
+                XCTAssertEqual(error.kind, .reducesRows)
+                XCTAssertTrue(error.location.contains("reduce_mean -> %batch_mean"), error.location)
+            }
+        }
+        let whole = try e.run(["x": Tensor(shape: [2, 3], floats: [1, 2, 3, 5, 6, 7])])
+        XCTAssertEqual(whole["y"]?.floats, [-2, -2, -2, 2, 2, 2])
+    }
+
     /// Every item of every run is done exactly once, whatever the thread count and item count.
     func testPoolRunsEveryItemOnce() throws {
         final class Counts {
