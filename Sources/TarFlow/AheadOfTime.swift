@@ -15,8 +15,10 @@ public enum AheadOfTime {
     /// Any compiled functions the model had are replaced. Other batch sizes still work; they
     /// are planned when first used. `progress(done, total)` counts the graphs compiled. Decode
     /// steps keep their KV cache in `kvCache` (f32 or f16; nil: f16 for f16/bf16 weights).
+    /// With `packWeights`, linear-layer weights are stored in the layout the kernels read
+    /// (`panels32`, Spec/ModelFile.md §2), so loading the file maps them and copies nothing.
     public static func compile(_ model: Model, functions: [Function] = Function.allCases, batches: [Int] = [1],
-                               options: Compiler.Options = Compiler.Options(), kvCache: DType? = nil,
+                               options: Compiler.Options = Compiler.Options(), kvCache: DType? = nil, packWeights: Bool = true,
                                progress: ((Int, Int) -> Void)? = nil) throws -> Model {
         guard !batches.isEmpty, batches.allSatisfy({ $0 >= 1 && $0 <= Int(Int32.max) / 2 }) else {
             throw TarFlowError.invalidInput("batch sizes must lie in 1...\(Int32.max / 2), are \(batches)")
@@ -46,6 +48,7 @@ public enum AheadOfTime {
             m.compiled.append(try compileFunction(name, of: m, bindings: bindings, options: o))
             progress?(i + 1, unique.count)
         }
+        if packWeights { m = m.packingLinearWeights() }
         try m.verify()
         return m
     }

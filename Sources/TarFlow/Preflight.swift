@@ -262,6 +262,19 @@ extension Model {
         need.add("one weight widened to f32", widened)
         return need
     }
+
+    /// What storing the linear weights packed (`AheadOfTime.compile`) takes: a packed copy of
+    /// each one not yet in `panels32`.
+    public func packingMemoryNeed() -> MemoryNeed {
+        let names = linearWeightNames
+        var bytes = 0
+        for t in tensors where names.contains(t.name) && t.layout == .rowMajor && TensorLayout.panels32.refusal(t.dtype, t.shape) == nil {
+            bytes = Saturating.add(bytes, Saturating.mul(TensorLayout.panels32.storedElements(t.shape) ?? Int.max, t.dtype.byteSize))
+        }
+        var need = MemoryNeed()
+        need.add("linear weights packed for the kernels", bytes)
+        return need
+    }
 }
 
 extension Converter {

@@ -58,6 +58,7 @@ struct Compile: ParsableCommand {
                 try Checks.memory(model.reencodingMemoryNeed(as: weights.dtype), "--weights \(weights.rawValue)", fix: "keep the file's precision (drop --weights)")
                 model = try model.storingLinearWeights(as: weights.dtype)
             }
+            try Checks.memory(model.packingMemoryNeed(), "-o \(output)", fix: "free memory, or raise the memory limit")
             var bar: ProgressBar?
             let compiled = try AheadOfTime.compile(model, functions: fs, batches: batches, kvCache: kvCache?.dtype, progress: { done, total in
                 if bar == nil { bar = ProgressBar("compile", total: total, unit: "graphs", quiet: quiet) }
