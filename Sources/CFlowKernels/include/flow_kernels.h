@@ -3,6 +3,7 @@
 // instruction set; dispatch.c picks a copy at load through a table of function pointers).
 // The kernels are functions on raw buffers that neither allocate nor start threads; the
 // thread pool at the end of this header (pool.c) is the one part with threads.
+// Which ops have C kernels and why: docs/ARCHITECTURE.md "Kernels".
 #ifndef FLOW_KERNELS_H
 #define FLOW_KERNELS_H
 
