@@ -91,7 +91,8 @@ extension Executor {
     /// Resolves one plan step against concrete shapes and buffer pointers.
     static func prepare(_ s: ExecutionPlan.Step, graph: Graph, shapes shapeOf: (ValueID) -> [Int],
                         pointer: (ValueID) -> UnsafeMutableRawPointer, scratch: (Int) -> UnsafeMutableRawPointer,
-                        packed: (ValueID) -> WeightStore.Packed? = { _ in nil }, threads: Int) throws -> PreparedStep {
+                        packed: (ValueID) -> WeightStore.Packed? = { _ in nil }, bf16Attention: Bool = false,
+                        threads: Int) throws -> PreparedStep {
         func f(_ v: ValueID) -> FPtr { pointer(v).assumingMemoryBound(to: Float.self) }
         let out = s.outputs[0]
         let oshape = shapeOf(out)
@@ -142,7 +143,7 @@ extension Executor {
             }
             let job = AttentionJob(q: f(x), k: UnsafeRawPointer(pointer(s.inputs[1])), v: UnsafeRawPointer(pointer(s.inputs[2])), kvHalf: kvHalf,
                                    y: f(out), rowScale: rs, position: pos, heads: heads, shapes: (qs, ks, vs), offsets: offsets,
-                                   scale: scale, causal: mask == .causal, threads: threads)
+                                   scale: scale, causal: mask == .causal, bf16: bf16Attention, threads: threads)
             return .parallel(JobBox(job), items: job.items)
         case .affineCoupling(let shift, let hasScale, let flip):
             return .coupling(x: f(x), params: f(s.inputs[1]), z: f(out), batch: xshape[0], tokens: xshape[1], d: xshape[2],

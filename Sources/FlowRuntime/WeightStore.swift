@@ -34,7 +34,16 @@ public final class WeightStore: @unchecked Sendable {
     /// Bytes of the packed weights read where the model holds them (stored in `panels32`).
     public private(set) var inPlaceBytes = 0
 
-    public init(model: Model) { self.model = model }
+    /// Attention runs on AMX tiles in bf16 (`fk_attention_bf16amx`: q, k, v and probabilities
+    /// rounded to bf16, sums and softmax in f32) when the linear weights are bf16 and run on AMX:
+    /// such a model already rounds its linear layers' activations to bf16. `TARFLOW_AMX=0` turns
+    /// both off.
+    public let bf16Attention: Bool
+
+    public init(model: Model) {
+        self.model = model
+        bf16Attention = WeightStore.amxBF16 && model.linearWeightDType == .bfloat16
+    }
 
     /// bf16 weights run on native bf16 dot products (activations rounded to bf16) where the CPU
     /// has them (AVX512-BF16), else widened to f32 in registers. `TARFLOW_BF16DOT=0` turns the
