@@ -112,7 +112,6 @@ struct Inspect: ParsableCommand {
         guarded {
             try Checks.output(dot, "--dot")
             try Checks.distinct(outputs: [("--dot", dot)], inputs: [("model", model)])
-            Signals.setMappedFile(model)
             try ModelReport.inspect(contentsOf: URL(fileURLWithPath: model), name: model,
                                     options: .init(graphs: graphs, plans: plan, dot: dot.map { URL(fileURLWithPath: $0) })) { print($0) }
         }
