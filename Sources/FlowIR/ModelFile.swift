@@ -251,7 +251,11 @@ final class MappedFile {
             return
         }
         let p = mmap(nil, length, PROT_READ, MAP_PRIVATE, fd, 0)
-        guard let p, p != MAP_FAILED else { throw FileIO.Error(path: path, message: "cannot map: \(String(cString: strerror(errno)))") }
+        guard let p, p != MAP_FAILED else {
+            let e = errno
+            let hint = e == ENOMEM ? " (no room for its \(length) bytes in the address space this process may use: raise ulimit -v)" : ""
+            throw FileIO.Error(path: path, message: "cannot map: \(String(cString: strerror(e)))\(hint)")
+        }
         base = UnsafeRawPointer(p)
         guardSlot = MappedFileGuard.register(UnsafeRawBufferPointer(start: p, count: length), what: "the model file \(path)")
     }

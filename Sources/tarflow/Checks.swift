@@ -93,7 +93,10 @@ enum Checks {
     /// the flag that sets the batch.
     static func memory(_ m: TarFlowModel, _ run: TarFlowModel.Run, flag: String) throws {
         do { try m.preflight(run) } catch TarFlowError.insufficientMemory(let s) {
-            throw CLIError(s.message(subject: "\(flag) \(s.batch ?? run.batch)", fix: "use a smaller \(flag)"))
+            guard let batch = s.batch else {
+                throw CLIError(s.message(subject: "loading the model", fix: "raise the memory limit (ulimit -v, ulimit -d) or use a smaller model"))
+            }
+            throw CLIError(s.message(subject: "\(flag) \(batch)", fix: "use a smaller \(flag)"))
         }
     }
 
