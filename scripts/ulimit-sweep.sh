@@ -6,6 +6,7 @@
 #   HANG       still running after the timeout
 #   PARTIAL    exit 0 but the output is missing, empty or differs from the unlimited run
 #   BAD        another exit status, or an error of more than one line
+#   UNCHECKED  exit 0, but the run without a limit (the reference) failed
 #
 #   bash scripts/ulimit-sweep.sh                       # debug build, default levels
 #   TARFLOW=.build/release/tarflow LEVELS="300000 800000" bash scripts/ulimit-sweep.sh
@@ -67,6 +68,8 @@ run() {
     if [ ! -s "$f" ]; then echo "PARTIAL (no $check)"; return 1; fi
     if [ "$check" = json ]; then
       [ "$(wc -l < "$f")" -eq 1 ] && grep -q '"peak_rss_bytes"' "$f" || { echo "PARTIAL (not one JSON line)"; return 1; }
+    elif [ "$flag" != none ] && [ ! -s "$WORK/$name/none0/${f##*/}" ]; then
+      echo "UNCHECKED (the run without a limit left no output to compare)"; return 1
     elif [ "$flag" != none ] && ! cmp -s "$f" "$WORK/$name/none0/${f##*/}"; then
       echo "PARTIAL ($check differs from the unlimited run)"; return 1
     fi
