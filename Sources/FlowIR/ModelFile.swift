@@ -261,9 +261,12 @@ public enum ModelFile {
 }
 
 /// A read-only private mapping of a whole file.
+/// Guarded against SIGBUS while mapped (`MappedFileGuard`): a file cut under a running
+/// process ends it with one line naming the file, not a signal.
 final class MappedFile {
     let base: UnsafeRawPointer?
     let length: Int
+    let guardSlot: Int?
 
     init(path: String) throws {
         // O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused just below).
@@ -276,16 +279,25 @@ final class MappedFile {
         length = Int(st.st_size)
         if length == 0 {
             base = nil
+            guardSlot = nil
             return
         }
         let p = mmap(nil, length, PROT_READ, MAP_PRIVATE, fd, 0)
-        guard let p, p != MAP_FAILED else { throw FileIO.Error(path: path, message: "cannot map: \(String(cString: strerror(errno)))") }
+        guard let p, p != MAP_FAILED else {
+            let e = errno
+            let hint = e == ENOMEM ? " (no room for its \(length) bytes in the address space this process may use: raise ulimit -v)" : ""
+            throw FileIO.Error(path: path, message: "cannot map: \(String(cString: strerror(e)))\(hint)")
+        }
         base = UnsafeRawPointer(p)
+        guardSlot = MappedFileGuard.register(UnsafeRawBufferPointer(start: p, count: length), what: "the model file \(path)")
     }
 
     var buffer: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: base, count: length) }
 
-    deinit { if let base { munmap(UnsafeMutableRawPointer(mutating: base), length) } }
+    deinit {
+        MappedFileGuard.release(guardSlot)
+        if let base { munmap(UnsafeMutableRawPointer(mutating: base), length) }
+    }
 }
 
 /// File helpers shared by every writer in the project.

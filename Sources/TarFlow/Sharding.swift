@@ -1,4 +1,5 @@
 import CTarFlowZlib
+import FlowIR
 import Foundation
 
 /// Shard `index` of `count` (0-based) of a run split over a job array. A shard takes a
@@ -188,7 +189,7 @@ public enum ContentDigest {
         do { data = try Data(contentsOf: url, options: .alwaysMapped) } catch {
             throw TarFlowError.invalidInput("\(url.path): cannot read it to digest it (\(error.localizedDescription))")
         }
-        return data.withUnsafeBytes { of($0) }
+        return data.withUnsafeBytes { bytes in MappedFileGuard.guarding(bytes, what: "the file \(url.path)") { of(bytes) } }
     }
 
     /// The pixels of an image set, however they were stored (PNG folder, IDX, .npy).

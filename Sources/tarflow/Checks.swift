@@ -48,7 +48,6 @@ enum Checks {
     /// Loads a model file and checks its graphs against its config (a file whose graphs and
     /// metadata disagree is refused before anything runs).
     static func model(_ path: String, threads: Int) throws -> TarFlowModel {
-        Signals.setMappedFile(path)
         let m = try TarFlowModel(contentsOf: URL(fileURLWithPath: path), threads: threads)
         try m.config.checkGraphs(of: m.model)
         return m
@@ -94,7 +93,10 @@ enum Checks {
     /// the flag that sets the batch.
     static func memory(_ m: TarFlowModel, _ run: TarFlowModel.Run, flag: String) throws {
         do { try m.preflight(run) } catch TarFlowError.insufficientMemory(let s) {
-            throw CLIError(s.message(subject: "\(flag) \(s.batch ?? run.batch)", fix: "use a smaller \(flag)"))
+            guard let batch = s.batch else {
+                throw CLIError(s.message(subject: "loading the model", fix: "raise the memory limit (ulimit -v, ulimit -d) or use a smaller model"))
+            }
+            throw CLIError(s.message(subject: "\(flag) \(batch)", fix: "use a smaller \(flag)"))
         }
     }
 

@@ -37,7 +37,6 @@ struct Compile: ParsableCommand {
             case (let path?, nil):
                 guard randomWeights == nil else { throw TarFlowError.invalidInput("--random-weights goes with --config, not with a model file") }
                 // Compiled functions already in the file are replaced, so stale ones need not load.
-                Signals.setMappedFile(path)
                 source = try ModelFile.read(contentsOf: URL(fileURLWithPath: path), compiledFunctions: .drop)
             case (nil, let path?):
                 guard let seed = randomWeights else {
