@@ -143,7 +143,8 @@ public final class WeightStore: @unchecked Sendable {
         defer { lock.unlock() }
         if let p = widened[name] { return p }
         let es = t.dtype == .int64 ? 8 : 4
-        let p = try allocate((TensorLayout.rowMajor.storedElements(t.shape) ?? 0) * es, limit: Executor.memoryLimit)
+        guard let elements = TensorLayout.rowMajor.storedElements(t.shape) else { throw RuntimeError("constant '\(name)': shape \(t.shape) overflows") }
+        let p = try allocate(elements * es, limit: Executor.memoryLimit)
         if (t.dtype == .int64 || t.dtype == .float32) && rowMajor {
             p.copyMemory(from: t.bytes.pointer, byteCount: t.bytes.count)
         } else {
