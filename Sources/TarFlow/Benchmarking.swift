@@ -198,7 +198,9 @@ extension BenchSupport {
 
     /// Times `steps` decode steps at positions spread evenly over 0 ..< T − 1 (so the KV reads
     /// average those of a whole block), after one untimed pass over a few of them.
-    public static func decode(_ m: TarFlowModel, batch: Int, steps: Int, kvCache: DType? = nil) throws -> DecodeResult {
+    /// With `profile`, the same positions run once more with a clock around every op and the
+    /// per-op times go to stderr (not possible when the step is split between threads).
+    public static func decode(_ m: TarFlowModel, batch: Int, steps: Int, kvCache: DType? = nil, profile: Bool = false) throws -> DecodeResult {
         let c = m.config
         let T = c.numPatches
         let kv = kvCache ?? m.defaultKVCache
@@ -225,6 +227,22 @@ extension BenchSupport {
             total += now() - t0
         }
         let perStep = total / Double(positions.count)
+        if profile {
+            guard let run = step.profile else {
+                throw TarFlowError.invalidInput("--profile: at batch \(batch) the decode step is split between threads, whose ops run at once; profile with --threads 1")
+            }
+            var acc: [String: (seconds: Double, count: Int)] = [:]
+            for p in positions {
+                for q in step.position { q.pointee = Int64(p) }
+                for e in try run() { acc[e.op, default: (0, 0)].seconds += e.seconds; acc[e.op, default: (0, 0)].count += e.count }
+            }
+            let n = Double(positions.count)
+            var s = "decode-step profile (block \(k), mean of \(positions.count) steps, \(fmt(acc.values.reduce(0) { $0 + $1.seconds } / n * 1e3, 3)) ms per step):\n"
+            for (op, e) in acc.sorted(by: { $0.value.seconds > $1.value.seconds }) {
+                s += "  " + op.padding(18) + " \(fmt(e.seconds / n * 1e3, 3)) ms  x\(e.count / positions.count)\n"
+            }
+            FileDescriptorOutput.standardError(s)
+        }
         let plan = try m.decodePlan(k, halfCache: kv == .float16)
         let split = m.splitsDecode(plan, rows: batch)
         // Each part of a split reads every weight; per-op threads read each once.

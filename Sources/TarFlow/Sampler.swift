@@ -155,6 +155,9 @@ extension TarFlowModel {
 struct DecodeStep {
     let run: () throws -> Void
     let resetState: () -> Void
+    /// One run with a clock around every op (nil when the step is split between threads,
+    /// whose parts run at once).
+    var profile: (() throws -> [(op: String, seconds: Double, count: Int)])? = nil
     var x: [UnsafeMutablePointer<Float>] = [], a: [UnsafeMutablePointer<Float>] = [], b: [UnsafeMutablePointer<Float>] = []
     var logitScale: [UnsafeMutablePointer<Float>] = []
     var label: [UnsafeMutablePointer<Int64>?] = []
@@ -182,6 +185,7 @@ struct DecodeStep {
             let bound = try plan.bind(["B": rows], in: arenas[0])
             run = { try bound.run() }
             resetState = { bound.resetState() }
+            profile = { try bound.profile() }
             guard let xin = bound.buffer("x"), let pos = bound.buffer("pos"), let ls = bound.buffer("logit_scale"),
                 let aOut = bound.buffer("a"), let bOut = bound.buffer("b")
             else { throw missing }

@@ -14,7 +14,7 @@ struct Bench: ParsableCommand {
     @Flag(help: "Measure the memory read bandwidth instead (1 GiB read per pass by --threads threads).") var bandwidth = false
     @Option(parsing: .unconditional, help: "Decode steps to time with --what decode (spread over the block's positions).") var steps: Int = 64
     @Option(help: "KV cache of --what decode and sample: f32 or f16 (default: f16 for f16/bf16 models, f32 for f32).") var kvCache: KVCacheDType?
-    @Flag(help: "Also print a per-op time profile of one forward call on stderr.") var profile = false
+    @Flag(help: "Also print a per-op time profile on stderr: of one forward call, of one sampling decode step (--what sample), or averaged over the timed decode steps (--what decode).") var profile = false
 
     func run() throws {
         guarded {
@@ -35,7 +35,7 @@ struct Bench: ParsableCommand {
             if what == "decode" {
                 guard steps > 0 else { throw TarFlowError.invalidInput("--steps must be positive, is \(steps)") }
                 try Checks.memory(m, .benchSample(batch: batch, kvCache: kvCache?.dtype), flag: "--batch")
-                let d = try BenchSupport.decode(m, batch: batch, steps: steps, kvCache: kvCache?.dtype)
+                let d = try BenchSupport.decode(m, batch: batch, steps: steps, kvCache: kvCache?.dtype, profile: profile)
                 print("{\"what\": \"decode\", \"batch\": \(batch), \"threads\": \(threads), \"steps\": \(steps), \"weights\": \"\(m.weightDType)\", \"kv_cache\": \"\(d.kvCache)\", \"batch_split\": \(d.split), \"seconds_per_step\": \(d.secondsPerStep), \"seconds_per_image_estimate\": \(d.secondsPerImageEstimate), \"bytes_per_step\": \(Int(d.bytesPerStep)), \"weight_bytes_per_step\": \(d.weightBytes), \"gbytes_per_second\": \(d.gbytesPerSecond), \"peak_rss_bytes\": \(BenchSupport.peakRSS())}")
                 return
             }

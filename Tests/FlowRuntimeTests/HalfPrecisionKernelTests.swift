@@ -78,6 +78,54 @@ final class HalfPrecisionKernelTests: XCTestCase {
         }
     }
 
+    /// Weights beyond L2 with several row blocks (a paper-size decode step at batch 16): the
+    /// last row block of each panel prefetches the next one. That changes no bit: the same
+    /// products as panel-by-panel and row-by-row calls (where nothing is prefetched), and
+    /// within the bound of float64 on sampled outputs.
+    func testWeightsBeyondL2GiveTheBitsOfSmallCalls() throws {
+        for isa in instructionSets {
+            XCTAssertEqual(fk_select_instruction_set(isa), 0)
+            for type in [FK_WEIGHTS_F32, FK_WEIGHTS_F16] {
+                let rows = 19, k = 768, n = 720  // f16 1.1 MB, f32 2.2 MB: beyond FK_L2_WEIGHTS
+                let x = rng.floats(rows * k, -1...1), b = rng.floats(n, -1...1)
+                let w = rng.floats(n * k, -1...1).map { type == FK_WEIGHTS_F16 ? Float(Float16($0)) : $0 }
+                var packed32 = [Float](repeating: 0, count: fk_packed_size(n, k))
+                fk_pack_weights(w, n, k, &packed32)
+                var packed16 = [UInt16](repeating: 0, count: fk_packed_size(n, k))
+                fk_pack_weights_16(w.map { Float16($0).bitPattern }, n, k, &packed16)
+                func run(_ y: inout [Float], rows r0: Range<Int>, panels p0: Range<Int>) {
+                    let xp = x.withUnsafeBufferPointer { $0.baseAddress! + r0.lowerBound * k }
+                    y.withUnsafeMutableBufferPointer { yb in
+                        let yp = yb.baseAddress! + r0.lowerBound * n
+                        if type == FK_WEIGHTS_F16 {
+                            fk_linear_w(xp, packed16, Int32(type), b, nil, yp, r0.count, k, n, p0.lowerBound, p0.count, 1)
+                        } else {
+                            fk_linear_w(xp, packed32, Int32(type), b, nil, yp, r0.count, k, n, p0.lowerBound, p0.count, 1)
+                        }
+                    }
+                }
+                let panels = (n + 31) / 32
+                var whole = [Float](repeating: .nan, count: rows * n)
+                run(&whole, rows: 0..<rows, panels: 0..<panels)
+                var byRow = [Float](repeating: .nan, count: rows * n)
+                for r in 0..<rows { run(&byRow, rows: r..<(r + 1), panels: 0..<panels) }
+                var byPanel = [Float](repeating: .nan, count: rows * n)
+                for p in 0..<panels { run(&byPanel, rows: 0..<rows, panels: p..<(p + 1)) }
+                let what = "\(isa) weights \(type == FK_WEIGHTS_F16 ? "f16" : "f32") \(rows)×\(k)×\(n)"
+                XCTAssertEqual(whole.map(\.bitPattern), byRow.map(\.bitPattern), what + ": whole vs row by row")
+                XCTAssertEqual(whole.map(\.bitPattern), byPanel.map(\.bitPattern), what + ": whole vs panel by panel")
+                for i in stride(from: 0, to: rows, by: 6) {
+                    for j in stride(from: 0, to: n, by: 37) {
+                        var s = Double(b[j])
+                        for t in 0..<k { s += Double(x[i * k + t]) * Double(w[j * k + t]) }
+                        s = 0.5 * s * (1 + erf(s / 2.0.squareRoot()))
+                        XCTAssertEqual(Double(whole[i * n + j]), s, accuracy: 1e-6 * Double(k + 4), what + ": y[\(i),\(j)]")
+                    }
+                }
+            }
+        }
+    }
+
     /// Native bf16 dot products (AVX512-BF16 only): x rounded to bf16, products summed in f32;
     /// against float64 on the rounded x and weights, and the same bits under row/panel splits.
     func testNativeBF16DotProducts() throws {
