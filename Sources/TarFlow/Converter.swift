@@ -62,12 +62,7 @@ public enum Converter {
         var weights: [WeightTensor] = []
         for name in expected.keys.sorted() {
             let t = byName[name]!
-            let dtype: DType = switch t.dtype {
-            case .float32: .float32
-            case .float16: .float16
-            case .bfloat16: .bfloat16
-            case .int64: .int64
-            }
+            let dtype = t.dtype
             if let i = firstNonFinite(t.data, dtype) {
                 throw TarFlowError.invalidCheckpoint("tensor '\(name)' holds NaN or Inf at element \(i); the checkpoint is damaged (or was saved after training diverged): use another checkpoint")
             }

@@ -72,7 +72,7 @@ public enum ModelReport {
         }
         var counts: [String: (tensors: Int, elements: Int)] = [:]
         for t in m.tensors {
-            let n = t.shape.reduce(1, *)
+            let n = elementCount(t.shape) ?? 0
             counts["\(t.dtype)", default: (0, 0)].tensors += 1
             counts["\(t.dtype)", default: (0, 0)].elements += n
         }

@@ -1,4 +1,5 @@
 import Foundation
+import FlowIR
 
 /// The file formats a shard's part can have, and that `tarflow merge` joins.
 public enum PartFormat: String, Sendable, CaseIterable {
@@ -224,7 +225,7 @@ public enum SafetensorsReader {
             }
             var shape: [Int] = []
             for d in dims { guard case .integer(let v) = d, v >= 0 else { throw bad("entry '\(name)' has a bad shape") }; shape.append(v) }
-            guard let count = HostArray.elementCount(of: shape), count.multipliedReportingOverflow(by: element.byteSize) == (end - begin, false),
+            guard let count = elementCount(shape), count.multipliedReportingOverflow(by: element.byteSize) == (end - begin, false),
                   begin >= 0, begin <= end, end <= bytes.count - dataStart else { throw bad("entry '\(name)': data_offsets [\(begin), \(end)] do not match shape \(shape) of \(dtype)") }
             let storage = bytes.withUnsafeBytes {
                 HostArray.decode(UnsafeRawBufferPointer(rebasing: $0[(dataStart + begin)..<(dataStart + end)]), element: element, count: count, bigEndian: false)

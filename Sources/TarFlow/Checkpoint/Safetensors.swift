@@ -1,4 +1,5 @@
 import Foundation
+import FlowIR
 
 /// Reads safetensors: an 8-byte little-endian header length N, N bytes of JSON
 /// (`{"name": {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {...}}`),
@@ -11,7 +12,7 @@ enum CheckpointSafetensors {
     /// One header entry, validated against the data buffer.
     struct Spec {
         var name: String
-        var dtype: CheckpointDType
+        var dtype: DType
         var shape: [Int]
         var begin: Int
         var end: Int
@@ -99,7 +100,7 @@ enum CheckpointSafetensors {
         guard case .string(let dtypeName)? = field("dtype") else {
             throw CheckpointError(.malformedHeader, file: file, subject: name, "missing string field \"dtype\"")
         }
-        let dtype: CheckpointDType
+        let dtype: DType
         switch dtypeName {
         case "F32": dtype = .float32
         case "F16": dtype = .float16
@@ -130,7 +131,7 @@ enum CheckpointSafetensors {
                                   "data_offsets [\(begin), \(end)] fall outside the \(dataLength)-byte data buffer",
                                   hint: "the file is truncated or corrupted")
         }
-        guard let count = CheckpointMath.product(shape), let nbytes = CheckpointMath.multiply(count, dtype.elementSize) else {
+        guard let count = elementCount(shape), let nbytes = CheckpointMath.multiply(count, dtype.byteSize) else {
             throw CheckpointError(.malformedHeader, file: file, subject: name, "element count of shape \(shape) overflows")
         }
         guard nbytes == end - begin else {
