@@ -24,7 +24,8 @@ public enum ModelFile {
     }
 
     public static func read(contentsOf url: URL, compiledFunctions: CompiledFunctions = .keep) throws -> Model {
-        let file = try MappedFile(path: url.path)
+        let file: MappedFile
+        do { file = try MappedFile(path: url.path) } catch { throw FileIO.Error(opening: error) }
         do {
             return try decode(file.buffer, owner: file, compiledFunctions: compiledFunctions)
         } catch let e as IRError {
@@ -228,34 +229,6 @@ public enum ModelFile {
     @inline(__always) static func align(_ n: Int) -> Int { (n + alignment - 1) / alignment * alignment }
 }
 
-/// A read-only private mapping of a whole file.
-final class MappedFile {
-    let base: UnsafeRawPointer?
-    let length: Int
-
-    init(path: String) throws {
-        // O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused just below).
-        let fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC)
-        guard fd >= 0 else { throw FileIO.Error(path: path, message: "cannot open: \(String(cString: strerror(errno)))") }
-        defer { close(fd) }
-        var st = stat()
-        guard fstat(fd, &st) == 0 else { throw FileIO.Error(path: path, message: "cannot stat: \(String(cString: strerror(errno)))") }
-        guard (st.st_mode & S_IFMT) == S_IFREG else { throw FileIO.Error(path: path, message: "not a regular file") }
-        length = Int(st.st_size)
-        if length == 0 {
-            base = nil
-            return
-        }
-        let p = mmap(nil, length, PROT_READ, MAP_PRIVATE, fd, 0)
-        guard let p, p != MAP_FAILED else { throw FileIO.Error(path: path, message: "cannot map: \(String(cString: strerror(errno)))") }
-        base = UnsafeRawPointer(p)
-    }
-
-    var buffer: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: base, count: length) }
-
-    deinit { if let base { munmap(UnsafeMutableRawPointer(mutating: base), length) } }
-}
-
 /// File helpers shared by every writer in the project.
 public enum FileIO {
     public struct Error: Swift.Error, CustomStringConvertible, Sendable {
@@ -266,6 +239,18 @@ public enum FileIO {
             self.message = message
         }
         public var description: String { "\(path): \(message)" }
+
+        /// The model reader's wording of a failure to open or map its file.
+        init(opening e: FileAccessError) {
+            let what = switch e {
+            case .system(.open, _, _): "cannot open: "
+            case .system(.fstat, _, _): "cannot stat: "
+            case .system(.mmap, _, _): "cannot map: "
+            case .system(.read, _, _): "cannot read: "
+            case .tooLarge, .notRegularFile, .changedWhileReading: ""
+            }
+            self.init(path: e.path, message: what + e.reason)
+        }
     }
 
     /// Writes to a temporary file in the destination's folder, syncs, then renames over the

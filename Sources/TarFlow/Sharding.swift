@@ -1,5 +1,6 @@
 import CTarFlowZlib
 import Foundation
+import FlowIR
 
 /// Shard `index` of `count` (0-based) of a run split over a job array. A shard takes a
 /// contiguous range of the images the unsharded run would process; since every image's noise
@@ -184,11 +185,11 @@ public enum ContentDigest {
 
     /// A file, memory-mapped (a model file of gigabytes is not copied).
     public static func file(_ url: URL) throws -> String {
-        let data: Data
-        do { data = try Data(contentsOf: url, options: .alwaysMapped) } catch {
-            throw TarFlowError.invalidInput("\(url.path): cannot read it to digest it (\(error.localizedDescription))")
+        let file: MappedFile
+        do { file = try MappedFile(path: url.path) } catch {
+            throw TarFlowError.invalidInput("\(url.path): cannot read it to digest it (\(error.reason))")
         }
-        return data.withUnsafeBytes { of($0) }
+        return of(file.buffer)
     }
 
     /// The pixels of an image set, however they were stored (PNG folder, IDX, .npy).

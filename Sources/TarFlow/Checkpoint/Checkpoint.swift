@@ -200,47 +200,28 @@ extension Checkpoint {
 
 // MARK: - File access shared by the readers
 
-/// Positional reads with every range checked against the file length before allocating.
+/// Positional reads with every range checked against the file length before allocating, and
+/// failures worded as checkpoint errors (the file itself is FlowIR's `ReadOnlyFile`).
 final class CheckpointFile {
     let path: String
     let size: Int
-    private let handle: FileHandle
-    private var closed = false
+    private let file: ReadOnlyFile
 
     init(url: URL) throws {
         path = url.path
         // Only regular files: opening a FIFO would wait for a writer, a device may never end.
-        var st = stat()
-        guard stat(url.path, &st) == 0 else {
-            throw CheckpointError(.unreadableFile, file: url.path, "cannot open: \(String(cString: strerror(errno)))",
-                                  hint: "check the path and permissions")
-        }
-        guard (st.st_mode & S_IFMT) == S_IFREG else {
-            throw CheckpointError(.unreadableFile, file: url.path, "not a regular file", hint: "pass the checkpoint file itself")
-        }
         do {
-            handle = try FileHandle(forReadingFrom: url)
-            let end = try handle.seekToEnd()
-            guard end <= UInt64(Int.max) else {
-                throw CheckpointError(.unreadableFile, file: url.path, "file too large")
-            }
-            size = Int(end)
-        } catch let error as CheckpointError {
-            throw error
+            file = try ReadOnlyFile(path: url.path)
+        } catch .notRegularFile {
+            throw CheckpointError(.unreadableFile, file: url.path, "not a regular file", hint: "pass the checkpoint file itself")
         } catch {
-            throw CheckpointError(.unreadableFile, file: url.path, "cannot open: \(error.localizedDescription)",
+            throw CheckpointError(.unreadableFile, file: url.path, "cannot open: \(error.reason)",
                                   hint: "check the path and permissions")
         }
+        size = file.size
     }
 
-    func close() {
-        if !closed {
-            closed = true
-            try? handle.close()
-        }
-    }
-
-    deinit { close() }
+    func close() { file.close() }
 
     /// Reads exactly `count` bytes at `offset`; `what` names the structure for the error.
     func read(at offset: Int, count: Int, what: String) throws -> [UInt8] {
@@ -250,28 +231,16 @@ final class CheckpointFile {
                                   hint: "the file is truncated or corrupted; download or save it again")
         }
         if count == 0 { return [] }
-        do {
-            try handle.seek(toOffset: UInt64(offset))
-            var out = [UInt8]()
-            out.reserveCapacity(count)
-            while out.count < count {
-                guard let chunk = try handle.read(upToCount: min(count - out.count, 1 << 26)), !chunk.isEmpty else {
-                    break
-                }
-                out.append(contentsOf: chunk)
-            }
-            guard out.count == count else {
-                throw CheckpointError(.truncated, file: path, subject: what,
-                                      "short read: got \(out.count) of \(count) bytes at offset \(offset)",
-                                      hint: "the file changed or is truncated")
-            }
-            return out
-        } catch let error as CheckpointError {
-            throw error
-        } catch {
-            throw CheckpointError(.unreadableFile, file: path, subject: what,
-                                  "read failed: \(error.localizedDescription)")
+        let out: [UInt8]
+        do { out = try file.read(at: offset, count: count) } catch {
+            throw CheckpointError(.unreadableFile, file: path, subject: what, "read failed: \(error.reason)")
         }
+        guard out.count == count else {
+            throw CheckpointError(.truncated, file: path, subject: what,
+                                  "short read: got \(out.count) of \(count) bytes at offset \(offset)",
+                                  hint: "the file changed or is truncated")
+        }
+        return out
     }
 }
 

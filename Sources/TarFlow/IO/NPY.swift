@@ -33,7 +33,7 @@ public enum NPY {
             let a = try read(contentsOf: url)
             return (a, a.shape.first ?? 1)
         }
-        let file = try PositionalFile(url: url)
+        let file = try ReadOnlyFile(path: url.standardizedFileURL.path)
         let path = url.path
         let head = try file.read(0..<min(file.size, 12 + maxHeaderBytes))
         let l = try layout(head, path: path)
