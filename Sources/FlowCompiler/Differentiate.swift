@@ -32,6 +32,12 @@ public struct Differentiate: CompilerPass {
     /// `g` with the gradient outputs "grad.<input name>" appended (in the order of `wrt`),
     /// verified against the tensor table `constants`.
     public static func gradientGraph(_ g: Graph, of output: String, wrt: [String], constants: [String: TensorType]) throws -> Graph {
+        try verifiedGradientGraph(g, of: output, wrt: wrt, constants: constants).graph
+    }
+
+    /// The same, as the `VerifiedGraph` the compiler takes: the input graph is checked once
+    /// here, and the result is the verifier's.
+    public static func verifiedGradientGraph(_ g: Graph, of output: String, wrt: [String], constants: [String: TensorType]) throws -> VerifiedGraph {
         func fail(_ m: String) -> CompilerError { CompilerError("differentiate: \(m)") }
         do { try Verifier.verify(g, constants: constants) } catch { throw fail("the input graph is invalid: \(error)") }
 
@@ -95,10 +101,9 @@ public struct Differentiate: CompilerPass {
         } catch let e as IRError {
             throw fail("internal error while building the gradient: \(e)")
         }
-        do { try Verifier.verify(t.graph, constants: constants) } catch {
+        do { return try Verifier.verified(t.graph, constants: constants) } catch {
             throw fail("produced an invalid graph (a bug in a vector-Jacobian rule): \(error)")
         }
-        return t.graph
     }
 
     /// Thrown by a rule for an op (or operand) that has no derivative here.

@@ -139,13 +139,5 @@ public struct Model: Sendable {
 
     /// Runs the verifier on every graph against the tensor table, then checks the compiled
     /// functions' structure and that their source graphs are unchanged (F11, F12).
-    public func verify() throws(IRError) {
-        let c = constantTypes
-        var seen = Set<String>()
-        for g in graphs {
-            if !seen.insert(g.name).inserted { throw IRError(rule: "F7", "graph name '\(g.name)' is used twice") }
-            try Verifier.verify(g, constants: c)
-        }
-        try verifyCompiled(constants: c)
-    }
+    public func verify() throws(IRError) { _ = try verified() }
 }

@@ -24,22 +24,16 @@ public enum ModelFile {
     }
 
     public static func read(contentsOf url: URL, compiledFunctions: CompiledFunctions = .keep) throws -> Model {
-        let file: MappedFile
-        do { file = try MappedFile(path: url.path) } catch { throw FileIO.Error(opening: error) }
-        do {
-            return try decode(file.buffer, owner: file, compiledFunctions: compiledFunctions)
-        } catch let e as IRError {
-            throw e.located(url.path)
-        }
+        try readVerified(contentsOf: url, compiledFunctions: compiledFunctions).model
     }
 
     /// Decodes a whole model file held in memory (copied; used by tests and fuzzers).
     public static func decode(_ bytes: [UInt8], compiledFunctions: CompiledFunctions = .keep) throws -> Model {
         let holder = TensorBytes(bytes)
-        return try decode(holder.buffer, owner: holder, compiledFunctions: compiledFunctions)
+        return try decode(holder.buffer, owner: holder, compiledFunctions: compiledFunctions).model
     }
 
-    static func decode(_ buf: UnsafeRawBufferPointer, owner: AnyObject, compiledFunctions: CompiledFunctions = .keep) throws -> Model {
+    static func decode(_ buf: UnsafeRawBufferPointer, owner: AnyObject, compiledFunctions: CompiledFunctions = .keep) throws -> VerifiedModel {
         guard buf.count >= prefixSize else { throw IRError(rule: "F1", "file is \(buf.count) bytes, too short for a model file") }
         guard Array(buf[0..<8]) == magic else { throw IRError(rule: "F1", "not a model file (bad magic); convert a checkpoint with `tarflow convert`") }
         let version = buf.loadUnaligned(fromByteOffset: 8, as: UInt32.self).littleEndian
@@ -126,8 +120,7 @@ public enum ModelFile {
         if compiledFunctions == .keep {
             model.compiled = try header.compiled.map { (f) throws(IRError) -> CompiledFunction in try CompiledFunction(proto: f) }
         }
-        try model.verify()
-        return model
+        return try model.verified()
     }
 
     // MARK: Writing

@@ -90,7 +90,7 @@ struct Convert: ParsableCommand {
                                               })
             bar?.finish()
             if weights != .f32 {
-                try Checks.memory(model.reencodingMemoryNeed(as: weights.dtype), "--weights \(weights.rawValue)", fix: "convert with --weights f32, then compile --weights \(weights.rawValue) in another run")
+                try Checks.memory(model.model.reencodingMemoryNeed(as: weights.dtype), "--weights \(weights.rawValue)", fix: "convert with --weights f32, then compile --weights \(weights.rawValue) in another run")
                 model = try model.storingLinearWeights(as: weights.dtype)
             }
             try ModelFile.write(model, to: URL(fileURLWithPath: output))
