@@ -153,7 +153,13 @@ public final class MappedFile: @unchecked Sendable {
         try self.init(ReadOnlyFile(path: path))
     }
 
+    /// The mapped bytes; valid only while this object lives (see `withUnsafeBytes`).
     public var buffer: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: base, count: length) }
+
+    /// Calls `body` with the mapped bytes, keeping the mapping alive until it returns.
+    public func withUnsafeBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        try withExtendedLifetime(self) { try body(buffer) }
+    }
 
     deinit { if let base { munmap(UnsafeMutableRawPointer(mutating: base), length) } }
 }

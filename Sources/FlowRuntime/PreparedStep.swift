@@ -105,7 +105,7 @@ enum PreparedStep {
                 var r = Int(indices[i])
                 if r < 0 { r += rows }
                 guard r >= 0, r < rows else {
-                    throw RuntimeError("gather: index \(indices[i]) out of range for a table of \(rows) rows")
+                    throw RuntimeError(.indexOutOfRange, "gather: index \(indices[i]) out of range for a table of \(rows) rows")
                 }
                 (y + i * rowSize).update(from: table + r * rowSize, count: rowSize)
             }
@@ -129,12 +129,12 @@ enum PreparedStep {
         case let .writeSlice(x, update, position, y, outer, n, m, inner):
             let p = Int(position[0])
             // p comes from data: compare against n − m (≥ 0 by the shape rule) so it cannot overflow.
-            guard p >= 0, p <= n - m else { throw RuntimeError("write_slice: position \(p) + \(m) is outside 0..<\(n)") }
+            guard p >= 0, p <= n - m else { throw RuntimeError(.indexOutOfRange, "write_slice: position \(p) + \(m) is outside 0..<\(n)") }
             if x != y { y.update(from: x, count: outer * n * inner) }
             for o in 0..<outer { (y + (o * n + p) * inner).update(from: update + o * m * inner, count: m * inner) }
         case let .writeSliceHalf(x, update, position, y, outer, n, m, inner):
             let p = Int(position[0])
-            guard p >= 0, p <= n - m else { throw RuntimeError("write_slice: position \(p) + \(m) is outside 0..<\(n)") }
+            guard p >= 0, p <= n - m else { throw RuntimeError(.indexOutOfRange, "write_slice: position \(p) + \(m) is outside 0..<\(n)") }
             if x != y { y.update(from: x, count: outer * n * inner) }
             for o in 0..<outer { fk_f32_to_f16(update + o * m * inner, y + (o * n + p) * inner, m * inner) }
         case let .maskAfter(x, position, y, rows, n, value):
@@ -198,7 +198,7 @@ extension Executor {
             let pos: UnsafePointer<Int64>? = mask == .afterPosition ? UnsafePointer(pointer(s.inputs[next]).assumingMemoryBound(to: Int64.self)) : nil
             let kvHalf = graph.values[s.inputs[1]].type.dtype == .float16
             guard kvHalf == (graph.values[s.inputs[2]].type.dtype == .float16) else {
-                throw RuntimeError("attention: k and v must have the same dtype (both f32 or both f16)")
+                throw RuntimeError(.unsupported, "attention: k and v must have the same dtype (both f32 or both f16)")
             }
             let job = AttentionJob(q: f(x), k: UnsafeRawPointer(pointer(s.inputs[1])), v: UnsafeRawPointer(pointer(s.inputs[2])), kvHalf: kvHalf,
                                    y: f(out), rowScale: rs, position: pos, heads: heads, shapes: (qs, ks, vs), offsets: offsets,

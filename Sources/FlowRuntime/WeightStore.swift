@@ -52,7 +52,7 @@ public final class WeightStore: @unchecked Sendable {
 
     private func allocate(_ bytes: Int, limit: Int) throws -> UnsafeMutableRawPointer {
         guard case let (total, o) = allocatedBytes.addingReportingOverflow(bytes), !o, total <= limit else {
-            throw RuntimeError("the model's weights need more than the \(limit) bytes of memory this process may use")
+            throw RuntimeError(.memoryLimit, "the model's weights need more than the \(limit) bytes of memory this process may use")
         }
         allocatedBytes = total
         let p = UnsafeMutableRawPointer.allocate(byteCount: max(bytes, 64), alignment: 64)
@@ -65,7 +65,7 @@ public final class WeightStore: @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         if let p = packed[name] { return p }
-        guard let t = model.tensor(named: name), t.shape == [n, k] else { throw RuntimeError("linear weight '\(name)' is missing or is not [\(n), \(k)]") }
+        guard let t = model.tensor(named: name), t.shape == [n, k] else { throw RuntimeError(.missingConstant, "linear weight '\(name)' is missing or is not [\(n), \(k)]") }
         let elements = fk_packed_size(n, k)
         let result: Packed
         switch t.dtype {
@@ -93,7 +93,7 @@ public final class WeightStore: @unchecked Sendable {
             }
             result = Packed(pointer: UnsafeRawPointer(p), type: Int32(FK_WEIGHTS_F32), bytes: elements * 4)
         case .int64:
-            throw RuntimeError("linear weight '\(name)' is i64")
+            throw RuntimeError(.unsupported, "linear weight '\(name)' is i64")
         }
         t.bytes.releaseResidentPages()
         packedBytes += result.bytes
@@ -106,7 +106,7 @@ public final class WeightStore: @unchecked Sendable {
     /// fault on a 3 KB bias maps up to 2 MB of the packed weights around it back in: 0.45 GB
     /// over a paper-size forward); f16 and bf16 widened once to f32.
     func values(_ name: String) throws -> UnsafeMutableRawPointer {
-        guard let t = model.tensor(named: name) else { throw RuntimeError("constant '\(name)' is missing from the model") }
+        guard let t = model.tensor(named: name) else { throw RuntimeError(.missingConstant, "constant '\(name)' is missing from the model") }
         if (t.dtype == .float32 || t.dtype == .int64) && Int(bitPattern: t.bytes.pointer) % t.dtype.byteSize == 0 && !t.bytes.isMapped {
             return UnsafeMutableRawPointer(mutating: t.bytes.pointer)
         }

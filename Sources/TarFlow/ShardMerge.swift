@@ -214,14 +214,8 @@ public enum SafetensorsReader {
             guard case .string(let dtype)? = field("dtype"), case .array(let dims)? = field("shape"),
                   case .array(let offsets)? = field("data_offsets"), offsets.count == 2,
                   case .integer(let begin) = offsets[0], case .integer(let end) = offsets[1] else { throw bad("entry '\(name)' lacks dtype, shape or data_offsets") }
-            let element: HostElement
-            switch dtype {
-            case "F32": element = .float32
-            case "F64": element = .float64
-            case "U8": element = .uint8
-            case "I32": element = .int32
-            case "I64": element = .int64
-            default: throw bad("entry '\(name)' has dtype \(dtype), not one this project writes")
+            guard let element = HostElement.allCases.first(where: { SafetensorsWriter.dtypeName($0) == dtype }) else {
+                throw bad("entry '\(name)' has dtype \(dtype), not one this project writes")
             }
             var shape: [Int] = []
             for d in dims { guard case .integer(let v) = d, v >= 0 else { throw bad("entry '\(name)' has a bad shape") }; shape.append(v) }

@@ -189,7 +189,7 @@ public enum ContentDigest {
         do { file = try MappedFile(path: url.path) } catch {
             throw TarFlowError.invalidInput("\(url.path): cannot read it to digest it (\(error.reason))")
         }
-        return of(file.buffer)
+        return file.withUnsafeBytes { of($0) }
     }
 
     /// The pixels of an image set, however they were stored (PNG folder, IDX, .npy).
