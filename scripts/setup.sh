@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages swift-tarflow needs (skips what is already there).
 set -euo pipefail
-packages=(libopenblas-dev libpng-dev libjpeg-dev zlib1g-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler pkg-config make gcc)
+packages=(libopenblas-dev libpng-dev libjpeg-dev zlib1g-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler pkg-config make gcc time)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -31,6 +31,9 @@ void fk_linear_bf16dot_avx512bf16(const float *, const uint16_t *, const float *
                                   ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, int, uint16_t *);
 void fk_linear_bf16amx_avx512bf16(const float *, const uint16_t *, const float *, const float *, float *, ptrdiff_t,
                                   ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, int, uint16_t *);
+void fk_attention_bf16amx_avx512bf16(const float *, ptrdiff_t, const float *, ptrdiff_t, const float *, ptrdiff_t, float *,
+                                     ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, float, int, ptrdiff_t, ptrdiff_t, ptrdiff_t,
+                                     float *);
 #endif
 
 typedef struct {
@@ -296,4 +299,25 @@ const char *fk_instruction_set(void) {
     if (table.gelu == fk_gelu_avx2) return "avx2";
 #endif
     return "baseline";
+}
+
+int fk_attention_bf16amx_supported(ptrdiff_t d) { return bf16amx != 0 && d > 0 && d % 32 == 0 && d <= 256; }
+
+ptrdiff_t fk_attention_bf16amx_scratch(ptrdiff_t n, ptrdiff_t d) {
+    ptrdiff_t kp = (n + 31) / 32 * 32;
+    ptrdiff_t own = (2 * kp * d + (d / 32) * 512 + 512) / 2 + 512 + 32 * d + 32 + 16, fallback = fk_attention_scratch(n, d);
+    return own > fallback ? own : fallback;
+}
+
+void fk_attention_bf16amx(const float *q, ptrdiff_t q_row, const float *k, ptrdiff_t k_row, const float *v, ptrdiff_t v_row,
+                          float *out, ptrdiff_t out_row, ptrdiff_t m, ptrdiff_t n, ptrdiff_t d, float scale, int causal,
+                          ptrdiff_t limit, ptrdiff_t row0, ptrdiff_t rows, float *scratch) {
+#if defined(__x86_64__)
+    if (fk_attention_bf16amx_supported(d)) {
+        fk_attention_bf16amx_avx512bf16(q, q_row, k, k_row, v, v_row, out, out_row, m, n, d, scale, causal, limit, row0,
+                                        rows, scratch);
+        return;
+    }
+#endif
+    fk_attention(q, q_row, k, k_row, v, v_row, out, out_row, m, n, d, scale, causal, limit, row0, rows, scratch);
 }

@@ -68,19 +68,26 @@ public struct WeightTensor: Sendable {
     public var dtype: DType
     public var shape: [Int]
     public var bytes: TensorBytes
+    /// The order of the elements in `bytes` (row-major unless `tarflow compile` packed it).
+    public var layout: TensorLayout
 
-    public init(name: String, dtype: DType, shape: [Int], bytes: TensorBytes) {
+    public init(name: String, dtype: DType, shape: [Int], bytes: TensorBytes, layout: TensorLayout = .rowMajor) {
         self.name = name
         self.dtype = dtype
         self.shape = shape
         self.bytes = bytes
+        self.layout = layout
     }
 
     /// The type a `constant` op reading this tensor has.
     public var graphType: TensorType { TensorType(dtype.computeType, shape.map { .fixed($0) }) }
 
-    /// Values widened to Float (float16 and bfloat16 are converted; int64 is converted too).
-    public func floats() -> [Float] { dtype.floats(fromLittleEndian: bytes.buffer) }
+    /// Values widened to Float (float16 and bfloat16 are converted; int64 is converted too), in
+    /// row-major order whatever the stored layout.
+    public func floats() -> [Float] {
+        if layout != .rowMajor { return inLayout(.rowMajor).floats() }
+        return dtype.floats(fromLittleEndian: bytes.buffer)
+    }
 
     public func int64s() -> [Int64] {
         guard dtype == .int64 else { return floats().map { Int64($0) } }

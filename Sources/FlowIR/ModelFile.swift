@@ -12,6 +12,9 @@ public enum ModelFile {
     public static let formatVersion: UInt32 = 1
     public static let alignment = 64
     static let prefixSize = 24
+    /// Prefix flag: some tensor has a layout other than row-major (`TensorInfo.layout`), so a
+    /// reader that does not know layouts refuses the file (F2) instead of misreading weights.
+    public static let flagTensorLayouts: UInt32 = 0x1
 
     // MARK: Reading
 
@@ -41,8 +44,8 @@ public enum ModelFile {
             throw IRError(rule: "F2", "format version \(version) is not supported (this build reads version \(formatVersion)); use a matching tarflow")
         }
         let flags = buf.loadUnaligned(fromByteOffset: 12, as: UInt32.self).littleEndian
-        guard flags == 0 else {
-            throw IRError(rule: "F2", "flags 0x\(String(flags, radix: 16)) are not supported (format version \(formatVersion) defines none); use a matching tarflow")
+        guard flags & ~flagTensorLayouts == 0 else {
+            throw IRError(rule: "F2", "flags 0x\(String(flags, radix: 16)) are not supported (format version \(formatVersion) defines only 0x1, tensor layouts); use a matching tarflow")
         }
         let headerLength = buf.loadUnaligned(fromByteOffset: 16, as: UInt64.self).littleEndian
         guard headerLength <= UInt64(buf.count - prefixSize) else {
@@ -75,11 +78,18 @@ public enum ModelFile {
                 throw IRError(rule: "F5", "tensor name '\(info.name)' is empty or used twice")
             }
             guard let dtype = DType(proto: info.dtype) else { throw IRError(rule: "F5", "\(where_): unknown dtype \(info.dtype.rawValue)") }
+            guard let layout = TensorLayout(proto: info.layout) else {
+                throw IRError(rule: "F5", "\(where_): unknown layout \(info.layout.rawValue); the file may come from a newer tarflow")
+            }
             guard let bytes = tableByteCount(info.shape, dtype) else {
                 throw IRError(rule: "F5", "\(where_): invalid shape \(info.shape) (rank <= \(Verifier.maxRank), dims 0...\(Verifier.maxDim), at most \(Verifier.maxValueBytes) bytes)")
             }
+            if let why = layout.refusal(dtype, info.shape.map { Int($0) }) { throw IRError(rule: "F5", "\(where_): \(why)") }
+            guard let bytes = storedByteCount(info.shape.map { Int($0) }, dtype, layout, logical: bytes) else {
+                throw IRError(rule: "F5", "\(where_): shape \(info.shape) in layout \(layout) needs more than \(Verifier.maxValueBytes) bytes")
+            }
             guard info.byteSize == UInt64(bytes) else {
-                throw IRError(rule: "F5", "\(where_): byte_size \(info.byteSize) but shape \(info.shape) of \(dtype) needs \(bytes)")
+                throw IRError(rule: "F5", "\(where_): byte_size \(info.byteSize) but shape \(info.shape) of \(dtype)\(layout == .rowMajor ? "" : " in layout \(layout)") needs \(bytes)")
             }
             guard info.offset % UInt64(alignment) == 0 else { throw IRError(rule: "F6", "\(where_): offset \(info.offset) is not a multiple of 64") }
             guard info.offset <= UInt64(dataSize), UInt64(bytes) <= UInt64(dataSize) - info.offset else {
@@ -92,7 +102,14 @@ public enum ModelFile {
             extents.append((off, bytes, info.name))
             tensors.append(WeightTensor(
                 name: info.name, dtype: dtype, shape: info.shape.map { Int($0) },
-                bytes: TensorBytes(window: base + dataOffset + off, count: bytes, owner: owner)))
+                bytes: TensorBytes(window: base + dataOffset + off, count: bytes, owner: owner), layout: layout))
+        }
+        let packed = tensors.first { $0.layout != .rowMajor }
+        if let t = packed, flags & flagTensorLayouts == 0 {
+            throw IRError(rule: "F2", "tensor '\(t.name)' has layout \(t.layout) but the prefix lacks flag 0x1 (tensor layouts)")
+        }
+        if packed == nil, flags & flagTensorLayouts != 0 {
+            throw IRError(rule: "F2", "the prefix has flag 0x1 (tensor layouts) but every tensor is row-major")
         }
         extents.sort { $0.0 < $1.0 }
         for i in extents.indices.dropFirst() where extents[i - 1].0 + extents[i - 1].1 > extents[i].0 {
@@ -137,6 +154,15 @@ public enum ModelFile {
         return n
     }
 
+    /// Bytes stored for a tensor of `logical` row-major bytes in `layout` (F5; the layout
+    /// already accepted by `refusal`), or nil past the F5 size bound.
+    static func storedByteCount(_ shape: [Int], _ dtype: DType, _ layout: TensorLayout, logical: Int) -> Int? {
+        guard layout != .rowMajor else { return logical }
+        guard let e = layout.storedElements(shape), case let (b, o) = e.multipliedReportingOverflow(by: dtype.byteSize),
+              !o, b <= Verifier.maxValueBytes else { return nil }
+        return b
+    }
+
     /// Rule F5 for a model built in memory: what a reader would check about the tensor table.
     static func checkTensorTable(_ model: Model) throws(IRError) {
         var names = Set<String>()
@@ -144,11 +170,15 @@ public enum ModelFile {
             guard !t.name.isEmpty, names.insert(t.name).inserted else {
                 throw IRError(rule: "F5", "tensor name '\(t.name)' is empty or used twice")
             }
-            guard let bytes = tableByteCount(t.shape.map { Int64($0) }, t.dtype) else {
+            guard let logical = tableByteCount(t.shape.map { Int64($0) }, t.dtype) else {
                 throw IRError(rule: "F5", "tensor '\(t.name)': invalid shape \(t.shape)")
             }
+            if let why = t.layout.refusal(t.dtype, t.shape) { throw IRError(rule: "F5", "tensor '\(t.name)': \(why)") }
+            guard let bytes = storedByteCount(t.shape, t.dtype, t.layout, logical: logical) else {
+                throw IRError(rule: "F5", "tensor '\(t.name)': invalid shape \(t.shape) in layout \(t.layout)")
+            }
             guard t.bytes.count == bytes else {
-                throw IRError(rule: "F5", "tensor '\(t.name)': holds \(t.bytes.count) bytes but shape \(t.shape) of \(t.dtype) needs \(bytes)")
+                throw IRError(rule: "F5", "tensor '\(t.name)': holds \(t.bytes.count) bytes but shape \(t.shape) of \(t.dtype)\(t.layout == .rowMajor ? "" : " in layout \(t.layout)") needs \(bytes)")
             }
         }
     }
@@ -176,6 +206,7 @@ public enum ModelFile {
             info.shape = t.shape.map { Int64($0) }
             info.offset = UInt64(offset)
             info.byteSize = UInt64(t.bytes.count)
+            info.layout = t.layout.proto
             header.tensors.append(info)
             offset = align(offset + t.bytes.count)
         }
@@ -198,7 +229,8 @@ public enum ModelFile {
         out.reserveCapacity(dataOffset)
         out += magic
         withUnsafeBytes(of: formatVersion.littleEndian) { out += $0 }
-        withUnsafeBytes(of: UInt32(0).littleEndian) { out += $0 }
+        let flags = model.tensors.contains { $0.layout != .rowMajor } ? flagTensorLayouts : 0
+        withUnsafeBytes(of: flags.littleEndian) { out += $0 }
         withUnsafeBytes(of: UInt64(headerBytes.count).littleEndian) { out += $0 }
         out += headerBytes
         out += [UInt8](repeating: 0, count: dataOffset - out.count)

@@ -23,7 +23,7 @@ public enum FileAccessError: Error, Sendable, CustomStringConvertible {
     public var description: String {
         switch self {
         case let .system(operation, path, code):
-            return "\(operation.rawValue) failed for \(path): \(String(cString: strerror(code))) (errno \(code))"
+            return "\(operation.rawValue) failed for \(path): \(String(cString: strerror(code))) (errno \(code))\(Self.hint(operation, code))"
         case let .tooLarge(path, size, limit):
             return "\(path) is \(size) bytes, more than the \(limit) bytes accepted for this format"
         case let .notRegularFile(path):
@@ -31,6 +31,11 @@ public enum FileAccessError: Error, Sendable, CustomStringConvertible {
         case let .changedWhileReading(path):
             return "\(path) changed while it was being read; retry once the writer has finished"
         }
+    }
+
+    /// What to do when a mapping finds no address space (the usual cause is `ulimit -v`).
+    static func hint(_ operation: Operation, _ code: Int32) -> String {
+        operation == .mmap && code == ENOMEM ? " (no room for it in the address space this process may use: raise ulimit -v)" : ""
     }
 
     /// The file concerned.
@@ -43,7 +48,7 @@ public enum FileAccessError: Error, Sendable, CustomStringConvertible {
     /// What went wrong, without the path (for a caller whose message already names the file).
     public var reason: String {
         switch self {
-        case let .system(_, _, code): String(cString: strerror(code))
+        case let .system(operation, _, code): String(cString: strerror(code)) + Self.hint(operation, code)
         case .tooLarge(_, let size, let limit): "\(size) bytes, more than the \(limit) bytes accepted for this format"
         case .notRegularFile: "not a regular file"
         case .changedWhileReading: "the file changed while it was being read; retry once the writer has finished"
@@ -130,27 +135,32 @@ public final class ReadOnlyFile: @unchecked Sendable {
 }
 
 /// A read-only private mapping of a whole file: model files hand out windows of it, so
-/// weights are never copied.
+/// weights are never copied. Guarded against SIGBUS while mapped (`MappedFileGuard`): a file
+/// cut under a running process ends it with one line naming the file, not a signal.
 public final class MappedFile: @unchecked Sendable {
     public let base: UnsafeRawPointer?
     public let length: Int
+    private let guardSlot: Int?
 
-    /// Maps `file` at its size at open (an empty file maps to an empty buffer).
-    public init(_ file: ReadOnlyFile) throws(FileAccessError) {
+    /// Maps `file` at its size at open (an empty file maps to an empty buffer). `what` names
+    /// the file in the SIGBUS line (default "the file PATH").
+    public init(_ file: ReadOnlyFile, what: String? = nil) throws(FileAccessError) {
         length = file.size
         if length == 0 {
             base = nil
+            guardSlot = nil
             return
         }
         guard let fd = file.descriptor else { throw .system(operation: .mmap, path: file.path, errno: EBADF) }
         let p = mmap(nil, length, PROT_READ, MAP_PRIVATE, fd, 0)
         guard let p, p != MAP_FAILED else { throw .system(operation: .mmap, path: file.path, errno: errno) }
         base = UnsafeRawPointer(p)
+        guardSlot = MappedFileGuard.register(UnsafeRawBufferPointer(start: p, count: length), what: what ?? "the file \(file.path)")
     }
 
     /// Opens and maps the file at `path`.
-    public convenience init(path: String) throws(FileAccessError) {
-        try self.init(ReadOnlyFile(path: path))
+    public convenience init(path: String, what: String? = nil) throws(FileAccessError) {
+        try self.init(ReadOnlyFile(path: path), what: what)
     }
 
     /// The mapped bytes; valid only while this object lives (see `withUnsafeBytes`).
@@ -161,7 +171,10 @@ public final class MappedFile: @unchecked Sendable {
         try withExtendedLifetime(self) { try body(buffer) }
     }
 
-    deinit { if let base { munmap(UnsafeMutableRawPointer(mutating: base), length) } }
+    deinit {
+        MappedFileGuard.release(guardSlot)
+        if let base { munmap(UnsafeMutableRawPointer(mutating: base), length) }
+    }
 }
 
 /// `close(2)`, named apart from `ReadOnlyFile.close()`.

@@ -78,6 +78,12 @@ public struct VerifiedModel: Sendable {
         VerifiedModel(try model.storingLinearWeights(as: dtype), graphs: verifiedGraphs, compiled: [])
     }
 
+    /// `Model.packingLinearWeights` keeps every graph and compiled function valid: a layout
+    /// changes neither a constant's type nor a source digest (F12).
+    public func packingLinearWeights() -> VerifiedModel {
+        VerifiedModel(model.packingLinearWeights(), graphs: verifiedGraphs, compiled: verifiedCompiled)
+    }
+
     /// This model with `compiled` as its compiled functions, which are checked (F11, F12 and
     /// their graphs); the model's own graphs are unchanged, so they are not checked again.
     public func replacingCompiled(with compiled: [CompiledFunction]) throws(IRError) -> VerifiedModel {
@@ -106,7 +112,7 @@ extension ModelFile {
     /// `read(contentsOf:)`, as the verified model the reader checked.
     public static func readVerified(contentsOf url: URL, compiledFunctions: CompiledFunctions = .keep) throws -> VerifiedModel {
         let file: MappedFile
-        do { file = try MappedFile(path: url.path) } catch { throw FileIO.Error(opening: error) }
+        do { file = try MappedFile(path: url.path, what: "the model file \(url.path)") } catch { throw FileIO.Error(opening: error) }
         do {
             return try decode(file.buffer, owner: file, compiledFunctions: compiledFunctions)
         } catch let e as IRError {

@@ -292,7 +292,7 @@ public final class BoundPlan: @unchecked Sendable {
                     let p = UnsafeMutableRawPointer.allocate(byteCount: max(n, 8), alignment: 64)
                     scratch.append(p)
                     return p
-                }, packed: { e.packedWeights[$0] }, threads: threads))
+                }, packed: { e.packedWeights[$0] }, bf16Attention: e.loaded.store.bf16Attention, threads: threads))
             }
             self.scratch = scratch
         }

@@ -7,7 +7,8 @@ import Glibc
 
 typealias FPtr = UnsafeMutablePointer<Float>
 
-/// One step with everything resolved: pointers, sizes, strides. `execute` does no allocation.
+/// One step with everything resolved: pointers, sizes, strides. `execute` does no allocation:
+/// it calls one kernel (Sources/FlowRuntime/Kernels/, one file per op family).
 enum PreparedStep {
     case matmul(a: FPtr, b: FPtr, c: FPtr, m: Int, n: Int, k: Int, ta: Bool, tb: Bool, offsets: [(Int, Int)])
     case binary(BinaryKind, a: FPtr, b: FPtr, y: FPtr, walk: StridedWalk)
@@ -40,109 +41,48 @@ enum PreparedStep {
         case let .parallel(job, items):
             pool.run(job, count: items)
         case let .coupling(x, params, z, batch, tokens, d, shift, hasScale, flip):
-            CouplingKernel.run(x: x, params: params, z: z, batch: batch, tokens: tokens, d: d, shift: shift, hasScale: hasScale, flip: flip)
+            Kernels.affineCoupling(x: x, params: params, z: z, batch: batch, tokens: tokens, d: d, shift: shift, hasScale: hasScale, flip: flip)
         case let .matmul(a, b, c, m, n, k, ta, tb, offsets):
-            for (i, (oa, ob)) in offsets.enumerated() {
-                Kernels.gemm(a: a + oa, b: b + ob, c: c + i * m * n, m: m, n: n, k: k, transA: ta, transB: tb)
-            }
+            Kernels.matmul(a: a, b: b, c: c, m: m, n: n, k: k, transA: ta, transB: tb, offsets: offsets)
         case let .binary(kind, a, b, y, walk):
-            var o = 0
-            walk.forEachRow { oa, ob, len, sa, sb in
-                let pa = a + oa, pb = b + ob, py = y + o
-                switch kind {
-                case .add: for i in 0..<len { py[i] = pa[i * sa] + pb[i * sb] }
-                case .sub: for i in 0..<len { py[i] = pa[i * sa] - pb[i * sb] }
-                case .mul: for i in 0..<len { py[i] = pa[i * sa] * pb[i * sb] }
-                case .div: for i in 0..<len { py[i] = pa[i * sa] / pb[i * sb] }
-                }
-                o += len
-            }
+            Kernels.binary(kind, a: a, b: b, y: y, walk: walk)
         case let .unary(kind, x, y, count):
-            switch kind {
-            case .neg: for i in 0..<count { y[i] = -x[i] }
-            case .exp: for i in 0..<count { y[i] = expf(x[i]) }
-            case .gelu: fk_gelu(x, y, count)
-            case .sqrt: for i in 0..<count { y[i] = x[i].squareRoot() }
-            case .log: for i in 0..<count { y[i] = logf(x[i]) }
-            case .erf: fk_erf(x, y, count)
-            case .scale(let s): for i in 0..<count { y[i] = s * x[i] }
-            }
+            Kernels.unary(kind, x: x, y: y, count: count)
         case let .softmax(x, y, outer, n, inner):
             Kernels.softmax(x: x, y: y, outer: outer, n: n, inner: inner)
         case let .causalMask(x, y, matrices, m, n, value):
             Kernels.causalMask(x: x, y: y, matrices: matrices, m: m, n: n, value: value)
         case let .copyBytes(x, y, bytes):
-            if x != y { y.copyMemory(from: x, byteCount: bytes) }
+            Kernels.copyBytes(x: x, y: y, bytes: bytes)
         case let .gatherWalk(x, y, walk):
-            var o = 0
-            walk.forEachRow { oa, _, len, sa, _ in
-                let px = x + oa, py = y + o
-                if sa == 1 { py.update(from: px, count: len) } else { for i in 0..<len { py[i] = px[i * sa] } }
-                o += len
-            }
+            Kernels.gatherWalk(x: x, y: y, walk: walk)
         case let .slice(x, y, outer, n, inner, start, length):
-            for o in 0..<outer { (y + o * length * inner).update(from: x + (o * n + start) * inner, count: length * inner) }
+            Kernels.slice(x: x, y: y, outer: outer, n: n, inner: inner, start: start, length: length)
         case let .concat(parts, y, outer, inner, total):
-            var off = 0
-            for (p, n) in parts {
-                for o in 0..<outer { (y + (o * total + off) * inner).update(from: p + o * n * inner, count: n * inner) }
-                off += n
-            }
+            Kernels.concat(parts: parts, y: y, outer: outer, inner: inner, total: total)
         case let .flip(x, y, outer, n, inner):
-            for o in 0..<outer {
-                for j in 0..<n { (y + (o * n + j) * inner).update(from: x + (o * n + n - 1 - j) * inner, count: inner) }
-            }
+            Kernels.flip(x: x, y: y, outer: outer, n: n, inner: inner)
         case let .pad(x, y, outer, n, inner, before, after):
-            let m = n + before + after
-            for o in 0..<outer {
-                let yo = y + o * m * inner
-                yo.update(repeating: 0, count: before * inner)
-                (yo + before * inner).update(from: x + o * n * inner, count: n * inner)
-                (yo + (before + n) * inner).update(repeating: 0, count: after * inner)
-            }
+            Kernels.pad(x: x, y: y, outer: outer, n: n, inner: inner, before: before, after: after)
         case let .gather(table, rows, rowSize, indices, count, y):
-            for i in 0..<count {
-                var r = Int(indices[i])
-                if r < 0 { r += rows }
-                guard r >= 0, r < rows else {
-                    throw RuntimeError(.indexOutOfRange, "gather: index \(indices[i]) out of range for a table of \(rows) rows")
-                }
-                (y + i * rowSize).update(from: table + r * rowSize, count: rowSize)
+            if let i = Kernels.gather(table: table, rows: rows, rowSize: rowSize, indices: indices, count: count, y: y) {
+                throw RuntimeError(.indexOutOfRange, "gather: index \(indices[i]) out of range for a table of \(rows) rows")
             }
         case let .reduce(x, y, walk, acc, outCount, scale):
-            acc.update(repeating: 0, count: outCount)
-            var o = 0
-            walk.forEachRow { _, ob, len, _, sb in
-                let px = x + o
-                if sb == 0 {
-                    var s = 0.0
-                    for i in 0..<len { s += Double(px[i]) }
-                    acc[ob] += s
-                } else {
-                    for i in 0..<len { acc[ob + i * sb] += Double(px[i]) }
-                }
-                o += len
-            }
-            for i in 0..<outCount { y[i] = Float(acc[i] * scale) }
+            Kernels.reduce(x: x, y: y, walk: walk, acc: acc, outCount: outCount, scale: scale)
         case let .fill(y, count, value):
-            y.update(repeating: value, count: count)
+            Kernels.fill(y: y, count: count, value: value)
         case let .writeSlice(x, update, position, y, outer, n, m, inner):
             let p = Int(position[0])
             // p comes from data: compare against n − m (≥ 0 by the shape rule) so it cannot overflow.
             guard p >= 0, p <= n - m else { throw RuntimeError(.indexOutOfRange, "write_slice: position \(p) + \(m) is outside 0..<\(n)") }
-            if x != y { y.update(from: x, count: outer * n * inner) }
-            for o in 0..<outer { (y + (o * n + p) * inner).update(from: update + o * m * inner, count: m * inner) }
+            Kernels.writeSlice(x: x, update: update, at: p, y: y, outer: outer, n: n, m: m, inner: inner)
         case let .writeSliceHalf(x, update, position, y, outer, n, m, inner):
             let p = Int(position[0])
             guard p >= 0, p <= n - m else { throw RuntimeError(.indexOutOfRange, "write_slice: position \(p) + \(m) is outside 0..<\(n)") }
-            if x != y { y.update(from: x, count: outer * n * inner) }
-            for o in 0..<outer { fk_f32_to_f16(update + o * m * inner, y + (o * n + p) * inner, m * inner) }
+            Kernels.writeSliceHalf(x: x, update: update, at: p, y: y, outer: outer, n: n, m: m, inner: inner)
         case let .maskAfter(x, position, y, rows, n, value):
-            let p = Int(position[0])
-            if x != y { y.update(from: x, count: rows * n) }
-            // Any position is valid (p ≥ n − 1 masks nothing); p + 1 is formed only when p < n.
-            let first = p >= n ? n : max(0, p + 1)
-            if first < n { for r in 0..<rows { (y + r * n + first).update(repeating: value, count: n - first) } }
+            Kernels.maskAfter(x: x, position: position, y: y, rows: rows, n: n, value: value)
         }
     }
 }
@@ -151,7 +91,8 @@ extension Executor {
     /// Resolves one plan step against concrete shapes and buffer pointers.
     static func prepare(_ s: ExecutionPlan.Step, graph: Graph, shapes shapeOf: (ValueID) -> [Int],
                         pointer: (ValueID) -> UnsafeMutableRawPointer, scratch: (Int) -> UnsafeMutableRawPointer,
-                        packed: (ValueID) -> WeightStore.Packed? = { _ in nil }, threads: Int) throws -> PreparedStep {
+                        packed: (ValueID) -> WeightStore.Packed? = { _ in nil }, bf16Attention: Bool = false,
+                        threads: Int) throws -> PreparedStep {
         func f(_ v: ValueID) -> FPtr { pointer(v).assumingMemoryBound(to: Float.self) }
         let out = s.outputs[0]
         let oshape = shapeOf(out)
@@ -202,7 +143,7 @@ extension Executor {
             }
             let job = AttentionJob(q: f(x), k: UnsafeRawPointer(pointer(s.inputs[1])), v: UnsafeRawPointer(pointer(s.inputs[2])), kvHalf: kvHalf,
                                    y: f(out), rowScale: rs, position: pos, heads: heads, shapes: (qs, ks, vs), offsets: offsets,
-                                   scale: scale, causal: mask == .causal, threads: threads)
+                                   scale: scale, causal: mask == .causal, bf16: bf16Attention, threads: threads)
             return .parallel(JobBox(job), items: job.items)
         case .affineCoupling(let shift, let hasScale, let flip):
             return .coupling(x: f(x), params: f(s.inputs[1]), z: f(out), batch: xshape[0], tokens: xshape[1], d: xshape[2],

@@ -47,8 +47,8 @@ final class JobBox {
 /// A fixed set of worker threads (the C pool in CFlowKernels/pool.c) that run `ParallelJob`s:
 /// items are taken one by one from a shared counter, the caller's thread works too, and `run`
 /// returns when all are done. Workers spin between back-to-back steps and sleep when idle.
-/// Which thread does which item varies, so jobs write disjoint outputs and results do not
-/// depend on it.
+/// Which thread does which item varies (unless the job asks for `affinity`), so jobs write
+/// disjoint outputs and results do not depend on it.
 final class ThreadPool: @unchecked Sendable {
     let threads: Int
     private let pool: OpaquePointer?

@@ -8,7 +8,9 @@ import Glibc
 /// of the model (the forward plan, each decode block, the gradient): linear-layer weights
 /// packed for `fk_linear_w` in their stored precision (f32, f16 or bf16), and f16/bf16
 /// tensors that other ops read, widened to f32. A packed weight's mapped file pages are then
-/// released, so its bytes are resident once, not twice.
+/// released, so its bytes are resident once, not twice. Weights a file stores packed
+/// (`panels32`, written by `tarflow compile`) are read where they lie: nothing is copied, and
+/// processes mapping the same file share one copy in the page cache.
 public final class WeightStore: @unchecked Sendable {
     public let model: Model
     /// A linear weight packed in panels of 32 output columns (see `fk_pack_weights`).
@@ -22,13 +24,26 @@ public final class WeightStore: @unchecked Sendable {
     private var packed: [String: Packed] = [:]
     private var widened: [String: UnsafeMutableRawPointer] = [:]
     private var owned: [UnsafeMutableRawPointer] = []
+    /// Weights the kernels read where they lie in the model (stored in `panels32`).
+    private var inPlace = Set<String>()
     private let lock = NSLockLike()
     /// Bytes this store allocated (packed and widened copies).
     public private(set) var allocatedBytes = 0
     /// Bytes of the packed weights (what one pass over every linear layer reads).
     public private(set) var packedBytes = 0
+    /// Bytes of the packed weights read where the model holds them (stored in `panels32`).
+    public private(set) var inPlaceBytes = 0
 
-    public init(model: Model) { self.model = model }
+    /// Attention runs on AMX tiles in bf16 (`fk_attention_bf16amx`: q, k, v and probabilities
+    /// rounded to bf16, sums and softmax in f32) when the linear weights are bf16 and run on AMX:
+    /// such a model already rounds its linear layers' activations to bf16. `TARFLOW_AMX=0` turns
+    /// both off.
+    public let bf16Attention: Bool
+
+    public init(model: Model) {
+        self.model = model
+        bf16Attention = WeightStore.amxBF16 && model.linearWeightDType == .bfloat16
+    }
 
     /// bf16 weights run on native bf16 dot products (activations rounded to bf16) where the CPU
     /// has them (AVX512-BF16), else widened to f32 in registers. `TARFLOW_BF16DOT=0` turns the
@@ -65,7 +80,20 @@ public final class WeightStore: @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         if let p = packed[name] { return p }
-        guard let t = model.tensor(named: name), t.shape == [n, k] else { throw RuntimeError(.missingConstant, "linear weight '\(name)' is missing or is not [\(n), \(k)]") }
+        guard let stored = model.tensor(named: name), stored.shape == [n, k] else { throw RuntimeError(.missingConstant, "linear weight '\(name)' is missing or is not [\(n), \(k)]") }
+        let native = stored.dtype == .bfloat16 && WeightStore.nativeBF16
+        if stored.layout == .panels32, !native, Int(bitPattern: stored.bytes.pointer) % 64 == 0 {
+            // Stored as the kernel reads it (`tarflow compile`): used where it lies, no copy.
+            let type = stored.dtype == .float32 ? FK_WEIGHTS_F32 : stored.dtype == .float16 ? FK_WEIGHTS_F16 : FK_WEIGHTS_BF16
+            let result = Packed(pointer: stored.bytes.pointer, type: Int32(type), bytes: stored.bytes.count)
+            inPlace.insert(name)
+            inPlaceBytes += result.bytes
+            packedBytes += result.bytes
+            packed[name] = result
+            return result
+        }
+        // Another layout than this CPU's kernel reads: packed from a row-major copy.
+        let t = stored.inLayout(.rowMajor)
         let elements = fk_packed_size(n, k)
         let result: Packed
         switch t.dtype {
@@ -95,7 +123,7 @@ public final class WeightStore: @unchecked Sendable {
         case .int64:
             throw RuntimeError(.unsupported, "linear weight '\(name)' is i64")
         }
-        t.bytes.releaseResidentPages()
+        stored.bytes.releaseResidentPages()
         packedBytes += result.bytes
         packed[name] = result
         return result
@@ -107,15 +135,17 @@ public final class WeightStore: @unchecked Sendable {
     /// over a paper-size forward); f16 and bf16 widened once to f32.
     func values(_ name: String) throws -> UnsafeMutableRawPointer {
         guard let t = model.tensor(named: name) else { throw RuntimeError(.missingConstant, "constant '\(name)' is missing from the model") }
-        if (t.dtype == .float32 || t.dtype == .int64) && Int(bitPattern: t.bytes.pointer) % t.dtype.byteSize == 0 && !t.bytes.isMapped {
+        let rowMajor = t.layout == .rowMajor
+        if (t.dtype == .float32 || t.dtype == .int64) && rowMajor && Int(bitPattern: t.bytes.pointer) % t.dtype.byteSize == 0 && !t.bytes.isMapped {
             return UnsafeMutableRawPointer(mutating: t.bytes.pointer)
         }
         lock.lock()
         defer { lock.unlock() }
         if let p = widened[name] { return p }
         let es = t.dtype == .int64 ? 8 : 4
-        let p = try allocate(t.bytes.count / t.dtype.byteSize * es, limit: Executor.memoryLimit)
-        if t.dtype == .int64 || t.dtype == .float32 {
+        guard let elements = TensorLayout.rowMajor.storedElements(t.shape) else { throw RuntimeError(.unsupported, "constant '\(name)': shape \(t.shape) overflows") }
+        let p = try allocate(elements * es, limit: Executor.memoryLimit)
+        if (t.dtype == .int64 || t.dtype == .float32) && rowMajor {
             p.copyMemory(from: t.bytes.pointer, byteCount: t.bytes.count)
         } else {
             let f = t.floats()
@@ -132,6 +162,6 @@ public final class WeightStore: @unchecked Sendable {
     func releaseMappedPages() {
         lock.lock()
         defer { lock.unlock() }
-        for t in model.tensors where t.bytes.isMapped { t.bytes.releaseResidentPages(sharedPages: true) }
+        for t in model.tensors where t.bytes.isMapped && !inPlace.contains(t.name) { t.bytes.releaseResidentPages(sharedPages: true) }
     }
 }

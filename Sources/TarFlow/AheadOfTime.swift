@@ -15,17 +15,19 @@ public enum AheadOfTime {
     /// Any compiled functions the model had are replaced. Other batch sizes still work; they
     /// are planned when first used. `progress(done, total)` counts the graphs compiled. Decode
     /// steps keep their KV cache in `kvCache` (f32 or f16; nil: f16 for f16/bf16 weights).
+    /// With `packWeights`, linear-layer weights are stored in the layout the kernels read
+    /// (`panels32`, Spec/ModelFile.md §2), so loading the file maps them and copies nothing.
     public static func compile(_ model: Model, functions: [Function] = Function.allCases, batches: [Int] = [1],
-                               options: Compiler.Options = Compiler.Options(), kvCache: DType? = nil,
+                               options: Compiler.Options = Compiler.Options(), kvCache: DType? = nil, packWeights: Bool = true,
                                progress: ((Int, Int) -> Void)? = nil) throws -> VerifiedModel {
         var m = model
         m.compiled = []
-        return try compile(try m.verified(), functions: functions, batches: batches, options: options, kvCache: kvCache, progress: progress)
+        return try compile(try m.verified(), functions: functions, batches: batches, options: options, kvCache: kvCache, packWeights: packWeights, progress: progress)
     }
 
     /// The same for a model already verified (read from a file): its graphs are not checked again.
     public static func compile(_ model: VerifiedModel, functions: [Function] = Function.allCases, batches: [Int] = [1],
-                               options: Compiler.Options = Compiler.Options(), kvCache: DType? = nil,
+                               options: Compiler.Options = Compiler.Options(), kvCache: DType? = nil, packWeights: Bool = true,
                                progress: ((Int, Int) -> Void)? = nil) throws -> VerifiedModel {
         guard !batches.isEmpty, batches.allSatisfy({ $0 >= 1 && $0 <= Int(Int32.max) / 2 }) else {
             throw TarFlowError.invalidInput("batch sizes must lie in 1...\(Int32.max / 2), are \(batches)")
@@ -55,7 +57,8 @@ public enum AheadOfTime {
             compiled.append(try compileFunction(name, of: m, bindings: bindings, options: o))
             progress?(i + 1, unique.count)
         }
-        return try m.replacingCompiled(with: compiled)
+        let result = try m.replacingCompiled(with: compiled)
+        return packWeights ? result.packingLinearWeights() : result
     }
 
     /// Compiles function `name` of `model` (`forward`, `decode{k}` or `gradient`, derived from

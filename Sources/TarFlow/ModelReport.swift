@@ -33,7 +33,9 @@ public enum ModelReport {
             for (k, v) in m.metadata.sorted(by: { $0.key < $1.key }) { out("  \(k) = \(v)") }
             let total = m.tensors.reduce(0) { $0 + $1.bytes.count }
             out("tensors: \(m.tensors.count), \(total) bytes")
-            for t in m.tensors { out("  \(t.name): \(t.dtype)[\(t.shape.map(String.init).joined(separator: ","))]") }
+            for t in m.tensors {
+                out("  \(t.name): \(t.dtype)[\(t.shape.map(String.init).joined(separator: ","))]" + (t.layout == .rowMajor ? "" : " \(t.layout)"))
+            }
         }
         for vg in verified.verifiedGraphs {
             let g = vg.graph
@@ -83,6 +85,9 @@ public enum ModelReport {
         out("parameters: \(grouped(params)) in \(m.tensors.count) tensors, \(String(format: "%.1f MB", Double(bytes) / 1e6))")
         out("dtype:      " + counts.sorted { $0.value.elements > $1.value.elements }
             .map { "\($0.key) (\($0.value.tensors) tensor\($0.value.tensors == 1 ? "" : "s"))" }.joined(separator: ", "))
+        let packed = m.tensors.filter { $0.layout == .panels32 }.count
+        out("layout:     " + (packed == 0 ? "row-major (linear weights are packed when loaded; tarflow compile stores them packed)"
+                                : "\(packed) linear weight\(packed == 1 ? "" : "s") stored packed (panels32, read where they lie)"))
         out("graphs:     " + (m.graphs.isEmpty ? "none" : m.graphs.map { "\($0.name) (\($0.nodes.count) nodes)" }.joined(separator: ", ")))
         if m.compiled.isEmpty {
             out("compiled:   none (tarflow compile stores optimized graphs and memory plans)")

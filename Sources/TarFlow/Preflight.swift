@@ -167,10 +167,29 @@ extension TarFlowModel {
     /// `memoryNeed(run)`, refused (`TarFlowError.insufficientMemory`, with the numbers) when
     /// it exceeds what this process may still allocate: RLIMIT_AS, RLIMIT_DATA, the cgroup's
     /// memory.max, else physical RAM (`MemoryLimit.current()`). Call it before the run.
+    /// The packed weights first (`packedWeightNeed`: sizing the run makes its executors, which
+    /// pack them), refused with a shortfall of no batch.
     @discardableResult
     public func preflight(_ run: Run, limit: MemoryLimit? = nil) throws -> MemoryNeed {
+        try packedWeightNeed.check(limit: limit ?? .current())
         let need = try memoryNeed(run)
         try need.check(batch: run.batch, limit: limit ?? .current())
+        return need
+    }
+
+    /// What the weight store still has to allocate when the first executor is made: a packed
+    /// copy of each linear-layer weight in its storage precision. A lower bound of what it
+    /// makes (panel padding, copied constants), so it refuses nothing the store would accept;
+    /// the store refuses the rest itself. None once the weights are packed.
+    public var packedWeightNeed: MemoryNeed {
+        var need = MemoryNeed()
+        guard weights.packedBytes == 0 else { return need }
+        let names = model.linearWeightNames
+        var bytes = 0
+        for t in model.tensors where names.contains(t.name) {
+            bytes = Saturating.add(bytes, Saturating.mul(t.shape.reduce(1, Saturating.mul), t.dtype.byteSize))
+        }
+        need.add("packed linear-layer weights", bytes)
         return need
     }
 
@@ -260,6 +279,19 @@ extension Model {
         var need = MemoryNeed()
         need.add("re-encoded linear weights", copies)
         need.add("one weight widened to f32", widened)
+        return need
+    }
+
+    /// What storing the linear weights packed (`AheadOfTime.compile`) takes: a packed copy of
+    /// each one not yet in `panels32`.
+    public func packingMemoryNeed() -> MemoryNeed {
+        let names = linearWeightNames
+        var bytes = 0
+        for t in tensors where names.contains(t.name) && t.layout == .rowMajor && TensorLayout.panels32.refusal(t.dtype, t.shape) == nil {
+            bytes = Saturating.add(bytes, Saturating.mul(TensorLayout.panels32.storedElements(t.shape) ?? Int.max, t.dtype.byteSize))
+        }
+        var need = MemoryNeed()
+        need.add("linear weights packed for the kernels", bytes)
         return need
     }
 }

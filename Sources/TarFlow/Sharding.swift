@@ -1,6 +1,6 @@
 import CTarFlowZlib
-import Foundation
 import FlowIR
+import Foundation
 
 /// Shard `index` of `count` (0-based) of a run split over a job array. A shard takes a
 /// contiguous range of the images the unsharded run would process; since every image's noise
@@ -189,7 +189,7 @@ public enum ContentDigest {
         do { file = try MappedFile(path: url.path) } catch {
             throw TarFlowError.invalidInput("\(url.path): cannot read it to digest it (\(error.reason))")
         }
-        return file.withUnsafeBytes { of($0) }
+        return file.withUnsafeBytes { of($0) }  // MappedFile is guarded against SIGBUS
     }
 
     /// The pixels of an image set, however they were stored (PNG folder, IDX, .npy).

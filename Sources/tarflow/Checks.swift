@@ -48,8 +48,7 @@ enum Checks {
     /// Loads a model file; `TarFlowModel` checks its graphs against its config (a file whose
     /// graphs and metadata disagree is refused before anything runs).
     static func model(_ path: String, threads: Int) throws -> TarFlowModel {
-        Signals.setMappedFile(path)
-        return try TarFlowModel(contentsOf: URL(fileURLWithPath: path), threads: threads)
+        try TarFlowModel(contentsOf: URL(fileURLWithPath: path), threads: threads)
     }
 
     /// Labels must be −1 (no label) or a class of a conditional model.
@@ -92,7 +91,10 @@ enum Checks {
     /// the flag that sets the batch.
     static func memory(_ m: TarFlowModel, _ run: TarFlowModel.Run, flag: String) throws {
         do { try m.preflight(run) } catch TarFlowError.insufficientMemory(let s) {
-            throw CLIError(s.message(subject: "\(flag) \(s.batch ?? run.batch)", fix: "use a smaller \(flag)"))
+            guard let batch = s.batch else {
+                throw CLIError(s.message(subject: "loading the model", fix: "raise the memory limit (ulimit -v, ulimit -d) or use a smaller model"))
+            }
+            throw CLIError(s.message(subject: "\(flag) \(batch)", fix: "use a smaller \(flag)"))
         }
     }
 

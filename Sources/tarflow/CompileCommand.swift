@@ -37,7 +37,6 @@ struct Compile: ParsableCommand {
             case (let path?, nil):
                 guard randomWeights == nil else { throw TarFlowError.invalidInput("--random-weights goes with --config, not with a model file") }
                 // Compiled functions already in the file are replaced, so stale ones need not load.
-                Signals.setMappedFile(path)
                 source = try ModelFile.read(contentsOf: URL(fileURLWithPath: path), compiledFunctions: .drop)
             case (nil, let path?):
                 guard let seed = randomWeights else {
@@ -58,6 +57,7 @@ struct Compile: ParsableCommand {
                 try Checks.memory(model.reencodingMemoryNeed(as: weights.dtype), "--weights \(weights.rawValue)", fix: "keep the file's precision (drop --weights)")
                 model = try model.storingLinearWeights(as: weights.dtype)
             }
+            try Checks.memory(model.packingMemoryNeed(), "-o \(output)", fix: "free memory, or raise the memory limit")
             var bar: ProgressBar?
             let compiled = try AheadOfTime.compile(model, functions: fs, batches: batches, kvCache: kvCache?.dtype, progress: { done, total in
                 if bar == nil { bar = ProgressBar("compile", total: total, unit: "graphs", quiet: quiet) }

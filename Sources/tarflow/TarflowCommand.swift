@@ -19,7 +19,17 @@ func fail(_ message: String, code: Int32 = 1) -> Never {
     // Names in messages come from files: no control character (an escape sequence) reaches the terminal.
     text = String(String.UnicodeScalarView(text.unicodeScalars.map { $0.value < 0x20 || $0.value == 0x7F ? "?" : $0 }))
     FileHandle.standardError.write(Data("error: \(text.isEmpty ? "failed" : text)\n".utf8))
-    Foundation.exit(code)
+    leave(code)
+}
+
+/// Ends the process: flushes stdout and stderr, then `_exit`, without the exit handlers of the
+/// libraries. OpenBLAS's joins its worker threads, and a worker that could not get its work
+/// buffer under `ulimit -v` or `-d` retries forever (measured: every command hung after its
+/// last line under `ulimit -v 200000`); nothing of ours needs an exit handler, since every
+/// output file is complete (synced and renamed) before the command returns.
+func leave(_ code: Int32) -> Never {
+    fflush(nil)
+    _exit(code)
 }
 
 /// The tool's `print`: text printed from a model file (tensor, graph and value names, metadata)
@@ -112,7 +122,6 @@ struct Inspect: ParsableCommand {
         guarded {
             try Checks.output(dot, "--dot")
             try Checks.distinct(outputs: [("--dot", dot)], inputs: [("model", model)])
-            Signals.setMappedFile(model)
             try ModelReport.inspect(contentsOf: URL(fileURLWithPath: model), name: model,
                                     options: .init(graphs: graphs, plans: plan, dot: dot.map { URL(fileURLWithPath: $0) })) { print($0) }
         }

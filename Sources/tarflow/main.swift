@@ -7,12 +7,13 @@ Signals.install()
 do {
     var command = try TarflowCommand.parseAsRoot()
     try command.run()
+    leave(0)
 } catch {
     let code = TarflowCommand.exitCode(for: error)
     if code.isSuccess {
         let text = TarflowCommand.fullMessage(for: error)
         if !text.isEmpty { print(text) }
-        exit(0)
+        leave(0)
     }
     fail(TarflowCommand.message(for: error), code: code.rawValue == 0 ? 1 : code.rawValue)
 }

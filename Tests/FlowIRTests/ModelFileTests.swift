@@ -97,6 +97,7 @@ final class ModelFileTests: XCTestCase {
         for (s, t) in zip(a.tensors, b.tensors) {
             XCTAssertEqual(s.dtype, t.dtype, s.name, file: file, line: line)
             XCTAssertEqual(s.shape, t.shape, s.name, file: file, line: line)
+            XCTAssertEqual(s.layout, t.layout, s.name, file: file, line: line)
             XCTAssertEqual(Array(s.bytes.buffer), Array(t.bytes.buffer), "bytes of \(s.name)", file: file, line: line)
         }
     }
@@ -107,14 +108,14 @@ final class ModelFileTests: XCTestCase {
 
     /// Prefix + header bytes + zero padding to 64 + data, with every prefix field overridable.
     static func assemble(headerBytes: [UInt8], data: [UInt8] = [], magic: [UInt8] = ModelFile.magic, version: UInt32 = 1,
-                         headerLength: UInt64? = nil, pad: Bool = true) -> [UInt8] {
-        var out = magic + le(version) + le(UInt32(0)) + le(headerLength ?? UInt64(headerBytes.count)) + headerBytes
+                         flags: UInt32 = 0, headerLength: UInt64? = nil, pad: Bool = true) -> [UInt8] {
+        var out = magic + le(version) + le(flags) + le(headerLength ?? UInt64(headerBytes.count)) + headerBytes
         if pad { out += [UInt8](repeating: 0, count: (64 - out.count % 64) % 64) }
         return out + data
     }
 
-    static func assemble(_ h: Flowir_ModelHeader, data: [UInt8] = [], version: UInt32 = 1) throws -> [UInt8] {
-        assemble(headerBytes: try h.serializedBytes(), data: data, version: version)
+    static func assemble(_ h: Flowir_ModelHeader, data: [UInt8] = [], version: UInt32 = 1, flags: UInt32 = 0) throws -> [UInt8] {
+        assemble(headerBytes: try h.serializedBytes(), data: data, version: version, flags: flags)
     }
 
     static func info(_ name: String, _ dtype: Flowir_DType = .float32, shape: [Int64], offset: UInt64, byteSize: UInt64) -> Flowir_TensorInfo {
@@ -629,5 +630,99 @@ final class ModelFileTests: XCTestCase {
                 XCTFail("length \(len): not an IRError: \(error)")
             }
         }
+    }
+
+    // MARK: - Layouts (panels32, flag 0x1)
+
+    /// panels32 holds W [n, k] as ⌈n/32⌉ panels of k groups of 32 (Spec/ModelFile.md, "Layouts"):
+    /// checked element by element against the definition, for every dtype it allows, with n not
+    /// a multiple of 32 (padding zero) and back to row-major bit for bit.
+    func testPanelLayoutIsTheSpecifiedPermutation() throws {
+        let (n, k) = (37, 5)
+        for dtype in [DType.float32, .float16, .bfloat16] {
+            let rowMajor: WeightTensor
+            switch dtype {
+            case .float32: rowMajor = Self.f32Tensor("w", [n, k], seed: 4)
+            default: rowMajor = Self.rawTensor("w", dtype, [n, k], (0..<(n * k)).map { UInt16(0x3C00 + $0) })
+            }
+            let packed = rowMajor.inLayout(.panels32)
+            XCTAssertEqual(packed.layout, .panels32)
+            XCTAssertEqual(packed.bytes.count, 64 * k * dtype.byteSize, "\(dtype): two panels of 32 rows")
+            let es = dtype.byteSize
+            func element(_ t: WeightTensor, _ i: Int) -> [UInt8] { Array(t.bytes.buffer[(i * es)..<((i + 1) * es)]) }
+            for p in 0..<2 {
+                for c in 0..<k {
+                    for j in 0..<32 {
+                        let stored = element(packed, p * k * 32 + c * 32 + j)
+                        let row = 32 * p + j
+                        XCTAssertEqual(stored, row < n ? element(rowMajor, row * k + c) : [UInt8](repeating: 0, count: es),
+                                       "\(dtype): panel \(p), group \(c), element \(j)")
+                    }
+                }
+            }
+            let back = packed.inLayout(.rowMajor)
+            XCTAssertEqual(back.layout, .rowMajor)
+            XCTAssertEqual(Array(back.bytes.buffer), Array(rowMajor.bytes.buffer), "\(dtype): round trip")
+            XCTAssertEqual(packed.floats().map(\.bitPattern), rowMajor.floats().map(\.bitPattern), "\(dtype): floats() are row-major")
+        }
+        // Tensors the layout does not allow are returned as they are.
+        let idx = Self.rawTensor("i", .int64, [2, 3], [Int64](repeating: 1, count: 6))
+        XCTAssertEqual(idx.inLayout(.panels32).layout, .rowMajor)
+        XCTAssertEqual(Self.f32Tensor("v", [6], seed: 1).inLayout(.panels32).layout, .rowMajor)
+    }
+
+    /// A model with packed linear weights round-trips, sets flag 0x1, and keeps its values; a
+    /// model without keeps flags 0 (files from before layouts are byte for byte the same).
+    func testPackedModelRoundTripsWithTheLayoutFlag() throws {
+        let m = try Self.sampleModel()
+        XCTAssertEqual(try ModelFile.encode(m)[12], 0, "row-major only: flags 0")
+        let packed = m.packingLinearWeights()
+        XCTAssertEqual(packed.tensors.filter { $0.layout == .panels32 }.map(\.name), ["w"], "only the linear weight")
+        let bytes = try ModelFile.encode(packed)
+        XCTAssertEqual(Array(bytes[12..<16]), [1, 0, 0, 0], "flag 0x1")
+        let back = try ModelFile.decode(bytes)
+        assertSameModel(packed, back)
+        let w0 = try XCTUnwrap(m.tensor(named: "w")), w1 = try XCTUnwrap(back.tensor(named: "w"))
+        XCTAssertEqual(w1.floats(), w0.floats())
+        // Mapped from a file, too.
+        let url = FileManager.default.temporaryDirectory.appendingPathComponent("layout-\(getpid()).tflow")
+        defer { try? FileManager.default.removeItem(at: url) }
+        try ModelFile.write(packed, to: url)
+        let mapped = try ModelFile.read(contentsOf: url)
+        XCTAssertEqual(mapped.tensor(named: "w")?.layout, .panels32)
+        XCTAssertEqual(mapped.tensor(named: "w")?.floats(), w0.floats())
+        XCTAssertTrue(mapped.tensor(named: "w")?.bytes.isMapped ?? false)
+    }
+
+    /// Rules F5 (layout and its byte size) and F2 (flag 0x1 agrees with the table) on crafted
+    /// files.
+    func testLayoutRules() throws {
+        func packedHeader(_ layout: Flowir_Layout = .panels32, dtype: Flowir_DType = .float32, shape: [Int64] = [6, 2],
+                          byteSize: UInt64 = 256) -> Flowir_ModelHeader {
+            var h = Self.baseHeader()
+            var t = Self.info("t", dtype, shape: shape, offset: 0, byteSize: byteSize)
+            t.layout = layout
+            h.tensors = [t]
+            return h
+        }
+        let data = [UInt8](repeating: 0, count: 256)
+        // A valid packed [6, 2] f32 tensor: 32 × 2 × 4 = 256 bytes.
+        let ok = try ModelFile.decode(try Self.assemble(packedHeader(), data: data, flags: 1))
+        XCTAssertEqual(ok.tensors.first?.layout, .panels32)
+        XCTAssertEqual(ok.tensors.first?.floats().count, 12)
+        assertRule("F5", try Self.assemble(packedHeader(.UNRECOGNIZED(7)), data: data, flags: 1), says: "tensor 't': unknown layout 7")
+        assertRule("F5", try Self.assemble(packedHeader(byteSize: 48), data: data, flags: 1),
+                   says: "byte_size 48 but shape [6, 2] of f32 in layout panels32 needs 256")
+        assertRule("F5", try Self.assemble(packedHeader(dtype: .int64, byteSize: 512), data: data + data, flags: 1),
+                   says: "layout panels32 needs a rank-2 f32, f16 or bf16 tensor")
+        assertRule("F5", try Self.assemble(packedHeader(shape: [12], byteSize: 48), data: data, flags: 1), says: "needs a rank-2")
+        assertRule("F2", try Self.assemble(packedHeader(), data: data, flags: 0), says: "has layout panels32 but the prefix lacks flag 0x1")
+        assertRule("F2", try Self.assemble(Self.baseHeader(), data: Self.baseData, flags: 1), says: "has flag 0x1 (tensor layouts) but every tensor is row-major")
+        assertRule("F2", try Self.assemble(packedHeader(), data: data, flags: 3), says: "flags 0x3 are not supported")
+        // In memory, the writer refuses a packed tensor without its padding (F5).
+        var m = try Self.sampleModel()
+        let i = try XCTUnwrap(m.tensors.firstIndex { $0.name == "w" })
+        m.tensors[i].layout = .panels32  // 36 elements, but panels32 of [6, 6] stores 192
+        XCTAssertThrowsError(try ModelFile.encode(m)) { XCTAssertTrue("\($0)".contains("in layout panels32 needs 768"), "\($0)") }
     }
 }

@@ -50,6 +50,13 @@ final class CompileTests: XCTestCase {
             XCTAssertEqual(bits(da.gradient), bits(db.gradient), "\(name): denoise gradient")
             XCTAssertEqual(bits(da.images), bits(db.images), "\(name): denoised images")
         }
+        // The compiled file stores its linear weights packed (panels32), and they are read where
+        // they lie; the model compiled at load packs a copy of each.
+        XCTAssertGreaterThan(ahead.weights.packedBytes, 0)
+        XCTAssertEqual(ahead.weights.inPlaceBytes, ahead.weights.packedBytes, "\(name): every packed weight is read in place")
+        XCTAssertEqual(atLoad.weights.inPlaceBytes, 0)
+        XCTAssertEqual(atLoad.weights.packedBytes, ahead.weights.packedBytes)
+        XCTAssertTrue(ahead.model.linearWeightNames.allSatisfy { ahead.model.tensor(named: $0)?.layout == .panels32 })
         // The stored plan, not a new one, is what the bound forward plan uses.
         let stored = try XCTUnwrap(ahead.model.compiledFunction(named: "forward")?.plan(for: ["B": rows]))
         XCTAssertEqual(try ahead.forwardPlan().bind(["B": rows]).memoryPlan.offsets, stored.offsets)
@@ -68,6 +75,42 @@ final class CompileTests: XCTestCase {
     }
 
     func testTinyUncondEqualsCompileAtLoad() throws { try checkEqual("tiny_uncond") }
+
+    /// Half-precision weights stored packed give bit for bit what packing them at load gives:
+    /// f16 and bf16 widened are read in place; bf16 on native dot products or AMX tiles is
+    /// repacked from the stored panels into that kernel's layout (every path this CPU has).
+    func testPackedHalfPrecisionWeightsEqualPackingAtLoad() throws {
+        let c = try Fixtures.load("cond_guided")
+        let base = try Fixtures.model("cond_guided").model
+        let x = c.tensor("input.x"), labels = c.labels
+        let noise = c.tensor("input.noise")
+        defer { unsetenv("TARFLOW_AMX"); unsetenv("TARFLOW_BF16DOT") }
+        let paths: [(DType, String?, [String: String])] = [
+            (.float16, nil, [:]), (.bfloat16, "amx", [:]), (.bfloat16, "dot", ["TARFLOW_AMX": "0"]), (.bfloat16, "widened", ["TARFLOW_BF16DOT": "0"]),
+        ]
+        var ran = 0
+        for (dtype, path, env) in paths {
+            unsetenv("TARFLOW_AMX"); unsetenv("TARFLOW_BF16DOT")
+            for (k, v) in env { setenv(k, v, 1) }
+            if let path, WeightStore.bf16Path != path { continue }  // not on this CPU
+            ran += 1
+            let half = try base.storingLinearWeights(as: dtype)
+            let packedFile = try ModelFile.decode(try ModelFile.encode(try AheadOfTime.compile(half, functions: [.forward, .sample], batches: [c.batch])))
+            let atLoad = try TarFlowModel(model: half), ahead = try TarFlowModel(model: packedFile)
+            let name = "\(dtype)\(path.map { " (\($0))" } ?? "")"
+            let a = try atLoad.forward(images: x, labels: labels), b = try ahead.forward(images: x, labels: labels)
+            XCTAssertEqual(bits(a.z), bits(b.z), "\(name): z")
+            XCTAssertEqual(a.logdets.map(\.bitPattern), b.logdets.map(\.bitPattern), "\(name): logdets")
+            let opts = SamplingOptions(guidance: 2)
+            let ys = labels.map { $0.map { max($0, 0) } }
+            XCTAssertEqual(bits(try atLoad.sample(noise: noise, labels: ys, options: opts)), bits(try ahead.sample(noise: noise, labels: ys, options: opts)),
+                           "\(name): samples")
+            let widened = dtype == .float16 || path == "widened"
+            XCTAssertEqual(ahead.weights.inPlaceBytes, widened ? ahead.weights.packedBytes : 0, "\(name): read in place only where the layout is the kernel's")
+            XCTAssertGreaterThan(ahead.weights.packedBytes, 0)
+        }
+        XCTAssertGreaterThanOrEqual(ran, 2, "f16 and at least the widened bf16 path run everywhere")
+    }
     func testCondGuidedEqualsCompileAtLoad() throws { try checkEqual("cond_guided") }
     func testVPPriorEqualsCompileAtLoad() throws { try checkEqual("vp_prior") }
     func testMNISTEqualsCompileAtLoad() throws { try checkEqual("mnist_trained") }
@@ -344,6 +387,17 @@ final class CompileCLITests: XCTestCase {
         // not be one of the command's inputs).
         let again = tmp.appendingPathComponent("c2.tflow").path
         XCTAssertEqual(try tarflow(["compile", out, "-o", again, "--batch", "2"]).status, 0)
+        // The linear weights are stored packed; inspect says so (and the source is row-major).
+        let packedLine = try tarflow(["inspect", out]).out.split(separator: "\n").first { $0.hasPrefix("layout:") }
+        XCTAssertEqual(packedLine.map(String.init), "layout:     \(try ModelFile.read(contentsOf: URL(fileURLWithPath: out)).linearWeightNames.count) linear weights stored packed (panels32, read where they lie)")
+        XCTAssertTrue(try tarflow(["inspect", src]).out.contains("layout:     row-major"))
+        XCTAssertTrue(try tarflow(["inspect", out, "--graphs"]).out.contains("attention.qkv.weight: f32[384,128] panels32"))
+        // Re-encoding a packed file reads its weights in row-major order: the same bytes as
+        // re-encoding the row-major source.
+        let h1 = tmp.appendingPathComponent("h1.tflow").path, h2 = tmp.appendingPathComponent("h2.tflow").path
+        XCTAssertEqual(try tarflow(["compile", src, "-o", h1, "--weights", "f16", "--functions", "forward"]).status, 0)
+        XCTAssertEqual(try tarflow(["compile", out, "-o", h2, "--weights", "f16", "--functions", "forward"]).status, 0)
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: h1)), try Data(contentsOf: URL(fileURLWithPath: h2)))
 
         // The C reader lists the compiled functions (when it has been built: make -C Tools/flowinfo).
         let flowinfo = repo.appendingPathComponent("Tools/flowinfo/flowinfo")
@@ -353,6 +407,7 @@ final class CompileCLITests: XCTestCase {
             XCTAssertTrue(r.out.contains("compiled functions: 5"), r.out)
             XCTAssertTrue(r.out.contains("compiled \"gradient\" from \"forward\""), r.out)
             XCTAssertTrue(r.out.contains("  plan B=2: "), r.out)
+            XCTAssertTrue(r.out.contains(" panels32\n"), r.out)
         }
     }
 

@@ -214,6 +214,58 @@ extension CLIHardeningTests {
         }
     }
 
+    /// The bombs of issue 12 without the tight limit (a 3 GB `ulimit -v` only as a safety net,
+    /// so a regression fails instead of taking the machine): the peak resident set of the
+    /// `tarflow` process (GNU time's maximum RSS: the kernel's high-water mark of the image
+    /// exec'd, VmHWM, counted from time's small fork) stays within the model, the batch and
+    /// 256 MB. The runs under `addressSpaceKB` above bound address space; this bounds memory
+    /// touched when nothing stops an allocation.
+    func testMemoryBombPeaksStayWithinModelBatchAnd256MB() throws {
+        try XCTSkipUnless(FileManager.default.isExecutableFile(atPath: "/usr/bin/time"), "GNU time measures the peak (scripts/setup.sh installs it)")
+        let safetyKB = 3_000_000, slack = 256 << 20
+        func size(_ path: String) throws -> Int { try XCTUnwrap(FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) }
+        func check(_ args: [String], status: Int32, mention: String, bound: Int, line: UInt = #line) throws {
+            let r = try tarflowUnderLimit(args, kilobytes: safetyKB)
+            XCTAssertEqual(r.status, status, "\(args): \(r.err)", line: line)
+            if status != 0 {
+                XCTAssertEqual(r.err.split(separator: "\n").count, 1, r.err, line: line)
+                XCTAssertTrue(r.err.hasPrefix("error: ") && r.err.contains(mention), r.err, line: line)
+            }
+            let kb = try XCTUnwrap(r.peakKB, "no peak from /usr/bin/time", line: line)
+            XCTAssertLessThanOrEqual(kb * 1024, bound, "\(args[0]) peaked at \(kb) kB, bound \(bound / 1024) kB", line: line)
+        }
+        // likelihood --limit 2 on gzip IDX files that inflate to 1 GiB: two images declared then
+        // 1 GiB of zeros (refused at the first byte past the data), and 1 GiB of images declared.
+        let modelAndBatch = try size(mnist.path) + 2 * 784 * 4
+        let trailing = tmp.appendingPathComponent("peak-trailing-idx3-ubyte.gz")
+        try Data(Self.deflate(TarFlowHardeningTests.idxHeader(images: 2, side: 28) + [UInt8](repeating: 0, count: 2 * 784), zeros: Self.gib, gzip: true).bytes)
+            .write(to: trailing)
+        try check(["likelihood", mnist.path, "--images", trailing.path, "--limit", "2", "--json"], status: 1, mention: "after the data", bound: modelAndBatch + slack)
+        let n = Self.gib / 784
+        let declared = tmp.appendingPathComponent("peak-declared-idx3-ubyte.gz")
+        try Data(Self.deflate(TarFlowHardeningTests.idxHeader(images: n, side: 28), zeros: n * 784, gzip: true).bytes).write(to: declared)
+        try check(["likelihood", mnist.path, "--images", declared.path, "--limit", "2", "--json"], status: 0, mention: "", bound: modelAndBatch + slack)
+        // convert on a .pth with one storage of 1 GiB of deflated zeros: as an entry larger than
+        // its tensor, as a storage declared 2^28 floats, and as an entry that lies about its size.
+        let bomb = Self.deflate([], zeros: Self.gib)
+        let entry = try tinyStateDictPTH("peak-entry.pth", hostile: Self.bombTensor) { _, _ in
+            StoredZip.Entry(name: "", method: 8, crc: bomb.crc, data: bomb.bytes, size: Self.gib)
+        }
+        let numel = try tinyStateDictPTH("peak-numel.pth", hostile: Self.bombTensor) { numel, _ in
+            numel = Self.gib / 4
+            return StoredZip.Entry(name: "", method: 8, crc: bomb.crc, data: bomb.bytes, size: Self.gib)
+        }
+        let lying = try tinyStateDictPTH("peak-lying.pth", hostile: Self.bombTensor) { numel, _ in
+            StoredZip.Entry(name: "", method: 8, crc: bomb.crc, data: bomb.bytes, size: numel * 4)
+        }
+        // The model is the state dict's own tensors (their bytes are what convert must hold).
+        let tensors = Converter.expectedShapes(Self.stateDictConfig).values.reduce(0) { $0 + $1.reduce(4, *) }
+        for (path, mention) in [(entry, "entry holds 1073741824 bytes"), (numel, "declares 268435456 elements"), (lying, "decompresses to more than")] {
+            try check(["convert", path, "-o", keep.path, "--image-size", "4"], status: 1, mention: mention, bound: tensors + slack)
+        }
+        XCTAssertEqual(try String(contentsOf: keep, encoding: .utf8), "precious")
+    }
+
     /// A version 1.0 .npy header for little-endian float32 `shape`, padded as np.save pads it.
     static func npyHeader(_ shape: [Int]) -> [UInt8] {
         var text = "{'descr': '<f4', 'fortran_order': False, 'shape': (\(shape.map(String.init).joined(separator: ", "))), }"

@@ -1,11 +1,13 @@
 import Foundation
 
-/// Runs a program to completion; its exit status and everything it printed.
-func runProcess(_ exe: URL, _ args: [String], in directory: URL? = nil) throws -> (status: Int32, out: String, err: String) {
+/// Runs a program to completion; its exit status and everything it printed. `environment`
+/// entries are added to this process's environment.
+func runProcess(_ exe: URL, _ args: [String], in directory: URL? = nil, environment: [String: String] = [:]) throws -> (status: Int32, out: String, err: String) {
     let p = Process()
     p.executableURL = exe
     p.arguments = args
     if let directory { p.currentDirectoryURL = directory }
+    if !environment.isEmpty { p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
     let o = Pipe(), e = Pipe()
     p.standardOutput = o
     p.standardError = e

@@ -6,7 +6,7 @@
  *
  *   0..7    magic "TFLOWMDL"
  *   8..11   uint32 LE format version (1)
- *   12..15  uint32 LE flags (0)
+ *   12..15  uint32 LE flags (0, or 0x1 when some tensor is not row-major)
  *   16..23  uint64 LE N = byte length of the serialized ModelHeader
  *   24..    the ModelHeader, then zero padding up to data_offset = round_up(24 + N, 64)
  *   data    each tensor's bytes at data_offset + offset (a multiple of 64), byte_size long
@@ -30,6 +30,7 @@
 #define PREAMBLE_SIZE 24u
 #define DATA_ALIGNMENT 64u
 #define SUPPORTED_VERSION 1u
+#define FLAG_TENSOR_LAYOUTS 0x1u /* some tensor is not row-major (TensorInfo.layout) */
 #define TENSOR_ROWS_SHOWN 5u
 
 static const char kMagic[8] = {'T', 'F', 'L', 'O', 'W', 'M', 'D', 'L'};
@@ -193,9 +194,10 @@ static void read_at(FILE *f, uint64_t offset, unsigned char *buf, size_t len)
 static void validate_graph(const Flowir__Graph *gr);
 
 /* Checks the header against the file length and the schema's rules the summary relies on. */
-static void validate(const Flowir__ModelHeader *h, uint32_t file_version, uint64_t data_offset,
-                     uint64_t file_size)
+static void validate(const Flowir__ModelHeader *h, uint32_t file_version, uint32_t flags,
+                     uint64_t data_offset, uint64_t file_size)
 {
+    int any_layout = 0;
     if (h->format_version != file_version)
         fail("header format_version %" PRIu32 " differs from the file's version %" PRIu32,
              h->format_version, file_version);
@@ -213,16 +215,33 @@ static void validate(const Flowir__ModelHeader *h, uint32_t file_version, uint64
         uint64_t expected = dtype_size(t->dtype);
         if (expected == 0)
             fail("tensor %zu (\"%s\"): unknown dtype %d", i, safe(t->name), (int)t->dtype);
-        for (size_t d = 0; d < t->n_shape; d++) {
+        for (size_t d = 0; d < t->n_shape; d++)
             if (t->shape[d] < 0)
                 fail("tensor %zu (\"%s\"): negative dimension %" PRId64, i, safe(t->name), t->shape[d]);
-            if (__builtin_mul_overflow(expected, (uint64_t)t->shape[d], &expected))
+        /* Stored elements: the shape's, with panels32 rows padded to a multiple of 32. */
+        switch (t->layout) {
+        case FLOWIR__LAYOUT__LAYOUT_ROW_MAJOR: break;
+        case FLOWIR__LAYOUT__LAYOUT_PANELS32:
+            any_layout = 1;
+            if (t->n_shape != 2 || t->dtype == FLOWIR__DTYPE__DTYPE_INT64)
+                fail("tensor %zu (\"%s\"): layout panels32 needs a rank-2 float tensor", i, safe(t->name));
+            break;
+        default: fail("tensor %zu (\"%s\"): unknown layout %d", i, safe(t->name), (int)t->layout);
+        }
+        for (size_t d = 0; d < t->n_shape; d++) {
+            uint64_t dim = (uint64_t)t->shape[d];
+            if (t->layout == FLOWIR__LAYOUT__LAYOUT_PANELS32 && d == 0) dim = (dim + 31) / 32 * 32;
+            if (__builtin_mul_overflow(expected, dim, &expected))
                 fail("tensor %zu (\"%s\"): shape overflows 64 bits", i, safe(t->name));
         }
         if (expected != t->byte_size)
-            fail("tensor %zu (\"%s\"): byte_size %" PRIu64 " but dtype and shape give %" PRIu64,
+            fail("tensor %zu (\"%s\"): byte_size %" PRIu64 " but dtype, shape and layout give %" PRIu64,
                  i, safe(t->name), t->byte_size, expected);
     }
+
+    if (any_layout != ((flags & FLAG_TENSOR_LAYOUTS) != 0))
+        fail(any_layout ? "a tensor has a layout but the prefix lacks flag 0x1 (tensor layouts)"
+                        : "the prefix has flag 0x1 (tensor layouts) but every tensor is row-major");
 
     for (size_t g = 0; g < h->n_graphs; g++) validate_graph(h->graphs[g]);
 
@@ -324,7 +343,8 @@ static void print_tensors(const Flowir__ModelHeader *h)
         print_dtype(t->dtype);
         printf(" ");
         print_int_list(t->n_shape, t->shape);
-        printf(" @%" PRIu64 " %" PRIu64 " bytes\n", t->offset, t->byte_size);
+        printf(" @%" PRIu64 " %" PRIu64 " bytes%s\n", t->offset, t->byte_size,
+               t->layout == FLOWIR__LAYOUT__LAYOUT_PANELS32 ? " panels32" : "");
     }
     if (h->n_tensors > shown)
         printf("  ... %zu more\n", h->n_tensors - shown);
@@ -490,7 +510,8 @@ int main(int argc, char **argv)
     if (version != SUPPORTED_VERSION)
         fail("format version %" PRIu32 " is not supported (this tool reads version %u)", version,
              SUPPORTED_VERSION);
-    if (flags != 0) fail("unknown flags 0x%08" PRIx32 " (version 1 defines none)", flags);
+    if (flags & ~FLAG_TENSOR_LAYOUTS)
+        fail("unknown flags 0x%08" PRIx32 " (version 1 defines only 0x1, tensor layouts)", flags);
     if (header_len > file_size - PREAMBLE_SIZE)
         fail("header length %" PRIu64 " exceeds the %" PRIu64
              " bytes after the preamble; file truncated?", header_len, file_size - PREAMBLE_SIZE);
@@ -522,7 +543,7 @@ int main(int argc, char **argv)
     if (data_offset > file_size && h->n_tensors > 0)
         fail("file ends at %" PRIu64 " before its data section at %" PRIu64 "; file truncated?",
              file_size, data_offset);
-    validate(h, version, data_offset > file_size ? file_size : data_offset, file_size);
+    validate(h, version, flags, data_offset > file_size ? file_size : data_offset, file_size);
 
     printf("file: ");
     print_str(path);

@@ -32,6 +32,10 @@ data_len=$( (cd "$root" && protoc --decode=flowir.ModelHeader -I Spec Spec/flowi
         END { print end + 0 }')
 
 n=$(wc -c < "$work/header.pb")
+# Flag 0x1 when some tensor has a layout other than row-major.
+flags=0
+(cd "$root" && protoc --decode=flowir.ModelHeader -I Spec Spec/flowir.proto) < "$work/header.pb" > "$work/header.txt"
+grep -q '^  layout: LAYOUT_PANELS32' "$work/header.txt" && flags=1
 pad=$(( (64 - (24 + n) % 64) % 64 ))
 
 # Writes $1 as a little-endian unsigned integer of $2 bytes.
@@ -45,7 +49,7 @@ le() {
 {
     printf 'TFLOWMDL'
     le 1 4          # format version
-    le 0 4          # flags
+    le "$flags" 4   # flags: 0x1 when some tensor has a layout (Spec/ModelFile.md §1)
     le "$n" 8       # header length
     cat "$work/header.pb"
     head -c "$pad" /dev/zero

@@ -3,6 +3,7 @@
 // instruction set; dispatch.c picks a copy at load through a table of function pointers).
 // The kernels are functions on raw buffers that neither allocate nor start threads; the
 // thread pool at the end of this header (pool.c) is the one part with threads.
+// Which ops have C kernels and why: docs/ARCHITECTURE.md "Kernels".
 #ifndef FLOW_KERNELS_H
 #define FLOW_KERNELS_H
 
@@ -68,6 +69,22 @@ void fk_pack_weights_bf16dot(const uint16_t *w, ptrdiff_t n, ptrdiff_t k, uint16
 void fk_linear_bf16dot(const float *x, const uint16_t *packed, const float *bias, const float *residual, float *y,
                        ptrdiff_t rows, ptrdiff_t k, ptrdiff_t n, ptrdiff_t panel0, ptrdiff_t panels, int gelu,
                        uint16_t *scratch);
+
+/// Whether fk_attention_bf16amx runs on AMX tiles here for head width d (AMX as for
+/// fk_linear_bf16amx, d a multiple of 32 up to 256).
+int fk_attention_bf16amx_supported(ptrdiff_t d);
+
+/// Scratch floats fk_attention_bf16amx needs for n keys of head width d (at least
+/// fk_attention_scratch, for the fallback).
+ptrdiff_t fk_attention_bf16amx_scratch(ptrdiff_t n, ptrdiff_t d);
+
+/// fk_attention for bf16 models on AMX tiles: q, k, v and the probabilities rounded to bf16,
+/// products summed in f32, an online softmax in f32 over blocks of 32 keys. Same contract
+/// (rows, masks, NaN for a row without keys, bits independent of which rows are computed
+/// together); where fk_attention_bf16amx_supported(d) is 0 it is fk_attention.
+void fk_attention_bf16amx(const float *q, ptrdiff_t q_row, const float *k, ptrdiff_t k_row, const float *v, ptrdiff_t v_row,
+                          float *out, ptrdiff_t out_row, ptrdiff_t m, ptrdiff_t n, ptrdiff_t d, float scale, int causal,
+                          ptrdiff_t limit, ptrdiff_t row0, ptrdiff_t rows, float *scratch);
 
 /// Whether fk_linear_bf16amx runs here: the CPU has AMX-BF16, the OS granted the tile state,
 /// and the avx512bf16 copy is selected.

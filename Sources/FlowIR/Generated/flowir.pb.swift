@@ -81,6 +81,46 @@ public nonisolated enum Flowir_DType: SwiftProtobuf.Enum, Swift.CaseIterable {
 
 }
 
+/// How a tensor's elements are ordered in its bytes (Spec/ModelFile.md §2, "Layouts").
+public nonisolated enum Flowir_Layout: SwiftProtobuf.Enum, Swift.CaseIterable {
+  public typealias RawValue = Int
+
+  /// C order (the default: every file before layouts existed)
+  case rowMajor // = 0
+
+  /// A rank-2 f32/f16/bf16 tensor W [n, k] as the linear kernels read it: ceil(n/32) panels of
+  /// k groups of 32; element j of group c of panel p is W[32p + j, c], zero where 32p + j >= n.
+  case panels32 // = 1
+  case UNRECOGNIZED(Int)
+
+  public init() {
+    self = .rowMajor
+  }
+
+  public init?(rawValue: Int) {
+    switch rawValue {
+    case 0: self = .rowMajor
+    case 1: self = .panels32
+    default: self = .UNRECOGNIZED(rawValue)
+    }
+  }
+
+  public var rawValue: Int {
+    switch self {
+    case .rowMajor: return 0
+    case .panels32: return 1
+    case .UNRECOGNIZED(let i): return i
+    }
+  }
+
+  // The compiler won't synthesize support with the UNRECOGNIZED case.
+  public static let allCases: [Flowir_Layout] = [
+    .rowMajor,
+    .panels32,
+  ]
+
+}
+
 /// The closed op set. Spec/IR.md gives inputs, outputs, attributes, shape rule and math of each.
 public nonisolated enum Flowir_OpCode: SwiftProtobuf.Enum, Swift.CaseIterable {
   public typealias RawValue = Int
@@ -619,8 +659,11 @@ public nonisolated struct Flowir_TensorInfo: Sendable {
   /// from the start of the data section; a multiple of 64
   public var offset: UInt64 = 0
 
-  /// = element count x element size
+  /// = stored element count x element size (layout padding included)
   public var byteSize: UInt64 = 0
+
+  /// written by `tarflow compile` for linear weights; default row-major
+  public var layout: Flowir_Layout = .rowMajor
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -809,6 +852,10 @@ fileprivate nonisolated let _protobuf_package = "flowir"
 
 nonisolated extension Flowir_DType: SwiftProtobuf._ProtoNameProviding {
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0DTYPE_UNSPECIFIED\0\u{1}DTYPE_FLOAT32\0\u{1}DTYPE_FLOAT16\0\u{1}DTYPE_BFLOAT16\0\u{1}DTYPE_INT64\0")
+}
+
+nonisolated extension Flowir_Layout: SwiftProtobuf._ProtoNameProviding {
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0LAYOUT_ROW_MAJOR\0\u{1}LAYOUT_PANELS32\0")
 }
 
 nonisolated extension Flowir_OpCode: SwiftProtobuf._ProtoNameProviding {
@@ -1253,7 +1300,7 @@ nonisolated extension Flowir_Graph: SwiftProtobuf.Message, SwiftProtobuf._Messag
 
 nonisolated extension Flowir_TensorInfo: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".TensorInfo"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}dtype\0\u{1}shape\0\u{1}offset\0\u{3}byte_size\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}dtype\0\u{1}shape\0\u{1}offset\0\u{3}byte_size\0\u{1}layout\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1266,6 +1313,7 @@ nonisolated extension Flowir_TensorInfo: SwiftProtobuf.Message, SwiftProtobuf._M
       case 3: try { try decoder.decodeRepeatedInt64Field(value: &self.shape) }()
       case 4: try { try decoder.decodeSingularUInt64Field(value: &self.offset) }()
       case 5: try { try decoder.decodeSingularUInt64Field(value: &self.byteSize) }()
+      case 6: try { try decoder.decodeSingularEnumField(value: &self.layout) }()
       default: break
       }
     }
@@ -1287,6 +1335,9 @@ nonisolated extension Flowir_TensorInfo: SwiftProtobuf.Message, SwiftProtobuf._M
     if self.byteSize != 0 {
       try visitor.visitSingularUInt64Field(value: self.byteSize, fieldNumber: 5)
     }
+    if self.layout != .rowMajor {
+      try visitor.visitSingularEnumField(value: self.layout, fieldNumber: 6)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1296,6 +1347,7 @@ nonisolated extension Flowir_TensorInfo: SwiftProtobuf.Message, SwiftProtobuf._M
     if lhs.shape != rhs.shape {return false}
     if lhs.offset != rhs.offset {return false}
     if lhs.byteSize != rhs.byteSize {return false}
+    if lhs.layout != rhs.layout {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

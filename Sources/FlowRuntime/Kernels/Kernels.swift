@@ -1,55 +1,10 @@
-import COpenBLAS
-#if canImport(Glibc)
-import Glibc
-#endif
+// The namespace of FlowRuntime's kernels and the index helpers the families share. One file per
+// op family beside this one (Elementwise, Linear, Normalization, Attention, Coupling, Layout,
+// Reductions); which kernels are C and which Swift, and why: docs/ARCHITECTURE.md "Kernels".
 
-/// Compute kernels on raw float buffers. Every kernel takes pointers and sizes prepared once
-/// per batch size by the executor; none allocates.
+/// Kernels on raw buffers. Every kernel takes pointers and sizes prepared once per binding by
+/// `Executor.prepare` and is called from `PreparedStep.execute`; none allocates.
 enum Kernels {
-    /// One GEMM of a batched matmul: c[M, N] = op(a) · op(b).
-    static func gemm(a: UnsafePointer<Float>, b: UnsafePointer<Float>, c: UnsafeMutablePointer<Float>,
-                     m: Int, n: Int, k: Int, transA: Bool, transB: Bool) {
-        guard m > 0, n > 0 else { return }
-        if k == 0 {
-            c.update(repeating: 0, count: m * n)
-            return
-        }
-        cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
-                    Int32(m), Int32(n), Int32(k), 1, a, Int32(transA ? m : k), b, Int32(transB ? k : n), 0, c, Int32(n))
-    }
-
-    /// Softmax along an axis of a tensor viewed as [outer, n, inner].
-    static func softmax(x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>, outer: Int, n: Int, inner: Int) {
-        guard n > 0 else { return }
-        for o in 0..<outer {
-            for i in 0..<inner {
-                let base = o * n * inner + i
-                var m = -Float.infinity
-                for j in 0..<n { m = Swift.max(m, x[base + j * inner]) }
-                // A row that is entirely -inf has no defined softmax; PyTorch gives NaN too.
-                var s: Float = 0
-                for j in 0..<n {
-                    let e = expf(x[base + j * inner] - m)
-                    y[base + j * inner] = e
-                    s += e
-                }
-                let inv = 1 / s
-                for j in 0..<n { y[base + j * inner] *= inv }
-            }
-        }
-    }
-
-    static func causalMask(x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>, matrices: Int, m: Int, n: Int, value: Float) {
-        let off = n - m
-        for t in 0..<matrices {
-            let xs = x + t * m * n, ys = y + t * m * n
-            if UnsafePointer(ys) != xs { ys.update(from: xs, count: m * n) }
-            for i in 0..<m where i + off + 1 < n {
-                (ys + i * n + i + off + 1).update(repeating: value, count: n - (i + off + 1))
-            }
-        }
-    }
-
     /// Views a tensor as [outer, n, inner] around `axis`.
     static func around(_ shape: [Int], _ axis: Int) -> (outer: Int, n: Int, inner: Int) {
         (shape[..<axis].reduce(1, *), shape[axis], shape[(axis + 1)...].reduce(1, *))
