@@ -13,9 +13,9 @@ extension Compiler {
     /// `tarflow compile` stores in a model file (`Model.compiled`). `source` names the model
     /// graph it comes from (the graph itself, or the one it was derived from) and
     /// `sourceDigest` is `Model.sourceDigest(of: source)`.
-    public static func compileAhead(_ graph: Graph, source: String, sourceDigest: [UInt8], constants: [String: TensorType],
+    public static func compileAhead(_ graph: VerifiedGraph, source: String, sourceDigest: [UInt8],
                                     bindings: [[String: Int]], options: Options = Options()) throws -> CompiledFunction {
-        let plan = try compile(graph, constants: constants, options: options)
+        let plan = try compile(graph, options: options)
         var plans: [CompiledFunction.Plan] = []
         var seen = Set<[String: Int]>()
         for b in bindings where seen.insert(b).inserted {
@@ -28,17 +28,20 @@ extension Compiler {
     /// The execution plan of a stored compiled function, without running the passes: its graph
     /// is verified (W rules) and scheduled, and every stored memory plan is checked against it
     /// (rules F13–F16). The source digest (F12) is the model's to check (`Model.verify`).
-    /// - Parameter graphVerified: the graph already passed the verifier (`ModelFile.read` runs
-    ///   it on every compiled function), so it is not run again.
-    public static func load(_ f: CompiledFunction, constants: [String: TensorType], graphVerified: Bool = false) throws(IRError) -> LoadedFunction {
+    /// A compiled function from outside: its graph is verified first (errors name the function).
+    public static func load(_ f: CompiledFunction, constants: [String: TensorType]) throws(IRError) -> LoadedFunction {
+        try load(try f.verified(constants: constants))
+    }
+
+    /// Its graph was verified where it came in (`ModelFile.read`, or
+    /// `CompiledFunction.verified(constants:)` for one built in memory).
+    public static func load(_ verified: VerifiedCompiledFunction) throws(IRError) -> LoadedFunction {
+        let f = verified.function
         let loc = "compiled function '\(f.name)'"
         func at(_ e: IRError, _ w: String) -> IRError {
             var e = e
             e.location = e.location.isEmpty ? w : "\(w), \(e.location)"
             return e
-        }
-        if !graphVerified {
-            do { try Verifier.verify(f.graph, constants: constants) } catch { throw at(error, loc) }
         }
         let plan = schedule(f.graph, passLog: f.passes)
         var plans: [[String: Int]: MemoryPlan] = [:]

@@ -23,14 +23,25 @@ public enum Compiler {
         return p
     }
 
+    /// Compiles a graph from outside: verified here first (see `verifiedInput`).
     public static func compile(_ input: Graph, constants: [String: TensorType], options: Options = Options()) throws -> ExecutionPlan {
-        do { try Verifier.verify(input, constants: constants) } catch {
-            throw CompilerError("input graph is invalid: \(error)")
-        }
-        var g = input
+        try compile(try verifiedInput(input, constants: constants), options: options)
+    }
+
+    /// Compiles a graph the verifier accepted against the tensor table the passes will see.
+    public static func compile(_ input: VerifiedGraph, options: Options = Options()) throws -> ExecutionPlan {
+        var g = input.graph
         let log = try PassPipeline(defaultPasses(fusion: options.fusion, halfPrecisionState: options.halfPrecisionState), verifyEachPass: options.verifyEachPass)
-            .run(&g, context: PassContext(constants: constants))
+            .run(&g, context: PassContext(constants: input.constants ?? [:]))
         return schedule(g, passLog: log)
+    }
+
+    /// The compiler's check of a graph it is handed: the verifier against `constants`, its
+    /// error worded as the compiler's.
+    public static func verifiedInput(_ input: Graph, constants: [String: TensorType]) throws -> VerifiedGraph {
+        do { return try Verifier.verified(input, constants: constants) } catch {
+            throw CompilerError(.invalidInput, "input graph is invalid: ", error)
+        }
     }
 
     /// The last, cheap part of `compile` on an already optimized graph: split off the load-time

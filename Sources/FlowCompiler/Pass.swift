@@ -35,7 +35,7 @@ public struct PassPipeline: Sendable {
                 changed.append(p.name)
                 if verifyEachPass {
                     do { try Verifier.verify(graph, constants: context.constants) } catch {
-                        throw CompilerError("pass '\(p.name)' produced an invalid graph: \(error)")
+                        throw CompilerError(.invalidOutput, "pass '\(p.name)' produced an invalid graph: ", error)
                     }
                 }
             }
@@ -44,8 +44,41 @@ public struct PassPipeline: Sendable {
     }
 }
 
-/// A failure inside the compiler (a bug, or a graph the compiler cannot handle).
+/// A failure inside the compiler (a bug, or a graph the compiler cannot handle). `kind` says
+/// which; `rule` is the graph rule (W…) broken, when the failure is one.
 public struct CompilerError: Error, CustomStringConvertible, Sendable {
+    public enum Kind: String, Sendable {
+        /// The graph handed to the compiler (or to `Differentiate`) breaks a graph rule.
+        case invalidInput
+        /// A pass or a vector-Jacobian rule produced a graph that breaks a rule: a compiler bug.
+        case invalidOutput
+        /// A constant the graph reads is not in the tensor table.
+        case missingConstant
+        /// An op's result type could not be inferred from its operands.
+        case shapeInference
+        /// A value's shape names a symbol the bindings leave unbound.
+        case unboundSymbol
+        /// The buffers for these bindings do not fit the address space.
+        case tooLarge
+        /// `Differentiate` was asked for something it does not do (not an output, not f32, ...).
+        case invalidRequest
+        /// An op has no derivative here.
+        case noDerivative
+    }
+
+    public var kind: Kind
+    /// The graph rule broken (from the verifier's `IRError`), if any.
+    public var rule: String?
     public var description: String
-    public init(_ d: String) { description = d }
+
+    public init(_ kind: Kind, _ description: String, rule: String? = nil) {
+        self.kind = kind
+        self.description = description
+        self.rule = rule
+    }
+
+    /// A rule broken, worded `prefix` + the verifier's error.
+    init(_ kind: Kind, _ prefix: String, _ error: IRError) {
+        self.init(kind, prefix + "\(error)", rule: error.rule)
+    }
 }

@@ -93,7 +93,8 @@ extension Model {
     }
 
     /// Rules F11 and F12 on the compiled functions (called by `verify`).
-    func verifyCompiled(constants: [String: TensorType]) throws(IRError) {
+    func verifyCompiled(constants: [String: TensorType]) throws(IRError) -> [VerifiedCompiledFunction] {
+        var verified: [VerifiedCompiledFunction] = []
         var seen = Set<String>()
         var digests: [String: [UInt8]] = [:]  // the gradient shares forward's
         for f in compiled {
@@ -110,7 +111,7 @@ extension Model {
             guard f.sourceDigest.count == 32 else {
                 throw IRError(rule: "F11", "source digest has \(f.sourceDigest.count) bytes, not 32 (SHA-256)", at: loc)
             }
-            do { try Verifier.verify(f.graph, constants: constants) } catch { throw error.located(loc) }
+            verified.append(try f.verified(constants: constants))
             let digest = digests[f.source] ?? sourceDigest(of: f.source)
             digests[f.source] = digest
             guard digest == f.sourceDigest else {
@@ -118,6 +119,7 @@ extension Model {
                     + "recompile with `tarflow compile`", at: loc)
             }
         }
+        return verified
     }
 }
 

@@ -82,13 +82,6 @@ public enum MappedFileGuard {
         pthread_mutex_unlock(&lock)
     }
 
-    /// Runs `body` with `buffer` guarded (for a mapping that lives only as long as `body`).
-    public static func guarding<R>(_ buffer: UnsafeRawBufferPointer, what: String, _ body: () throws -> R) rethrows -> R {
-        let slot = register(buffer, what: what)
-        defer { release(slot) }
-        return try body()
-    }
-
     /// The handler. Async-signal-safe: reads the tables, `write`, `unlink`, `_exit`, `sigaction`.
     static func handle(_ sig: Int32, _ info: UnsafeMutablePointer<siginfo_t>?, _ context: UnsafeMutableRawPointer?) {
         // A fault (si_code > 0), not a SIGBUS sent with kill or raise.

@@ -86,45 +86,13 @@ public struct WeightTensor: Sendable {
     /// row-major order whatever the stored layout.
     public func floats() -> [Float] {
         if layout != .rowMajor { return inLayout(.rowMajor).floats() }
-        let n = bytes.count / dtype.byteSize
-        let p = bytes.pointer
-        switch dtype {
-        case .float32:
-            return [Float](unsafeUninitializedCapacity: n) { buf, c in
-                memcpy(buf.baseAddress!, p, n * 4)
-                c = n
-            }
-        case .float16:
-            return (0..<n).map { Float(halfBits: p.loadUnaligned(fromByteOffset: 2 * $0, as: UInt16.self)) }
-        case .bfloat16:
-            return (0..<n).map { Float(bitPattern: UInt32(p.loadUnaligned(fromByteOffset: 2 * $0, as: UInt16.self)) << 16) }
-        case .int64:
-            return (0..<n).map { Float(p.loadUnaligned(fromByteOffset: 8 * $0, as: Int64.self)) }
-        }
+        return dtype.floats(fromLittleEndian: bytes.buffer)
     }
 
     public func int64s() -> [Int64] {
         guard dtype == .int64 else { return floats().map { Int64($0) } }
         let n = bytes.count / 8
         return (0..<n).map { bytes.pointer.loadUnaligned(fromByteOffset: 8 * $0, as: Int64.self) }
-    }
-}
-
-extension Float {
-    /// IEEE half to single, done by hand so it works on every platform.
-    public init(halfBits h: UInt16) {
-        let sign = UInt32(h & 0x8000) << 16
-        let exp = Int((h >> 10) & 0x1f)
-        let mant = UInt32(h & 0x3ff)
-        if exp == 0 {
-            // Zero or subnormal: mant × 2^-24.
-            let v = Float(mant) * Float(sign: .plus, exponent: -24, significand: 1)
-            self = sign != 0 ? -v : v
-        } else if exp == 31 {
-            self = Float(bitPattern: sign | 0x7f80_0000 | (mant << 13))
-        } else {
-            self = Float(bitPattern: sign | UInt32(exp + 112) << 23 | (mant << 13))
-        }
     }
 }
 
@@ -178,13 +146,5 @@ public struct Model: Sendable {
 
     /// Runs the verifier on every graph against the tensor table, then checks the compiled
     /// functions' structure and that their source graphs are unchanged (F11, F12).
-    public func verify() throws(IRError) {
-        let c = constantTypes
-        var seen = Set<String>()
-        for g in graphs {
-            if !seen.insert(g.name).inserted { throw IRError(rule: "F7", "graph name '\(g.name)' is used twice") }
-            try Verifier.verify(g, constants: c)
-        }
-        try verifyCompiled(constants: c)
-    }
+    public func verify() throws(IRError) { _ = try verified() }
 }

@@ -27,21 +27,16 @@ public enum ModelFile {
     }
 
     public static func read(contentsOf url: URL, compiledFunctions: CompiledFunctions = .keep) throws -> Model {
-        let file = try MappedFile(path: url.path)
-        do {
-            return try decode(file.buffer, owner: file, compiledFunctions: compiledFunctions)
-        } catch let e as IRError {
-            throw e.located(url.path)
-        }
+        try readVerified(contentsOf: url, compiledFunctions: compiledFunctions).model
     }
 
     /// Decodes a whole model file held in memory (copied; used by tests and fuzzers).
     public static func decode(_ bytes: [UInt8], compiledFunctions: CompiledFunctions = .keep) throws -> Model {
         let holder = TensorBytes(bytes)
-        return try decode(holder.buffer, owner: holder, compiledFunctions: compiledFunctions)
+        return try decode(holder.buffer, owner: holder, compiledFunctions: compiledFunctions).model
     }
 
-    static func decode(_ buf: UnsafeRawBufferPointer, owner: AnyObject, compiledFunctions: CompiledFunctions = .keep) throws -> Model {
+    static func decode(_ buf: UnsafeRawBufferPointer, owner: AnyObject, compiledFunctions: CompiledFunctions = .keep) throws -> VerifiedModel {
         guard buf.count >= prefixSize else { throw IRError(rule: "F1", "file is \(buf.count) bytes, too short for a model file") }
         guard Array(buf[0..<8]) == magic else { throw IRError(rule: "F1", "not a model file (bad magic); convert a checkpoint with `tarflow convert`") }
         let version = buf.loadUnaligned(fromByteOffset: 8, as: UInt32.self).littleEndian
@@ -142,8 +137,7 @@ public enum ModelFile {
         if compiledFunctions == .keep {
             model.compiled = try header.compiled.map { (f) throws(IRError) -> CompiledFunction in try CompiledFunction(proto: f) }
         }
-        try model.verify()
-        return model
+        return try model.verified()
     }
 
     // MARK: Writing
@@ -260,46 +254,6 @@ public enum ModelFile {
     @inline(__always) static func align(_ n: Int) -> Int { (n + alignment - 1) / alignment * alignment }
 }
 
-/// A read-only private mapping of a whole file.
-/// Guarded against SIGBUS while mapped (`MappedFileGuard`): a file cut under a running
-/// process ends it with one line naming the file, not a signal.
-final class MappedFile {
-    let base: UnsafeRawPointer?
-    let length: Int
-    let guardSlot: Int?
-
-    init(path: String) throws {
-        // O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused just below).
-        let fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC)
-        guard fd >= 0 else { throw FileIO.Error(path: path, message: "cannot open: \(String(cString: strerror(errno)))") }
-        defer { close(fd) }
-        var st = stat()
-        guard fstat(fd, &st) == 0 else { throw FileIO.Error(path: path, message: "cannot stat: \(String(cString: strerror(errno)))") }
-        guard (st.st_mode & S_IFMT) == S_IFREG else { throw FileIO.Error(path: path, message: "not a regular file") }
-        length = Int(st.st_size)
-        if length == 0 {
-            base = nil
-            guardSlot = nil
-            return
-        }
-        let p = mmap(nil, length, PROT_READ, MAP_PRIVATE, fd, 0)
-        guard let p, p != MAP_FAILED else {
-            let e = errno
-            let hint = e == ENOMEM ? " (no room for its \(length) bytes in the address space this process may use: raise ulimit -v)" : ""
-            throw FileIO.Error(path: path, message: "cannot map: \(String(cString: strerror(e)))\(hint)")
-        }
-        base = UnsafeRawPointer(p)
-        guardSlot = MappedFileGuard.register(UnsafeRawBufferPointer(start: p, count: length), what: "the model file \(path)")
-    }
-
-    var buffer: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: base, count: length) }
-
-    deinit {
-        MappedFileGuard.release(guardSlot)
-        if let base { munmap(UnsafeMutableRawPointer(mutating: base), length) }
-    }
-}
-
 /// File helpers shared by every writer in the project.
 public enum FileIO {
     public struct Error: Swift.Error, CustomStringConvertible, Sendable {
@@ -310,6 +264,18 @@ public enum FileIO {
             self.message = message
         }
         public var description: String { "\(path): \(message)" }
+
+        /// The model reader's wording of a failure to open or map its file.
+        init(opening e: FileAccessError) {
+            let what = switch e {
+            case .system(.open, _, _): "cannot open: "
+            case .system(.fstat, _, _): "cannot stat: "
+            case .system(.mmap, _, _): "cannot map: "
+            case .system(.read, _, _): "cannot read: "
+            case .tooLarge, .notRegularFile, .changedWhileReading: ""
+            }
+            self.init(path: e.path, message: what + e.reason)
+        }
     }
 
     /// Writes to a temporary file in the destination's folder, syncs, then renames over the

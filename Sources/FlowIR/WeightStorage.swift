@@ -41,7 +41,7 @@ extension Model {
                 case .float32:
                     f.withUnsafeBytes { out.copyMemory(from: $0) }
                 case .float16:
-                    for (j, x) in f.enumerated() { out.storeBytes(of: Float16(x).bitPattern.littleEndian, toByteOffset: 2 * j, as: UInt16.self) }
+                    for (j, x) in f.enumerated() { out.storeBytes(of: halfBits(x).littleEndian, toByteOffset: 2 * j, as: UInt16.self) }
                 case .bfloat16:
                     for (j, x) in f.enumerated() { out.storeBytes(of: bfloat16Bits(x).littleEndian, toByteOffset: 2 * j, as: UInt16.self) }
                 case .int64:
@@ -60,13 +60,6 @@ extension Model {
         let types = Set(tensors.filter { names.contains($0.name) }.map(\.dtype))
         return types.count == 1 ? types.first : nil
     }
-}
-
-/// float32 → bfloat16 bits, rounded to nearest, ties to even (NaN stays a quiet NaN).
-public func bfloat16Bits(_ x: Float) -> UInt16 {
-    let b = x.bitPattern
-    if x.isNaN { return UInt16(b >> 16) | 0x40 }
-    return UInt16((b &+ 0x7fff &+ ((b >> 16) & 1)) >> 16)
 }
 
 extension TensorBytes {

@@ -29,7 +29,7 @@ public enum ReferenceInterpreter {
     public static func run(_ g: Graph, model: Model, inputs: [String: RefTensor]) throws -> [RefTensor?] {
         var vals = [RefTensor?](repeating: nil, count: g.values.count)
         for v in g.inputs {
-            guard let t = inputs[g.values[v].name] else { throw RuntimeError("reference: missing input '\(g.values[v].name)'") }
+            guard let t = inputs[g.values[v].name] else { throw RuntimeError(.invalidInput, "reference: missing input '\(g.values[v].name)'") }
             vals[v] = t
         }
         for n in g.nodes {
@@ -77,7 +77,7 @@ public enum ReferenceInterpreter {
         func count(_ s: [Int]) -> Int { s.reduce(1, *) }
         switch op {
         case .constant(let name):
-            guard let t = model.tensor(named: name) else { throw RuntimeError("reference: no tensor '\(name)'") }
+            guard let t = model.tensor(named: name) else { throw RuntimeError(.missingConstant, "reference: no tensor '\(name)'") }
             return RefTensor(shape: t.shape, data: t.dtype == .int64 ? t.int64s().map(Double.init) : t.floats().map(Double.init))
         case .full(let v, let shape):
             let s = shape.map { $0.resolved(bindings) ?? 0 }
@@ -238,7 +238,7 @@ public enum ReferenceInterpreter {
             var out: [Double] = []
             for v in x[1].data {
                 // Range-check in Double first: an index near ±2⁶³ does not convert to Int.
-                guard v >= -Double(rows), v < Double(rows) else { throw RuntimeError("reference: gather index \(v) out of range") }
+                guard v >= -Double(rows), v < Double(rows) else { throw RuntimeError(.indexOutOfRange, "reference: gather index \(v) out of range") }
                 var r = Int(v)
                 if r < 0 { r += rows }
                 out += t.data[(r * rs)..<((r + 1) * rs)]
@@ -247,7 +247,7 @@ public enum ReferenceInterpreter {
         case .writeSlice(let axis):
             let s = x[0].shape, u = x[1].shape
             let pd = x[2].data[0]
-            guard pd >= 0, pd + Double(u[axis]) <= Double(s[axis]) else { throw RuntimeError("reference: write_slice position \(pd) out of range") }
+            guard pd >= 0, pd + Double(u[axis]) <= Double(s[axis]) else { throw RuntimeError(.indexOutOfRange, "reference: write_slice position \(pd) out of range") }
             let p = Int(pd)
             var out = x[0].data
             for i in x[1].data.indices {

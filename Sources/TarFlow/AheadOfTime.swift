@@ -19,13 +19,21 @@ public enum AheadOfTime {
     /// (`panels32`, Spec/ModelFile.md §2), so loading the file maps them and copies nothing.
     public static func compile(_ model: Model, functions: [Function] = Function.allCases, batches: [Int] = [1],
                                options: Compiler.Options = Compiler.Options(), kvCache: DType? = nil, packWeights: Bool = true,
-                               progress: ((Int, Int) -> Void)? = nil) throws -> Model {
+                               progress: ((Int, Int) -> Void)? = nil) throws -> VerifiedModel {
+        var m = model
+        m.compiled = []
+        return try compile(try m.verified(), functions: functions, batches: batches, options: options, kvCache: kvCache, packWeights: packWeights, progress: progress)
+    }
+
+    /// The same for a model already verified (read from a file): its graphs are not checked again.
+    public static func compile(_ model: VerifiedModel, functions: [Function] = Function.allCases, batches: [Int] = [1],
+                               options: Compiler.Options = Compiler.Options(), kvCache: DType? = nil, packWeights: Bool = true,
+                               progress: ((Int, Int) -> Void)? = nil) throws -> VerifiedModel {
         guard !batches.isEmpty, batches.allSatisfy({ $0 >= 1 && $0 <= Int(Int32.max) / 2 }) else {
             throw TarFlowError.invalidInput("batch sizes must lie in 1...\(Int32.max / 2), are \(batches)")
         }
-        var m = model
-        m.compiled = []
-        let config = try TarFlowConfig(validating: m)  // metadata, tensors and graphs agree
+        let m = model
+        let config = try TarFlowConfig(validating: m.model)  // metadata, tensors and graphs agree
         var names: [String] = []
         for f in functions {
             switch f {
@@ -36,6 +44,7 @@ public enum AheadOfTime {
         }
         var seen = Set<String>()
         let unique = names.filter { seen.insert($0).inserted }
+        var compiled: [CompiledFunction] = []
         progress?(0, unique.count)
         for (i, name) in unique.enumerated() {
             let sizes = Set(batches + (name.hasPrefix("decode") ? batches.map { 2 * $0 } : [])).sorted()
@@ -45,29 +54,27 @@ public enum AheadOfTime {
                 let weights = model.linearWeightDType ?? .float32
                 o.halfPrecisionState = (kvCache ?? (weights == .float32 ? .float32 : .float16)) == .float16
             }
-            m.compiled.append(try compileFunction(name, of: m, bindings: bindings, options: o))
+            compiled.append(try compileFunction(name, of: m, bindings: bindings, options: o))
             progress?(i + 1, unique.count)
         }
-        if packWeights { m = m.packingLinearWeights() }
-        try m.verify()
-        return m
+        let result = try m.replacingCompiled(with: compiled)
+        return packWeights ? result.packingLinearWeights() : result
     }
 
     /// Compiles function `name` of `model` (`forward`, `decode{k}` or `gradient`, derived from
     /// `forward` unless the file has a `gradient` graph) with memory plans for `bindings`.
-    public static func compileFunction(_ name: String, of model: Model, bindings: [[String: Int]],
+    public static func compileFunction(_ name: String, of model: VerifiedModel, bindings: [[String: Int]],
                                        options: Compiler.Options = Compiler.Options()) throws -> CompiledFunction {
         let (g, source) = try sourceGraph(name, of: model)
-        guard let digest = model.sourceDigest(of: source) else { throw TarFlowError.invalidModel("the model has no '\(source)' graph") }
-        return try Compiler.compileAhead(g, source: source, sourceDigest: digest, constants: model.constantTypes,
-                                         bindings: bindings, options: options)
+        guard let digest = model.model.sourceDigest(of: source) else { throw TarFlowError.invalidModel("the model has no '\(source)' graph") }
+        return try Compiler.compileAhead(g, source: source, sourceDigest: digest, bindings: bindings, options: options)
     }
 
     /// The graph function `name` is compiled from, and the model graph it comes from.
-    static func sourceGraph(_ name: String, of m: Model) throws -> (Graph, String) {
+    static func sourceGraph(_ name: String, of m: VerifiedModel) throws -> (VerifiedGraph, String) {
         if name == "gradient", m.graph(named: "gradient") == nil {
             guard let forward = m.graph(named: "forward") else { throw TarFlowError.invalidModel("the model file has no 'forward' graph") }
-            return (try TarFlowGraphs.gradient(forward: forward, constants: m.constantTypes), "forward")
+            return (try TarFlowGraphs.gradient(forward: forward.graph, constants: m.constantTypes), "forward")
         }
         guard let g = m.graph(named: name) else {
             throw TarFlowError.invalidModel("the model file has no '\(name)' graph" + (name.hasPrefix("decode") ? "; re-convert it with this version of `tarflow convert`" : ""))
@@ -77,7 +84,7 @@ public enum AheadOfTime {
 
     /// Whether a stored compiled function is exactly what compiling its source now gives (the
     /// same optimized graph and the same memory plans): `tarflow inspect --plan` reports it.
-    public static func matchesRecompilation(_ f: CompiledFunction, of model: Model) throws -> Bool {
+    public static func matchesRecompilation(_ f: CompiledFunction, of model: VerifiedModel) throws -> Bool {
         let again = try compileFunction(f.name, of: model, bindings: f.plans.map(\.bindings))
         return again.graph == f.graph && again.plans == f.plans && again.source == f.source && again.passes == f.passes
     }

@@ -27,10 +27,10 @@ public enum Converter {
     /// The architecture is inferred and every tensor's name, dtype and shape checked before any
     /// tensor data is read, so a checkpoint whose tensors the model cannot use (a 1 GiB tensor of
     /// deflated zeros in a small file) costs only its header. Errors name the file.
-    public static func convert(checkpoint url: URL, options: Options, progress: ((Int, Int) -> Void)? = nil) throws -> Model {
+    public static func convert(checkpoint url: URL, options: Options, progress: ((Int, Int) -> Void)? = nil) throws -> VerifiedModel {
         var opts = options
         if opts.noiseStd == nil { opts.noiseStd = noiseStd(fromFileName: url.lastPathComponent) }
-        var model: Model
+        var model: VerifiedModel
         do {
             let tensors = try Checkpoint.read(contentsOf: url, key: options.key, progress: progress) { infos in
                 _ = try config(of: infos, options: opts)
@@ -54,7 +54,7 @@ public enum Converter {
         return v
     }
 
-    public static func convert(tensors: [CheckpointTensor], options: Options) throws -> Model {
+    public static func convert(tensors: [CheckpointTensor], options: Options) throws -> VerifiedModel {
         let config = try config(of: tensors.map { CheckpointTensorInfo(name: $0.name, dtype: $0.dtype, shape: $0.shape) }, options: options)
         var byName: [String: CheckpointTensor] = [:]
         for t in tensors { byName[t.name] = t }
@@ -62,12 +62,7 @@ public enum Converter {
         var weights: [WeightTensor] = []
         for name in expected.keys.sorted() {
             let t = byName[name]!
-            let dtype: DType = switch t.dtype {
-            case .float32: .float32
-            case .float16: .float16
-            case .bfloat16: .bfloat16
-            case .int64: .int64
-            }
+            let dtype = t.dtype
             if let i = firstNonFinite(t.data, dtype) {
                 throw TarFlowError.invalidCheckpoint("tensor '\(name)' holds NaN or Inf at element \(i); the checkpoint is damaged (or was saved after training diverged): use another checkpoint")
             }
@@ -140,15 +135,19 @@ public enum Converter {
     }
 
     /// Builds the graphs over the given weights and records the config as metadata.
-    public static func assemble(config: TarFlowConfig, weights: [WeightTensor], noiseStd: Double?) throws -> Model {
+    static func unverifiedModel(config: TarFlowConfig, weights: [WeightTensor], noiseStd: Double?) throws -> Model {
         var model = Model(graphs: [], tensors: weights, metadata: config.metadata)
         let types = model.constantTypes
         model.graphs = [try TarFlowGraphs.forward(config, constants: types)]
         for k in 0..<config.numBlocks { model.graphs.append(try TarFlowGraphs.decodeStep(config, block: k, constants: types)) }
         if let noiseStd { model.metadata["tarflow.noise_std"] = .double(noiseStd) }
         model.metadata["converter"] = .string("tarflow convert (swift-tarflow, format \(ModelFile.formatVersion))")
-        try model.verify()
         return model
+    }
+
+    /// `unverifiedModel`, verified: the one check before it is written.
+    public static func assemble(config: TarFlowConfig, weights: [WeightTensor], noiseStd: Double?) throws -> VerifiedModel {
+        try unverifiedModel(config: config, weights: weights, noiseStd: noiseStd).verified()
     }
 
     /// Index of the first NaN or infinity of little-endian float32/float16/bfloat16 bytes

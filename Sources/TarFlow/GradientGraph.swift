@@ -7,7 +7,7 @@ extension TarFlowGraphs {
     /// loss = 0.5 · mean(z²) − mean(logdets) over the batch (unit Gaussian prior, also for
     /// volume-preserving models), then its gradient with respect to the images, derived by the
     /// compiler's `Differentiate` pass. Outputs `loss` f32[] and `grad.x` f32[B,C,H,W].
-    public static func gradient(forward: Graph, constants: [String: TensorType]) throws -> Graph {
+    public static func gradient(forward: Graph, constants: [String: TensorType]) throws -> VerifiedGraph {
         let b = GraphBuilder(extending: forward, name: "gradient", constants: constants)
         guard let z = forward.value(named: "z"), let ld = forward.value(named: "logdets") else {
             throw TarFlowError.invalidModel("the forward graph lacks outputs 'z' and 'logdets'")
@@ -18,7 +18,7 @@ extension TarFlowGraphs {
         let loss = try b.apply(.sub, half, try b.apply(.reduceMean(axes: [0], keepDims: false), ld), name: "loss")
         var g = b.graph
         g.outputs = [loss]
-        return try Differentiate.gradientGraph(g, of: "loss", wrt: ["x"], constants: constants)
+        return try Differentiate.verifiedGradientGraph(g, of: "loss", wrt: ["x"], constants: constants)
     }
 }
 
@@ -29,7 +29,7 @@ extension TarFlowModel {
         defer { lock.unlock() }
         if let e = gradientExecutor { return e }
         let e = try makeExecutor("gradient") {
-            try model.graph(named: "gradient") ?? TarFlowGraphs.gradient(forward: model.graph(named: "forward")!, constants: model.constantTypes)
+            try verifiedGraph("gradient") ?? TarFlowGraphs.gradient(forward: model.graph(named: "forward")!, constants: model.constantTypes)
         }
         gradientExecutor = e
         return e

@@ -23,7 +23,8 @@ public enum ModelReport {
     /// Reads the model file at `url` (every graph verified, stored plans checked as a loader
     /// would) and reports it; `name` is how the first line calls the file.
     public static func inspect(contentsOf url: URL, name: String, options: Options, _ out: (String) -> Void) throws {
-        let m = try ModelFile.read(contentsOf: url)
+        let verified = try ModelFile.readVerified(contentsOf: url)
+        let m = verified.model
         let size = ((try? FileManager.default.attributesOfItem(atPath: url.path))?[.size] as? NSNumber)?.intValue
         summary(m, path: name, fileBytes: size, options: options, out)
         if options.graphs {
@@ -36,7 +37,8 @@ public enum ModelReport {
                 out("  \(t.name): \(t.dtype)[\(t.shape.map(String.init).joined(separator: ","))]" + (t.layout == .rowMajor ? "" : " \(t.layout)"))
             }
         }
-        for g in m.graphs {
+        for vg in verified.verifiedGraphs {
+            let g = vg.graph
             if options.graphs {
                 out("")
                 var text = Printer.print(g)
@@ -44,7 +46,7 @@ public enum ModelReport {
                 out(text)
             }
             if options.plans && m.compiledFunction(named: g.name) == nil {
-                let p = try Compiler.compile(g, constants: m.constantTypes)
+                let p = try Compiler.compile(vg)
                 out("plan '\(g.name)': \(p.loadSteps.count) load-time steps, \(p.steps.count) run steps; passes changed: \(p.passLog.joined(separator: ", "))")
                 for (i, s) in p.steps.enumerated() {
                     let outs = s.outputs.map { "%" + p.graph.values[$0].name }.joined(separator: ",")
@@ -52,8 +54,8 @@ public enum ModelReport {
                 }
             }
         }
-        if options.plans { try compiledPlans(m, out) }
-        if let dot = options.dot { try writeDot(m, to: dot) }
+        if options.plans { try compiledPlans(verified, out) }
+        if let dot = options.dot { try writeDot(verified, to: dot) }
     }
 
     /// 3228560 → "3,228,560".
@@ -74,7 +76,7 @@ public enum ModelReport {
         }
         var counts: [String: (tensors: Int, elements: Int)] = [:]
         for t in m.tensors {
-            let n = t.shape.reduce(1, *)
+            let n = elementCount(t.shape) ?? 0
             counts["\(t.dtype)", default: (0, 0)].tensors += 1
             counts["\(t.dtype)", default: (0, 0)].elements += n
         }
@@ -131,15 +133,15 @@ public enum ModelReport {
     static func binding(_ b: [String: Int]) -> String { b.keys.sorted().map { "\($0)=\(b[$0] ?? 0)" }.joined(separator: ",") }
 
     /// Prints every compiled function of `m` (verified as a loader would) and a summary.
-    static func compiledPlans(_ m: Model, _ out: (String) -> Void) throws {
+    static func compiledPlans(_ m: VerifiedModel, _ out: (String) -> Void) throws {
         guard !m.compiled.isEmpty else {
             out("\ncompiled functions: none (graphs are compiled when loaded; `tarflow compile` stores them)")
             return
         }
-        let constants = m.constantTypes
         var summary: [String] = []
-        for f in m.compiled {
-            let loaded = try Compiler.load(f, constants: constants)
+        for vf in m.verifiedCompiled {
+            let f = vf.function
+            let loaded = try Compiler.load(vf)
             let p = loaded.plan, g = p.graph
             let same = (try? AheadOfTime.matchesRecompilation(f, of: m)).map { $0 ? "identical" : "differs" } ?? "cannot recompile"
             out("")
@@ -173,10 +175,10 @@ public enum ModelReport {
 
     /// The graphs a loader would run, as Graphviz: compiled functions' optimized graphs, and for
     /// graphs with none, the graph as compiled now.
-    static func writeDot(_ m: Model, to url: URL) throws {
+    static func writeDot(_ m: VerifiedModel, to url: URL) throws {
         var graphs = m.compiled.map(\.graph)
-        for g in m.graphs where m.compiledFunction(named: g.name) == nil {
-            graphs.append(try Compiler.compile(g, constants: m.constantTypes).graph)
+        for g in m.verifiedGraphs where m.compiledFunction(named: g.name) == nil {
+            graphs.append(try Compiler.compile(g).graph)
         }
         try FileIO.writeAtomically(Array(Graphviz.dot(graphs).utf8), to: url)
     }

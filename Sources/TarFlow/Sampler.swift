@@ -21,7 +21,7 @@ extension TarFlowModel {
         let key = DecodeKey(block: k, halfCache: halfCache)
         if let e = decodeExecutors[key] { return e }
         let e = try makeExecutor("decode\(k)", halfPrecisionState: halfCache) {
-            guard let g = model.graph(named: "decode\(k)") else {
+            guard let g = try verifiedGraph("decode\(k)") else {
                 throw TarFlowError.invalidModel("the model file has no 'decode\(k)' graph; re-convert it with this version of `tarflow convert`")
             }
             return g

@@ -1,4 +1,5 @@
 import Foundation
+import FlowIR
 
 /// The file formats a shard's part can have, and that `tarflow merge` joins.
 public enum PartFormat: String, Sendable, CaseIterable {
@@ -213,18 +214,12 @@ public enum SafetensorsReader {
             guard case .string(let dtype)? = field("dtype"), case .array(let dims)? = field("shape"),
                   case .array(let offsets)? = field("data_offsets"), offsets.count == 2,
                   case .integer(let begin) = offsets[0], case .integer(let end) = offsets[1] else { throw bad("entry '\(name)' lacks dtype, shape or data_offsets") }
-            let element: HostElement
-            switch dtype {
-            case "F32": element = .float32
-            case "F64": element = .float64
-            case "U8": element = .uint8
-            case "I32": element = .int32
-            case "I64": element = .int64
-            default: throw bad("entry '\(name)' has dtype \(dtype), not one this project writes")
+            guard let element = HostElement.allCases.first(where: { SafetensorsWriter.dtypeName($0) == dtype }) else {
+                throw bad("entry '\(name)' has dtype \(dtype), not one this project writes")
             }
             var shape: [Int] = []
             for d in dims { guard case .integer(let v) = d, v >= 0 else { throw bad("entry '\(name)' has a bad shape") }; shape.append(v) }
-            guard let count = HostArray.elementCount(of: shape), count.multipliedReportingOverflow(by: element.byteSize) == (end - begin, false),
+            guard let count = elementCount(shape), count.multipliedReportingOverflow(by: element.byteSize) == (end - begin, false),
                   begin >= 0, begin <= end, end <= bytes.count - dataStart else { throw bad("entry '\(name)': data_offsets [\(begin), \(end)] do not match shape \(shape) of \(dtype)") }
             let storage = bytes.withUnsafeBytes {
                 HostArray.decode(UnsafeRawBufferPointer(rebasing: $0[(dataStart + begin)..<(dataStart + end)]), element: element, count: count, bigEndian: false)

@@ -185,11 +185,11 @@ public enum ContentDigest {
 
     /// A file, memory-mapped (a model file of gigabytes is not copied).
     public static func file(_ url: URL) throws -> String {
-        let data: Data
-        do { data = try Data(contentsOf: url, options: .alwaysMapped) } catch {
-            throw TarFlowError.invalidInput("\(url.path): cannot read it to digest it (\(error.localizedDescription))")
+        let file: MappedFile
+        do { file = try MappedFile(path: url.path) } catch {
+            throw TarFlowError.invalidInput("\(url.path): cannot read it to digest it (\(error.reason))")
         }
-        return data.withUnsafeBytes { bytes in MappedFileGuard.guarding(bytes, what: "the file \(url.path)") { of(bytes) } }
+        return file.withUnsafeBytes { of($0) }  // MappedFile is guarded against SIGBUS
     }
 
     /// The pixels of an image set, however they were stored (PNG folder, IDX, .npy).

@@ -38,10 +38,12 @@ public final class TarFlowModel: @unchecked Sendable {
     /// The model's compiled functions (`tarflow compile`), checked and ready: used instead of
     /// compiling the graph of the same name.
     let precompiled: [String: LoadedFunction]
+    /// The model's graphs that are verified already (all of them for a model read from a file).
+    let verifiedGraphs: [String: VerifiedGraph]
 
     public convenience init(contentsOf url: URL, threads: Int = 1) throws {
-        let m = try ModelFile.read(contentsOf: url)
-        do { try self.init(model: m, threads: threads, graphsVerified: true) } catch var e as IRError {
+        let m = try ModelFile.readVerified(contentsOf: url)
+        do { try self.init(model: m, threads: threads) } catch var e as IRError {
             e.location = e.location.isEmpty ? url.path : "\(url.path), \(e.location)"
             throw e
         } catch TarFlowError.invalidModel(let m) {
@@ -51,22 +53,39 @@ public final class TarFlowModel: @unchecked Sendable {
 
     /// Compiled functions in `model.compiled` are verified here (their graphs and every stored
     /// memory plan, rules F13–F16 of Spec/ModelFile.md); a model whose plan fails is refused.
+    /// Its graphs are verified when first compiled.
     public convenience init(model: Model, threads: Int = 1) throws {
-        try self.init(model: model, threads: threads, graphsVerified: false)
+        let constants = model.constantTypes
+        let compiled = try model.compiled.map { (f) throws(IRError) in try f.verified(constants: constants) }
+        try self.init(model: model, graphs: [:], compiled: compiled, threads: threads)
     }
 
-    /// - Parameter graphsVerified: `ModelFile.read` already ran the verifier on every graph.
-    init(model: Model, threads: Int, graphsVerified: Bool) throws {
+    /// A verified model (`ModelFile.readVerified`, `Converter`, `AheadOfTime`): its graphs
+    /// and compiled functions' graphs are not checked again; stored memory plans are (F13–F16).
+    public convenience init(model: VerifiedModel, threads: Int = 1) throws {
+        try self.init(model: model.model, graphs: Dictionary(model.verifiedGraphs.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a }),
+                      compiled: model.verifiedCompiled, threads: threads)
+    }
+
+    init(model: Model, graphs: [String: VerifiedGraph], compiled: [VerifiedCompiledFunction], threads: Int) throws {
         self.model = model
+        verifiedGraphs = graphs
         config = try TarFlowConfig(validating: model)
         noiseStd = model.metadata["tarflow.noise_std"]?.doubleValue
         self.threads = max(1, threads)
         weights = WeightStore(model: model)
         guard model.graph(named: "forward") != nil else { throw TarFlowError.invalidModel("the model file has no 'forward' graph") }
-        let constants = model.constantTypes
         var loaded: [String: LoadedFunction] = [:]
-        for f in model.compiled { loaded[f.name] = try Compiler.load(f, constants: constants, graphVerified: graphsVerified) }
+        for f in compiled { loaded[f.name] = try Compiler.load(f) }
         precompiled = loaded
+    }
+
+    /// Graph `name` of the model, verified: as the reader checked it, or now for a model built
+    /// in memory (worded as the compiler's check of its input); nil if the model has none.
+    func verifiedGraph(_ name: String) throws -> VerifiedGraph? {
+        if let g = verifiedGraphs[name] { return g }
+        guard let g = model.graph(named: name) else { return nil }
+        return try Compiler.verifiedInput(g, constants: model.constantTypes)
     }
 
     /// True if function `name` (`forward`, `decode{k}`, `gradient`) comes compiled from the file.
@@ -76,13 +95,13 @@ public final class TarFlowModel: @unchecked Sendable {
     /// (no passes run; stored memory plans are used for their bindings), else compiled now.
     /// `halfPrecisionState`: keep the graph's KV caches in f16 (a stored function is used only
     /// if it was compiled the same way).
-    func makeExecutor(_ name: String, halfPrecisionState: Bool = false, source: () throws -> Graph) throws -> Executor {
+    func makeExecutor(_ name: String, halfPrecisionState: Bool = false, source: () throws -> VerifiedGraph) throws -> Executor {
         if let f = precompiled[name], f.plan.graph.hasHalfPrecisionState == halfPrecisionState {
             return try Executor(plan: f.plan, model: model, threads: threads, memoryPlans: f.memoryPlans, weights: weights)
         }
         var options = Compiler.Options()
         options.halfPrecisionState = halfPrecisionState
-        return try Executor(plan: try Compiler.compile(try source(), constants: model.constantTypes, options: options), model: model,
+        return try Executor(plan: try Compiler.compile(try source(), options: options), model: model,
                             threads: threads, weights: weights)
     }
 
@@ -98,7 +117,7 @@ public final class TarFlowModel: @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         if let e = forwardExecutor { return e }
-        let e = try makeExecutor("forward") { model.graph(named: "forward")! }
+        let e = try makeExecutor("forward") { try verifiedGraph("forward")! }
         forwardExecutor = e
         return e
     }

@@ -45,12 +45,10 @@ enum Checks {
         }
     }
 
-    /// Loads a model file and checks its graphs against its config (a file whose graphs and
-    /// metadata disagree is refused before anything runs).
+    /// Loads a model file; `TarFlowModel` checks its graphs against its config (a file whose
+    /// graphs and metadata disagree is refused before anything runs).
     static func model(_ path: String, threads: Int) throws -> TarFlowModel {
-        let m = try TarFlowModel(contentsOf: URL(fileURLWithPath: path), threads: threads)
-        try m.config.checkGraphs(of: m.model)
-        return m
+        try TarFlowModel(contentsOf: URL(fileURLWithPath: path), threads: threads)
     }
 
     /// Labels must be −1 (no label) or a class of a conditional model.

@@ -70,15 +70,11 @@ struct Classify: ParsableCommand {
     @Option(parsing: .unconditional, help: "Number of images (default: all after --offset).") var limit: Int?
     @Option(help: "Write int64 predictions (B) to this .npy or .npz (member 'predictions').") var save: String?
     @Option(help: "Write float32 losses (B, classes) to this .npy or .npz (member 'losses').") var saveLosses: String?
-    @Option(parsing: .unconditional, help: "Threads for the GEMMs.") var threads: Int = 1
-    @Flag(help: "Print one JSON line.") var json = false
-    @Flag(help: "No progress bar (drawn on stderr only when it is a terminal).") var quiet = false
-    @OptionGroup var sharding: ShardOptions
+    @OptionGroup var common: ChunkedRunOptions
 
     func run() throws {
         guarded {
-            try Checks.batching(batchSize: batchSize, offset: offset, limit: limit, threads: threads)
-            let shard = try sharding.resolve()
+            let shard = try common.start(batchSize: batchSize, offset: offset, limit: limit)
             let save = shardPath(self.save, shard), saveLosses = shardPath(self.saveLosses, shard)
             try OutputFormat.check(save, "--save", allowed: [.npy, .npz])
             try OutputFormat.check(saveLosses, "--save-losses", allowed: [.npy, .npz])
@@ -86,7 +82,7 @@ struct Classify: ParsableCommand {
             try Checks.output(saveLosses, "--save-losses")
             try Checks.distinct(outputs: [("--save", save), ("--save-losses", saveLosses)],
                                 inputs: [("model", model), ("--images", images), ("--true-labels", trueLabels)])
-            let m = try Checks.model(model, threads: threads)
+            let m = try Checks.model(model, threads: common.threads)
             guard m.config.numClasses > 0 else { throw CLIError("\(model): the model is unconditional (num_classes = 0); it cannot classify") }
             if trueLabels != nil, labelsFromFolders { throw CLIError("give --true-labels or --labels-from-folders, not both") }
             // Only the images up to --offset + --limit are read (and inflated).
@@ -101,7 +97,7 @@ struct Classify: ParsableCommand {
             let part = try shard?.images(of: offset..<end) ?? offset..<end
             try Checks.memory(m, .classify(images: part.count, batchSize: batchSize), flag: "--batch-size")
             try Checks.imageRange(set, flag: "--images", path: images)
-            let bar = ProgressBar("classify", total: part.count, unit: "images", quiet: quiet)
+            let bar = ProgressBar("classify", total: part.count, unit: "images", quiet: common.quiet)
             let r = try m.classify(images: set, range: part, batchSize: batchSize, progress: { done, _ in bar.update(done) })
             bar.finish()
             let n = r.predictions.count
@@ -119,7 +115,7 @@ struct Classify: ParsableCommand {
             if let saveLosses {
                 try ShardMerge.write([("losses", HostArray(shape: [n, r.numClasses], floats: r.losses))], record: try record("--save-losses"), to: URL(fileURLWithPath: saveLosses))
             }
-            Summary.classify(count: n, correct: correct, json: json)
+            Summary.classify(count: n, correct: correct, json: common.json)
         }
     }
 }

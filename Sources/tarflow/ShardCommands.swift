@@ -3,6 +3,20 @@ import Foundation
 import TarFlow
 
 /// `--shard` and `--shards` of the commands that can run as one task of a job array.
+/// The options a chunked, shardable image command (`likelihood`, `classify`) ends with.
+struct ChunkedRunOptions: ParsableArguments {
+    @Option(parsing: .unconditional, help: "Threads for the GEMMs.") var threads: Int = 1
+    @Flag(help: "Print one JSON line.") var json = false
+    @Flag(help: "No progress bar (drawn on stderr only when it is a terminal).") var quiet = false
+    @OptionGroup var sharding: ShardOptions
+
+    /// Checks the batching flags, then resolves the shard of this task (nil: not sharded).
+    func start(batchSize: Int, offset: Int, limit: Int?) throws -> Shard? {
+        try Checks.batching(batchSize: batchSize, offset: offset, limit: limit, threads: threads)
+        return try sharding.resolve()
+    }
+}
+
 struct ShardOptions: ParsableArguments {
     @Option(help: ArgumentHelp("Run shard K of N (0-based) of the images, or auto: from SLURM_ARRAY_TASK_ID/COUNT or JOB_COMPLETION_INDEX with --shards; outputs go to NAME.shard-K-of-N.EXT.", valueName: "K/N|auto"))
     var shard: String?

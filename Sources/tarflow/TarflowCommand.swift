@@ -100,7 +100,7 @@ struct Convert: ParsableCommand {
                                               })
             bar?.finish()
             if weights != .f32 {
-                try Checks.memory(model.reencodingMemoryNeed(as: weights.dtype), "--weights \(weights.rawValue)", fix: "convert with --weights f32, then compile --weights \(weights.rawValue) in another run")
+                try Checks.memory(model.model.reencodingMemoryNeed(as: weights.dtype), "--weights \(weights.rawValue)", fix: "convert with --weights f32, then compile --weights \(weights.rawValue) in another run")
                 model = try model.storingLinearWeights(as: weights.dtype)
             }
             try ModelFile.write(model, to: URL(fileURLWithPath: output))
@@ -142,21 +142,17 @@ struct Likelihood: ParsableCommand {
     @Option(parsing: .unconditional, help: "Index of the first image.") var offset: Int = 0
     @Option(parsing: .unconditional, help: "Number of images (default: all after --offset).") var limit: Int?
     @Option(help: "Write z (B,T,D), logdets (B) and bpd (B) (float32), bits_per_dim and nll (B, float64) to this .safetensors or .npz file (the extension picks the format).") var save: String?
-    @Option(parsing: .unconditional, help: "Threads for the GEMMs.") var threads: Int = 1
-    @Flag(help: "Print one JSON line.") var json = false
-    @Flag(help: "No progress bar (drawn on stderr only when it is a terminal).") var quiet = false
-    @OptionGroup var sharding: ShardOptions
+    @OptionGroup var common: ChunkedRunOptions
 
     func run() throws {
         guarded {
-            try Checks.batching(batchSize: batchSize, offset: offset, limit: limit, threads: threads)
-            let shard = try sharding.resolve()
+            let shard = try common.start(batchSize: batchSize, offset: offset, limit: limit)
             let save = shardPath(self.save, shard)
             try OutputFormat.check(save, "--save", allowed: [.safetensors, .npz])
             try Checks.output(save, "--save")
             try Checks.distinct(outputs: [("--save", save)], inputs: [("model", model), ("--images", images), ("--labels", labels)])
             if labels != nil, labelsFromFolders { throw CLIError("give --labels or --labels-from-folders, not both") }
-            let m = try Checks.model(model, threads: threads)
+            let m = try Checks.model(model, threads: common.threads)
             // Only the images up to --offset + --limit are read (and inflated).
             let needed = limit.map { Saturating.add(offset, $0) }
             let (set, folderLabels) = try Checks.images(images, model: m, resize: resize, labelsFromFolders: labelsFromFolders, limit: needed)
@@ -171,7 +167,7 @@ struct Likelihood: ParsableCommand {
             let part = try shard?.images(of: offset..<end) ?? offset..<end
             try Checks.memory(m, .likelihood(images: part.count, batchSize: batchSize, keepLatents: save != nil), flag: "--batch-size")
             try Checks.imageRange(set, flag: "--images", path: images)
-            let bar = ProgressBar("likelihood", total: part.count, unit: "images", quiet: quiet)
+            let bar = ProgressBar("likelihood", total: part.count, unit: "images", quiet: common.quiet)
             let r = try m.likelihood(images: set, labels: labs, range: part, batchSize: batchSize, seed: seed, keepLatents: save != nil,
                                      progress: { done, _ in bar.update(done) })
             bar.finish()
@@ -192,7 +188,7 @@ struct Likelihood: ParsableCommand {
                     ("bpd", HostArray(shape: [n], floats: r.bitsPerDim.map { Float($0) })),
                 ], record: record, to: URL(fileURLWithPath: save))
             }
-            try Summary.likelihood(r, json: json)
+            try Summary.likelihood(r, json: common.json)
         }
     }
 }

@@ -15,8 +15,10 @@ final class CompiledFunctionTests: XCTestCase {
         XCTAssertEqual(Set(ds.map { SHA256.hex($0) }).count, 5)
     }
 
+    func model() throws -> Model { try Self.model() }
+
     /// A one-linear model with a hand-made compiled function: round trip, determinism, F11/F12.
-    func model() throws -> Model {
+    static func model() throws -> Model {
         let c: [String: TensorType] = ["w": TensorType(.float32, [6, 8])]
         let b = GraphBuilder(name: "forward", constants: c)
         let x = b.input("x", TensorType(.float32, [.batch, 4, 8]))

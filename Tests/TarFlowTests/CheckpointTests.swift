@@ -27,7 +27,7 @@ final class CheckpointTests: XCTestCase {
                 }
                 XCTAssertEqual(tensor.dtype, other.dtype, "\(name) \(tensor.name)")
                 XCTAssertEqual(tensor.shape, other.shape, "\(name) \(tensor.name)")
-                XCTAssertEqual(tensor.data.count, tensor.elementCount * tensor.dtype.elementSize, "\(name) \(tensor.name)")
+                XCTAssertEqual(tensor.data.count, tensor.elementCount * tensor.dtype.byteSize, "\(name) \(tensor.name)")
                 XCTAssertTrue(tensor.data == other.data, "\(name) \(tensor.name): bytes differ")
             }
         }
@@ -122,7 +122,7 @@ final class CheckpointTests: XCTestCase {
         XCTAssertEqual(t["long"]?.floats(), [5, -1])
         XCTAssertEqual(t["param"]?.floats(), [2, 4])
         for tensor in tensors {
-            XCTAssertEqual(tensor.data.count, tensor.elementCount * tensor.dtype.elementSize, tensor.name)
+            XCTAssertEqual(tensor.data.count, tensor.elementCount * tensor.dtype.byteSize, tensor.name)
         }
     }
 

@@ -153,7 +153,7 @@ final class CompileTests: XCTestCase {
 
     // MARK: Refused plans
 
-    func tiny() throws -> Model { try AheadOfTime.compile(try Fixtures.model("tiny_uncond").model, batches: [4]) }
+    func tiny() throws -> Model { try AheadOfTime.compile(try Fixtures.model("tiny_uncond").model, batches: [4]).model }
 
     /// Applies `edit` to the forward function's plan for B = 4 and expects `rule` when loading.
     func assertRefused(_ rule: String, _ what: String, file: StaticString = #filePath, line: UInt = #line,

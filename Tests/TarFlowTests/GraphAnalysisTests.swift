@@ -37,7 +37,7 @@ final class GraphAnalysisTests: XCTestCase {
     /// by 1/B, so a split (B of a part) would give other numbers. The check refuses it.
     func testGradientMixesRows() throws {
         let forward = try TarFlowGraphs.forward(Self.config, constants: Self.constants)
-        let g = try TarFlowGraphs.gradient(forward: forward, constants: Self.constants)
+        let g = try TarFlowGraphs.gradient(forward: forward, constants: Self.constants).graph
         for graph in [g, try Compiler.compile(g, constants: Self.constants).graph] {
             XCTAssertThrowsError(try BatchRows.check(graph, symbol: TarFlowModel.batchSymbol)) { e in
                 XCTAssertEqual((e as? BatchRowError)?.kind, .reducesRows, "\(e)")

@@ -50,11 +50,11 @@ final class IOTests: XCTestCase {
     // MARK: - HostArray
 
     func testElementCountGuardsOverflowAndNegatives() {
-        XCTAssertEqual(HostArray.elementCount(of: []), 1)
-        XCTAssertEqual(HostArray.elementCount(of: [2, 0, 5]), 0)
-        XCTAssertEqual(HostArray.elementCount(of: [2, 3, 4]), 24)
-        XCTAssertNil(HostArray.elementCount(of: [-1, 3]))
-        XCTAssertNil(HostArray.elementCount(of: [1 << 32, 1 << 32]))
+        XCTAssertEqual(elementCount([]), 1)
+        XCTAssertEqual(elementCount([2, 0, 5]), 0)
+        XCTAssertEqual(elementCount([2, 3, 4]), 24)
+        XCTAssertNil(elementCount([-1, 3]))
+        XCTAssertNil(elementCount([1 << 32, 1 << 32]))
     }
 
     func testConversions() throws {
@@ -70,7 +70,7 @@ final class IOTests: XCTestCase {
     // MARK: - NPY
 
     private func samples(_ element: HostElement, shape: [Int]) -> HostArray {
-        let n = HostArray.elementCount(of: shape) ?? 0
+        let n = elementCount(shape) ?? 0
         switch element {
         case .float32: return HostArray(shape: shape, floats: (0..<n).map { Float($0) * 0.37 - 1.5 })
         case .float64: return HostArray(shape: shape, doubles: (0..<n).map { Double($0) / 3 - 2 })

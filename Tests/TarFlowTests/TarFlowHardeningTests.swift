@@ -67,7 +67,7 @@ final class TarFlowHardeningTests: XCTestCase {
     func testCompiledFunctionSignaturesAreChecked() throws {
         let compiled = try AheadOfTime.compile(try TinyModels.model(), functions: [.forward], batches: [1])
         XCTAssertNoThrow(try TarFlowModel(model: compiled))
-        var m = compiled
+        var m = compiled.model
         let i = try XCTUnwrap(m.compiled.firstIndex { $0.name == "forward" })
         let v = try XCTUnwrap(m.compiled[i].graph.value(named: "block0"))
         m.compiled[i].graph.values[v].name = "blockX"

@@ -24,7 +24,7 @@ enum TinyModels {
             }
             weights.append(WeightTensor(name: name, dtype: .float32, shape: shape, bytes: TensorBytes(floats: values)))
         }
-        return try Converter.assemble(config: c, weights: weights, noiseStd: noiseStd)
+        return try Converter.assemble(config: c, weights: weights, noiseStd: noiseStd).model
     }
 
     static func bytes(classes: Int = 0) throws -> [UInt8] { try ModelFile.encode(try model(classes: classes)) }

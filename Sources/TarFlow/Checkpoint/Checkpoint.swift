@@ -1,35 +1,21 @@
 import Foundation
+import FlowIR
 #if canImport(Glibc)
 import Glibc
 #endif
 
 // MARK: - Public types
 
-/// Element types a TarFlow checkpoint may hold. Anything else is refused at read time, so the
-/// rest of the runtime never has to guess how to interpret bytes.
-public enum CheckpointDType: String, Sendable {
-    case float32, float16, bfloat16, int64
-
-    /// Bytes per element.
-    public var elementSize: Int {
-        switch self {
-        case .float32: return 4
-        case .float16, .bfloat16: return 2
-        case .int64: return 8
-        }
-    }
-}
-
 /// One named tensor, always materialized as contiguous row-major little-endian bytes so callers
 /// never deal with strides, storage sharing or file layout.
 public struct CheckpointTensor: Sendable {
     public var name: String
-    public var dtype: CheckpointDType
+    public var dtype: DType
     public var shape: [Int]
-    /// Contiguous row-major little-endian bytes; `count == shape.product * dtype.elementSize`.
+    /// Contiguous row-major little-endian bytes; `count == shape.product * dtype.byteSize`.
     public var data: [UInt8]
 
-    public init(name: String, dtype: CheckpointDType, shape: [Int], data: [UInt8]) {
+    public init(name: String, dtype: DType, shape: [Int], data: [UInt8]) {
         self.name = name
         self.dtype = dtype
         self.shape = shape
@@ -37,71 +23,21 @@ public struct CheckpointTensor: Sendable {
     }
 
     /// Number of elements (product of `shape`; 1 for a scalar). The readers guarantee it fits.
-    public var elementCount: Int { shape.reduce(1, &*) }
+    public var elementCount: Int { FlowIR.elementCount(shape) ?? 0 }
 
     /// The values as `Float`. float16/bfloat16 widen exactly; int64 converts numerically
     /// (rounding above 2^24), which is what label or counter buffers need at most.
-    public func floats() -> [Float] {
-        let count = data.count / dtype.elementSize
-        var out = [Float](repeating: 0, count: count)
-        data.withUnsafeBytes { (raw: UnsafeRawBufferPointer) in
-            out.withUnsafeMutableBufferPointer { dst in
-                switch dtype {
-                case .float32:
-                    for i in 0..<count {
-                        dst[i] = Float(bitPattern: UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: 4 * i, as: UInt32.self)))
-                    }
-                case .float16:
-                    for i in 0..<count {
-                        dst[i] = CheckpointTensor.halfToFloat(UInt16(littleEndian: raw.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)))
-                    }
-                case .bfloat16:
-                    for i in 0..<count {
-                        let bits = UInt16(littleEndian: raw.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self))
-                        dst[i] = Float(bitPattern: UInt32(bits) << 16)
-                    }
-                case .int64:
-                    for i in 0..<count {
-                        dst[i] = Float(Int64(littleEndian: raw.loadUnaligned(fromByteOffset: 8 * i, as: Int64.self)))
-                    }
-                }
-            }
-        }
-        return out
-    }
-
-    /// IEEE binary16 -> binary32 by bit manipulation (the `Float16` type is not available on
-    /// every platform Swift targets).
-    static func halfToFloat(_ h: UInt16) -> Float {
-        let sign = UInt32(h & 0x8000) << 16
-        let exponent = UInt32(h >> 10) & 0x1F
-        var mantissa = UInt32(h & 0x03FF)
-        if exponent == 0x1F {  // inf / nan
-            return Float(bitPattern: sign | 0x7F80_0000 | (mantissa << 13))
-        }
-        if exponent == 0 {
-            if mantissa == 0 { return Float(bitPattern: sign) }
-            // Subnormal: normalize into a binary32 normal number.
-            var e: UInt32 = 127 - 15 + 1
-            while mantissa & 0x0400 == 0 {
-                mantissa <<= 1
-                e -= 1
-            }
-            mantissa &= 0x03FF
-            return Float(bitPattern: sign | (e << 23) | (mantissa << 13))
-        }
-        return Float(bitPattern: sign | ((exponent + 127 - 15) << 23) | (mantissa << 13))
-    }
+    public func floats() -> [Float] { data.withUnsafeBytes { dtype.floats(fromLittleEndian: $0) } }
 }
 
 /// A tensor as the checkpoint declares it, before its bytes are read: what a caller needs to
 /// refuse a file whose tensors it cannot use without inflating or reading their data.
 public struct CheckpointTensorInfo: Sendable, Equatable {
     public var name: String
-    public var dtype: CheckpointDType
+    public var dtype: DType
     public var shape: [Int]
 
-    public init(name: String, dtype: CheckpointDType, shape: [Int]) {
+    public init(name: String, dtype: DType, shape: [Int]) {
         self.name = name
         self.dtype = dtype
         self.shape = shape
@@ -264,47 +200,28 @@ extension Checkpoint {
 
 // MARK: - File access shared by the readers
 
-/// Positional reads with every range checked against the file length before allocating.
+/// Positional reads with every range checked against the file length before allocating, and
+/// failures worded as checkpoint errors (the file itself is FlowIR's `ReadOnlyFile`).
 final class CheckpointFile {
     let path: String
     let size: Int
-    private let handle: FileHandle
-    private var closed = false
+    private let file: ReadOnlyFile
 
     init(url: URL) throws {
         path = url.path
         // Only regular files: opening a FIFO would wait for a writer, a device may never end.
-        var st = stat()
-        guard stat(url.path, &st) == 0 else {
-            throw CheckpointError(.unreadableFile, file: url.path, "cannot open: \(String(cString: strerror(errno)))",
-                                  hint: "check the path and permissions")
-        }
-        guard (st.st_mode & S_IFMT) == S_IFREG else {
-            throw CheckpointError(.unreadableFile, file: url.path, "not a regular file", hint: "pass the checkpoint file itself")
-        }
         do {
-            handle = try FileHandle(forReadingFrom: url)
-            let end = try handle.seekToEnd()
-            guard end <= UInt64(Int.max) else {
-                throw CheckpointError(.unreadableFile, file: url.path, "file too large")
-            }
-            size = Int(end)
-        } catch let error as CheckpointError {
-            throw error
+            file = try ReadOnlyFile(path: url.path)
+        } catch .notRegularFile {
+            throw CheckpointError(.unreadableFile, file: url.path, "not a regular file", hint: "pass the checkpoint file itself")
         } catch {
-            throw CheckpointError(.unreadableFile, file: url.path, "cannot open: \(error.localizedDescription)",
+            throw CheckpointError(.unreadableFile, file: url.path, "cannot open: \(error.reason)",
                                   hint: "check the path and permissions")
         }
+        size = file.size
     }
 
-    func close() {
-        if !closed {
-            closed = true
-            try? handle.close()
-        }
-    }
-
-    deinit { close() }
+    func close() { file.close() }
 
     /// Reads exactly `count` bytes at `offset`; `what` names the structure for the error.
     func read(at offset: Int, count: Int, what: String) throws -> [UInt8] {
@@ -314,45 +231,21 @@ final class CheckpointFile {
                                   hint: "the file is truncated or corrupted; download or save it again")
         }
         if count == 0 { return [] }
-        do {
-            try handle.seek(toOffset: UInt64(offset))
-            var out = [UInt8]()
-            out.reserveCapacity(count)
-            while out.count < count {
-                guard let chunk = try handle.read(upToCount: min(count - out.count, 1 << 26)), !chunk.isEmpty else {
-                    break
-                }
-                out.append(contentsOf: chunk)
-            }
-            guard out.count == count else {
-                throw CheckpointError(.truncated, file: path, subject: what,
-                                      "short read: got \(out.count) of \(count) bytes at offset \(offset)",
-                                      hint: "the file changed or is truncated")
-            }
-            return out
-        } catch let error as CheckpointError {
-            throw error
-        } catch {
-            throw CheckpointError(.unreadableFile, file: path, subject: what,
-                                  "read failed: \(error.localizedDescription)")
+        let out: [UInt8]
+        do { out = try file.read(at: offset, count: count) } catch {
+            throw CheckpointError(.unreadableFile, file: path, subject: what, "read failed: \(error.reason)")
         }
+        guard out.count == count else {
+            throw CheckpointError(.truncated, file: path, subject: what,
+                                  "short read: got \(out.count) of \(count) bytes at offset \(offset)",
+                                  hint: "the file changed or is truncated")
+        }
+        return out
     }
 }
 
 /// Overflow-checked helpers shared by the readers.
 enum CheckpointMath {
-    /// Product of non-negative dimensions, or nil on overflow.
-    static func product(_ dims: [Int]) -> Int? {
-        var total = 1
-        for d in dims {
-            guard d >= 0 else { return nil }
-            let (p, overflow) = total.multipliedReportingOverflow(by: d)
-            if overflow { return nil }
-            total = p
-        }
-        return total
-    }
-
     static func multiply(_ a: Int, _ b: Int) -> Int? {
         let (p, overflow) = a.multipliedReportingOverflow(by: b)
         return overflow ? nil : p

@@ -1,4 +1,5 @@
 import Foundation
+import FlowIR
 
 /// Reads safetensors: an 8-byte little-endian header length N, N bytes of JSON
 /// (`{"name": {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {...}}`),
@@ -8,10 +9,13 @@ enum CheckpointSafetensors {
     /// The reference implementation's header size cap.
     static let maxHeaderBytes = 100_000_000
 
+    /// The safetensors dtype names a checkpoint may use.
+    static let dtypes: [String: DType] = ["F32": .float32, "F16": .float16, "BF16": .bfloat16, "I64": .int64]
+
     /// One header entry, validated against the data buffer.
     struct Spec {
         var name: String
-        var dtype: CheckpointDType
+        var dtype: DType
         var shape: [Int]
         var begin: Int
         var end: Int
@@ -99,13 +103,7 @@ enum CheckpointSafetensors {
         guard case .string(let dtypeName)? = field("dtype") else {
             throw CheckpointError(.malformedHeader, file: file, subject: name, "missing string field \"dtype\"")
         }
-        let dtype: CheckpointDType
-        switch dtypeName {
-        case "F32": dtype = .float32
-        case "F16": dtype = .float16
-        case "BF16": dtype = .bfloat16
-        case "I64": dtype = .int64
-        default:
+        guard let dtype = dtypes[dtypeName] else {
             throw CheckpointError(.unsupportedDType, file: file, subject: name,
                                   "dtype \(dtypeName) is not supported (only F32, F16, BF16, I64)",
                                   hint: "convert the tensor, e.g. to float32, before saving")
@@ -130,7 +128,7 @@ enum CheckpointSafetensors {
                                   "data_offsets [\(begin), \(end)] fall outside the \(dataLength)-byte data buffer",
                                   hint: "the file is truncated or corrupted")
         }
-        guard let count = CheckpointMath.product(shape), let nbytes = CheckpointMath.multiply(count, dtype.elementSize) else {
+        guard let count = elementCount(shape), let nbytes = CheckpointMath.multiply(count, dtype.byteSize) else {
             throw CheckpointError(.malformedHeader, file: file, subject: name, "element count of shape \(shape) overflows")
         }
         guard nbytes == end - begin else {

@@ -1,4 +1,5 @@
 import Foundation
+import FlowIR
 import ZIPFoundation
 
 /// Reads the zip archive `torch.save` writes (PyTorch >= 1.6):
@@ -93,7 +94,7 @@ enum CheckpointTorchZip {
             if let seen = dtypes[ref.storage.key] {
                 guard seen.dtype == ref.storage.dtype, seen.numel == ref.storage.numel else {
                     throw CheckpointError(.malformedTensor, file: path, subject: name,
-                                          "storage '\(ref.storage.key)' is declared both as \(seen.numel) x \(seen.dtype) and as \(ref.storage.numel) x \(ref.storage.dtype)",
+                                          "storage '\(ref.storage.key)' is declared both as \(seen.numel) x \(seen.dtype.rawValue) and as \(ref.storage.numel) x \(ref.storage.dtype.rawValue)",
                                           hint: "the checkpoint is corrupted")
                 }
             } else {
@@ -117,7 +118,7 @@ enum CheckpointTorchZip {
             reach[ref.storage.key] = max(reach[ref.storage.key] ?? 0, used)
         }
         for (key, info) in dtypes {
-            let needed = reach[key] ?? 0, es = info.dtype.elementSize
+            let needed = reach[key] ?? 0, es = info.dtype.byteSize
             guard let unused = CheckpointMath.multiply(max(info.numel - needed, 0), es), unused <= maxUnusedStorageBytes else {
                 throw CheckpointError(.limitExceeded, file: path, subject: key,
                                       "storage '\(key)' declares \(info.numel) elements but its tensors use \(needed)",
@@ -133,7 +134,7 @@ enum CheckpointTorchZip {
         tensors.reserveCapacity(refs.count)
         for (name, ref) in refs {
             let key = ref.storage.key
-            let es = ref.storage.dtype.elementSize
+            let es = ref.storage.dtype.byteSize
             var storage: [UInt8]
             if let cached = cache.removeValue(forKey: key) {
                 storage = cached
@@ -159,7 +160,7 @@ enum CheckpointTorchZip {
     }
 
     private struct StorageInfo {
-        var dtype: CheckpointDType
+        var dtype: DType
         var numel: Int
     }
 
@@ -167,10 +168,10 @@ enum CheckpointTorchZip {
     /// The whole storage is handed over without copying when the view is exactly it.
     static func materialize(storage: inout [UInt8], lastUse: Bool, ref: CheckpointUnpickler.TensorRef,
                             name: String, file: String) throws -> [UInt8] {
-        let es = ref.storage.dtype.elementSize
+        let es = ref.storage.dtype.byteSize
         let shape = ref.shape
         let stride = ref.stride
-        guard let count = CheckpointMath.product(shape), let outBytes = CheckpointMath.multiply(count, es) else {
+        guard let count = elementCount(shape), let outBytes = CheckpointMath.multiply(count, es) else {
             throw CheckpointError(.malformedTensor, file: file, subject: name, "element count of \(shape) overflows")
         }
         if count == 0 { return [] }

@@ -1,4 +1,5 @@
 import Foundation
+import FlowIR
 
 /// A restricted unpickler for the `data.pkl` that `torch.save(state_dict)` writes, or a training
 /// checkpoint's: a dict holding the state dict (under `model`, `state_dict`, `ema`, ...) next to
@@ -16,7 +17,7 @@ enum CheckpointUnpickler {
     /// A storage named by a persistent id: `('storage', torch.FloatStorage, key, location, numel)`.
     struct StorageRef: Equatable {
         var key: String
-        var dtype: CheckpointDType
+        var dtype: DType
         var location: String
         /// Element count claimed by the pickle.
         var numel: Int
@@ -53,7 +54,7 @@ enum CheckpointUnpickler {
         case rebuildTensorV2
         case rebuildParameter
         case rebuildParameterWithState
-        case storageType(CheckpointDType)
+        case storageType(DType)
         /// A torch storage class of an element type TarFlow weights never use (optimizer or RNG
         /// state: ByteStorage, DoubleStorage, ...). Tensors on it are kept opaque: skipped when
         /// outside the state dict, refused by name inside it.
@@ -509,7 +510,7 @@ enum CheckpointUnpickler {
             guard off >= 0, shape.allSatisfy({ $0 >= 0 }), strides.allSatisfy({ $0 >= 0 }) else {
                 throw fail(.malformedTensor, "negative offset, size or stride (offset \(off), size \(shape), stride \(strides))")
             }
-            guard CheckpointMath.product(shape) != nil else {
+            guard elementCount(shape) != nil else {
                 throw fail(.malformedTensor, "element count of size \(shape) overflows")
             }
             if !shape.contains(0) {

@@ -1,4 +1,5 @@
 import Foundation
+import FlowIR
 
 /// Element types that the file formats of this module can carry (`.npy`, IDX, safetensors).
 public enum HostElement: String, Sendable, CaseIterable {
@@ -32,7 +33,7 @@ public struct HostArray: Sendable {
     /// - Precondition: `storage` holds exactly `product(shape)` elements; readers validate this
     ///   against the file before constructing, so a mismatch here is a programmer error.
     public init(shape: [Int], storage: Storage) {
-        precondition(HostArray.elementCount(of: shape) == storage.count,
+        precondition(elementCount(shape) == storage.count,
                      "HostArray: shape \(shape) does not match \(storage.count) elements")
         self.shape = shape
         self.storage = storage
@@ -51,19 +52,6 @@ public struct HostArray: Sendable {
 
     /// Size of the element data in bytes.
     public var byteCount: Int { storage.count * storage.element.byteSize }
-
-    /// The product of `shape`, or nil when a dimension is negative or the product overflows `Int`.
-    /// The empty shape (a 0-d scalar) has one element.
-    public static func elementCount(of shape: [Int]) -> Int? {
-        var product = 1
-        for dim in shape {
-            guard dim >= 0 else { return nil }
-            let (p, overflow) = product.multipliedReportingOverflow(by: dim)
-            guard !overflow else { return nil }
-            product = p
-        }
-        return product
-    }
 
     /// The values converted to `Float` (integers and doubles are rounded to nearest).
     public func asFloats() -> [Float] {

@@ -1,5 +1,6 @@
 import CTarFlowZlib
 import Foundation
+import FlowIR
 
 /// IDX files, the container of the MNIST data set (`t10k-images-idx3-ubyte[.gz]`), plain or
 /// gzip-compressed.
@@ -64,7 +65,7 @@ public enum IDX {
         case 0x0E: size = 8
         default: throw IDXError.unsupportedType(path: path, type: bytes[2])
         }
-        guard let per = HostArray.elementCount(of: Array(shape.dropFirst())), case let (item, o1) = per.multipliedReportingOverflow(by: size), !o1,
+        guard let per = elementCount(Array(shape.dropFirst())), case let (item, o1) = per.multipliedReportingOverflow(by: size), !o1,
               case let (total, o2) = item.multipliedReportingOverflow(by: shape[0]), !o2, total <= maxBytes else {
             throw IDXError.invalid(path: path, reason: "dimensions \(shape) declare more than \(maxBytes) bytes")
         }
@@ -105,7 +106,7 @@ public enum IDX {
         case 0x0E: fileSize = 8
         default: throw IDXError.unsupportedType(path: path, type: type)
         }
-        guard let count = HostArray.elementCount(of: shape) else {
+        guard let count = elementCount(shape) else {
             throw IDXError.invalid(path: path, reason: "dimensions \(shape) overflow the element count")
         }
         let (byteLength, overflow) = count.multipliedReportingOverflow(by: fileSize)

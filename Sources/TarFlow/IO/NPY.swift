@@ -1,4 +1,5 @@
 import Foundation
+import FlowIR
 
 /// NumPy `.npy` files (format versions 1.0, 2.0 and 3.0), the exchange format of the Python
 /// tooling around TarFlow (`np.save` / `np.load`).
@@ -32,7 +33,7 @@ public enum NPY {
             let a = try read(contentsOf: url)
             return (a, a.shape.first ?? 1)
         }
-        let file = try PositionalFile(url: url)
+        let file = try ReadOnlyFile(path: url.standardizedFileURL.path)
         let path = url.path
         let head = try file.read(0..<min(file.size, 12 + maxHeaderBytes))
         let l = try layout(head, path: path)
@@ -98,7 +99,7 @@ public enum NPY {
         guard !header.fortranOrder else { throw NPYError.fortranOrder(path: path) }
         let (element, bigEndian) = try dtype(from: header.descr, path: path)
 
-        guard let count = HostArray.elementCount(of: header.shape) else {
+        guard let count = elementCount(header.shape) else {
             throw NPYError.badHeader(path: path, reason: "shape \(header.shape) overflows the element count")
         }
         let (byteLength, overflow) = count.multipliedReportingOverflow(by: element.byteSize)
@@ -157,7 +158,7 @@ public enum NPY {
 
     /// The bytes `np.save` would write for this array.
     public static func encode(_ array: HostArray) throws -> [UInt8] {
-        guard HostArray.elementCount(of: array.shape) == array.count else {
+        guard elementCount(array.shape) == array.count else {
             throw NPYError.shapeMismatch(shape: array.shape, count: array.count)
         }
         let descr: String

@@ -1,4 +1,5 @@
 import Foundation
+import FlowIR
 
 /// Writes safetensors files (https://github.com/huggingface/safetensors): an 8-byte little-endian
 /// header length, a JSON header, then the raw little-endian tensor data.
@@ -24,7 +25,7 @@ public enum SafetensorsWriter {
         for (name, array) in tensors {
             guard name != "__metadata__" else { throw SafetensorsWriterError.reservedName }
             guard seen.insert(name).inserted else { throw SafetensorsWriterError.duplicateName(name) }
-            guard HostArray.elementCount(of: array.shape) == array.count else {
+            guard elementCount(array.shape) == array.count else {
                 throw SafetensorsWriterError.shapeMismatch(name: name, shape: array.shape, count: array.count)
             }
             let end = offset + array.byteCount
