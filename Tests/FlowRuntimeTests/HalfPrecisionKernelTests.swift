@@ -78,15 +78,16 @@ final class HalfPrecisionKernelTests: XCTestCase {
         }
     }
 
-    /// Weights beyond L2 with several row blocks (a paper-size decode step at batch 16): the
-    /// last row block of each panel prefetches the next one. That changes no bit: the same
-    /// products as panel-by-panel and row-by-row calls (where nothing is prefetched), and
-    /// within the bound of float64 on sampled outputs.
+    /// Weights beyond L2 with several row blocks (a paper-size decode step at batch 16) or
+    /// several row chunks (300 rows: a forward pass; chunks are 3/8 of L2): the last row block
+    /// of each panel prefetches the next one, and each chunk re-reads the weights. That changes
+    /// no bit: the same products as panel-by-panel and row-by-row calls (where nothing is
+    /// prefetched or chunked), and within the bound of float64 on sampled outputs.
     func testWeightsBeyondL2GiveTheBitsOfSmallCalls() throws {
         for isa in instructionSets {
             XCTAssertEqual(fk_select_instruction_set(isa), 0)
-            for type in [FK_WEIGHTS_F32, FK_WEIGHTS_F16] {
-                let rows = 19, k = 768, n = 720  // f16 1.1 MB, f32 2.2 MB: beyond FK_L2_WEIGHTS
+            for (type, rows) in [(FK_WEIGHTS_F32, 19), (FK_WEIGHTS_F16, 19), (FK_WEIGHTS_F32, 300), (FK_WEIGHTS_F16, 300)] {
+                let k = 768, n = 720  // f16 1.1 MB, f32 2.2 MB: beyond FK_L2_WEIGHTS
                 let x = rng.floats(rows * k, -1...1), b = rng.floats(n, -1...1)
                 let w = rng.floats(n * k, -1...1).map { type == FK_WEIGHTS_F16 ? Float(Float16($0)) : $0 }
                 var packed32 = [Float](repeating: 0, count: fk_packed_size(n, k))
@@ -114,7 +115,7 @@ final class HalfPrecisionKernelTests: XCTestCase {
                 let what = "\(isa) weights \(type == FK_WEIGHTS_F16 ? "f16" : "f32") \(rows)×\(k)×\(n)"
                 XCTAssertEqual(whole.map(\.bitPattern), byRow.map(\.bitPattern), what + ": whole vs row by row")
                 XCTAssertEqual(whole.map(\.bitPattern), byPanel.map(\.bitPattern), what + ": whole vs panel by panel")
-                for i in stride(from: 0, to: rows, by: 6) {
+                for i in stride(from: 0, to: rows, by: rows / 4) {
                     for j in stride(from: 0, to: n, by: 37) {
                         var s = Double(b[j])
                         for t in 0..<k { s += Double(x[i * k + t]) * Double(w[j * k + t]) }
