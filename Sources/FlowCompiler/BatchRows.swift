@@ -11,7 +11,7 @@ import FlowIR
 public enum BatchRows {
     /// Checks that graph `g` (verified) keeps the rows of `symbol` independent and that its
     /// inputs and outputs hold them on their first axis, where a split cuts and joins them.
-    public static func check(_ g: Graph, symbol: String) throws(BatchRowError) {
+    public static func check(_ g: Graph, symbol: String) throws(CompilerError) {
         let dim = Dim.symbol(symbol)
         func axis(_ v: ValueID) -> Int? { g.values[v].type.shape.firstIndex(of: dim) }
         func where_(_ i: Int) -> String {
@@ -24,30 +24,30 @@ public enum BatchRows {
         for v in g.inputs {
             let val = g.values[v]
             guard placement(v) <= 1, axis(v) ?? 0 == 0 else {
-                throw BatchRowError(.symbolPlacement, symbol: symbol, at: "graph '\(g.name)', input '\(val.name)'",
-                                    "has type \(val.type); a split cuts inputs along axis 0, so \(symbol) may only be their first dimension")
+                throw refusal(.symbolPlacement, symbol: symbol, at: "graph '\(g.name)', input '\(val.name)'",
+                              "has type \(val.type); a split cuts inputs along axis 0, so \(symbol) may only be their first dimension")
             }
         }
         for i in g.nodes.indices {
             let n = g.nodes[i]
             let y = n.outputs[0]
             if let kind = mixing(n, g, dim) {
-                throw BatchRowError(kind, symbol: symbol, at: where_(i), describe(kind, n, g))
+                throw refusal(kind, symbol: symbol, at: where_(i), describe(kind, n, g))
             }
             guard placement(y) <= 1 else {
-                throw BatchRowError(.symbolPlacement, symbol: symbol, at: where_(i),
-                                    "its result \(g.values[y].type) has \(symbol) on more than one axis (rows paired with rows)")
+                throw refusal(.symbolPlacement, symbol: symbol, at: where_(i),
+                              "its result \(g.values[y].type) has \(symbol) on more than one axis (rows paired with rows)")
             }
         }
         for v in g.outputs where axis(v) ?? 0 != 0 {
-            throw BatchRowError(.outputLayout, symbol: symbol, at: "graph '\(g.name)', output '\(g.values[v].name)'",
-                                "has type \(g.values[v].type); a split joins outputs along axis 0, so their rows must be there")
+            throw refusal(.outputLayout, symbol: symbol, at: "graph '\(g.name)', output '\(g.values[v].name)'",
+                          "has type \(g.values[v].type); a split joins outputs along axis 0, so their rows must be there")
         }
     }
 
     /// The rule node `n` breaks, if any: nil when every row of its row-holding operands
     /// reaches the same row of its result alone.
-    static func mixing(_ n: Node, _ g: Graph, _ dim: Dim) -> BatchRowError.Kind? {
+    static func mixing(_ n: Node, _ g: Graph, _ dim: Dim) -> Rule? {
         func axis(_ v: ValueID) -> Int? { g.values[v].type.shape.firstIndex(of: dim) }
         func rank(_ v: ValueID) -> Int { g.values[v].type.rank }
         func shape(_ v: ValueID) -> [Dim] { g.values[v].type.shape }
@@ -153,7 +153,7 @@ public enum BatchRows {
         return p
     }
 
-    static func describe(_ kind: BatchRowError.Kind, _ n: Node, _ g: Graph) -> String {
+    static func describe(_ kind: Rule, _ n: Node, _ g: Graph) -> String {
         let types = n.inputs.map { "\(g.values[$0].type)" }.joined(separator: ", ")
         let what: String = switch kind {
         case .symbolPlacement: "puts the batch symbol on more than one axis"
@@ -168,10 +168,9 @@ public enum BatchRows {
     }
 }
 
-/// A graph whose batch rows are not independent (`BatchRows.check`), with the rule it breaks.
-public struct BatchRowError: Error, Sendable, CustomStringConvertible, Equatable {
-    /// Rules R1–R7 of Spec/IR.md §6.
-    public enum Kind: String, Sendable, Hashable, CaseIterable {
+extension BatchRows {
+    /// Rules R1–R7 of Spec/IR.md §6: the rule a graph whose rows are not independent breaks.
+    public enum Rule: String, Sendable, Hashable, CaseIterable {
         case symbolPlacement = "R1"
         case reducesRows = "R2"
         case contractsRows = "R3"
@@ -181,23 +180,18 @@ public struct BatchRowError: Error, Sendable, CustomStringConvertible, Equatable
         case outputLayout = "R7"
     }
 
-    public var kind: Kind
-    public var symbol: String
-    /// The graph and node, input or output.
-    public var location: String
-    public var message: String
-
-    public init(_ kind: Kind, symbol: String, at location: String, _ message: String) {
-        self.kind = kind
-        self.symbol = symbol
-        self.location = location
-        self.message = message
+    /// The error of `check`: kind `rowsNotIndependent`, the rule broken, at `location`.
+    static func refusal(_ rule: Rule, symbol: String, at location: String, _ message: String) -> CompilerError {
+        CompilerError(.rowsNotIndependent,
+                      "\(location): \(message) [rule \(rule.rawValue), see Spec/IR.md §6]; the rows of \(symbol) are not independent, "
+                          + "so the batch cannot be split: run the graph whole (Executor.run or bind)",
+                      rule: rule.rawValue)
     }
+}
 
-    public var rule: String { kind.rawValue }
-
-    public var description: String {
-        "\(location): \(message) [rule \(rule), see Spec/IR.md §6]; the rows of \(symbol) are not independent, "
-            + "so the batch cannot be split: run the graph whole (Executor.run or bind)"
+extension CompilerError {
+    /// The rule of Spec/IR.md §6 broken, for an error of kind `rowsNotIndependent`.
+    public var batchRowRule: BatchRows.Rule? {
+        kind == .rowsNotIndependent ? rule.flatMap(BatchRows.Rule.init(rawValue:)) : nil
     }
 }

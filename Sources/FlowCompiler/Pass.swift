@@ -64,6 +64,9 @@ public struct CompilerError: Error, CustomStringConvertible, Sendable {
         case invalidRequest
         /// An op has no derivative here.
         case noDerivative
+        /// The rows of the batch symbol are not independent, so the batch cannot be split
+        /// (`BatchRows.check`); `rule` is the rule of Spec/IR.md §6 broken (`batchRowRule`).
+        case rowsNotIndependent
     }
 
     public var kind: Kind

@@ -254,30 +254,8 @@ public enum ModelFile {
     @inline(__always) static func align(_ n: Int) -> Int { (n + alignment - 1) / alignment * alignment }
 }
 
-/// File helpers shared by every writer in the project.
+/// File helpers shared by every writer in the project; their failures are `FileAccessError`s.
 public enum FileIO {
-    public struct Error: Swift.Error, CustomStringConvertible, Sendable {
-        public var path: String
-        public var message: String
-        public init(path: String, message: String) {
-            self.path = path
-            self.message = message
-        }
-        public var description: String { "\(path): \(message)" }
-
-        /// The model reader's wording of a failure to open or map its file.
-        init(opening e: FileAccessError) {
-            let what = switch e {
-            case .system(.open, _, _): "cannot open: "
-            case .system(.fstat, _, _): "cannot stat: "
-            case .system(.mmap, _, _): "cannot map: "
-            case .system(.read, _, _): "cannot read: "
-            case .tooLarge, .notRegularFile, .changedWhileReading: ""
-            }
-            self.init(path: e.path, message: what + e.reason)
-        }
-    }
-
     /// Writes to a temporary file in the destination's folder, syncs, then renames over the
     /// destination, so readers never see a half-written file and a failure changes nothing.
     public static func writeAtomically(_ bytes: [UInt8], to url: URL) throws {
@@ -290,7 +268,7 @@ public enum FileIO {
         let tmpl = (dir.isEmpty ? "." : dir) + "/.\(url.lastPathComponent).tmp-XXXXXX"
         // Registered so that SIGINT/SIGTERM remove it too (TemporaryFiles).
         let (fd, tmp, slot) = TemporaryFiles.create(template: tmpl)
-        guard fd >= 0 else { throw Error(path: url.path, message: "cannot create a temporary file in \(dir): \(String(cString: strerror(errno)))") }
+        guard fd >= 0 else { throw FileAccessError.cannotCreateTemporary(path: url.path, directory: dir, errno: errno) }
         var ok = false
         defer {
             if !ok { unlink(tmp) }
@@ -304,16 +282,16 @@ public enum FileIO {
                 let r = Glibc.write(fd, base + written, min(raw.count - written, 1 << 30))
                 if r < 0 {
                     if errno == EINTR { continue }
-                    throw Error(path: url.path, message: "write failed: \(String(cString: strerror(errno)))")
+                    throw FileAccessError.writeFailed(path: url.path, errno: errno)
                 }
                 written += r
             }
         }
-        if fsync(fd) != 0 { throw Error(path: url.path, message: "write failed: \(String(cString: strerror(errno)))") }
+        if fsync(fd) != 0 { throw FileAccessError.writeFailed(path: url.path, errno: errno) }
         fchmod(fd, 0o644)
         closed = true
         close(fd)
-        guard rename(tmp, url.path) == 0 else { throw Error(path: url.path, message: "cannot rename into place: \(String(cString: strerror(errno)))") }
+        guard rename(tmp, url.path) == 0 else { throw FileAccessError.cannotRename(path: url.path, errno: errno) }
         ok = true
         // Make the rename itself durable.
         let dirFD = open(dir.isEmpty ? "." : dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)

@@ -6,8 +6,9 @@ import Musl
 import Darwin
 #endif
 
-/// Failures of opening, reading or mapping a file; each names the file and the system call.
-public enum FileAccessError: Error, Sendable, CustomStringConvertible {
+/// Failures of opening, reading, mapping or atomically writing a file; each names the file and
+/// the system call. The one file error of FlowIR (rule violations are `IRError`s).
+public enum FileAccessError: Error, Sendable, CustomStringConvertible, Equatable {
     /// The system calls a reader makes.
     public enum Operation: String, Sendable { case open, fstat, read, mmap }
 
@@ -19,6 +20,14 @@ public enum FileAccessError: Error, Sendable, CustomStringConvertible {
     case notRegularFile(path: String)
     /// The file grew or shrank while it was being read.
     case changedWhileReading(path: String)
+    /// `FileIO.writeAtomically` could not create its temporary file in `directory`.
+    case cannotCreateTemporary(path: String, directory: String, errno: Int32)
+    /// `FileIO.writeAtomically` could not write or sync the temporary file for `path`.
+    case writeFailed(path: String, errno: Int32)
+    /// `FileIO.writeAtomically` could not rename the finished temporary file over `path`.
+    case cannotRename(path: String, errno: Int32)
+    /// The model reader could not open or map its file (worded "PATH: cannot open: REASON").
+    indirect case modelFile(FileAccessError)
 
     public var description: String {
         switch self {
@@ -30,6 +39,8 @@ public enum FileAccessError: Error, Sendable, CustomStringConvertible {
             return "\(path) is not a regular file"
         case let .changedWhileReading(path):
             return "\(path) changed while it was being read; retry once the writer has finished"
+        case .cannotCreateTemporary, .writeFailed, .cannotRename, .modelFile:
+            return "\(path): \(reason)"
         }
     }
 
@@ -38,10 +49,23 @@ public enum FileAccessError: Error, Sendable, CustomStringConvertible {
         operation == .mmap && code == ENOMEM ? " (no room for it in the address space this process may use: raise ulimit -v)" : ""
     }
 
+    /// How the model reader names the call that failed, before the reason.
+    private static func modelFileVerb(_ e: FileAccessError) -> String {
+        switch e {
+        case .system(.open, _, _): "cannot open: "
+        case .system(.fstat, _, _): "cannot stat: "
+        case .system(.mmap, _, _): "cannot map: "
+        case .system(.read, _, _): "cannot read: "
+        case .tooLarge, .notRegularFile, .changedWhileReading, .cannotCreateTemporary, .writeFailed, .cannotRename, .modelFile: ""
+        }
+    }
+
     /// The file concerned.
     public var path: String {
         switch self {
-        case let .system(_, path, _), let .tooLarge(path, _, _), let .notRegularFile(path), let .changedWhileReading(path): path
+        case let .system(_, path, _), let .tooLarge(path, _, _), let .notRegularFile(path), let .changedWhileReading(path),
+             let .cannotCreateTemporary(path, _, _), let .writeFailed(path, _), let .cannotRename(path, _): path
+        case let .modelFile(e): e.path
         }
     }
 
@@ -52,6 +76,10 @@ public enum FileAccessError: Error, Sendable, CustomStringConvertible {
         case .tooLarge(_, let size, let limit): "\(size) bytes, more than the \(limit) bytes accepted for this format"
         case .notRegularFile: "not a regular file"
         case .changedWhileReading: "the file changed while it was being read; retry once the writer has finished"
+        case let .cannotCreateTemporary(_, directory, code): "cannot create a temporary file in \(directory): \(String(cString: strerror(code)))"
+        case let .writeFailed(_, code): "write failed: \(String(cString: strerror(code)))"
+        case let .cannotRename(_, code): "cannot rename into place: \(String(cString: strerror(code)))"
+        case let .modelFile(e): Self.modelFileVerb(e) + e.reason
         }
     }
 }

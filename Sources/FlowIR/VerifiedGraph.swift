@@ -112,7 +112,7 @@ extension ModelFile {
     /// `read(contentsOf:)`, as the verified model the reader checked.
     public static func readVerified(contentsOf url: URL, compiledFunctions: CompiledFunctions = .keep) throws -> VerifiedModel {
         let file: MappedFile
-        do { file = try MappedFile(path: url.path, what: "the model file \(url.path)") } catch { throw FileIO.Error(opening: error) }
+        do { file = try MappedFile(path: url.path, what: "the model file \(url.path)") } catch { throw FileAccessError.modelFile(error) }
         do {
             return try decode(file.buffer, owner: file, compiledFunctions: compiledFunctions)
         } catch let e as IRError {

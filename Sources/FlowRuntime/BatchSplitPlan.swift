@@ -9,7 +9,8 @@ import FlowIR
 /// core's cache.
 ///
 /// A graph whose rows along `symbol` are not independent (an op mixes rows, as a loss averaged
-/// over the batch does) is refused with the `BatchRowError` of `BatchRows.check`.
+/// over the batch does) is refused with the `CompilerError` (kind `rowsNotIndependent`) of
+/// `BatchRows.check`.
 /// Inputs and outputs whose first dimension is `symbol` are sliced by rows; every other input
 /// is per part (write it to each, see `buffers(_:)`). State lives in the parts.
 ///

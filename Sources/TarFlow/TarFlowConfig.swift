@@ -210,7 +210,9 @@ extension TarFlowConfig {
     }
 }
 
-/// Errors of the TarFlow layer; each says what to do.
+/// Errors of the TarFlow layer (the one error type it throws, besides the lower layers' own);
+/// each says what to do. A file that cannot be read or written is the case of its format,
+/// carrying the kind of failure and the path (`NPYFailure`, `PNGFailure`, ...).
 public enum TarFlowError: Error, Sendable, CustomStringConvertible, Equatable {
     case invalidConfig(String)
     case invalidModel(String)
@@ -220,6 +222,20 @@ public enum TarFlowError: Error, Sendable, CustomStringConvertible, Equatable {
     case nonFinite(String)
     /// The run needs more memory than the process may use (refused by the preflight).
     case insufficientMemory(MemoryShortfall)
+    /// A checkpoint (`.pth`, `.safetensors`) could not be read.
+    case checkpoint(CheckpointFailure)
+    /// A `.npy` array could not be read or written.
+    case npy(NPYFailure)
+    /// A `.npz` archive could not be read or written.
+    case npz(NPZFailure)
+    /// A PNG image could not be read or written.
+    case png(PNGFailure)
+    /// An IDX (MNIST) file could not be read.
+    case idx(IDXFailure)
+    /// A safetensors file could not be written.
+    case safetensorsWriter(SafetensorsWriterFailure)
+    /// A `HostArray` does not convert as asked (labels that are not whole numbers).
+    case hostArray(HostArrayFailure)
 
     public var description: String {
         switch self {
@@ -229,6 +245,13 @@ public enum TarFlowError: Error, Sendable, CustomStringConvertible, Equatable {
         case .invalidInput(let m): "invalid input: \(m)"
         case .nonFinite(let m): "non-finite result: \(m)"
         case .insufficientMemory(let s): "\(s)"
+        case .checkpoint(let f): "\(f)"
+        case .npy(let f): "\(f)"
+        case .npz(let f): "\(f)"
+        case .png(let f): "\(f)"
+        case .idx(let f): "\(f)"
+        case .safetensorsWriter(let f): "\(f)"
+        case .hostArray(let f): "\(f)"
         }
     }
 }

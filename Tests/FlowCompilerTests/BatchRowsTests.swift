@@ -23,11 +23,12 @@ final class BatchRowsTests: XCTestCase {
         return b.graph
     }
 
-    func assertRefused(_ g: Graph, _ kind: BatchRowError.Kind, node: String, file: StaticString = #filePath, line: UInt = #line) {
+    func assertRefused(_ g: Graph, _ kind: BatchRows.Rule, node: String, file: StaticString = #filePath, line: UInt = #line) {
         XCTAssertThrowsError(try BatchRows.check(g, symbol: "B"), file: file, line: line) { e in
-            guard let e = e as? BatchRowError else { return XCTFail("\(e)", file: file, line: line) }
-            XCTAssertEqual(e.kind, kind, "\(e)", file: file, line: line)
-            XCTAssertTrue(e.location.contains(node), "\(e.location) should name \(node)", file: file, line: line)
+            guard let e = e as? CompilerError else { return XCTFail("\(e)", file: file, line: line) }
+            XCTAssertEqual(e.kind, .rowsNotIndependent, "\(e)", file: file, line: line)
+            XCTAssertEqual(e.batchRowRule, kind, "\(e)", file: file, line: line)
+            XCTAssertTrue(e.description.hasPrefix("graph ") && e.description.contains(node), "\(e) should name \(node)", file: file, line: line)
             XCTAssertTrue(e.description.contains("[rule \(kind.rawValue), see Spec/IR.md §6]"), e.description, file: file, line: line)
         }
     }

@@ -36,6 +36,24 @@ final class ErrorKindTests: XCTestCase {
         }
     }
 
+    /// A graph whose rows are mixed is a `CompilerError` of kind `rowsNotIndependent` citing
+    /// the rule (R2); the message is the one `BatchRowError` printed.
+    func testBatchRowViolationCarriesItsKindAndRule() throws {
+        let b = GraphBuilder(name: "centered", constants: [:])
+        let x = b.input("x", TensorType(.float32, [.batch, .fixed(3)]))
+        b.output(try b.apply(.sub, x, try b.apply(.reduceMean(axes: [0], keepDims: true), x, name: "batch_mean"), name: "y"))
+        XCTAssertThrowsError(try BatchRows.check(b.graph, symbol: "B")) {
+            let e = $0 as? CompilerError
+            XCTAssertEqual(e?.kind, .rowsNotIndependent)
+            XCTAssertEqual(e?.rule, "R2")
+            XCTAssertEqual(e?.batchRowRule, .reducesRows)
+            XCTAssertEqual("\($0)", "graph 'centered', node 0 (reduce_mean -> %batch_mean): reduces over the axis that holds the rows "
+                + "(operands f32[B,3]) [rule R2, see Spec/IR.md §6]; the rows of B are not independent, so the batch cannot be split: "
+                + "run the graph whole (Executor.run or bind)")
+        }
+        XCTAssertNil(CompilerError(.invalidInput, "x", rule: "R2").batchRowRule, "only a batch-row refusal has a batch-row rule")
+    }
+
     func testRuntimeErrorsCarryTheirKind() throws {
         let table = WeightTensor(name: "table", dtype: .float32, shape: [4, 3], bytes: TensorBytes(floats: [Float](repeating: 1, count: 12)))
         let model = Model(graphs: [], tensors: [table], metadata: [:])

@@ -581,9 +581,11 @@ final class ModelFileTests: XCTestCase {
         let empty = dir.appendingPathComponent("empty.tflow")
         try Data().write(to: empty)
         XCTAssertThrowsError(try ModelFile.read(contentsOf: empty)) { XCTAssertEqual(($0 as? IRError)?.rule, "F1") }
-        XCTAssertThrowsError(try ModelFile.read(contentsOf: dir)) { XCTAssertTrue($0 is FileIO.Error, "\($0)") }
+        XCTAssertThrowsError(try ModelFile.read(contentsOf: dir)) {
+            XCTAssertEqual($0 as? FileAccessError, .modelFile(.notRegularFile(path: dir.path)), "\($0)")
+        }
         XCTAssertThrowsError(try ModelFile.read(contentsOf: dir.appendingPathComponent("missing.tflow"))) {
-            XCTAssertTrue($0 is FileIO.Error, "\($0)")
+            guard case .modelFile(.system(.open, _, ENOENT))? = $0 as? FileAccessError else { return XCTFail("\($0)") }
         }
     }
 

@@ -37,9 +37,9 @@ final class ReadOnlyFileTests: XCTestCase {
         let missing = dir.appendingPathComponent("missing").path
         guard case .system(.open, missing, ENOENT)? = Self.error({ try ReadOnlyFile(path: missing) }) else { return XCTFail("not open/ENOENT") }
         // The model reader's wording is unchanged.
-        XCTAssertEqual(FileIO.Error(opening: .system(operation: .open, path: missing, errno: ENOENT)).description,
+        XCTAssertEqual(FileAccessError.modelFile(.system(operation: .open, path: missing, errno: ENOENT)).description,
                        "\(missing): cannot open: No such file or directory")
-        XCTAssertEqual(FileIO.Error(opening: .notRegularFile(path: dir.path)).description, "\(dir.path): not a regular file")
+        XCTAssertEqual(FileAccessError.modelFile(.notRegularFile(path: dir.path)).description, "\(dir.path): not a regular file")
     }
 
     func testMappingAnEmptyAndAFullFile() throws {

@@ -118,9 +118,9 @@ final class BatchSplitPlanTests: XCTestCase {
         let e = try Executor(plan: try Compiler.compile(b.graph, constants: [:]), model: Model(graphs: [], tensors: [], metadata: [:]), threads: 2)
         for attempt in [{ _ = try e.bindSplit(["B": 4]) }, { _ = try e.splitArenaBytes(["B": 4]) }] {
             XCTAssertThrowsError(try attempt()) { error in
-                guard let error = error as? BatchRowError else { return XCTFail("\(error)") }
-                XCTAssertEqual(error.kind, .reducesRows)
-                XCTAssertTrue(error.location.contains("reduce_mean -> %batch_mean"), error.location)
+                guard let error = error as? CompilerError else { return XCTFail("\(error)") }
+                XCTAssertEqual(error.batchRowRule, .reducesRows)
+                XCTAssertTrue(error.description.contains("reduce_mean -> %batch_mean"), error.description)
             }
         }
         let whole = try e.run(["x": Tensor(shape: [2, 3], floats: [1, 2, 3, 5, 6, 7])])

@@ -315,7 +315,7 @@ final class CheckpointTests: XCTestCase {
         for keep in [original.count - 1, original.count / 2, 200, 5] {
             let url = try writeTemp(Data(original.prefix(keep)), ext: "safetensors")
             XCTAssertThrowsError(try Checkpoint.read(contentsOf: url), "kept \(keep) bytes") { error in
-                let e = error as? CheckpointError
+                let e = Self.checkpointFailure(error)
                 XCTAssertNotNil(e)
                 XCTAssertTrue(e?.kind == .truncated || e?.kind == .unknownFormat, "\(keep): \(String(describing: e))")
             }
@@ -391,12 +391,17 @@ final class CheckpointTests: XCTestCase {
 
     // MARK: - Helpers
 
+    /// The failure a checkpoint reader threw, nil for any other error.
+    static func checkpointFailure(_ error: Error) -> TarFlowError.CheckpointFailure? {
+        if case .checkpoint(let f)? = error as? TarFlowError { f } else { nil }
+    }
+
     @discardableResult
-    func expectError(_ kind: CheckpointError.Kind, mentioning parts: [String], file: StaticString = #filePath,
-                     line: UInt = #line, _ body: () throws -> Any) throws -> CheckpointError {
+    func expectError(_ kind: TarFlowError.CheckpointFailure.Kind, mentioning parts: [String], file: StaticString = #filePath,
+                     line: UInt = #line, _ body: () throws -> Any) throws -> TarFlowError.CheckpointFailure {
         do {
             _ = try body()
-        } catch let error as CheckpointError {
+        } catch TarFlowError.checkpoint(let error) {
             XCTAssertEqual(error.kind, kind, "\(error)", file: file, line: line)
             for part in parts {
                 XCTAssertTrue(error.description.contains(part), "'\(part)' not in: \(error)", file: file, line: line)
@@ -408,7 +413,7 @@ final class CheckpointTests: XCTestCase {
             throw error
         }
         XCTFail("no error thrown", file: file, line: line)
-        throw CheckpointError(.malformedPickle, file: "", "expected an error")
+        throw TarFlowError.checkpoint(.init(.malformedPickle, file: "", "expected an error"))
     }
 
     func floatBytes(_ values: [Float]) -> [UInt8] {
@@ -608,7 +613,7 @@ enum StoredZip {
 
 extension CheckpointTests {
     /// Random byte corruption of a crafted .pth and a safetensors file must end in success or a
-    /// `CheckpointError`, never a crash (deterministic generator, so failures reproduce).
+    /// `TarFlowError.checkpoint`, never a crash (deterministic generator, so failures reproduce).
     func testCorruptedFilesNeverCrash() throws {
         var p = PickleWriter()
         p.beginStateDict()
@@ -645,10 +650,10 @@ extension CheckpointTests {
             if mode == 2 { bytes = zipped(bytes) }
             do {
                 _ = try Checkpoint.read(contentsOf: try writeTemp(Data(bytes), ext: "bin"))
-            } catch is CheckpointError {
+            } catch TarFlowError.checkpoint {
                 refused += 1
             } catch {
-                XCTFail("iteration \(i): not a CheckpointError: \(error)")
+                XCTFail("iteration \(i): not a checkpoint failure: \(error)")
             }
         }
         XCTAssertGreaterThan(refused, iterations / 4)

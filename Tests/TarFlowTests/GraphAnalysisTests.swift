@@ -40,7 +40,7 @@ final class GraphAnalysisTests: XCTestCase {
         let g = try TarFlowGraphs.gradient(forward: forward, constants: Self.constants).graph
         for graph in [g, try Compiler.compile(g, constants: Self.constants).graph] {
             XCTAssertThrowsError(try BatchRows.check(graph, symbol: TarFlowModel.batchSymbol)) { e in
-                XCTAssertEqual((e as? BatchRowError)?.kind, .reducesRows, "\(e)")
+                XCTAssertEqual((e as? CompilerError)?.batchRowRule, .reducesRows, "\(e)")
             }
         }
     }

@@ -43,6 +43,21 @@ final class IOTests: XCTestCase {
         }
     }
 
+    /// `assertThrows` for a file failure: a `TarFlowError` of the format `failure` extracts.
+    private func assertFails<F>(_ failure: (TarFlowError) -> F?, _ body: () throws -> Void,
+                                file: StaticString = #filePath, line: UInt = #line,
+                                where check: (F) -> Bool = { _ in true }) {
+        assertThrows(TarFlowError.self, body, file: file, line: line) { failure($0).map(check) ?? false }
+    }
+
+    private func npy(_ e: TarFlowError) -> TarFlowError.NPYFailure? { if case .npy(let f) = e { f } else { nil } }
+    private func png(_ e: TarFlowError) -> TarFlowError.PNGFailure? { if case .png(let f) = e { f } else { nil } }
+    private func idx(_ e: TarFlowError) -> TarFlowError.IDXFailure? { if case .idx(let f) = e { f } else { nil } }
+    private func hostArray(_ e: TarFlowError) -> TarFlowError.HostArrayFailure? { if case .hostArray(let f) = e { f } else { nil } }
+    private func safetensorsWriter(_ e: TarFlowError) -> TarFlowError.SafetensorsWriterFailure? {
+        if case .safetensorsWriter(let f) = e { f } else { nil }
+    }
+
     private func leftoverTemporaries() throws -> [String] {
         try FileManager.default.contentsOfDirectory(atPath: scratch.path).filter { $0.contains(".tmp-") }
     }
@@ -63,8 +78,8 @@ final class IOTests: XCTestCase {
         XCTAssertEqual(HostArray(shape: [2], bytes: [7, 255]).asFloats(), [7, 255])
         XCTAssertEqual(try HostArray(shape: [2], int32s: [-3, 4]).asInt64s(), [-3, 4])
         XCTAssertEqual(HostArray(shape: [1, 1], doubles: [0.5]).element, .float64)
-        assertThrows(HostArrayError.self, { _ = try HostArray(shape: [2], doubles: [1, 1.5]).asInt64s() })
-        assertThrows(HostArrayError.self, { _ = try HostArray(shape: [1], floats: [.nan]).asInt64s() })
+        assertFails(hostArray, { _ = try HostArray(shape: [2], doubles: [1, 1.5]).asInt64s() })
+        assertFails(hostArray, { _ = try HostArray(shape: [1], floats: [.nan]).asInt64s() })
     }
 
     // MARK: - NPY
@@ -146,7 +161,7 @@ final class IOTests: XCTestCase {
     }
 
     func testNPYRefusesFortranOrder() {
-        assertThrows(NPYError.self, { _ = try NPY.read(contentsOf: fixture("f4_fortran_2x3.npy")) }) {
+        assertFails(npy, { _ = try NPY.read(contentsOf: fixture("f4_fortran_2x3.npy")) }) {
             if case .fortranOrder = $0 { return true } else { return false }
         }
     }
@@ -155,22 +170,22 @@ final class IOTests: XCTestCase {
         let good = try fixtureBytes("f4_2x3.npy")
         // Data cut short, header cut short, nothing but the magic.
         for cut in [good.count - 1, 100, 9] {
-            assertThrows(NPYError.self, { _ = try NPY.parse(Array(good[0..<cut])) }) {
+            assertFails(npy, { _ = try NPY.parse(Array(good[0..<cut])) }) {
                 if case .truncated = $0 { return true }
                 if case .notNPY = $0 { return cut < 10 }
                 return false
             }
         }
-        assertThrows(NPYError.self, { _ = try NPY.parse(good + [0]) }) {
+        assertFails(npy, { _ = try NPY.parse(good + [0]) }) {
             if case .trailingBytes = $0 { return true } else { return false }
         }
-        assertThrows(NPYError.self, { _ = try NPY.parse(Array("PK\u{3}\u{4}not npy".utf8)) }) {
+        assertFails(npy, { _ = try NPY.parse(Array("PK\u{3}\u{4}not npy".utf8)) }) {
             if case .notNPY = $0 { return true } else { return false }
         }
         // Truncated on disk: the error names the file.
         let url = scratch.appendingPathComponent("cut.npy")
         try Data(good[0..<(good.count - 4)]).write(to: url)
-        assertThrows(NPYError.self, { _ = try NPY.read(contentsOf: url) }) {
+        assertFails(npy, { _ = try NPY.read(contentsOf: url) }) {
             String(describing: $0).contains("cut.npy")
         }
     }
@@ -205,23 +220,23 @@ final class IOTests: XCTestCase {
             "{'descr': '<f4', 'fortran_order': False, 'shape': (1,",
         ]
         for header in bad {
-            assertThrows(NPYError.self, { _ = try NPY.parse(npy(header: header, data: [0, 0, 0, 0])) })
+            assertFails(npy, { _ = try NPY.parse(npy(header: header, data: [0, 0, 0, 0])) })
         }
         // Unsupported version, header length beyond the file.
         var v9 = try fixtureBytes("f4_2x3.npy")
         v9[6] = 9
-        assertThrows(NPYError.self, { _ = try NPY.parse(v9) }) {
+        assertFails(npy, { _ = try NPY.parse(v9) }) {
             if case .unsupportedVersion = $0 { return true } else { return false }
         }
         var long = try fixtureBytes("f4_2x3.npy")
         long[9] = 0xFF
-        assertThrows(NPYError.self, { _ = try NPY.parse(long) })
+        assertFails(npy, { _ = try NPY.parse(long) })
     }
 
     func testNPYWriteRefusesInconsistentArray() {
         var array = HostArray(shape: [2], floats: [1, 2])
         array.shape = [3]
-        assertThrows(NPYError.self, { try NPY.write(array, to: self.scratch.appendingPathComponent("x.npy")) })
+        assertFails(npy, { try NPY.write(array, to: self.scratch.appendingPathComponent("x.npy")) })
         XCTAssertFalse(FileManager.default.fileExists(atPath: scratch.appendingPathComponent("x.npy").path))
     }
 
@@ -252,9 +267,9 @@ final class IOTests: XCTestCase {
 
     func testPNGWriteRefusesBadInput() {
         let url = scratch.appendingPathComponent("bad.png")
-        assertThrows(PNGError.self, { try PNGImage.write(width: 2, height: 2, channels: 1, pixels: [1, 2, 3], to: url) })
-        assertThrows(PNGError.self, { try PNGImage.write(width: 1, height: 1, channels: 4, pixels: [1, 2, 3, 4], to: url) })
-        assertThrows(PNGError.self, { try PNGImage.write(width: 0, height: 1, channels: 1, pixels: [], to: url) })
+        assertFails(png, { try PNGImage.write(width: 2, height: 2, channels: 1, pixels: [1, 2, 3], to: url) })
+        assertFails(png, { try PNGImage.write(width: 1, height: 1, channels: 4, pixels: [1, 2, 3, 4], to: url) })
+        assertFails(png, { try PNGImage.write(width: 0, height: 1, channels: 1, pixels: [], to: url) })
         XCTAssertFalse(FileManager.default.fileExists(atPath: url.path))
     }
 
@@ -317,11 +332,11 @@ final class IOTests: XCTestCase {
         XCTAssertEqual(try PNGImage.decode(good).pixels, [UInt8](repeating: 100, count: 192))
 
         // Not a PNG at all.
-        assertThrows(PNGError.self, { _ = try PNGImage.decode(Array("GIF89a....".utf8)) }) {
+        assertFails(png, { _ = try PNGImage.decode(Array("GIF89a....".utf8)) }) {
             if case .notPNG = $0 { return true } else { return false }
         }
         // Cut inside a chunk.
-        assertThrows(PNGError.self, { _ = try PNGImage.decode(Array(good[0..<(good.count - 20)])) }) {
+        assertFails(png, { _ = try PNGImage.decode(Array(good[0..<(good.count - 20)])) }) {
             if case .truncated = $0 { return true } else { return false }
         }
         // A flipped byte inside the IDAT payload: libpng reports the CRC error through its
@@ -331,18 +346,18 @@ final class IOTests: XCTestCase {
         }
         var flipped = good
         flipped[idat + 6] ^= 0xFF
-        assertThrows(PNGError.self, { _ = try PNGImage.decode(flipped) }) {
+        assertFails(png, { _ = try PNGImage.decode(flipped) }) {
             if case .decode = $0 { return true } else { return false }
         }
         // IHDR claiming an absurd size is refused before libpng allocates.
         var huge = good
         huge[16...19] = [0, 1, 0, 0]  // width 65536
-        assertThrows(PNGError.self, { _ = try PNGImage.decode(huge) }) {
+        assertFails(png, { _ = try PNGImage.decode(huge) }) {
             if case .tooLarge = $0 { return true } else { return false }
         }
         var badDepth = good
         badDepth[24] = 3
-        assertThrows(PNGError.self, { _ = try PNGImage.decode(badDepth) }) {
+        assertFails(png, { _ = try PNGImage.decode(badDepth) }) {
             if case .invalid = $0 { return true } else { return false }
         }
         // Still decodes fine afterwards (no state left behind by the failures).
@@ -350,7 +365,7 @@ final class IOTests: XCTestCase {
 
         let url = scratch.appendingPathComponent("corrupt.png")
         try Data(flipped).write(to: url)
-        assertThrows(PNGError.self, { _ = try PNGImage.read(contentsOf: url) }) {
+        assertFails(png, { _ = try PNGImage.read(contentsOf: url) }) {
             String(describing: $0).contains("corrupt.png")
         }
     }
@@ -460,35 +475,35 @@ final class IOTests: XCTestCase {
     }
 
     func testIDXRefusesBadFiles() throws {
-        assertThrows(IDXError.self, { _ = try IDX.parse([0, 0, 0x08, 1, 0, 0, 0, 5, 1, 2]) }) {
+        assertFails(idx, { _ = try IDX.parse([0, 0, 0x08, 1, 0, 0, 0, 5, 1, 2]) }) {
             if case .truncated = $0 { return true } else { return false }
         }
-        assertThrows(IDXError.self, { _ = try IDX.parse([0, 0, 0x08, 1, 0, 0, 0, 1, 1, 2]) })  // trailing byte
-        assertThrows(IDXError.self, { _ = try IDX.parse([0, 0, 0x10, 1, 0, 0, 0, 1, 1]) }) {
+        assertFails(idx, { _ = try IDX.parse([0, 0, 0x08, 1, 0, 0, 0, 1, 1, 2]) })  // trailing byte
+        assertFails(idx, { _ = try IDX.parse([0, 0, 0x10, 1, 0, 0, 0, 1, 1]) }) {
             if case .unsupportedType = $0 { return true } else { return false }
         }
-        assertThrows(IDXError.self, { _ = try IDX.parse([1, 0, 0x08, 1, 0, 0, 0, 1, 1]) }) {
+        assertFails(idx, { _ = try IDX.parse([1, 0, 0x08, 1, 0, 0, 0, 1, 1]) }) {
             if case .notIDX = $0 { return true } else { return false }
         }
-        assertThrows(IDXError.self, { _ = try IDX.parse([0, 0, 0x08, 0]) })
+        assertFails(idx, { _ = try IDX.parse([0, 0, 0x08, 0]) })
         // Dimensions whose product overflows are refused before allocating.
         let overflow: [UInt8] = [0, 0, 0x0E, 3] + [UInt8](repeating: 0xFF, count: 12)
-        assertThrows(IDXError.self, { _ = try IDX.parse(overflow) })
+        assertFails(idx, { _ = try IDX.parse(overflow) })
 
         // Corrupt and truncated gzip.
         let gz = try fixtureBytes("t10k-head8-images-idx3-ubyte.gz")
         var corrupt = gz
         corrupt[40] ^= 0xFF
         corrupt[41] ^= 0xFF
-        assertThrows(IDXError.self, { _ = try IDX.gunzip(corrupt, limit: IDX.maxBytes, path: "x") })
-        assertThrows(IDXError.self, { _ = try IDX.gunzip(Array(gz[0..<(gz.count / 2)]), limit: IDX.maxBytes, path: "x") })
+        assertFails(idx, { _ = try IDX.gunzip(corrupt, limit: IDX.maxBytes, path: "x") })
+        assertFails(idx, { _ = try IDX.gunzip(Array(gz[0..<(gz.count / 2)]), limit: IDX.maxBytes, path: "x") })
         // The decompressed size bound holds (6288 bytes here).
-        assertThrows(IDXError.self, { _ = try IDX.gunzip(gz, limit: 6000, path: "x") })
+        assertFails(idx, { _ = try IDX.gunzip(gz, limit: 6000, path: "x") })
         XCTAssertEqual(try IDX.gunzip(gz, limit: 6288, path: "x").count, 6288)
         // Concatenated gzip members decompress as one stream; garbage after the data does not.
         let labels = try fixtureBytes("t10k-head8-labels-idx1-ubyte.gz")
         XCTAssertEqual(try IDX.gunzip(labels + labels, limit: 1000, path: "x").count, 32)
-        assertThrows(IDXError.self, { _ = try IDX.gunzip(labels + [1, 2, 3], limit: 1000, path: "x") })
+        assertFails(idx, { _ = try IDX.gunzip(labels + [1, 2, 3], limit: 1000, path: "x") })
     }
 
     // MARK: - Safetensors
@@ -537,11 +552,11 @@ final class IOTests: XCTestCase {
 
     func testSafetensorsWriterRefusesBadInput() {
         let a = HostArray(shape: [1], floats: [1])
-        assertThrows(SafetensorsWriterError.self, { _ = try SafetensorsWriter.encode([("x", a), ("x", a)]) })
-        assertThrows(SafetensorsWriterError.self, { _ = try SafetensorsWriter.encode([("__metadata__", a)]) })
+        assertFails(safetensorsWriter, { _ = try SafetensorsWriter.encode([("x", a), ("x", a)]) })
+        assertFails(safetensorsWriter, { _ = try SafetensorsWriter.encode([("__metadata__", a)]) })
         var bad = a
         bad.shape = [2]
-        assertThrows(SafetensorsWriterError.self, { _ = try SafetensorsWriter.encode([("x", bad)]) })
+        assertFails(safetensorsWriter, { _ = try SafetensorsWriter.encode([("x", bad)]) })
     }
 
     // MARK: - Atomic writes
@@ -559,13 +574,18 @@ final class IOTests: XCTestCase {
         let directory = scratch.appendingPathComponent("dir")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: false)
         try Data([9]).write(to: directory.appendingPathComponent("inside"))
-        assertThrows(FileIO.Error.self, { try writeAtomically([1], to: directory) })
+        assertThrows(FileAccessError.self, { try writeAtomically([1], to: directory) }) {
+            if case .cannotRename(directory.path, _) = $0 { return true } else { return false }
+        }
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: directory.path), ["inside"])
         XCTAssertEqual(try leftoverTemporaries(), [])
 
         // Missing folder: nothing is created.
         let missing = scratch.appendingPathComponent("no/such/file.bin")
-        assertThrows(FileIO.Error.self, { try writeAtomically([1], to: missing) })
+        assertThrows(FileAccessError.self, { try writeAtomically([1], to: missing) }) {
+            $0 == .cannotCreateTemporary(path: missing.path, directory: missing.deletingLastPathComponent().path, errno: ENOENT)
+                && "\($0)" == "\(missing.path): cannot create a temporary file in \(missing.deletingLastPathComponent().path): No such file or directory"
+        }
         XCTAssertFalse(FileManager.default.fileExists(atPath: missing.path))
 
         // Reading a missing file names it.

@@ -28,12 +28,12 @@ enum CheckpointSafetensors {
         var headerLength: UInt64 = 0
         for (i, b) in lengthBytes.enumerated() { headerLength |= UInt64(b) << (8 * UInt64(i)) }
         guard headerLength <= UInt64(file.size - 8) else {
-            throw CheckpointError(.truncated, file: path, subject: "safetensors header",
+            throw TarFlowError.checkpoint(.truncated, file: path, subject: "safetensors header",
                                   "header length \(headerLength) exceeds the \(file.size - 8) bytes after the length field",
                                   hint: "the file is truncated or not safetensors")
         }
         guard headerLength <= UInt64(maxHeaderBytes) else {
-            throw CheckpointError(.limitExceeded, file: path, subject: "safetensors header",
+            throw TarFlowError.checkpoint(.limitExceeded, file: path, subject: "safetensors header",
                                   "header of \(headerLength) bytes exceeds the \(maxHeaderBytes)-byte limit")
         }
         let header = try file.read(at: 8, count: Int(headerLength), what: "safetensors header")
@@ -45,12 +45,12 @@ enum CheckpointSafetensors {
         do {
             root = try parser.parseDocument()
         } catch let error as JSONParser.Failure {
-            throw CheckpointError(.malformedHeader, file: path, subject: "safetensors header",
+            throw TarFlowError.checkpoint(.malformedHeader, file: path, subject: "safetensors header",
                                   "invalid JSON at byte \(error.offset): \(error.message)",
                                   hint: "the file is corrupted or not safetensors")
         }
         guard case .object(let members) = root else {
-            throw CheckpointError(.malformedHeader, file: path, subject: "safetensors header",
+            throw TarFlowError.checkpoint(.malformedHeader, file: path, subject: "safetensors header",
                                   "header is not a JSON object")
         }
 
@@ -58,11 +58,11 @@ enum CheckpointSafetensors {
         var seen = Set<String>()
         for (name, value) in members {
             guard seen.insert(name).inserted else {
-                throw CheckpointError(.malformedHeader, file: path, subject: name, "tensor name appears twice in the header")
+                throw TarFlowError.checkpoint(.malformedHeader, file: path, subject: name, "tensor name appears twice in the header")
             }
             if name == "__metadata__" {
                 guard case .object = value else {
-                    throw CheckpointError(.malformedHeader, file: path, subject: name, "__metadata__ is not an object")
+                    throw TarFlowError.checkpoint(.malformedHeader, file: path, subject: name, "__metadata__ is not an object")
                 }
                 continue
             }
@@ -76,7 +76,7 @@ enum CheckpointSafetensors {
         for i in byBegin where specs[i].end > specs[i].begin {
             let spec = specs[i]
             guard spec.begin >= previousEnd else {
-                throw CheckpointError(.malformedHeader, file: path, subject: spec.name,
+                throw TarFlowError.checkpoint(.malformedHeader, file: path, subject: spec.name,
                                       "data_offsets [\(spec.begin), \(spec.end)] overlap tensor '\(previousName)' (which ends at \(previousEnd))",
                                       hint: "the file is corrupted or was written incorrectly")
             }
@@ -97,42 +97,42 @@ enum CheckpointSafetensors {
 
     private static func parseSpec(name: String, value: JSONValue, dataLength: Int, file: String) throws -> Spec {
         guard case .object(let fields) = value else {
-            throw CheckpointError(.malformedHeader, file: file, subject: name, "tensor entry is not an object")
+            throw TarFlowError.checkpoint(.malformedHeader, file: file, subject: name, "tensor entry is not an object")
         }
         func field(_ key: String) -> JSONValue? { fields.first { $0.0 == key }?.1 }
         guard case .string(let dtypeName)? = field("dtype") else {
-            throw CheckpointError(.malformedHeader, file: file, subject: name, "missing string field \"dtype\"")
+            throw TarFlowError.checkpoint(.malformedHeader, file: file, subject: name, "missing string field \"dtype\"")
         }
         guard let dtype = dtypes[dtypeName] else {
-            throw CheckpointError(.unsupportedDType, file: file, subject: name,
+            throw TarFlowError.checkpoint(.unsupportedDType, file: file, subject: name,
                                   "dtype \(dtypeName) is not supported (only F32, F16, BF16, I64)",
                                   hint: "convert the tensor, e.g. to float32, before saving")
         }
         guard case .array(let dims)? = field("shape") else {
-            throw CheckpointError(.malformedHeader, file: file, subject: name, "missing array field \"shape\"")
+            throw TarFlowError.checkpoint(.malformedHeader, file: file, subject: name, "missing array field \"shape\"")
         }
         var shape: [Int] = []
         for dim in dims {
             guard case .integer(let d) = dim, d >= 0 else {
-                throw CheckpointError(.malformedHeader, file: file, subject: name, "shape entries must be non-negative integers")
+                throw TarFlowError.checkpoint(.malformedHeader, file: file, subject: name, "shape entries must be non-negative integers")
             }
             shape.append(d)
         }
         guard case .array(let offsets)? = field("data_offsets"), offsets.count == 2,
               case .integer(let begin) = offsets[0], case .integer(let end) = offsets[1] else {
-            throw CheckpointError(.malformedHeader, file: file, subject: name,
+            throw TarFlowError.checkpoint(.malformedHeader, file: file, subject: name,
                                   "missing field \"data_offsets\": [begin, end]")
         }
         guard begin >= 0, begin <= end, end <= dataLength else {
-            throw CheckpointError(.truncated, file: file, subject: name,
+            throw TarFlowError.checkpoint(.truncated, file: file, subject: name,
                                   "data_offsets [\(begin), \(end)] fall outside the \(dataLength)-byte data buffer",
                                   hint: "the file is truncated or corrupted")
         }
         guard let count = elementCount(shape), let nbytes = CheckpointMath.multiply(count, dtype.byteSize) else {
-            throw CheckpointError(.malformedHeader, file: file, subject: name, "element count of shape \(shape) overflows")
+            throw TarFlowError.checkpoint(.malformedHeader, file: file, subject: name, "element count of shape \(shape) overflows")
         }
         guard nbytes == end - begin else {
-            throw CheckpointError(.malformedHeader, file: file, subject: name,
+            throw TarFlowError.checkpoint(.malformedHeader, file: file, subject: name,
                                   "shape \(shape) of \(dtypeName) needs \(nbytes) bytes but data_offsets span \(end - begin)",
                                   hint: "the file is corrupted")
         }

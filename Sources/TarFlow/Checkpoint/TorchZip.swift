@@ -22,7 +22,7 @@ enum CheckpointTorchZip {
         do {
             archive = try Archive(url: url, accessMode: .read)
         } catch {
-            throw CheckpointError(.truncated, file: path,
+            throw TarFlowError.checkpoint(.truncated, file: path,
                                   "not a readable zip archive (\(error)); the end-of-archive directory is missing or damaged",
                                   hint: "the file is truncated or corrupted; download or save it again")
         }
@@ -34,7 +34,7 @@ enum CheckpointTorchZip {
         for entry in archive where entry.type == .file {
             let name = entry.path
             guard entries[name] == nil else {
-                throw CheckpointError(.malformedArchive, file: path, subject: name,
+                throw TarFlowError.checkpoint(.malformedArchive, file: path, subject: name,
                                       "the archive holds two entries with this name",
                                       hint: "the file is corrupted or was tampered with")
             }
@@ -43,7 +43,7 @@ enum CheckpointTorchZip {
             if parts.count == 2, parts[1] == "data.pkl", !parts[0].isEmpty { pickles.append(String(parts[0])) }
         }
         guard pickles.count == 1, let prefix = pickles.first else {
-            throw CheckpointError(.malformedArchive, file: path,
+            throw TarFlowError.checkpoint(.malformedArchive, file: path,
                                   pickles.isEmpty ? "the zip has no <name>/data.pkl entry, so it is not a torch.save archive"
                                                   : "the zip has several data.pkl entries (\(pickles.sorted().joined(separator: ", ")))",
                                   hint: "pass the file written by torch.save(model.state_dict(), path)")
@@ -53,24 +53,24 @@ enum CheckpointTorchZip {
             let bytes = try reader.read(entry, name: "\(prefix)/byteorder", expected: nil, cap: 16)
             let order = String(decoding: bytes, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
             if order == "big" {
-                throw CheckpointError(.bigEndian, file: path, subject: "\(prefix)/byteorder",
+                throw TarFlowError.checkpoint(.bigEndian, file: path, subject: "\(prefix)/byteorder",
                                       "the checkpoint was saved on a big-endian machine",
                                       hint: "load and re-save it on a little-endian machine, or convert it to safetensors")
             }
             guard order == "little" else {
-                throw CheckpointError(.malformedArchive, file: path, subject: "\(prefix)/byteorder",
+                throw TarFlowError.checkpoint(.malformedArchive, file: path, subject: "\(prefix)/byteorder",
                                       "unexpected byte order '\(order.prefix(16))'", hint: "expected 'little'")
             }
         }  // No record: written before PyTorch recorded it, which implies little-endian.
 
         guard let pickleEntry = entries["\(prefix)/data.pkl"] else {
-            throw CheckpointError(.malformedArchive, file: path, "data.pkl disappeared from the index")
+            throw TarFlowError.checkpoint(.malformedArchive, file: path, "data.pkl disappeared from the index")
         }
         let pickle = try reader.read(pickleEntry, name: "\(prefix)/data.pkl", expected: nil, cap: maxPickleBytes)
         return try assemble(pickle: pickle, file: path, key: key, progress: progress, check: check) { key, nbytes, name in
             let entryName = "\(prefix)/data/\(key)"
             guard let entry = entries[entryName] else {
-                throw CheckpointError(.malformedArchive, file: path, subject: name,
+                throw TarFlowError.checkpoint(.malformedArchive, file: path, subject: name,
                                       "its storage entry \(entryName) is missing from the archive",
                                       hint: "the file is truncated or corrupted")
             }
@@ -93,7 +93,7 @@ enum CheckpointTorchZip {
             remainingUses[ref.storage.key, default: 0] += 1
             if let seen = dtypes[ref.storage.key] {
                 guard seen.dtype == ref.storage.dtype, seen.numel == ref.storage.numel else {
-                    throw CheckpointError(.malformedTensor, file: path, subject: name,
+                    throw TarFlowError.checkpoint(.malformedTensor, file: path, subject: name,
                                           "storage '\(ref.storage.key)' is declared both as \(seen.numel) x \(seen.dtype.rawValue) and as \(ref.storage.numel) x \(ref.storage.dtype.rawValue)",
                                           hint: "the checkpoint is corrupted")
                 }
@@ -110,7 +110,7 @@ enum CheckpointTorchZip {
             var last = ref.offset
             for (d, st) in zip(ref.shape, ref.stride) where d > 0 {
                 guard let span = CheckpointMath.multiply(d - 1, st), let next = CheckpointMath.add(last, span) else {
-                    throw CheckpointError(.malformedTensor, file: path, subject: name, "offset/stride arithmetic overflows")
+                    throw TarFlowError.checkpoint(.malformedTensor, file: path, subject: name, "offset/stride arithmetic overflows")
                 }
                 last = next
             }
@@ -120,7 +120,7 @@ enum CheckpointTorchZip {
         for (key, info) in dtypes {
             let needed = reach[key] ?? 0, es = info.dtype.byteSize
             guard let unused = CheckpointMath.multiply(max(info.numel - needed, 0), es), unused <= maxUnusedStorageBytes else {
-                throw CheckpointError(.limitExceeded, file: path, subject: key,
+                throw TarFlowError.checkpoint(.limitExceeded, file: path, subject: key,
                                       "storage '\(key)' declares \(info.numel) elements but its tensors use \(needed)",
                                       hint: "the checkpoint is damaged or hostile; save the tensors with .clone() (their own storages)")
             }
@@ -140,11 +140,11 @@ enum CheckpointTorchZip {
                 storage = cached
             } else {
                 guard let nbytes = CheckpointMath.multiply(ref.storage.numel, es) else {
-                    throw CheckpointError(.malformedTensor, file: path, subject: name, "storage byte size overflows")
+                    throw TarFlowError.checkpoint(.malformedTensor, file: path, subject: name, "storage byte size overflows")
                 }
                 storage = try load(key, nbytes, name)
                 guard storage.count == nbytes else {
-                    throw CheckpointError(.malformedArchive, file: path, subject: name,
+                    throw TarFlowError.checkpoint(.malformedArchive, file: path, subject: name,
                                           "storage '\(key)' holds \(storage.count) bytes but the pickle declares \(nbytes)",
                                           hint: "the checkpoint is corrupted")
                 }
@@ -172,7 +172,7 @@ enum CheckpointTorchZip {
         let shape = ref.shape
         let stride = ref.stride
         guard let count = elementCount(shape), let outBytes = CheckpointMath.multiply(count, es) else {
-            throw CheckpointError(.malformedTensor, file: file, subject: name, "element count of \(shape) overflows")
+            throw TarFlowError.checkpoint(.malformedTensor, file: file, subject: name, "element count of \(shape) overflows")
         }
         if count == 0 { return [] }
         let storageElements = storage.count / es
@@ -180,17 +180,17 @@ enum CheckpointTorchZip {
         var last = ref.offset
         for (d, s) in zip(shape, stride) {
             guard let span = CheckpointMath.multiply(d - 1, s), let next = CheckpointMath.add(last, span) else {
-                throw CheckpointError(.malformedTensor, file: file, subject: name, "offset/stride arithmetic overflows")
+                throw TarFlowError.checkpoint(.malformedTensor, file: file, subject: name, "offset/stride arithmetic overflows")
             }
             last = next
         }
         guard ref.offset >= 0, last < storageElements else {
-            throw CheckpointError(.malformedTensor, file: file, subject: name,
+            throw TarFlowError.checkpoint(.malformedTensor, file: file, subject: name,
                                   "view (offset \(ref.offset), size \(shape), stride \(stride)) reaches element \(last) but storage '\(ref.storage.key)' holds \(storageElements)",
                                   hint: "the checkpoint is corrupted")
         }
         guard count <= storageElements || count <= maxExpandedElements else {
-            throw CheckpointError(.limitExceeded, file: file, subject: name,
+            throw TarFlowError.checkpoint(.limitExceeded, file: file, subject: name,
                                   "expanded view of \(count) elements from a storage of \(storageElements) exceeds the \(maxExpandedElements)-element limit",
                                   hint: "save the tensor with .contiguous() first")
         }
@@ -259,29 +259,29 @@ enum CheckpointTorchZip {
             let claimed = entry.uncompressedSize
             let stored = entry.compressedSize
             guard claimed <= UInt64(Int.max), stored <= UInt64(fileSize) else {
-                throw CheckpointError(.truncated, file: file, subject: name,
+                throw TarFlowError.checkpoint(.truncated, file: file, subject: name,
                                       "entry claims \(stored) stored bytes but the file has \(fileSize)",
                                       hint: "the file is truncated or corrupted")
             }
             let size = Int(claimed)
             if let expected, size != expected {
-                throw CheckpointError(.malformedArchive, file: file, subject: name,
+                throw TarFlowError.checkpoint(.malformedArchive, file: file, subject: name,
                                       "entry holds \(size) bytes but the pickle declares \(expected)",
                                       hint: "the checkpoint is corrupted")
             }
             guard size <= cap else {
-                throw CheckpointError(.limitExceeded, file: file, subject: name,
+                throw TarFlowError.checkpoint(.limitExceeded, file: file, subject: name,
                                       "entry of \(size) bytes exceeds the \(cap)-byte limit")
             }
             if entry.isCompressed {
                 // Deflate expands at most ~1032:1; anything claiming more is not a real entry.
                 guard size / 1100 <= Int(stored) else {
-                    throw CheckpointError(.malformedArchive, file: file, subject: name,
+                    throw TarFlowError.checkpoint(.malformedArchive, file: file, subject: name,
                                           "entry claims \(size) bytes from \(stored) compressed bytes",
                                           hint: "the archive is corrupted")
                 }
             } else if size != Int(stored) {
-                throw CheckpointError(.malformedArchive, file: file, subject: name,
+                throw TarFlowError.checkpoint(.malformedArchive, file: file, subject: name,
                                       "stored entry has compressed size \(stored) but size \(size)",
                                       hint: "the archive is corrupted")
             }
@@ -298,18 +298,18 @@ enum CheckpointTorchZip {
                     out.append(contentsOf: chunk)
                 }
             } catch {
-                throw CheckpointError(overflow ? .malformedArchive : .truncated, file: file, subject: name,
+                throw TarFlowError.checkpoint(overflow ? .malformedArchive : .truncated, file: file, subject: name,
                                       overflow ? "entry decompresses to more than its declared \(size) bytes"
                                                : "cannot extract entry (\(error))",
                                       hint: "the file is truncated or corrupted; download or save it again")
             }
             guard out.count == size else {
-                throw CheckpointError(.truncated, file: file, subject: name,
+                throw TarFlowError.checkpoint(.truncated, file: file, subject: name,
                                       "entry yielded \(out.count) of \(size) bytes",
                                       hint: "the file is truncated or corrupted; download or save it again")
             }
             guard crc == entry.checksum else {
-                throw CheckpointError(.malformedArchive, file: file, subject: name,
+                throw TarFlowError.checkpoint(.malformedArchive, file: file, subject: name,
                                       String(format: "CRC-32 mismatch (computed %08x, recorded %08x)", crc, entry.checksum),
                                       hint: "the file is corrupted; download or save it again")
             }

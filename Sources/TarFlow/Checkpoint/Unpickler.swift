@@ -168,7 +168,7 @@ enum CheckpointUnpickler {
         var machine = Machine(bytes: bytes, file: file, limits: limits)
         let result = try machine.run()
         guard case .dict(let root) = result else {
-            throw CheckpointError(.notAStateDict, file: file, subject: "data.pkl",
+            throw TarFlowError.checkpoint(.notAStateDict, file: file, subject: "data.pkl",
                                   "the pickle holds a \(result.typeName), not a dict of tensors",
                                   hint: "save model.state_dict() rather than the model or a wrapper object")
         }
@@ -191,7 +191,7 @@ enum CheckpointUnpickler {
         if let key {
             guard let box = entry(key) else {
                 let found = candidates()
-                throw CheckpointError(.notAStateDict, file: file, subject: "--key \(key)",
+                throw TarFlowError.checkpoint(.notAStateDict, file: file, subject: "--key \(key)",
                                       "the checkpoint has no dict entry '\(key)' at the top level",
                                       hint: found.isEmpty ? "the file holds a plain state dict; drop --key"
                                                           : "entries holding tensors: \(found.joined(separator: ", "))")
@@ -204,7 +204,7 @@ enum CheckpointUnpickler {
             guard found.count == 1 else {
                 let all = candidates()
                 let names = zip(root.keys, root.values).prefix(12).map { k, v in "\(k.text) (\(v.typeName))" }.joined(separator: ", ")
-                throw CheckpointError(
+                throw TarFlowError.checkpoint(
                     .notAStateDict, file: file, subject: "data.pkl",
                     found.isEmpty
                         ? "no state dict found: the top level is not a dict of tensors and has none of \(stateDictKeys.joined(separator: ", ")) holding one; entries: \(names)"
@@ -218,18 +218,18 @@ enum CheckpointUnpickler {
         out.reserveCapacity(chosen.keys.count)
         for (key, value) in zip(chosen.keys, chosen.values) {
             guard case .string(let name) = key else {
-                throw CheckpointError(.notAStateDict, file: file, subject: "data.pkl",
+                throw TarFlowError.checkpoint(.notAStateDict, file: file, subject: "data.pkl",
                                       "state_dict key \(key) is not a string",
                                       hint: "save model.state_dict()")
             }
             switch value {
             case .tensor(let tensor): out.append((name, tensor))
             case .opaqueTensor(let storage):
-                throw CheckpointError(.unsupportedDType, file: file, subject: name,
+                throw TarFlowError.checkpoint(.unsupportedDType, file: file, subject: name,
                                       "storage type \(storage) is not supported (only float32, float16, bfloat16, int64)",
                                       hint: "convert the state_dict, e.g. {k: v.float() for k, v in sd.items()}, and save again")
             default:
-                throw CheckpointError(.notAStateDict, file: file, subject: name,
+                throw TarFlowError.checkpoint(.notAStateDict, file: file, subject: name,
                                       "entry is a \(value.typeName), not a tensor",
                                       hint: "save a flat model.state_dict() (name -> tensor), or a training checkpoint with it under \(stateDictKeys.joined(separator: ", "))")
             }
@@ -260,14 +260,14 @@ enum CheckpointUnpickler {
 
         // MARK: Errors
 
-        func fail(_ kind: CheckpointError.Kind, _ message: String, hint: String? = nil) -> CheckpointError {
+        func fail(_ kind: TarFlowError.CheckpointFailure.Kind, _ message: String, hint: String? = nil) -> TarFlowError {
             let subject = opStart < bytes.count
                 ? "data.pkl opcode \(opName) (\(String(format: "0x%02x", bytes[opStart]))) at offset \(opStart)"
                 : "data.pkl at offset \(opStart) (end of data)"
-            return CheckpointError(kind, file: file, subject: subject, message, hint: hint)
+            return .checkpoint(kind, file: file, subject: subject, message, hint: hint)
         }
 
-        func malformed(_ message: String) -> CheckpointError {
+        func malformed(_ message: String) -> TarFlowError {
             fail(.malformedPickle, message, hint: "the pickle is corrupted or was not written by torch.save(state_dict)")
         }
 

@@ -92,7 +92,7 @@ public struct HostArray: Sendable {
         var result: [Int64] = []
         for (index, value) in values.enumerated() {
             guard let exact = Int64(exactly: value) else {
-                throw HostArrayError.notAnInteger(element: element, index: index, value: value)
+                throw TarFlowError.hostArray(.notAnInteger(element: element, index: index, value: value))
             }
             result.append(exact)
         }
@@ -122,15 +122,17 @@ extension HostArray.Storage {
     }
 }
 
-/// Failures of `HostArray` conversions.
-public enum HostArrayError: Error, Sendable, CustomStringConvertible {
-    case notAnInteger(element: HostElement, index: Int, value: Double)
+extension TarFlowError {
+    /// Failures of `HostArray` conversions.
+    public enum HostArrayFailure: Sendable, Equatable, CustomStringConvertible {
+        case notAnInteger(element: HostElement, index: Int, value: Double)
 
-    public var description: String {
-        switch self {
-        case let .notAnInteger(element, index, value):
-            return "expected integer values but \(element) element \(index) is \(value); "
-                + "store labels as an integer dtype or as exact whole numbers"
+        public var description: String {
+            switch self {
+            case let .notAnInteger(element, index, value):
+                return "expected integer values but \(element) element \(index) is \(value); "
+                    + "store labels as an integer dtype or as exact whole numbers"
+            }
         }
     }
 }

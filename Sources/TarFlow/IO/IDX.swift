@@ -33,12 +33,12 @@ public enum IDX {
         }
         let headerMax = 4 + 4 * maxDimensions
         let head = try gunzip(file, limit: maxBytes, path: path, stopAt: headerMax)
-        guard head.count >= 4, head[0] == 0, head[1] == 0 else { throw IDXError.notIDX(path: path) }
+        guard head.count >= 4, head[0] == 0, head[1] == 0 else { throw TarFlowError.idx(.notIDX(path: path)) }
         let (dataStart, itemBytes, count) = try layout(head, path: path)
         // Whole file: one byte past the declared size reveals trailing data without inflating it all.
         var want = dataStart + count * itemBytes + 1
         if let maxItems, count > maxItems { want = dataStart + maxItems * itemBytes }
-        guard want - 1 <= maxBytes else { throw IDXError.gzip(path: path, message: "the header declares \(want - 1) bytes, more than \(maxBytes)") }
+        guard want - 1 <= maxBytes else { throw TarFlowError.idx(.gzip(path: path, message: "the header declares \(want - 1) bytes, more than \(maxBytes)")) }
         var bytes = try gunzip(file, limit: maxBytes, path: path, stopAt: want)
         if let maxItems, count > maxItems { bytes = try prefix(bytes, items: maxItems, path: path) }
         return (try parse(bytes, path: path), count)
@@ -49,10 +49,10 @@ public enum IDX {
     static func layout(_ bytes: [UInt8], path: String) throws -> (dataStart: Int, itemBytes: Int, count: Int) {
         let rank = Int(bytes[3])
         guard (1...maxDimensions).contains(rank) else {
-            throw IDXError.invalid(path: path, reason: "\(rank) dimensions (expected 1...\(maxDimensions))")
+            throw TarFlowError.idx(.invalid(path: path, reason: "\(rank) dimensions (expected 1...\(maxDimensions))"))
         }
         let dataStart = 4 + 4 * rank
-        guard bytes.count >= dataStart else { throw IDXError.truncated(path: path, expected: dataStart, actual: bytes.count) }
+        guard bytes.count >= dataStart else { throw TarFlowError.idx(.truncated(path: path, expected: dataStart, actual: bytes.count)) }
         let shape = (0..<rank).map { i -> Int in
             let at = 4 + 4 * i
             return Int(bytes[at]) << 24 | Int(bytes[at + 1]) << 16 | Int(bytes[at + 2]) << 8 | Int(bytes[at + 3])
@@ -63,11 +63,11 @@ public enum IDX {
         case 0x0B: size = 2
         case 0x0C, 0x0D: size = 4
         case 0x0E: size = 8
-        default: throw IDXError.unsupportedType(path: path, type: bytes[2])
+        default: throw TarFlowError.idx(.unsupportedType(path: path, type: bytes[2]))
         }
         guard let per = elementCount(Array(shape.dropFirst())), case let (item, o1) = per.multipliedReportingOverflow(by: size), !o1,
               case let (total, o2) = item.multipliedReportingOverflow(by: shape[0]), !o2, total <= maxBytes else {
-            throw IDXError.invalid(path: path, reason: "dimensions \(shape) declare more than \(maxBytes) bytes")
+            throw TarFlowError.idx(.invalid(path: path, reason: "dimensions \(shape) declare more than \(maxBytes) bytes"))
         }
         return (dataStart, item, shape[0])
     }
@@ -76,7 +76,7 @@ public enum IDX {
     static func prefix(_ bytes: [UInt8], items: Int, path: String) throws -> [UInt8] {
         let (dataStart, itemBytes, count) = try layout(bytes, path: path)
         let n = min(items, count), end = dataStart + n * itemBytes
-        guard bytes.count >= end else { throw IDXError.truncated(path: path, expected: end, actual: bytes.count) }
+        guard bytes.count >= end else { throw TarFlowError.idx(.truncated(path: path, expected: end, actual: bytes.count)) }
         var out = Array(bytes[0..<end])
         out.replaceSubrange(4..<8, with: [UInt8(n >> 24 & 0xFF), UInt8(n >> 16 & 0xFF), UInt8(n >> 8 & 0xFF), UInt8(n & 0xFF)])
         return out
@@ -84,15 +84,15 @@ public enum IDX {
 
     /// Decodes an uncompressed, in-memory IDX file; `path` only labels errors.
     public static func parse(_ bytes: [UInt8], path: String = "<memory>") throws -> HostArray {
-        guard bytes.count >= 4, bytes[0] == 0, bytes[1] == 0 else { throw IDXError.notIDX(path: path) }
+        guard bytes.count >= 4, bytes[0] == 0, bytes[1] == 0 else { throw TarFlowError.idx(.notIDX(path: path)) }
         let type = bytes[2]
         let rank = Int(bytes[3])
         guard (1...maxDimensions).contains(rank) else {
-            throw IDXError.invalid(path: path, reason: "\(rank) dimensions (expected 1...\(maxDimensions))")
+            throw TarFlowError.idx(.invalid(path: path, reason: "\(rank) dimensions (expected 1...\(maxDimensions))"))
         }
         let dataStart = 4 + 4 * rank
         guard bytes.count >= dataStart else {
-            throw IDXError.truncated(path: path, expected: dataStart, actual: bytes.count)
+            throw TarFlowError.idx(.truncated(path: path, expected: dataStart, actual: bytes.count))
         }
         let shape = (0..<rank).map { i -> Int in
             let at = 4 + 4 * i
@@ -104,19 +104,19 @@ public enum IDX {
         case 0x0B: fileSize = 2
         case 0x0C, 0x0D: fileSize = 4
         case 0x0E: fileSize = 8
-        default: throw IDXError.unsupportedType(path: path, type: type)
+        default: throw TarFlowError.idx(.unsupportedType(path: path, type: type))
         }
         guard let count = elementCount(shape) else {
-            throw IDXError.invalid(path: path, reason: "dimensions \(shape) overflow the element count")
+            throw TarFlowError.idx(.invalid(path: path, reason: "dimensions \(shape) overflow the element count"))
         }
         let (byteLength, overflow) = count.multipliedReportingOverflow(by: fileSize)
-        guard !overflow else { throw IDXError.invalid(path: path, reason: "dimensions \(shape) overflow the byte count") }
+        guard !overflow else { throw TarFlowError.idx(.invalid(path: path, reason: "dimensions \(shape) overflow the byte count")) }
         let available = bytes.count - dataStart
         guard available >= byteLength else {
-            throw IDXError.truncated(path: path, expected: dataStart + byteLength, actual: bytes.count)
+            throw TarFlowError.idx(.truncated(path: path, expected: dataStart + byteLength, actual: bytes.count))
         }
         guard available == byteLength else {
-            throw IDXError.invalid(path: path, reason: "\(available - byteLength) bytes after the data for dimensions \(shape)")
+            throw TarFlowError.idx(.invalid(path: path, reason: "\(available - byteLength) bytes after the data for dimensions \(shape)"))
         }
 
         let storage: HostArray.Storage = bytes.withUnsafeBytes { raw in
@@ -144,12 +144,12 @@ public enum IDX {
     /// With `stopAt`, inflation stops once that many bytes are out (fewer if the data ends first).
     static func gunzip(_ input: [UInt8], limit: Int, path: String, stopAt: Int? = nil) throws -> [UInt8] {
         guard input.count <= Int(UInt32.max) else {
-            throw IDXError.gzip(path: path, message: "compressed file larger than 4 GiB")
+            throw TarFlowError.idx(.gzip(path: path, message: "compressed file larger than 4 GiB"))
         }
         var stream = z_stream()
         // 15 + 32: largest window, and accept either a zlib or a gzip header.
         guard inflateInit2_(&stream, 15 + 32, ZLIB_VERSION, Int32(MemoryLayout<z_stream>.size)) == Z_OK else {
-            throw IDXError.gzip(path: path, message: "inflateInit2 failed")
+            throw TarFlowError.idx(.gzip(path: path, message: "inflateInit2 failed"))
         }
         defer { inflateEnd(&stream) }
 
@@ -164,7 +164,7 @@ public enum IDX {
                 if let stopAt, produced >= stopAt { return }
                 if produced == output.count {
                     guard output.count <= limit else {
-                        throw IDXError.gzip(path: path, message: "decompresses to more than \(limit) bytes")
+                        throw TarFlowError.idx(.gzip(path: path, message: "decompresses to more than \(limit) bytes"))
                     }
                     output += repeatElement(0, count: min(output.count, cap - output.count))
                 }
@@ -184,18 +184,18 @@ public enum IDX {
                     // Another gzip member may follow (as written by `cat a.gz b.gz`).
                     let next = inRaw.count - rest
                     guard rest >= 2, inRaw[next] == 0x1F, inRaw[next + 1] == 0x8B else {
-                        throw IDXError.gzip(path: path, message: "\(rest) bytes of trailing garbage after the gzip data")
+                        throw TarFlowError.idx(.gzip(path: path, message: "\(rest) bytes of trailing garbage after the gzip data"))
                     }
-                    guard inflateReset(&stream) == Z_OK else { throw IDXError.gzip(path: path, message: "inflateReset failed") }
+                    guard inflateReset(&stream) == Z_OK else { throw TarFlowError.idx(.gzip(path: path, message: "inflateReset failed")) }
                 case Z_OK:
                     continue
                 case Z_BUF_ERROR where stream.avail_in == 0 && stream.avail_out > 0:
-                    throw IDXError.gzip(path: path, message: "the compressed data ends early (truncated file)")
+                    throw TarFlowError.idx(.gzip(path: path, message: "the compressed data ends early (truncated file)"))
                 case Z_BUF_ERROR:
                     continue
                 default:
                     let message = stream.msg.map { String(cString: $0) } ?? "zlib error \(status)"
-                    throw IDXError.gzip(path: path, message: message)
+                    throw TarFlowError.idx(.gzip(path: path, message: message))
                 }
             }
         }
@@ -204,27 +204,29 @@ public enum IDX {
     }
 }
 
-/// Failures of IDX reading.
-public enum IDXError: Error, Sendable, CustomStringConvertible {
-    case notIDX(path: String)
-    case unsupportedType(path: String, type: UInt8)
-    case truncated(path: String, expected: Int, actual: Int)
-    case invalid(path: String, reason: String)
-    case gzip(path: String, message: String)
+extension TarFlowError {
+    /// Failures of IDX reading.
+    public enum IDXFailure: Sendable, Equatable, CustomStringConvertible {
+        case notIDX(path: String)
+        case unsupportedType(path: String, type: UInt8)
+        case truncated(path: String, expected: Int, actual: Int)
+        case invalid(path: String, reason: String)
+        case gzip(path: String, message: String)
 
-    public var description: String {
-        switch self {
-        case let .notIDX(path):
-            return "\(path) is not an IDX file (the magic number must start with two zero bytes)"
-        case let .unsupportedType(path, type):
-            return "\(path): IDX data type 0x\(String(type, radix: 16)) is not supported "
-                + "(expected 0x08, 0x09, 0x0b, 0x0c, 0x0d or 0x0e)"
-        case let .truncated(path, expected, actual):
-            return "\(path) is truncated: \(expected) bytes needed, \(actual) present; download the file again"
-        case let .invalid(path, reason):
-            return "\(path) is not a valid IDX file: \(reason)"
-        case let .gzip(path, message):
-            return "\(path): cannot decompress: \(message)"
+        public var description: String {
+            switch self {
+            case let .notIDX(path):
+                return "\(path) is not an IDX file (the magic number must start with two zero bytes)"
+            case let .unsupportedType(path, type):
+                return "\(path): IDX data type 0x\(String(type, radix: 16)) is not supported "
+                    + "(expected 0x08, 0x09, 0x0b, 0x0c, 0x0d or 0x0e)"
+            case let .truncated(path, expected, actual):
+                return "\(path) is truncated: \(expected) bytes needed, \(actual) present; download the file again"
+            case let .invalid(path, reason):
+                return "\(path) is not a valid IDX file: \(reason)"
+            case let .gzip(path, message):
+                return "\(path): cannot decompress: \(message)"
+            }
         }
     }
 }

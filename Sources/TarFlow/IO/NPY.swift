@@ -69,10 +69,10 @@ public enum NPY {
 
     /// The layout from the first bytes of a file (at least the whole header), every size checked.
     static func layout(_ bytes: [UInt8], path: String) throws -> Layout {
-        guard bytes.count >= 10, Array(bytes[0..<6]) == magic else { throw NPYError.notNPY(path: path) }
+        guard bytes.count >= 10, Array(bytes[0..<6]) == magic else { throw TarFlowError.npy(.notNPY(path: path)) }
         let major = bytes[6], minor = bytes[7]
         guard (1...3).contains(major), minor == 0 else {
-            throw NPYError.unsupportedVersion(path: path, major: Int(major), minor: Int(minor))
+            throw TarFlowError.npy(.unsupportedVersion(path: path, major: Int(major), minor: Int(minor)))
         }
         let headerStart: Int
         let headerLength: Int
@@ -81,30 +81,30 @@ public enum NPY {
             headerLength = Int(bytes[8]) | Int(bytes[9]) << 8
         } else {
             guard bytes.count >= 12 else {
-                throw NPYError.truncated(path: path, what: "header length", expected: 12, actual: bytes.count)
+                throw TarFlowError.npy(.truncated(path: path, what: "header length", expected: 12, actual: bytes.count))
             }
             headerStart = 12
             headerLength = Int(bytes[8]) | Int(bytes[9]) << 8 | Int(bytes[10]) << 16 | Int(bytes[11]) << 24
         }
         guard headerLength <= maxHeaderBytes else {
-            throw NPYError.badHeader(path: path, reason: "header of \(headerLength) bytes exceeds \(maxHeaderBytes)")
+            throw TarFlowError.npy(.badHeader(path: path, reason: "header of \(headerLength) bytes exceeds \(maxHeaderBytes)"))
         }
         let dataStart = headerStart + headerLength
         guard dataStart <= bytes.count else {
-            throw NPYError.truncated(path: path, what: "header", expected: dataStart, actual: bytes.count)
+            throw TarFlowError.npy(.truncated(path: path, what: "header", expected: dataStart, actual: bytes.count))
         }
 
         var parser = NPYHeaderParser(bytes: bytes[headerStart..<dataStart], path: path)
         let header = try parser.parseDictionary()
-        guard !header.fortranOrder else { throw NPYError.fortranOrder(path: path) }
+        guard !header.fortranOrder else { throw TarFlowError.npy(.fortranOrder(path: path)) }
         let (element, bigEndian) = try dtype(from: header.descr, path: path)
 
         guard let count = elementCount(header.shape) else {
-            throw NPYError.badHeader(path: path, reason: "shape \(header.shape) overflows the element count")
+            throw TarFlowError.npy(.badHeader(path: path, reason: "shape \(header.shape) overflows the element count"))
         }
         let (byteLength, overflow) = count.multipliedReportingOverflow(by: element.byteSize)
         guard !overflow else {
-            throw NPYError.badHeader(path: path, reason: "shape \(header.shape) overflows the byte count")
+            throw TarFlowError.npy(.badHeader(path: path, reason: "shape \(header.shape) overflows the byte count"))
         }
         return Layout(dataStart: dataStart, shape: header.shape, element: element, bigEndian: bigEndian, count: count, byteLength: byteLength)
     }
@@ -112,10 +112,10 @@ public enum NPY {
     /// The data after the header must be exactly what the header declares.
     private static func checkDataSize(_ l: Layout, available: Int, fileSize: Int, path: String) throws {
         guard available >= l.byteLength else {
-            throw NPYError.truncated(path: path, what: "array data", expected: l.dataStart + l.byteLength, actual: fileSize)
+            throw TarFlowError.npy(.truncated(path: path, what: "array data", expected: l.dataStart + l.byteLength, actual: fileSize))
         }
         guard available == l.byteLength else {
-            throw NPYError.trailingBytes(path: path, extra: available - l.byteLength)
+            throw TarFlowError.npy(.trailingBytes(path: path, extra: available - l.byteLength))
         }
     }
 
@@ -131,7 +131,7 @@ public enum NPY {
     /// Maps a NumPy type string such as `<f4` to an element type and byte order.
     private static func dtype(from descr: String, path: String) throws -> (HostElement, bigEndian: Bool) {
         let chars = Array(descr)
-        guard chars.count == 3 else { throw NPYError.unsupportedDType(path: path, descr: descr) }
+        guard chars.count == 3 else { throw TarFlowError.npy(.unsupportedDType(path: path, descr: descr)) }
         let element: HostElement
         switch String(chars[1...]) {
         case "f4": element = .float32
@@ -139,14 +139,14 @@ public enum NPY {
         case "u1": element = .uint8
         case "i4": element = .int32
         case "i8": element = .int64
-        default: throw NPYError.unsupportedDType(path: path, descr: descr)
+        default: throw TarFlowError.npy(.unsupportedDType(path: path, descr: descr))
         }
         switch chars[0] {
         case "<": return (element, false)
         case ">": return (element, true)
         case "=": return (element, HostArray.hostIsBigEndian)
         case "|" where element.byteSize == 1: return (element, false)
-        default: throw NPYError.unsupportedDType(path: path, descr: descr)
+        default: throw TarFlowError.npy(.unsupportedDType(path: path, descr: descr))
         }
     }
 
@@ -159,7 +159,7 @@ public enum NPY {
     /// The bytes `np.save` would write for this array.
     public static func encode(_ array: HostArray) throws -> [UInt8] {
         guard elementCount(array.shape) == array.count else {
-            throw NPYError.shapeMismatch(shape: array.shape, count: array.count)
+            throw TarFlowError.npy(.shapeMismatch(shape: array.shape, count: array.count))
         }
         let descr: String
         switch array.element {
@@ -204,35 +204,37 @@ public enum NPY {
     }
 }
 
-/// Failures of `.npy` reading and writing; each names the file and what to do.
-public enum NPYError: Error, Sendable, CustomStringConvertible {
-    case notNPY(path: String)
-    case unsupportedVersion(path: String, major: Int, minor: Int)
-    case truncated(path: String, what: String, expected: Int, actual: Int)
-    case trailingBytes(path: String, extra: Int)
-    case badHeader(path: String, reason: String)
-    case unsupportedDType(path: String, descr: String)
-    case fortranOrder(path: String)
-    case shapeMismatch(shape: [Int], count: Int)
+extension TarFlowError {
+    /// Failures of `.npy` reading and writing; each names the file and what to do.
+    public enum NPYFailure: Sendable, Equatable, CustomStringConvertible {
+        case notNPY(path: String)
+        case unsupportedVersion(path: String, major: Int, minor: Int)
+        case truncated(path: String, what: String, expected: Int, actual: Int)
+        case trailingBytes(path: String, extra: Int)
+        case badHeader(path: String, reason: String)
+        case unsupportedDType(path: String, descr: String)
+        case fortranOrder(path: String)
+        case shapeMismatch(shape: [Int], count: Int)
 
-    public var description: String {
-        switch self {
-        case let .notNPY(path):
-            return "\(path) is not a .npy file (missing \\x93NUMPY magic)"
-        case let .unsupportedVersion(path, major, minor):
-            return "\(path): .npy format version \(major).\(minor) is not supported (expected 1.0, 2.0 or 3.0)"
-        case let .truncated(path, what, expected, actual):
-            return "\(path) is truncated: the \(what) needs \(expected) bytes but the file has \(actual)"
-        case let .trailingBytes(path, extra):
-            return "\(path) has \(extra) bytes after the array data; is it an .npz or a concatenation of arrays?"
-        case let .badHeader(path, reason):
-            return "\(path): malformed .npy header: \(reason)"
-        case let .unsupportedDType(path, descr):
-            return "\(path): dtype '\(descr)' is not supported; convert with arr.astype('<f4'), '<f8', '|u1', '<i4' or '<i8'"
-        case let .fortranOrder(path):
-            return "\(path) is stored in Fortran order; save np.ascontiguousarray(arr) instead"
-        case let .shapeMismatch(shape, count):
-            return "cannot write .npy: shape \(shape) does not match \(count) elements"
+        public var description: String {
+            switch self {
+            case let .notNPY(path):
+                return "\(path) is not a .npy file (missing \\x93NUMPY magic)"
+            case let .unsupportedVersion(path, major, minor):
+                return "\(path): .npy format version \(major).\(minor) is not supported (expected 1.0, 2.0 or 3.0)"
+            case let .truncated(path, what, expected, actual):
+                return "\(path) is truncated: the \(what) needs \(expected) bytes but the file has \(actual)"
+            case let .trailingBytes(path, extra):
+                return "\(path) has \(extra) bytes after the array data; is it an .npz or a concatenation of arrays?"
+            case let .badHeader(path, reason):
+                return "\(path): malformed .npy header: \(reason)"
+            case let .unsupportedDType(path, descr):
+                return "\(path): dtype '\(descr)' is not supported; convert with arr.astype('<f4'), '<f8', '|u1', '<i4' or '<i8'"
+            case let .fortranOrder(path):
+                return "\(path) is stored in Fortran order; save np.ascontiguousarray(arr) instead"
+            case let .shapeMismatch(shape, count):
+                return "cannot write .npy: shape \(shape) does not match \(count) elements"
+            }
         }
     }
 }
@@ -377,5 +379,5 @@ private struct NPYHeaderParser {
 
     private func peek() -> UInt8? { index < bytes.count ? bytes[index] : nil }
 
-    private func fail(_ reason: String) -> NPYError { .badHeader(path: path, reason: reason) }
+    private func fail(_ reason: String) -> TarFlowError { .npy(.badHeader(path: path, reason: reason)) }
 }

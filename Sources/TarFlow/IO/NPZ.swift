@@ -28,7 +28,7 @@ public enum NPZ {
     static func members(_ arrays: [(name: String, array: HostArray)]) throws -> [(name: String, bytes: [UInt8])] {
         var seen = Set<String>()
         return try arrays.map { name, array in
-            guard !name.isEmpty, !name.contains("/"), seen.insert(name).inserted else { throw NPZError.badName(name) }
+            guard !name.isEmpty, !name.contains("/"), seen.insert(name).inserted else { throw TarFlowError.npz(.badName(name)) }
             return (name + ".npy", try NPY.encode(array))
         }
     }
@@ -40,11 +40,11 @@ public enum NPZ {
         func u16(_ v: Int, _ b: inout [UInt8]) { b += [UInt8(v & 0xFF), UInt8((v >> 8) & 0xFF)] }
         func u32(_ v: Int, _ b: inout [UInt8]) { for i in 0..<4 { b.append(UInt8((v >> (8 * i)) & 0xFF)) } }
         for (name, data) in members {
-            guard !name.isEmpty, seen.insert(name).inserted else { throw NPZError.badName(name) }
+            guard !name.isEmpty, seen.insert(name).inserted else { throw TarFlowError.npz(.badName(name)) }
             let member = Array(name.utf8)
             // No ZIP64: a member and the archive stay below 4 GiB.
             guard data.count < Int(UInt32.max), out.count + data.count + member.count + 30 < Int(UInt32.max) else {
-                throw NPZError.tooLarge(name: name, bytes: data.count)
+                throw TarFlowError.npz(.tooLarge(name: name, bytes: data.count))
             }
             let crc = data.withUnsafeBufferPointer { Int(crc32(0, $0.baseAddress, uInt($0.count))) }
             let offset = out.count
@@ -60,7 +60,7 @@ public enum NPZ {
             central += member
         }
         guard members.count < 0xFFFF, out.count + central.count + 22 < Int(UInt32.max) else {
-            throw NPZError.tooLarge(name: "archive", bytes: out.count + central.count)
+            throw TarFlowError.npz(.tooLarge(name: "archive", bytes: out.count + central.count))
         }
         let centralOffset = out.count
         out += central
@@ -73,7 +73,7 @@ public enum NPZ {
     /// member is an error.
     public static func read(contentsOf url: URL) throws -> [(name: String, array: HostArray)] {
         let (arrays, other) = try readArrays(contentsOf: url)
-        if let m = other.first { throw NPZError.badMember(path: url.path, member: m.name) }
+        if let m = other.first { throw TarFlowError.npz(.badMember(path: url.path, member: m.name)) }
         return arrays
     }
 
@@ -95,22 +95,22 @@ public enum NPZ {
         let bytes = try readFileBytes(at: url, maxBytes: maxFileBytes)
         let archive: Archive
         do { archive = try Archive(data: Data(bytes), accessMode: .read) } catch {
-            throw NPZError.notNPZ(path: url.path)
+            throw TarFlowError.npz(.notNPZ(path: url.path))
         }
         var out: [(name: String, bytes: [UInt8])] = []
         var seen = Set<String>()
         for entry in archive where entry.type == .file {
             guard seen.insert(entry.path).inserted, entry.uncompressedSize <= UInt64(NPY.maxFileBytes) else {
-                throw NPZError.badMember(path: url.path, member: entry.path)
+                throw TarFlowError.npz(.badMember(path: url.path, member: entry.path))
             }
             var data = [UInt8]()
             do {
                 _ = try archive.extract(entry, bufferSize: 1 << 20) { chunk in
-                    guard data.count + chunk.count <= Int(entry.uncompressedSize) else { throw NPZError.badMember(path: url.path, member: entry.path) }
+                    guard data.count + chunk.count <= Int(entry.uncompressedSize) else { throw TarFlowError.npz(.badMember(path: url.path, member: entry.path)) }
                     data += chunk
                 }
-            } catch let e as NPZError { throw e } catch {
-                throw NPZError.corrupt(path: url.path, member: entry.path, reason: "\(error)")
+            } catch let e as TarFlowError { throw e } catch {
+                throw TarFlowError.npz(.corrupt(path: url.path, member: entry.path, reason: "\(error)"))
             }
             out.append((entry.path, data))
         }
@@ -118,26 +118,28 @@ public enum NPZ {
     }
 }
 
-/// Failures of `.npz` reading and writing.
-public enum NPZError: Error, Sendable, CustomStringConvertible {
-    case badName(String)
-    case tooLarge(name: String, bytes: Int)
-    case notNPZ(path: String)
-    case badMember(path: String, member: String)
-    case corrupt(path: String, member: String, reason: String)
+extension TarFlowError {
+    /// Failures of `.npz` reading and writing.
+    public enum NPZFailure: Sendable, Equatable, CustomStringConvertible {
+        case badName(String)
+        case tooLarge(name: String, bytes: Int)
+        case notNPZ(path: String)
+        case badMember(path: String, member: String)
+        case corrupt(path: String, member: String, reason: String)
 
-    public var description: String {
-        switch self {
-        case let .badName(name):
-            return "cannot write .npz: array name '\(name)' is empty, repeated or contains '/'"
-        case let .tooLarge(name, bytes):
-            return "cannot write .npz: '\(name)' takes \(bytes) bytes, more than the 4 GiB an .npz without ZIP64 holds; write .safetensors or fewer images"
-        case let .notNPZ(path):
-            return "\(path) is not an .npz (zip) archive"
-        case let .badMember(path, member):
-            return "\(path): member '\(member)' is not a .npy array of a sane size; write the file with numpy.savez"
-        case let .corrupt(path, member, reason):
-            return "\(path): member '\(member)' cannot be read (\(reason)); the file is damaged, write it again"
+        public var description: String {
+            switch self {
+            case let .badName(name):
+                return "cannot write .npz: array name '\(name)' is empty, repeated or contains '/'"
+            case let .tooLarge(name, bytes):
+                return "cannot write .npz: '\(name)' takes \(bytes) bytes, more than the 4 GiB an .npz without ZIP64 holds; write .safetensors or fewer images"
+            case let .notNPZ(path):
+                return "\(path) is not an .npz (zip) archive"
+            case let .badMember(path, member):
+                return "\(path): member '\(member)' is not a .npy array of a sane size; write the file with numpy.savez"
+            case let .corrupt(path, member, reason):
+                return "\(path): member '\(member)' cannot be read (\(reason)); the file is damaged, write it again"
+            }
         }
     }
 }

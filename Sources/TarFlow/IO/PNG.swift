@@ -44,10 +44,10 @@ public enum PNGImage {
             // libpng reads from `raw` lazily until png_image_finish_read returns, so both calls
             // stay inside this closure.
             guard let base = raw.baseAddress, png_image_begin_read_from_memory(&image, base, raw.count) != 0 else {
-                throw PNGError.decode(path: path, message: message(of: &image))
+                throw TarFlowError.png(.decode(path: path, message: message(of: &image)))
             }
             guard Int(image.width) == header.width, Int(image.height) == header.height else {
-                throw PNGError.decode(path: path, message: "libpng disagrees with IHDR on the image size")
+                throw TarFlowError.png(.decode(path: path, message: "libpng disagrees with IHDR on the image size"))
             }
             // Without colour-space chunks, 16-bit data would otherwise be taken as linear and
             // gamma-encoded on the way to 8 bits; treat it as already encoded, like 8-bit data.
@@ -62,7 +62,7 @@ public enum PNGImage {
             let ok = decoded.withUnsafeMutableBytes { out in
                 png_image_finish_read(&image, nil, out.baseAddress, png_int_32(rowStride), nil)
             }
-            guard ok != 0 else { throw PNGError.decode(path: path, message: message(of: &image)) }
+            guard ok != 0 else { throw TarFlowError.png(.decode(path: path, message: message(of: &image))) }
             guard hasAlpha else {
                 return (header.width, header.height, channels, decoded)
             }
@@ -97,31 +97,31 @@ public enum PNGImage {
     /// rest valid).
     private static func sanitize(_ bytes: [UInt8], path: String) throws -> (Header, [UInt8]) {
         guard bytes.count >= signature.count, Array(bytes[0..<signature.count]) == signature else {
-            throw PNGError.notPNG(path: path)
+            throw TarFlowError.png(.notPNG(path: path))
         }
         func u32(_ at: Int) -> Int {
             Int(bytes[at]) << 24 | Int(bytes[at + 1]) << 16 | Int(bytes[at + 2]) << 8 | Int(bytes[at + 3])
         }
         // IHDR must come first: length 13, then width, height, depth, colour type, 3 method bytes.
-        guard bytes.count >= 8 + 8 + 13 + 4 else { throw PNGError.truncated(path: path) }
+        guard bytes.count >= 8 + 8 + 13 + 4 else { throw TarFlowError.png(.truncated(path: path)) }
         guard u32(8) == 13, Array(bytes[12..<16]) == Array("IHDR".utf8) else {
-            throw PNGError.invalid(path: path, reason: "the first chunk is not a 13-byte IHDR")
+            throw TarFlowError.png(.invalid(path: path, reason: "the first chunk is not a 13-byte IHDR"))
         }
         let width = u32(16), height = u32(20)
         let depth = Int(bytes[24]), colorType = Int(bytes[25])
         guard (1...maxDimension).contains(width), (1...maxDimension).contains(height) else {
-            throw PNGError.tooLarge(path: path, width: width, height: height)
+            throw TarFlowError.png(.tooLarge(path: path, width: width, height: height))
         }
-        guard width * height <= maxPixels else { throw PNGError.tooLarge(path: path, width: width, height: height) }
+        guard width * height <= maxPixels else { throw TarFlowError.png(.tooLarge(path: path, width: width, height: height)) }
         let validDepths: [Int]
         switch colorType {
         case 0: validDepths = [1, 2, 4, 8, 16]
         case 3: validDepths = [1, 2, 4, 8]
         case 2, 4, 6: validDepths = [8, 16]
-        default: throw PNGError.invalid(path: path, reason: "colour type \(colorType) does not exist")
+        default: throw TarFlowError.png(.invalid(path: path, reason: "colour type \(colorType) does not exist"))
         }
         guard validDepths.contains(depth) else {
-            throw PNGError.invalid(path: path, reason: "bit depth \(depth) is not allowed with colour type \(colorType)")
+            throw TarFlowError.png(.invalid(path: path, reason: "bit depth \(depth) is not allowed with colour type \(colorType)"))
         }
 
         let dropped: Set<[UInt8]> = [Array("gAMA".utf8), Array("cHRM".utf8), Array("sRGB".utf8), Array("iCCP".utf8)]
@@ -131,12 +131,12 @@ public enum PNGImage {
         var sawEnd = false
         var imageDataBytes = 0
         while !sawEnd {
-            guard bytes.count - offset >= 12 else { throw PNGError.truncated(path: path) }
+            guard bytes.count - offset >= 12 else { throw TarFlowError.png(.truncated(path: path)) }
             let length = u32(offset)
             guard length <= Int(Int32.max) else {
-                throw PNGError.invalid(path: path, reason: "chunk length \(length) at offset \(offset) exceeds 2^31-1")
+                throw TarFlowError.png(.invalid(path: path, reason: "chunk length \(length) at offset \(offset) exceeds 2^31-1"))
             }
-            guard bytes.count - offset - 12 >= length else { throw PNGError.truncated(path: path) }
+            guard bytes.count - offset - 12 >= length else { throw TarFlowError.png(.truncated(path: path)) }
             let type = Array(bytes[offset + 4..<offset + 8])
             let end = offset + 12 + length
             if !dropped.contains(type) { out += bytes[offset..<end] }
@@ -149,7 +149,7 @@ public enum PNGImage {
         let samplesPerPixel = [0: 1, 2: 3, 3: 1, 4: 2, 6: 4][colorType] ?? 4
         let pixelBytes = height * ((width * samplesPerPixel * depth + 7) / 8)
         guard imageDataBytes * 1032 + 64 >= pixelBytes else {
-            throw PNGError.invalid(path: path, reason: "\(imageDataBytes) bytes of image data cannot hold a \(width)x\(height) image (truncated?)")
+            throw TarFlowError.png(.invalid(path: path, reason: "\(imageDataBytes) bytes of image data cannot hold a \(width)x\(height) image (truncated?)"))
         }
         return (Header(width: width, height: height, isColor: colorType & 2 != 0), out)
     }
@@ -170,12 +170,12 @@ public enum PNGImage {
 
     /// The PNG file bytes for 8-bit gray or RGB samples.
     public static func encode(width: Int, height: Int, channels: Int, pixels: [UInt8]) throws -> [UInt8] {
-        guard channels == 1 || channels == 3 else { throw PNGError.badPixels(reason: "channels must be 1 or 3, got \(channels)") }
+        guard channels == 1 || channels == 3 else { throw TarFlowError.png(.badPixels(reason: "channels must be 1 or 3, got \(channels)")) }
         guard (1...maxDimension).contains(width), (1...maxDimension).contains(height), width * height <= maxPixels else {
-            throw PNGError.tooLarge(path: "<output>", width: width, height: height)
+            throw TarFlowError.png(.tooLarge(path: "<output>", width: width, height: height))
         }
         guard pixels.count == width * height * channels else {
-            throw PNGError.badPixels(reason: "\(pixels.count) samples for \(width)x\(height)x\(channels)")
+            throw TarFlowError.png(.badPixels(reason: "\(pixels.count) samples for \(width)x\(height)x\(channels)"))
         }
         var image = png_image()
         image.version = png_uint_32(PNG_IMAGE_VERSION)
@@ -188,14 +188,14 @@ public enum PNGImage {
             var size: png_alloc_size_t = 0
             // First pass measures, second pass writes: the simplified API needs the buffer up front.
             guard png_image_write_to_memory(&image, nil, &size, 0, src.baseAddress, 0, nil) != 0, size > 0 else {
-                throw PNGError.encode(message: message(of: &image))
+                throw TarFlowError.png(.encode(message: message(of: &image)))
             }
             var out = [UInt8](repeating: 0, count: Int(size))
             var written = size
             let ok = out.withUnsafeMutableBytes { dst in
                 png_image_write_to_memory(&image, dst.baseAddress, &written, 0, src.baseAddress, 0, nil)
             }
-            guard ok != 0, written <= size else { throw PNGError.encode(message: message(of: &image)) }
+            guard ok != 0, written <= size else { throw TarFlowError.png(.encode(message: message(of: &image))) }
             out.removeLast(Int(size - written))
             return out
         }
@@ -277,33 +277,35 @@ public enum PNGImage {
     }
 }
 
-/// Failures of PNG reading and writing.
-public enum PNGError: Error, Sendable, CustomStringConvertible {
-    case notPNG(path: String)
-    case truncated(path: String)
-    case invalid(path: String, reason: String)
-    case tooLarge(path: String, width: Int, height: Int)
-    case decode(path: String, message: String)
-    case encode(message: String)
-    case badPixels(reason: String)
+extension TarFlowError {
+    /// Failures of PNG reading and writing.
+    public enum PNGFailure: Sendable, Equatable, CustomStringConvertible {
+        case notPNG(path: String)
+        case truncated(path: String)
+        case invalid(path: String, reason: String)
+        case tooLarge(path: String, width: Int, height: Int)
+        case decode(path: String, message: String)
+        case encode(message: String)
+        case badPixels(reason: String)
 
-    public var description: String {
-        switch self {
-        case let .notPNG(path):
-            return "\(path) is not a PNG file (bad signature)"
-        case let .truncated(path):
-            return "\(path) is truncated (a chunk runs past the end of the file or IEND is missing)"
-        case let .invalid(path, reason):
-            return "\(path) is not a valid PNG: \(reason)"
-        case let .tooLarge(path, width, height):
-            return "\(path): image size \(width)x\(height) is outside 1...\(PNGImage.maxDimension) per side "
-                + "or above \(PNGImage.maxPixels) pixels"
-        case let .decode(path, message):
-            return "\(path): libpng could not decode the image: \(message)"
-        case let .encode(message):
-            return "libpng could not encode the image: \(message)"
-        case let .badPixels(reason):
-            return "cannot write PNG: \(reason)"
+        public var description: String {
+            switch self {
+            case let .notPNG(path):
+                return "\(path) is not a PNG file (bad signature)"
+            case let .truncated(path):
+                return "\(path) is truncated (a chunk runs past the end of the file or IEND is missing)"
+            case let .invalid(path, reason):
+                return "\(path) is not a valid PNG: \(reason)"
+            case let .tooLarge(path, width, height):
+                return "\(path): image size \(width)x\(height) is outside 1...\(PNGImage.maxDimension) per side "
+                    + "or above \(PNGImage.maxPixels) pixels"
+            case let .decode(path, message):
+                return "\(path): libpng could not decode the image: \(message)"
+            case let .encode(message):
+                return "libpng could not encode the image: \(message)"
+            case let .badPixels(reason):
+                return "cannot write PNG: \(reason)"
+            }
         }
     }
 }

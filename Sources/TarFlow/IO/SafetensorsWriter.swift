@@ -23,10 +23,10 @@ public enum SafetensorsWriter {
         var entries: [(name: String, json: String)] = []
         var offset = 0
         for (name, array) in tensors {
-            guard name != "__metadata__" else { throw SafetensorsWriterError.reservedName }
-            guard seen.insert(name).inserted else { throw SafetensorsWriterError.duplicateName(name) }
+            guard name != "__metadata__" else { throw TarFlowError.safetensorsWriter(.reservedName) }
+            guard seen.insert(name).inserted else { throw TarFlowError.safetensorsWriter(.duplicateName(name)) }
             guard elementCount(array.shape) == array.count else {
-                throw SafetensorsWriterError.shapeMismatch(name: name, shape: array.shape, count: array.count)
+                throw TarFlowError.safetensorsWriter(.shapeMismatch(name: name, shape: array.shape, count: array.count))
             }
             let end = offset + array.byteCount
             let shape = array.shape.map(String.init).joined(separator: ",")
@@ -86,20 +86,22 @@ public enum SafetensorsWriter {
     }
 }
 
-/// Failures of safetensors writing.
-public enum SafetensorsWriterError: Error, Sendable, CustomStringConvertible {
-    case duplicateName(String)
-    case reservedName
-    case shapeMismatch(name: String, shape: [Int], count: Int)
+extension TarFlowError {
+    /// Failures of safetensors writing.
+    public enum SafetensorsWriterFailure: Sendable, Equatable, CustomStringConvertible {
+        case duplicateName(String)
+        case reservedName
+        case shapeMismatch(name: String, shape: [Int], count: Int)
 
-    public var description: String {
-        switch self {
-        case let .duplicateName(name):
-            return "cannot write safetensors: tensor name '\(name)' appears twice"
-        case .reservedName:
-            return "cannot write safetensors: '__metadata__' is reserved and cannot name a tensor"
-        case let .shapeMismatch(name, shape, count):
-            return "cannot write safetensors: tensor '\(name)' has shape \(shape) but \(count) elements"
+        public var description: String {
+            switch self {
+            case let .duplicateName(name):
+                return "cannot write safetensors: tensor name '\(name)' appears twice"
+            case .reservedName:
+                return "cannot write safetensors: '__metadata__' is reserved and cannot name a tensor"
+            case let .shapeMismatch(name, shape, count):
+                return "cannot write safetensors: tensor '\(name)' has shape \(shape) but \(count) elements"
+            }
         }
     }
 }
