@@ -57,13 +57,7 @@ public enum BenchSupport {
         let m1 = mallocCount()
         if let m0, let m1 { FileDescriptorOutput.standardError("heap allocations per call: \(Double(m1 - m0) / Double(reps))\n") }
         if profile {
-            let p = try bound!.profile()
-            let total = p.reduce(0) { $0 + $1.seconds }
-            var s = "per-op profile (one call, \(fmt(total)) s):\n"
-            for e in p {
-                s += "  " + e.op.padding(18) + " \(fmt(e.seconds)) s  \(fmt(100 * e.seconds / total, 1))%  x\(e.count)\n"
-            }
-            FileDescriptorOutput.standardError(s)
+            printProfile(try bound!.profile(), what: "one call", unit: "s", scale: 1)
         }
         return Result(seconds: times, flops: exec.plan.flops(bindings: ["B": batch]), arenaBytes: split?.arenaByteCount ?? bound!.arenaByteCount)
     }
@@ -95,11 +89,7 @@ public enum BenchSupport {
                     FileDescriptorOutput.standardError("heap allocations per decode step, batch split between threads: \(Double(s1 - s0) / 100)\n")
                 }
             }
-            let p = try bound.profile()
-            let total = p.reduce(0) { $0 + $1.seconds }
-            var s = "decode-step profile (block 0, one step, \(fmt(total * 1e3, 3)) ms):\n"
-            for e in p { s += "  " + e.op.padding(18) + " \(fmt(e.seconds * 1e6, 1)) us  x\(e.count)\n" }
-            FileDescriptorOutput.standardError(s)
+            printProfile(try bound.profile(), what: "decode step of block 0, one step", unit: "ms", scale: 1e3)
         }
         let z = m.noise(count: batch, seed: 0)
         try warmUp { _ = try m.sample(noise: z, options: options) }
@@ -173,6 +163,21 @@ extension String {
     func padding(_ n: Int) -> String { count >= n ? self : self + String(repeating: " ", count: n - count) }
 }
 
+extension BenchSupport {
+    /// A per-op profile on stderr, slowest op first: time per run in `unit` (seconds × `scale`),
+    /// share of the total, and calls per run; `entries` sum `runs` runs.
+    static func printProfile(_ entries: [(op: String, seconds: Double, count: Int)], what: String, runs: Int = 1, unit: String, scale: Double) {
+        let n = Double(max(1, runs))
+        let total = entries.reduce(0) { $0 + $1.seconds }
+        var s = "per-op profile (\(what), \(fmt(total / n * scale)) \(unit)):\n"
+        for e in entries.sorted(by: { $0.seconds > $1.seconds }) {
+            let share = total > 0 ? fmt(100 * e.seconds / total, 1) : "0"
+            s += "  " + e.op.padding(18) + " \(fmt(e.seconds / n * scale)) \(unit)  \(share)%  x\(e.count / max(1, runs))\n"
+        }
+        FileDescriptorOutput.standardError(s)
+    }
+}
+
 /// Writes to file descriptor 2 without touching C's `stderr` global.
 enum FileDescriptorOutput {
     static func standardError(_ s: String) {
@@ -207,6 +212,11 @@ extension BenchSupport {
         let session = try m.samplingSession(rows: batch, halfCache: kv == .float16)
         let k = c.numBlocks - 1
         let step = session.steps[k]
+        // Known before anything is timed: a split step's parts run at once and have no per-op clock.
+        let profileStep = profile ? step.profile : nil
+        if profile && profileStep == nil {
+            throw TarFlowError.invalidInput("--profile: at batch \(batch) the decode step is split between threads, whose ops run at once; profile with --threads 1")
+        }
         step.resetState()
         let scale = TarFlowGraphs.attentionScale(c)
         for r in 0..<batch {
@@ -227,21 +237,14 @@ extension BenchSupport {
             total += now() - t0
         }
         let perStep = total / Double(positions.count)
-        if profile {
-            guard let run = step.profile else {
-                throw TarFlowError.invalidInput("--profile: at batch \(batch) the decode step is split between threads, whose ops run at once; profile with --threads 1")
-            }
+        if let run = profileStep {
             var acc: [String: (seconds: Double, count: Int)] = [:]
             for p in positions {
                 for q in step.position { q.pointee = Int64(p) }
                 for e in try run() { acc[e.op, default: (0, 0)].seconds += e.seconds; acc[e.op, default: (0, 0)].count += e.count }
             }
-            let n = Double(positions.count)
-            var s = "decode-step profile (block \(k), mean of \(positions.count) steps, \(fmt(acc.values.reduce(0) { $0 + $1.seconds } / n * 1e3, 3)) ms per step):\n"
-            for (op, e) in acc.sorted(by: { $0.value.seconds > $1.value.seconds }) {
-                s += "  " + op.padding(18) + " \(fmt(e.seconds / n * 1e3, 3)) ms  x\(e.count / positions.count)\n"
-            }
-            FileDescriptorOutput.standardError(s)
+            printProfile(acc.map { (op: $0.key, seconds: $0.value.seconds, count: $0.value.count) },
+                         what: "decode step of block \(k), mean of \(positions.count) steps", runs: positions.count, unit: "ms", scale: 1e3)
         }
         let plan = try m.decodePlan(k, halfCache: kv == .float16)
         let split = m.splitsDecode(plan, rows: batch)

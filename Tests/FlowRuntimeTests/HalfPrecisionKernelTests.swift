@@ -87,7 +87,7 @@ final class HalfPrecisionKernelTests: XCTestCase {
         for isa in instructionSets {
             XCTAssertEqual(fk_select_instruction_set(isa), 0)
             for (type, rows) in [(FK_WEIGHTS_F32, 19), (FK_WEIGHTS_F16, 19), (FK_WEIGHTS_F32, 300), (FK_WEIGHTS_F16, 300)] {
-                let k = 768, n = 720  // f16 1.1 MB, f32 2.2 MB: beyond FK_L2_WEIGHTS
+                let k = 768, n = 720  // f16 1.1 MB, f32 2.2 MB: beyond FK_STREAMED_WEIGHT_BYTES
                 let x = rng.floats(rows * k, -1...1), b = rng.floats(n, -1...1)
                 let w = rng.floats(n * k, -1...1).map { type == FK_WEIGHTS_F16 ? Float(Float16($0)) : $0 }
                 var packed32 = [Float](repeating: 0, count: fk_packed_size(n, k))

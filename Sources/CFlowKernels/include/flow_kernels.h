@@ -13,6 +13,11 @@
 /// Element types of packed linear weights (fk_linear_w; BF16DOT: fk_linear_bf16dot's layout).
 enum { FK_WEIGHTS_F32 = 0, FK_WEIGHTS_F16 = 1, FK_WEIGHTS_BF16 = 2, FK_WEIGHTS_BF16DOT = 3, FK_WEIGHTS_BF16AMX = 4 };
 
+/// Packed weights larger than this are treated as streaming from L3 or memory (not kept in L2
+/// between calls): the linear kernel then chunks rows by L2 and prefetches the next panel, and
+/// the executor splits few rows by columns so each weight is read once.
+enum { FK_STREAMED_WEIGHT_BYTES = 1 << 20 };
+
 /// y[i] = x[i]·½·(1 + erf(x[i]/√2)); x and y may be the same buffer.
 void fk_gelu(const float *x, float *y, ptrdiff_t n);
 
