@@ -30,7 +30,7 @@ public enum AheadOfTime {
                                options: Compiler.Options = Compiler.Options(), kvCache: DType? = nil, packWeights: Bool = true,
                                progress: ((Int, Int) -> Void)? = nil) throws -> VerifiedModel {
         guard !batches.isEmpty, batches.allSatisfy({ $0 >= 1 && $0 <= Int(Int32.max) / 2 }) else {
-            throw TarFlowError.invalidInput("batch sizes must lie in 1...\(Int32.max / 2), are \(batches)")
+            throw TarFlowError.invalidInput(.batchesOutOfRange(batches))
         }
         let m = model
         let config = try TarFlowConfig(validating: m.model)  // metadata, tensors and graphs agree
@@ -66,18 +66,18 @@ public enum AheadOfTime {
     public static func compileFunction(_ name: String, of model: VerifiedModel, bindings: [[String: Int]],
                                        options: Compiler.Options = Compiler.Options()) throws -> CompiledFunction {
         let (g, source) = try sourceGraph(name, of: model)
-        guard let digest = model.model.sourceDigest(of: source) else { throw TarFlowError.invalidModel("the model has no '\(source)' graph") }
+        guard let digest = model.model.sourceDigest(of: source) else { throw TarFlowError.invalidModel(.missingSourceGraph(name: source)) }
         return try Compiler.compileAhead(g, source: source, sourceDigest: digest, bindings: bindings, options: options)
     }
 
     /// The graph function `name` is compiled from, and the model graph it comes from.
     static func sourceGraph(_ name: String, of m: VerifiedModel) throws -> (VerifiedGraph, String) {
         if name == "gradient", m.graph(named: "gradient") == nil {
-            guard let forward = m.graph(named: "forward") else { throw TarFlowError.invalidModel("the model file has no 'forward' graph") }
+            guard let forward = m.graph(named: "forward") else { throw TarFlowError.invalidModel(.missingGraph(name: "forward")) }
             return (try TarFlowGraphs.gradient(forward: forward.graph, constants: m.constantTypes), "forward")
         }
         guard let g = m.graph(named: name) else {
-            throw TarFlowError.invalidModel("the model file has no '\(name)' graph" + (name.hasPrefix("decode") ? "; re-convert it with this version of `tarflow convert`" : ""))
+            throw TarFlowError.invalidModel(.missingGraph(name: name))
         }
         return (g, name)
     }

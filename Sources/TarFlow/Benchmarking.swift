@@ -215,7 +215,7 @@ extension BenchSupport {
         // Known before anything is timed: a split step's parts run at once and have no per-op clock.
         let profileStep = profile ? step.profile : nil
         if profile && profileStep == nil {
-            throw TarFlowError.invalidInput("--profile: at batch \(batch) the decode step is split between threads, whose ops run at once; profile with --threads 1")
+            throw TarFlowError.invalidInput(.profileSplitDecode(batch: batch))
         }
         step.resetState()
         let scale = TarFlowGraphs.attentionScale(c)

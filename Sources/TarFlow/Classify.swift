@@ -17,7 +17,7 @@ extension TarFlowModel {
     public func classify(images: ImageSet, range: Range<Int>? = nil, batchSize: Int = 64,
                          progress: ((Int, Int) -> Void)? = nil) throws -> ClassifyResult {
         let k = config.numClasses
-        guard k > 0 else { throw TarFlowError.invalidInput("the model is unconditional (num_classes = 0); it cannot classify") }
+        guard k > 0 else { throw TarFlowError.invalidInput(.unconditionalClassify) }
         let r = try checkedBatches(images, range: range, batchSize: batchSize)
         var result = ClassifyResult(predictions: [], losses: [], numClasses: k)
         let per = config.imageDim
@@ -43,7 +43,7 @@ extension TarFlowModel {
                     var s = 0.0
                     for j in (rowIndex * zper)..<((rowIndex + 1) * zper) { s += Double(z[j]) * Double(z[j]) }
                     let loss = Float(0.5 * s / Double(zper) - Double(f.logdets[rowIndex]))
-                    guard loss.isFinite else { throw TarFlowError.nonFinite(Finite.message("the loss with label \(c)", value: Double(loss), image: start + i)) }
+                    guard loss.isFinite else { throw TarFlowError.nonFinite(NonFiniteResult(quantity: "the loss with label \(c)", value: Double(loss), image: start + i)) }
                     row.append(loss)
                     if loss < row[best] { best = c }
                 }

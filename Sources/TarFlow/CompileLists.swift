@@ -6,9 +6,9 @@ extension AheadOfTime {
         let parts = s.split(separator: ",", omittingEmptySubsequences: false).map { $0.trimmingCharacters(in: .whitespaces) }
         var out: [Int] = []
         for p in parts {
-            if let b = Int(p), b < 1 { throw TarFlowError.invalidInput("batch size \(b) must be positive (give a list like 1,16,64)") }
+            if let b = Int(p), b < 1 { throw TarFlowError.invalidInput(.batchNotPositive(b)) }
             guard let b = Int(p), b >= 1, b <= Int(Int32.max) / 2 else {
-                throw TarFlowError.invalidInput("batch size '\(p)' is not a whole number in 1...\(Int32.max / 2) (give a list like 1,16,64)")
+                throw TarFlowError.invalidInput(.batchNotWhole(p))
             }
             if !out.contains(b) { out.append(b) }
         }
@@ -21,7 +21,7 @@ extension AheadOfTime {
         return try s.split(separator: ",", omittingEmptySubsequences: false).map { p in
             let t = p.trimmingCharacters(in: .whitespaces)
             guard let f = Function(rawValue: t) else {
-                throw TarFlowError.invalidInput("unknown function '\(t)'; choose from \(Function.allCases.map(\.rawValue).joined(separator: ", "))")
+                throw TarFlowError.invalidInput(.unknownFunction(t))
             }
             return f
         }

@@ -8,38 +8,38 @@ extension AheadOfTime {
     /// `noise_std`. Other keys are ignored.
     public static func loadConfig(contentsOf url: URL) throws -> (config: TarFlowConfig, noiseStd: Double?) {
         let data: Data
-        do { data = try Data(contentsOf: url) } catch { throw TarFlowError.invalidInput("\(url.path): cannot read: \(error.localizedDescription)") }
+        do { data = try Data(contentsOf: url) } catch { throw TarFlowError.invalidInput(.cannotRead(reason: error.localizedDescription), file: url.path) }
         return try parseConfig(data, path: url.path)
     }
 
     /// The config JSON in `data` (as `loadConfig`); `path` only labels errors.
     public static func parseConfig(_ data: Data, path: String) throws -> (config: TarFlowConfig, noiseStd: Double?) {
-        guard data.count <= 1 << 20 else { throw TarFlowError.invalidInput("\(path): \(data.count) bytes is too large for a config") }
+        guard data.count <= 1 << 20 else { throw TarFlowError.invalidInput(.configTooLarge(bytes: data.count), file: path) }
         let config: TarFlowConfig
         do { config = try JSONDecoder().decode(TarFlowConfig.self, from: data) } catch {
-            throw TarFlowError.invalidConfig("\(path): \(describe(error))")
+            throw TarFlowError.invalidConfig(describe(error), file: path)
         }
         do { try config.validate() } catch {
             guard case .invalidConfig(let m) = error else { throw error }
-            throw TarFlowError.invalidConfig("\(path): \(m)")
+            throw TarFlowError.invalidConfig(m.located(in: path))
         }
         var noise: Double?
         if let obj = try? JSONSerialization.jsonObject(with: data) as? [String: Any], let v = obj["noise_std"] {
             guard let d = (v as? NSNumber)?.doubleValue, d >= 0, d.isFinite else {
-                throw TarFlowError.invalidConfig("\(path): noise_std must be a finite number >= 0")
+                throw TarFlowError.invalidConfig(.badNoiseStd, file: path)
             }
             noise = d
         }
         return (config, noise)
     }
 
-    static func describe(_ e: any Error) -> String {
+    static func describe(_ e: any Error) -> ConfigFailure.Kind {
         switch e as? DecodingError {
-        case .keyNotFound(let k, _)?: "missing key '\(k.stringValue)'"
+        case .keyNotFound(let k, _)?: .missingKey(k.stringValue)
         case .typeMismatch(_, let c)?, .valueNotFound(_, let c)?:
-            "key '\(c.codingPath.map(\.stringValue).joined(separator: "."))': \(c.debugDescription)"
-        case .dataCorrupted(let c)?: "not valid JSON: \(c.debugDescription)"
-        default: "\(e)"
+            .wrongType(key: c.codingPath.map(\.stringValue).joined(separator: "."), detail: c.debugDescription)
+        case .dataCorrupted(let c)?: .notJSON(detail: c.debugDescription)
+        default: .undecodable(detail: "\(e)")
         }
     }
 }

@@ -36,8 +36,8 @@ public enum Converter {
                 _ = try config(of: infos, options: opts)
             }
             model = try convert(tensors: tensors, options: opts)
-        } catch TarFlowError.invalidCheckpoint(let m) {
-            throw TarFlowError.invalidCheckpoint("\(url.path): \(m)")
+        } catch TarFlowError.invalidCheckpoint(let f) {
+            throw TarFlowError.invalidCheckpoint(f.located(in: url.path))
         }
         model.metadata["source.file"] = .string(url.lastPathComponent)
         model.metadata["source.format"] = .string(url.pathExtension.lowercased() == "safetensors" ? "safetensors" : "pytorch")
@@ -64,7 +64,7 @@ public enum Converter {
             let t = byName[name]!
             let dtype = t.dtype
             if let i = firstNonFinite(t.data, dtype) {
-                throw TarFlowError.invalidCheckpoint("tensor '\(name)' holds NaN or Inf at element \(i); the checkpoint is damaged (or was saved after training diverged): use another checkpoint")
+                throw TarFlowError.invalidCheckpoint(.nonFiniteWeight(tensor: name, element: i))
             }
             weights.append(WeightTensor(name: name, dtype: dtype, shape: t.shape, bytes: TensorBytes(t.data)))
         }
@@ -77,59 +77,62 @@ public enum Converter {
     static func config(of tensors: [CheckpointTensorInfo], options: Options) throws -> TarFlowConfig {
         var byName: [String: CheckpointTensorInfo] = [:]
         for t in tensors {
-            guard byName[t.name] == nil else { throw TarFlowError.invalidCheckpoint("tensor '\(t.name)' appears twice") }
+            guard byName[t.name] == nil else { throw TarFlowError.invalidCheckpoint(.duplicateTensor(name: t.name)) }
             byName[t.name] = t
         }
         func shape(_ n: String) throws -> [Int] {
-            guard let t = byName[n] else { throw TarFlowError.invalidCheckpoint("tensor '\(n)' is missing; is this an official TarFlow state_dict?") }
+            guard let t = byName[n] else { throw TarFlowError.invalidCheckpoint(.missingTensor(name: n)) }
             return t.shape
         }
         // Architecture from names and shapes.
         var numBlocks = 0
         while byName["blocks.\(numBlocks).proj_in.weight"] != nil { numBlocks += 1 }
-        guard numBlocks > 0 else { throw TarFlowError.invalidCheckpoint("no 'blocks.0.proj_in.weight': not a TarFlow state_dict") }
+        guard numBlocks > 0 else { throw TarFlowError.invalidCheckpoint(.notTarFlow) }
         var layers = 0
         while byName["blocks.0.attn_blocks.\(layers).attention.qkv.weight"] != nil { layers += 1 }
         let pin = try shape("blocks.0.proj_in.weight")
-        guard pin.count == 2 else { throw TarFlowError.invalidCheckpoint("blocks.0.proj_in.weight must be 2-D, is \(pin)") }
+        guard pin.count == 2 else { throw TarFlowError.invalidCheckpoint(.projInShape(shape: pin)) }
         let channels = pin[0], D = pin[1]
         let pos = try shape("blocks.0.pos_embed")
-        guard pos.count == 2, pos[1] == channels else { throw TarFlowError.invalidCheckpoint("blocks.0.pos_embed has shape \(pos), expected [T, \(channels)]") }
+        guard pos.count == 2, pos[1] == channels else { throw TarFlowError.invalidCheckpoint(.posEmbedShape(shape: pos, channels: channels)) }
         let T = pos[0]
         let pout = try shape("blocks.0.proj_out.weight")
         guard pout.count == 2, pout[0] == D || pout[0] == 2 * D else {
-            throw TarFlowError.invalidCheckpoint("blocks.0.proj_out.weight has shape \(pout), expected [\(2 * D) or \(D), \(channels)]")
+            throw TarFlowError.invalidCheckpoint(.projOutShape(shape: pout, patchDim: D, channels: channels))
         }
         let nvp = pout[0] == 2 * D
         let numClasses = byName["blocks.0.class_embed"].map { $0.shape.first ?? 0 } ?? 0
         var expansion = 4
         if layers > 0 {
             let m0 = try shape("blocks.0.attn_blocks.0.mlp.main.0.weight")
-            guard m0.count == 2, channels > 0, m0[0] % channels == 0 else { throw TarFlowError.invalidCheckpoint("mlp.main.0.weight has shape \(m0)") }
+            guard m0.count == 2, channels > 0, m0[0] % channels == 0 else { throw TarFlowError.invalidCheckpoint(.mlpShape(shape: m0)) }
             expansion = m0[0] / channels
         }
         let (img, inC, p) = try geometry(patchDim: D, tokens: T, options: options)
         let config = TarFlowConfig(inChannels: inC, imgSize: img, patchSize: p, channels: channels, numBlocks: numBlocks,
                                    layersPerBlock: layers, nvp: nvp, numClasses: numClasses, headDim: options.headDim, expansion: expansion)
-        do { try config.validate() } catch { throw TarFlowError.invalidCheckpoint("\(error)") }
+        do { try config.validate() } catch {
+            guard case .invalidConfig(let f) = error else { throw error }
+            throw TarFlowError.invalidCheckpoint(.inferredConfig(f))
+        }
 
         // Every tensor the official model has, with its exact shape; nothing unexpected.
         let expected = expectedShapes(config)
         for (name, s) in expected {
             let got = try shape(name)
-            guard got == s else { throw TarFlowError.invalidCheckpoint("tensor '\(name)' has shape \(got), the inferred config \(summary(config)) needs \(s)") }
-            guard byName[name]?.dtype != .int64 else { throw TarFlowError.invalidCheckpoint("tensor '\(name)' is int64; TarFlow weights are floating point") }
+            guard got == s else { throw TarFlowError.invalidCheckpoint(.tensorShape(name: name, shape: got, expected: s, config: config)) }
+            guard byName[name]?.dtype != .int64 else { throw TarFlowError.invalidCheckpoint(.integerWeight(name: name)) }
         }
         let masks = Set((0..<numBlocks).map { "blocks.\($0).attn_mask" })
         for t in tensors where expected[t.name] == nil {
             // The causal mask is an op, not a weight; its buffer is skipped, but only at its size.
             if masks.contains(t.name) {
                 guard t.shape == [T, T] else {
-                    throw TarFlowError.invalidCheckpoint("tensor '\(t.name)' has shape \(t.shape), the inferred config \(summary(config)) needs [\(T), \(T)]")
+                    throw TarFlowError.invalidCheckpoint(.tensorShape(name: t.name, shape: t.shape, expected: [T, T], config: config))
                 }
                 continue
             }
-            throw TarFlowError.invalidCheckpoint("unexpected tensor '\(t.name)' (shape \(t.shape)) for config \(summary(config))")
+            throw TarFlowError.invalidCheckpoint(.unexpectedTensor(name: t.name, shape: t.shape, config: config))
         }
         return config
     }
@@ -174,31 +177,31 @@ public enum Converter {
     static func geometry(patchDim D: Int, tokens T: Int, options o: Options) throws -> (img: Int, inChannels: Int, patch: Int) {
         // Bounds first, so the products below cannot overflow (TarFlowConfig.validate has the same limits).
         for (flag, v) in [("--image-size", o.imageSize), ("--in-channels", o.inChannels), ("--patch-size", o.patchSize)] {
-            if let v, !(1...(1 << 16)).contains(v) { throw TarFlowError.invalidInput("\(flag) \(v) is out of range: use 1...\(1 << 16)") }
+            if let v, !(1...(1 << 16)).contains(v) { throw TarFlowError.invalidInput(.flagOutOfRange(flag: flag, value: v, range: 1...(1 << 16))) }
         }
         guard D > 0, D <= 1 << 30, T > 0, T <= 1 << 32 else {
-            throw TarFlowError.invalidCheckpoint("patch dimension \(D) or token count \(T) is out of range")
+            throw TarFlowError.invalidCheckpoint(.geometryOutOfRange(patchDim: D, tokens: T))
         }
         let side = Int(Double(T).squareRoot().rounded())
-        guard side * side == T, side > 0 else { throw TarFlowError.invalidCheckpoint("pos_embed has \(T) tokens, not a square number") }
+        guard side * side == T, side > 0 else { throw TarFlowError.invalidCheckpoint(.tokensNotSquare(tokens: T)) }
         var p: Int
         if let ps = o.patchSize {
             p = ps
         } else if let img = o.imageSize {
-            guard img % side == 0 else { throw TarFlowError.invalidInput("--image-size \(img) is not a multiple of the \(side)x\(side) patch grid") }
+            guard img % side == 0 else { throw TarFlowError.invalidInput(.imageSizeNotGridMultiple(imageSize: img, side: side)) }
             p = img / side
         } else if let c = o.inChannels {
-            guard c > 0, D % c == 0 else { throw TarFlowError.invalidInput("--in-channels \(c) does not divide the patch dimension \(D)") }
+            guard c > 0, D % c == 0 else { throw TarFlowError.invalidInput(.inChannelsNotDividing(inChannels: c, patchDim: D)) }
             p = Int(Double(D / c).squareRoot().rounded())
-            guard p * p * c == D else { throw TarFlowError.invalidInput("--in-channels \(c): patch dimension \(D) / \(c) is not a square") }
+            guard p * p * c == D else { throw TarFlowError.invalidInput(.inChannelsNotSquare(inChannels: c, patchDim: D)) }
         } else {
-            throw TarFlowError.invalidInput("the checkpoint fixes C·p² = \(D) and (H/p)² = \(T) but not C, p and H: pass one of --image-size, --in-channels, --patch-size")
+            throw TarFlowError.invalidInput(.geometryUnderdetermined(patchDim: D, tokens: T))
         }
-        guard p > 0, D % (p * p) == 0 else { throw TarFlowError.invalidInput("patch size \(p) does not fit the patch dimension \(D) = C·p²") }
+        guard p > 0, D % (p * p) == 0 else { throw TarFlowError.invalidInput(.patchSizeNotFitting(patchSize: p, patchDim: D)) }
         let c = D / (p * p), img = side * p
-        if let x = o.patchSize, x != p { throw TarFlowError.invalidInput("--patch-size \(x) disagrees with the other flags (they imply \(p))") }
-        if let x = o.imageSize, x != img { throw TarFlowError.invalidInput("--image-size \(x) disagrees: with patch size \(p) the checkpoint's \(T) tokens make \(img)px images") }
-        if let x = o.inChannels, x != c { throw TarFlowError.invalidInput("--in-channels \(x) disagrees: with patch size \(p) the patch dimension \(D) means \(c) channels") }
+        if let x = o.patchSize, x != p { throw TarFlowError.invalidInput(.patchSizeDisagrees(given: x, implied: p)) }
+        if let x = o.imageSize, x != img { throw TarFlowError.invalidInput(.imageSizeDisagrees(given: x, patchSize: p, tokens: T, implied: img)) }
+        if let x = o.inChannels, x != c { throw TarFlowError.invalidInput(.inChannelsDisagrees(given: x, patchSize: p, patchDim: D, implied: c)) }
         return (img, c, p)
     }
 

@@ -19,9 +19,9 @@ extension TarFlowModel {
     /// dataset) only numbers the image named when a result is not finite.
     public func denoise(images: Tensor, labels: [Int]?, noiseStd: Double? = nil, firstImage: Int = 0) throws -> DenoiseResult {
         guard let sigma = noiseStd ?? self.noiseStd else {
-            throw TarFlowError.invalidInput("the model records no training noise level: pass --noise-std σ")
+            throw TarFlowError.invalidInput(.noNoiseLevel)
         }
-        guard sigma >= 0, sigma.isFinite else { throw TarFlowError.invalidInput("noise std must be a finite number >= 0, is \(sigma)") }
+        guard sigma >= 0, sigma.isFinite else { throw TarFlowError.invalidInput(.noiseStd(sigma)) }
         let inputs = try graphInputs(images: images, labels: labels)
         let b = images.shape[0]
         let out = try gradientPlan().run(inputs)

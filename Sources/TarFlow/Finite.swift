@@ -6,16 +6,11 @@ public enum Finite {
     /// holds a NaN or an infinity; `what` names the quantity ("z", "logdets", ...).
     public static func check(_ values: [Float], rowSize: Int, what: String, firstImage: Int) throws(TarFlowError) {
         guard let i = values.firstIndex(where: { !$0.isFinite }) else { return }
-        throw .nonFinite(message(what, value: Double(values[i]), image: firstImage + i / max(rowSize, 1)))
+        throw .nonFinite(NonFiniteResult(quantity: what, value: Double(values[i]), image: firstImage + i / max(rowSize, 1)))
     }
 
     public static func check(_ values: [Double], rowSize: Int, what: String, firstImage: Int) throws(TarFlowError) {
         guard let i = values.firstIndex(where: { !$0.isFinite }) else { return }
-        throw .nonFinite(message(what, value: values[i], image: firstImage + i / max(rowSize, 1)))
-    }
-
-    public static func message(_ what: String, value: Double, image: Int) -> String {
-        "\(what) of image \(image) is \(value.isNaN ? "NaN" : "\(value)"); the model file's weights or the images are damaged "
-            + "(images must be in model space [-1, 1]); nothing was written"
+        throw .nonFinite(NonFiniteResult(quantity: what, value: values[i], image: firstImage + i / max(rowSize, 1)))
     }
 }

@@ -10,7 +10,7 @@ extension TarFlowGraphs {
     public static func gradient(forward: Graph, constants: [String: TensorType]) throws -> VerifiedGraph {
         let b = GraphBuilder(extending: forward, name: "gradient", constants: constants)
         guard let z = forward.value(named: "z"), let ld = forward.value(named: "logdets") else {
-            throw TarFlowError.invalidModel("the forward graph lacks outputs 'z' and 'logdets'")
+            throw TarFlowError.invalidModel(.forwardLacksOutputs)
         }
         let rank = b.type(z).rank
         let zz = try b.apply(.mul, z, z)

@@ -20,7 +20,7 @@ public struct ImageFolder: Sendable {
     /// (as `ImageFolder` converts to RGB); a colour image for a 1-channel model is refused.
     public static func load(contentsOf url: URL, channels: Int, size: Int, resize: Bool = false,
                             labelsFromFolders: Bool = false) throws -> ImageFolder {
-        func bad(_ m: String) -> TarFlowError { .invalidInput("\(url.path): \(m)") }
+        func bad(_ k: InputFailure.Kind) -> TarFlowError { .invalidInput(k, file: url.path) }
         let fm = FileManager.default
         var classes: [String] = []
         var roots: [(dir: String, label: Int?)] = [("", nil)]
@@ -29,18 +29,18 @@ public struct ImageFolder: Sendable {
                 var isDir: ObjCBool = false
                 return !name.hasPrefix(".") && fm.fileExists(atPath: url.appendingPathComponent(name).path, isDirectory: &isDir) && isDir.boolValue
             }.sorted(by: utf8Less)
-            guard !classes.isEmpty else { throw bad("--labels-from-folders: the folder has no subfolders (one per class)") }
+            guard !classes.isEmpty else { throw bad(.noClassFolders) }
             roots = classes.enumerated().map { ($0.element, $0.offset) }
         }
         var files: [(path: String, label: Int?)] = []
         for root in roots {
             let found = try walk(url, root.dir)
-            if labelsFromFolders, found.isEmpty { throw bad("class folder '\(root.dir)' has no .png, .jpg or .jpeg files") }
+            if labelsFromFolders, found.isEmpty { throw bad(.emptyClassFolder(root.dir)) }
             files += found.map { ($0, root.label) }
         }
-        guard !files.isEmpty else { throw bad("the folder has no .png, .jpg or .jpeg files") }
+        guard !files.isEmpty else { throw bad(.noImageFiles) }
         let per = channels * size * size
-        guard files.count <= Int.max / max(per, 1) else { throw bad("too many images") }
+        guard files.count <= Int.max / max(per, 1) else { throw bad(.tooManyImages) }
         var px: [UInt8] = []
         px.reserveCapacity(files.count * per)
         for f in files {
@@ -51,12 +51,12 @@ public struct ImageFolder: Sendable {
                 img.pixels = img.pixels.flatMap { [$0, $0, $0] }
                 img.channels = 3
             }
-            guard img.channels == channels else { throw bad("\(f.path) has \(img.channels) channel(s) after dropping alpha; the model takes \(channels)") }
+            guard img.channels == channels else { throw bad(.imageChannels(path: f.path, channels: img.channels, expected: channels)) }
             if resize {
                 img = ImageResize.resizeAndCenterCrop(img, size: size)
             } else {
                 guard img.width == size, img.height == size else {
-                    throw bad("\(f.path) is \(img.width)x\(img.height); the model takes \(size)x\(size) (--resize scales and crops to it)")
+                    throw bad(.imageSize(path: f.path, width: img.width, height: img.height, size: size))
                 }
             }
             // HWC → CHW.

@@ -82,10 +82,9 @@ public struct ImageSet: Sendable {
     }
 
     static func loadAll(contentsOf url: URL, channels: Int, size: Int, limit: Int?) throws -> ImageSet {
-        func bad(_ m: String) -> TarFlowError { .invalidInput("\(url.path): \(m)") }
+        func bad(_ k: InputFailure.Kind) -> TarFlowError { .invalidInput(k, file: url.path) }
         var isDir: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: url.path, isDirectory: &isDir) else { throw bad("no such file or folder") }
-        let expect = "(B, \(channels), \(size), \(size))" + (channels == 1 ? " or (B, \(size), \(size))" : "")
+        guard FileManager.default.fileExists(atPath: url.path, isDirectory: &isDir) else { throw bad(.noSuchFileOrFolder) }
         if isDir.boolValue { return try ImageFolder.load(contentsOf: url, channels: channels, size: size).images }
         let lower = url.lastPathComponent.lowercased()
         let array: HostArray
@@ -99,11 +98,11 @@ public struct ImageSet: Sendable {
             array = r.array
             fileCount = r.fileCount
         } else {
-            throw bad("unknown image format; give a .npy file, a folder of PNG/JPEG files, or an MNIST IDX file")
+            throw bad(.unknownImageFormat)
         }
         let s = array.shape
         let ok = (s.count == 4 && s[1] == channels && s[2] == size && s[3] == size) || (s.count == 3 && channels == 1 && s[1] == size && s[2] == size)
-        guard ok else { throw bad("images have shape \(s); the model takes \(expect)") }
+        guard ok else { throw bad(.imageArrayShape(shape: s, channels: channels, size: size)) }
         let n = s[0]
         var set: ImageSet
         switch array.storage {
@@ -117,7 +116,7 @@ public struct ImageSet: Sendable {
         case .uint8(let b):
             set = ImageSet(count: n, channels: channels, size: size, pixels: .integer(b))
         default:
-            throw bad("images must be float32, float64 or uint8, are \(array.element)")
+            throw bad(.imageDType("\(array.element)"))
         }
         set.fileCount = fileCount ?? n
         return set
@@ -125,7 +124,7 @@ public struct ImageSet: Sendable {
 
     static func checkFinite(_ f: [Float], dim: Int, _ url: URL) throws {
         if let i = f.firstIndex(where: { !$0.isFinite }) {
-            throw TarFlowError.invalidInput("\(url.path): image \(i / dim) contains NaN or Inf")
+            throw TarFlowError.invalidInput(.imageNotFinite(image: i / dim, element: nil), file: url.path)
         }
     }
 
@@ -148,13 +147,13 @@ public struct ImageSet: Sendable {
             a = r.array
             fileCount = r.fileCount
         }
-        guard a.shape.count == 1 else { throw TarFlowError.invalidInput("\(url.path): labels must be 1-D, have shape \(a.shape)") }
+        guard a.shape.count == 1 else { throw TarFlowError.invalidInput(.labelsRank(shape: a.shape), file: url.path) }
         let all: [Int]
         switch a.storage {
         case .int64(let v): all = v.map { Int($0) }
         case .int32(let v): all = v.map { Int($0) }
         case .uint8(let v): all = v.map { Int($0) }
-        default: throw TarFlowError.invalidInput("\(url.path): labels must be int64 or int32, are \(a.element)")
+        default: throw TarFlowError.invalidInput(.labelsDType("\(a.element)"), file: url.path)
         }
         return (limit.map { Array(all.prefix($0)) } ?? all, fileCount ?? all.count)
     }

@@ -26,12 +26,12 @@ extension TarFlowModel {
     /// the range and batch size make sense: what likelihood and classification both need.
     func checkedBatches(_ images: ImageSet, range: Range<Int>?, batchSize: Int) throws -> Range<Int> {
         guard images.channels == config.inChannels, images.size == config.imgSize else {
-            throw TarFlowError.invalidInput("images are \(images.channels)x\(images.size)x\(images.size); the model takes \(config.inChannels)x\(config.imgSize)x\(config.imgSize)")
+            throw TarFlowError.invalidInput(.imageGeometry(channels: images.channels, size: images.size, expectedChannels: config.inChannels, expectedSize: config.imgSize))
         }
-        guard batchSize > 0 else { throw TarFlowError.invalidInput("batch size must be positive, is \(batchSize)") }
+        guard batchSize > 0 else { throw TarFlowError.invalidInput(.batchSizeNotPositive(batchSize)) }
         let r = range ?? 0..<images.count
         guard r.lowerBound >= 0, r.upperBound <= images.count else {
-            throw TarFlowError.invalidInput("range \(r.lowerBound)..<\(r.upperBound) is outside the \(images.count) images")
+            throw TarFlowError.invalidInput(.rangeOutside(range: r, count: images.count))
         }
         return r
     }
@@ -42,7 +42,7 @@ extension TarFlowModel {
                            keepLatents: Bool = false, progress: ((Int, Int) -> Void)? = nil) throws -> LikelihoodResult {
         let r = try checkedBatches(images, range: range, batchSize: batchSize)
         if let labels, labels.count != images.count {
-            throw TarFlowError.invalidInput("\(labels.count) labels for \(images.count) images")
+            throw TarFlowError.invalidInput(.labelCount(labels: labels.count, images: images.count))
         }
         var result = LikelihoodResult(bitsPerDim: [], nll: [], logdets: [], z: [])
         var start = r.lowerBound

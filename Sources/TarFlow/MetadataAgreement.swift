@@ -9,7 +9,7 @@ extension TarFlowConfig {
     /// the config implies must be present with its exact shape, and no other one.
     func checkMetadataAgrees(with model: Model) throws(TarFlowError) {
         func disagree(_ key: String, _ meta: any CustomStringConvertible, _ file: any CustomStringConvertible, _ source: String) -> TarFlowError {
-            .invalidModel("metadata 'tarflow.\(key)' is \(meta) but \(source) says \(file); the metadata, tensors and graphs disagree: re-convert the checkpoint with `tarflow convert`")
+            .invalidModel(.metadataDisagrees(key: "tarflow.\(key)", metadata: "\(meta)", found: "\(file)", source: source))
         }
         func shape(_ name: String) -> [Int]? { model.tensor(named: name)?.shape }
 
@@ -17,7 +17,7 @@ extension TarFlowConfig {
         var blocks = 0
         while blocks <= 1024, shape("blocks.\(blocks).proj_in.weight") != nil { blocks += 1 }
         guard blocks > 0, let projIn = shape("blocks.0.proj_in.weight"), projIn.count == 2 else {
-            throw .invalidModel("tensor 'blocks.0.proj_in.weight' is missing or not a matrix; is this a TarFlow model file made by `tarflow convert`?")
+            throw .invalidModel(.notTarFlow)
         }
         if blocks != numBlocks { throw disagree("num_blocks", numBlocks, blocks, "the tensors blocks.K.proj_in.weight") }
         var decodes = 0
@@ -59,11 +59,11 @@ extension TarFlowConfig {
         // Every tensor of the official model with its exact shape, and nothing else.
         let expected = Converter.expectedShapes(self)
         for (name, s) in expected.sorted(by: { $0.key < $1.key }) {
-            guard let got = shape(name) else { throw .invalidModel("tensor '\(name)' is missing; the config in the metadata needs it: re-convert the checkpoint with `tarflow convert`") }
-            guard got == s else { throw .invalidModel("tensor '\(name)' has shape \(got), the config in the metadata needs \(s): re-convert the checkpoint with `tarflow convert`") }
+            guard let got = shape(name) else { throw .invalidModel(.missingTensor(name: name)) }
+            guard got == s else { throw .invalidModel(.tensorShape(name: name, shape: got, expected: s)) }
         }
         if let extra = model.tensors.first(where: { expected[$0.name] == nil }) {
-            throw .invalidModel("tensor '\(extra.name)' is not part of the model the metadata describes; re-convert the checkpoint with `tarflow convert`")
+            throw .invalidModel(.unexpectedTensor(name: extra.name))
         }
     }
 }

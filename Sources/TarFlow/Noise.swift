@@ -23,21 +23,21 @@ extension TarFlowModel {
     /// errors name the file.
     public func noise(contentsOf url: URL) throws -> Tensor {
         let a = try NPY.read(contentsOf: url)
-        guard case .float32(let f) = a.storage else { throw TarFlowError.invalidInput("\(url.path): noise must be float32, is \(a.element)") }
+        guard case .float32(let f) = a.storage else { throw TarFlowError.invalidInput(.noiseDType("\(a.element)"), file: url.path) }
         let t = Tensor(shape: a.shape, floats: f)
-        do { _ = try checkNoise(t) } catch TarFlowError.invalidInput(let m) { throw TarFlowError.invalidInput("\(url.path): \(m)") }
+        do { _ = try checkNoise(t) } catch TarFlowError.invalidInput(let f) { throw TarFlowError.invalidInput(f.located(in: url.path)) }
         return t
     }
 
     /// The batch size of prior noise f32[B, T, D] (B > 0, every element finite).
     func checkNoise(_ noise: Tensor) throws -> Int {
         let T = config.numPatches, D = config.patchDim
-        guard noise.dtype == .float32 else { throw TarFlowError.invalidInput("noise must be float32, is \(noise.dtype)") }
+        guard noise.dtype == .float32 else { throw TarFlowError.invalidInput(.noiseDType("\(noise.dtype)")) }
         guard noise.shape.count == 3, noise.shape[0] > 0, noise.shape[1] == T, noise.shape[2] == D else {
-            throw TarFlowError.invalidInput("noise must have shape (B, \(T), \(D)) with B > 0, has \(noise.shape)")
+            throw TarFlowError.invalidInput(.noiseShape(shape: noise.shape, tokens: T, patchDim: D))
         }
         let f = noise.floats
-        if let i = f.firstIndex(where: { !$0.isFinite }) { throw TarFlowError.invalidInput("element \(i) is \(f[i]); noise must be finite") }
+        if let i = f.firstIndex(where: { !$0.isFinite }) { throw TarFlowError.invalidInput(.noiseNotFinite(element: i, value: f[i])) }
         return noise.shape[0]
     }
 }

@@ -16,7 +16,7 @@ extension AheadOfTime {
         var counter: UInt64 = 0
         for name in shapes.keys.sorted() {
             let shape = shapes[name] ?? []
-            guard let n = elementCount(shape), n <= Int(Int32.max) else { throw TarFlowError.invalidConfig("tensor '\(name)' \(shape) is too large") }
+            guard let n = elementCount(shape), n <= Int(Int32.max) else { throw TarFlowError.invalidConfig(.tensorTooLarge(name: name, shape: shape)) }
             let base = counter
             let kind: Int = name.hasSuffix(".bias") ? 0 : (name.hasSuffix("norm.weight") || name == "var") ? 1 : 2
             let bytes = TensorBytes(count: 4 * n) { raw in

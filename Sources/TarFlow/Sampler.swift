@@ -22,7 +22,7 @@ extension TarFlowModel {
         if let e = decodeExecutors[key] { return e }
         let e = try makeExecutor("decode\(k)", halfPrecisionState: halfCache) {
             guard let g = try verifiedGraph("decode\(k)") else {
-                throw TarFlowError.invalidModel("the model file has no 'decode\(k)' graph; re-convert it with this version of `tarflow convert`")
+                throw TarFlowError.invalidModel(.missingGraph(name: "decode\(k)"))
             }
             return g
         }
@@ -77,11 +77,11 @@ extension TarFlowModel {
             labs = try checkLabels(labels, count: B)
         } else {
             if let labels, labels.contains(where: { $0 != -1 }) {
-                throw TarFlowError.invalidInput("labels were given but the model is unconditional (num_classes = 0)")
+                throw TarFlowError.invalidInput(.labelsForUnconditional)
             }
             labs = [Int](repeating: -1, count: B)
         }
-        guard let varTensor = model.tensor(named: "var") else { throw TarFlowError.invalidModel("the prior 'var' tensor is missing") }
+        guard let varTensor = model.tensor(named: "var") else { throw TarFlowError.invalidModel(.missingPrior) }
         let sd = varTensor.floats().map { $0.squareRoot() }
         var x = noise.floats
         for i in x.indices { x[i] = x[i] * options.temperature * sd[i % (T * D)] }
@@ -165,7 +165,7 @@ struct DecodeStep {
 
     /// - Parameter arenas: where the buffers go (one arena per part when split, else one).
     init(plan: Executor, rows: Int, split: Bool, block k: Int, arenas: [SharedArena]) throws {
-        let missing = TarFlowError.invalidModel("decode\(k) lacks the inputs x, pos, logit_scale or outputs a, b")
+        let missing = TarFlowError.invalidModel(.decodeSignature(block: k))
         if split {
             let split = try plan.bindSplit(["B": rows], in: arenas)
             run = { try split.run() }

@@ -56,21 +56,21 @@ public struct SamplingOptions: Sendable, Hashable {
     /// Refuses settings `sample` cannot use, and settings that would be ignored: guide target,
     /// attention temperature and annealing shape the guided branch only.
     public func validate(names: Names = Names()) throws {
-        guard guidance >= 0, guidance.isFinite else { throw TarFlowError.invalidInput("\(names.guidance) \(guidance) must be a finite number >= 0") }
+        guard guidance >= 0, guidance.isFinite else { throw TarFlowError.invalidInput(.notFiniteNonNegative(option: names.guidance, value: guidance)) }
         guard attentionTemperature > 0, attentionTemperature.isFinite else {
-            throw TarFlowError.invalidInput("\(names.attentionTemperature) \(attentionTemperature) must be a finite number > 0")
+            throw TarFlowError.invalidInput(.notFinitePositive(option: names.attentionTemperature, value: attentionTemperature))
         }
-        guard temperature >= 0, temperature.isFinite else { throw TarFlowError.invalidInput("\(names.temperature) \(temperature) must be a finite number >= 0") }
+        guard temperature >= 0, temperature.isFinite else { throw TarFlowError.invalidInput(.notFiniteNonNegative(option: names.temperature, value: temperature)) }
         if guidance == 0 {
             let given = [guide != .both ? "\(names.guide) \(guide.rawValue)" : nil,
                          attentionTemperature != 1 ? "\(names.attentionTemperature) \(attentionTemperature)" : nil,
                          annealed ? names.annealed : nil].compactMap { $0 }
             if !given.isEmpty {
-                throw TarFlowError.invalidInput("\(given.joined(separator: ", ")) act\(given.count == 1 ? "s" : "") only with guidance > 0; add \(names.guidance) W (W > 0) or leave \(given.count == 1 ? "it" : "them") out")
+                throw TarFlowError.invalidInput(.needsGuidance(options: given, guidanceOption: names.guidance))
             }
         }
         if let kvCache, kvCache != .float32, kvCache != .float16 {
-            throw TarFlowError.invalidInput("the \(names.kvCache) can be f32 or f16, not \(kvCache)")
+            throw TarFlowError.invalidInput(.kvCacheDType(option: names.kvCache, dtype: kvCache))
         }
     }
 }

@@ -7,7 +7,7 @@ public enum PartFormat: String, Sendable, CaseIterable {
 
     public init(path: String) throws {
         guard let f = PartFormat(rawValue: URL(fileURLWithPath: path).pathExtension.lowercased()) else {
-            throw TarFlowError.invalidInput("\(path): only .npy, .npz and .safetensors parts can be merged")
+            throw TarFlowError.invalidInput(.notAPartFormat, file: path)
         }
         self = f
     }
@@ -30,7 +30,7 @@ public enum ShardMerge {
     public static func write(_ arrays: [(name: String, array: HostArray)], record: RunRecord?, to url: URL) throws {
         switch try PartFormat(path: url.path) {
         case .npy:
-            guard arrays.count == 1 else { throw TarFlowError.invalidInput("\(url.path): a .npy file holds one array, not \(arrays.count)") }
+            guard arrays.count == 1 else { throw TarFlowError.invalidInput(.npyArrayCount(arrays.count), file: url.path) }
             try NPY.write(arrays[0].array, to: url)
             if let record { try writeAtomically(Array(record.json().utf8), to: sidecar(of: url.path)) }
         case .npz:
@@ -50,27 +50,26 @@ public enum ShardMerge {
 
     public static func read(_ path: String) throws -> Part {
         let url = URL(fileURLWithPath: path)
-        guard FileManager.default.fileExists(atPath: path) else { throw TarFlowError.invalidInput("\(path): no such file") }
+        guard FileManager.default.fileExists(atPath: path) else { throw TarFlowError.invalidInput(.noSuchFile, file: path) }
         let format = try PartFormat(path: path)
-        let noRecord = "carries no run record, so it is not the part of a sharded run (write parts with --shard)"
         switch format {
         case .npy:
             let side = sidecar(of: path)
             guard FileManager.default.fileExists(atPath: side.path) else {
-                throw TarFlowError.invalidInput("\(path): \(side.lastPathComponent) is missing; the part \(noRecord)")
+                throw TarFlowError.invalidInput(.missingSidecar(name: side.lastPathComponent), file: path)
             }
             let text = String(decoding: try readFileBytes(at: side, maxBytes: 1 << 20), as: UTF8.self)
             return Part(path: path, format: format, arrays: [("", try NPY.read(contentsOf: url))], record: try RunRecord.parse(text, source: side.path))
         case .npz:
             let (arrays, other) = try NPZ.readArrays(contentsOf: url)
             guard let r = other.first(where: { $0.name == npzRecordMember }) else {
-                throw TarFlowError.invalidInput("\(path): no member \(npzRecordMember); the part \(noRecord)")
+                throw TarFlowError.invalidInput(.missingRecordMember, file: path)
             }
             return Part(path: path, format: format, arrays: arrays, record: try RunRecord.parse(String(decoding: r.bytes, as: UTF8.self), source: path))
         case .safetensors:
             let (arrays, metadata) = try SafetensorsReader.read(contentsOf: url)
             guard let text = metadata[safetensorsRecordKey] else {
-                throw TarFlowError.invalidInput("\(path): no '\(safetensorsRecordKey)' in __metadata__; the part \(noRecord)")
+                throw TarFlowError.invalidInput(.missingRecordMetadata, file: path)
             }
             return Part(path: path, format: format, arrays: arrays, record: try RunRecord.parse(text, source: path))
         }
@@ -89,13 +88,13 @@ public enum ShardMerge {
 
     /// Checks that the parts are of one run and tile its images exactly, then concatenates.
     public static func merge(_ input: [Part]) throws -> Merged {
-        guard let first = input.first else { throw TarFlowError.invalidInput("merge: give at least one part") }
+        guard let first = input.first else { throw TarFlowError.invalidInput(.noParts) }
         for p in input.dropFirst() {
             guard p.format == first.format else {
-                throw TarFlowError.invalidInput("\(p.path) is .\(p.format.rawValue) but \(first.path) is .\(first.format.rawValue); merge parts of one output at a time")
+                throw TarFlowError.invalidInput(.mixedFormats(path: p.path, format: p.format, firstPath: first.path, firstFormat: first.format))
             }
             if let field = difference(first.record, p.record) {
-                throw TarFlowError.invalidInput("\(p.path) and \(first.path) are parts of different runs: they differ in \(field)")
+                throw TarFlowError.invalidInput(.differentRuns(path: p.path, firstPath: first.path, field: field))
             }
         }
         let parts = input.sorted { ($0.record.start, $0.record.end, $0.record.shard) < ($1.record.start, $1.record.end, $1.record.shard) }
@@ -104,18 +103,17 @@ public enum ShardMerge {
         for p in parts {
             let r = p.record
             if r.start > at {
-                throw TarFlowError.invalidInput("gap: no part holds images \(at)..<\(r.start) of the run's \(r.runStart)..<\(r.runEnd)"
-                    + " (shard\(missingShards(parts).count == 1 ? "" : "s") \(missingShards(parts).map(String.init).joined(separator: ", ")) of \(r.shards) missing?)")
+                throw TarFlowError.invalidInput(.gap(from: at, to: r.start, run: r.runStart..<r.runEnd, missing: missingShards(parts), shards: r.shards))
             }
             if r.start < at, let q = previous {
-                throw TarFlowError.invalidInput("overlap: \(p.path) (images \(r.start)..<\(r.end), shard \(r.shard)/\(r.shards)) and \(q.path) (images \(q.record.start)..<\(q.record.end), shard \(q.record.shard)/\(q.record.shards)) share images; give each shard once")
+                throw TarFlowError.invalidInput(.overlap(path: p.path, record: r, otherPath: q.path, other: q.record))
             }
             at = r.end
             previous = p
         }
         if at < first.record.runEnd {
-            throw TarFlowError.invalidInput("gap: no part holds images \(at)..<\(first.record.runEnd) of the run's \(first.record.runStart)..<\(first.record.runEnd)"
-                + " (shard\(missingShards(parts).count == 1 ? "" : "s") \(missingShards(parts).map(String.init).joined(separator: ", ")) of \(first.record.shards) missing?)")
+            throw TarFlowError.invalidInput(.gap(from: at, to: first.record.runEnd, run: first.record.runStart..<first.record.runEnd,
+                                                 missing: missingShards(parts), shards: first.record.shards))
         }
 
         // The same arrays in every part, each with one row per image.
@@ -123,17 +121,16 @@ public enum ShardMerge {
         var columns: [[HostArray]] = names.map { _ in [] }
         for p in parts {
             guard p.arrays.map(\.name) == names else {
-                throw TarFlowError.invalidInput("\(p.path) holds arrays \(p.arrays.map(\.name)), \(first.path) holds \(names); write the parts again with one version")
+                throw TarFlowError.invalidInput(.differentArrays(path: p.path, names: p.arrays.map(\.name), firstPath: first.path, firstNames: names))
             }
             let rows = p.record.end - p.record.start
             for (i, (name, a)) in p.arrays.enumerated() {
-                let label = name.isEmpty ? p.path : "\(p.path): '\(name)'"
                 guard a.shape.first == rows else {
-                    throw TarFlowError.invalidInput("\(label) has shape \(a.shape) but the part holds \(rows) image(s) (\(p.record.start)..<\(p.record.end)); the file is damaged")
+                    throw TarFlowError.invalidInput(.rowCount(path: p.path, name: name, shape: a.shape, rows: rows, images: p.record.start..<p.record.end))
                 }
                 let f = first.arrays[i].array
                 guard a.element == f.element, Array(a.shape.dropFirst()) == Array(f.shape.dropFirst()) else {
-                    throw TarFlowError.invalidInput("\(label) is \(a.element) \(a.shape), the first part's is \(f.element) \(f.shape)")
+                    throw TarFlowError.invalidInput(.arrayMismatch(path: p.path, name: name, dtype: "\(a.element)", shape: a.shape, firstDType: "\(f.element)", firstShape: f.shape))
                 }
                 columns[i].append(a)
             }
@@ -193,19 +190,19 @@ public enum ShardMerge {
 /// `SafetensorsWriter` was given them. (Checkpoints go through `CheckpointSafetensors`.)
 public enum SafetensorsReader {
     public static func read(contentsOf url: URL) throws -> (arrays: [(name: String, array: HostArray)], metadata: [String: String]) {
-        func bad(_ m: String) -> TarFlowError { .invalidInput("\(url.path): \(m); the file is not a complete safetensors file") }
+        func bad(_ d: InputFailure.SafetensorsDamage) -> TarFlowError { .invalidInput(.incompleteSafetensors(d), file: url.path) }
         let bytes = try readFileBytes(at: url, maxBytes: NPY.maxFileBytes)
-        guard bytes.count >= 8 else { throw bad("\(bytes.count) bytes, shorter than the header length") }
+        guard bytes.count >= 8 else { throw bad(.shorterThanHeaderLength(bytes: bytes.count)) }
         var n = 0
         for i in 0..<8 { n |= Int(bytes[i]) << (8 * i) }
-        guard n >= 2, n <= min(CheckpointSafetensors.maxHeaderBytes, bytes.count - 8) else { throw bad("header length \(n) does not fit the file") }
+        guard n >= 2, n <= min(CheckpointSafetensors.maxHeaderBytes, bytes.count - 8) else { throw bad(.headerLength(n)) }
         var parser = CheckpointSafetensors.JSONParser(bytes: Array(bytes[8..<(8 + n)]))
-        guard let root = try? parser.parseDocument(), case .object(let members) = root else { throw bad("the header is not a JSON object") }
+        guard let root = try? parser.parseDocument(), case .object(let members) = root else { throw bad(.headerNotObject) }
         let dataStart = 8 + n
         var metadata: [String: String] = [:]
         var entries: [(name: String, begin: Int, array: HostArray)] = []
         for (name, value) in members {
-            guard case .object(let fields) = value else { throw bad("entry '\(name)' is not an object") }
+            guard case .object(let fields) = value else { throw bad(.entryNotObject(name: name)) }
             if name == "__metadata__" {
                 for (k, v) in fields { if case .string(let s) = v { metadata[k] = s } }
                 continue
@@ -213,14 +210,14 @@ public enum SafetensorsReader {
             func field(_ key: String) -> CheckpointSafetensors.JSONValue? { fields.first { $0.0 == key }?.1 }
             guard case .string(let dtype)? = field("dtype"), case .array(let dims)? = field("shape"),
                   case .array(let offsets)? = field("data_offsets"), offsets.count == 2,
-                  case .integer(let begin) = offsets[0], case .integer(let end) = offsets[1] else { throw bad("entry '\(name)' lacks dtype, shape or data_offsets") }
+                  case .integer(let begin) = offsets[0], case .integer(let end) = offsets[1] else { throw bad(.entryFieldsMissing(name: name)) }
             guard let element = HostElement.allCases.first(where: { SafetensorsWriter.dtypeName($0) == dtype }) else {
-                throw bad("entry '\(name)' has dtype \(dtype), not one this project writes")
+                throw bad(.entryDType(name: name, dtype: dtype))
             }
             var shape: [Int] = []
-            for d in dims { guard case .integer(let v) = d, v >= 0 else { throw bad("entry '\(name)' has a bad shape") }; shape.append(v) }
+            for d in dims { guard case .integer(let v) = d, v >= 0 else { throw bad(.entryShape(name: name)) }; shape.append(v) }
             guard let count = elementCount(shape), count.multipliedReportingOverflow(by: element.byteSize) == (end - begin, false),
-                  begin >= 0, begin <= end, end <= bytes.count - dataStart else { throw bad("entry '\(name)': data_offsets [\(begin), \(end)] do not match shape \(shape) of \(dtype)") }
+                  begin >= 0, begin <= end, end <= bytes.count - dataStart else { throw bad(.entryOffsets(name: name, begin: begin, end: end, shape: shape, dtype: dtype)) }
             let storage = bytes.withUnsafeBytes {
                 HostArray.decode(UnsafeRawBufferPointer(rebasing: $0[(dataStart + begin)..<(dataStart + end)]), element: element, count: count, bigEndian: false)
             }

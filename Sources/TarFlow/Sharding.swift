@@ -10,9 +10,9 @@ public struct Shard: Sendable, Hashable, CustomStringConvertible {
     public let count: Int
 
     public init(index: Int, count: Int) throws {
-        guard count >= 1 else { throw TarFlowError.invalidInput("--shard \(index)/\(count): the shard count N must be at least 1") }
+        guard count >= 1 else { throw TarFlowError.invalidInput(.shardCount(index: index, count: count)) }
         guard (0..<count).contains(index) else {
-            throw TarFlowError.invalidInput("--shard \(index)/\(count): K must be in 0...\(count - 1) (shards are numbered from 0)")
+            throw TarFlowError.invalidInput(.shardIndex(index: index, count: count))
         }
         self.index = index
         self.count = count
@@ -29,21 +29,21 @@ public struct Shard: Sendable, Hashable, CustomStringConvertible {
         if spec != "auto" {
             let parts = spec.split(separator: "/", omittingEmptySubsequences: false)
             guard parts.count == 2, let k = decimal(parts[0]), let n = decimal(parts[1]) else {
-                throw TarFlowError.invalidInput("--shard \(spec): expected K/N (e.g. 0/4, 0-based) or auto")
+                throw TarFlowError.invalidInput(.shardSpec(spec))
             }
             guard shards == nil else {
-                throw TarFlowError.invalidInput("--shards goes with --shard auto; --shard \(spec) already gives the count")
+                throw TarFlowError.invalidInput(.shardsBesideCount(spec: spec))
             }
             return try Shard(index: k, count: n)
         }
-        if let s = shards, s < 1 { throw TarFlowError.invalidInput("--shards \(s) must be at least 1") }
+        if let s = shards, s < 1 { throw TarFlowError.invalidInput(.shardsNotPositive(s)) }
         if let id = environment["SLURM_ARRAY_TASK_ID"] {
             func number(_ name: String) throws -> Int? {
                 guard let text = environment[name] else { return nil }
-                guard let v = decimal(Substring(text)) else { throw TarFlowError.invalidInput("--shard auto: \(name)=\(text) is not a non-negative integer") }
+                guard let v = decimal(Substring(text)) else { throw TarFlowError.invalidInput(.environmentNotInteger(name: name, value: text)) }
                 return v
             }
-            guard let task = try number("SLURM_ARRAY_TASK_ID") else { throw TarFlowError.invalidInput("--shard auto: SLURM_ARRAY_TASK_ID=\(id) is not a non-negative integer") }
+            guard let task = try number("SLURM_ARRAY_TASK_ID") else { throw TarFlowError.invalidInput(.environmentNotInteger(name: "SLURM_ARRAY_TASK_ID", value: id)) }
             let low = try number("SLURM_ARRAY_TASK_MIN") ?? 0
             let step = max(try number("SLURM_ARRAY_TASK_STEP") ?? 1, 1)
             let n: Int
@@ -52,24 +52,24 @@ public struct Shard: Sendable, Hashable, CustomStringConvertible {
             } else if let high = try number("SLURM_ARRAY_TASK_MAX"), high >= low {
                 n = (high - low) / step + 1
             } else {
-                throw TarFlowError.invalidInput("--shard auto: SLURM_ARRAY_TASK_ID is set but neither SLURM_ARRAY_TASK_COUNT nor SLURM_ARRAY_TASK_MIN/MAX; submit with sbatch --array=0-(N-1)")
+                throw TarFlowError.invalidInput(.slurmWithoutCount)
             }
             guard task >= low, (task - low) % step == 0, (task - low) / step < n else {
-                throw TarFlowError.invalidInput("--shard auto: task \(task) of an array of \(n) (min \(low), step \(step)) is not one of a contiguous range; submit with sbatch --array=0-\(max(n - 1, 0))")
+                throw TarFlowError.invalidInput(.slurmTaskOutside(task: task, count: n, min: low, step: step))
             }
             if let s = shards, s != n {
-                throw TarFlowError.invalidInput("--shards \(s) disagrees with the Slurm array's \(n) tasks; drop --shards")
+                throw TarFlowError.invalidInput(.shardsDisagreeWithSlurm(shards: s, tasks: n))
             }
             return try Shard(index: (task - low) / step, count: n)
         }
         if let text = environment["JOB_COMPLETION_INDEX"] {
-            guard let k = decimal(Substring(text)) else { throw TarFlowError.invalidInput("--shard auto: JOB_COMPLETION_INDEX=\(text) is not a non-negative integer") }
+            guard let k = decimal(Substring(text)) else { throw TarFlowError.invalidInput(.environmentNotInteger(name: "JOB_COMPLETION_INDEX", value: text)) }
             guard let n = shards else {
-                throw TarFlowError.invalidInput("--shard auto in a Kubernetes Indexed Job needs --shards N (the Job's completions)")
+                throw TarFlowError.invalidInput(.kubernetesWithoutShards)
             }
             return try Shard(index: k, count: n)
         }
-        throw TarFlowError.invalidInput("--shard auto: neither SLURM_ARRAY_TASK_ID (Slurm job array) nor JOB_COMPLETION_INDEX (Kubernetes Indexed Job) is set; run inside one, or give --shard K/N")
+        throw TarFlowError.invalidInput(.noJobArray)
     }
 
     /// Digits only: no sign, space or hex, so "1/ 2" or "+1/2" is refused rather than guessed at.
@@ -155,13 +155,13 @@ public struct RunRecord: Codable, Sendable, Equatable {
     public static func parse(_ text: String, source: String) throws -> RunRecord {
         let r: RunRecord
         do { r = try JSONDecoder().decode(RunRecord.self, from: Data(text.utf8)) } catch {
-            throw TarFlowError.invalidInput("\(source): the run record is not valid (\(error)); was the part written by `tarflow ... --shard`?")
+            throw TarFlowError.invalidInput(.invalidRunRecord(detail: "\(error)"), file: source)
         }
         guard r.format == currentFormat else {
-            throw TarFlowError.invalidInput("\(source): run record format '\(r.format)' is not \(currentFormat); write the parts again with this version")
+            throw TarFlowError.invalidInput(.runRecordFormat(r.format), file: source)
         }
         guard r.shards >= 1, (0..<r.shards).contains(r.shard), r.start <= r.end, r.runStart <= r.start, r.end <= r.runEnd else {
-            throw TarFlowError.invalidInput("\(source): the run record is inconsistent (shard \(r.shard)/\(r.shards), images \(r.start)..<\(r.end) of \(r.runStart)..<\(r.runEnd))")
+            throw TarFlowError.invalidInput(.inconsistentRunRecord(r), file: source)
         }
         return r
     }
@@ -187,7 +187,7 @@ public enum ContentDigest {
     public static func file(_ url: URL) throws -> String {
         let file: MappedFile
         do { file = try MappedFile(path: url.path) } catch {
-            throw TarFlowError.invalidInput("\(url.path): cannot read it to digest it (\(error.reason))")
+            throw TarFlowError.invalidInput(.cannotDigest(reason: error.reason), file: url.path)
         }
         return file.withUnsafeBytes { of($0) }  // MappedFile is guarded against SIGBUS
     }

@@ -55,17 +55,16 @@ public struct TarFlowConfig: Sendable, Hashable, Codable {
     /// Each size is range-checked on its own, naming its key, before any derived size (patch
     /// count, image size) is computed, so no value from a file or a config can overflow.
     public func validate() throws(TarFlowError) {
-        func bad(_ m: String) -> TarFlowError { .invalidConfig(m) }
         let ranges: [(String, Int, ClosedRange<Int>)] = [
             ("in_channels", inChannels, 1...(1 << 16)), ("img_size", imgSize, 1...(1 << 16)), ("patch_size", patchSize, 1...(1 << 16)),
             ("channels", channels, 1...(1 << 16)), ("num_blocks", numBlocks, 1...1024), ("layers_per_block", layersPerBlock, 0...1024),
             ("num_classes", numClasses, 0...(1 << 24)), ("head_dim", headDim, 1...(1 << 16)), ("expansion", expansion, 1...(1 << 10)),
         ]
         for (key, v, r) in ranges where !r.contains(v) {
-            throw bad("\(key) \(v) is out of range: use \(r.lowerBound)...\(r.upperBound)")
+            throw .invalidConfig(.outOfRange(key: key, value: v, range: r))
         }
-        guard imgSize % patchSize == 0 else { throw bad("img_size \(imgSize) is not a multiple of patch_size \(patchSize)") }
-        guard channels % headDim == 0 else { throw bad("channels \(channels) is not a multiple of head_dim \(headDim)") }
+        guard imgSize % patchSize == 0 else { throw .invalidConfig(.notMultiple(key: "img_size", value: imgSize, divisorKey: "patch_size", divisor: patchSize)) }
+        guard channels % headDim == 0 else { throw .invalidConfig(.notMultiple(key: "channels", value: channels, divisorKey: "head_dim", divisor: headDim)) }
         // Every size the graphs, the sampler and the I/O derive from the config stays far from
         // overflow: an image and the MLP width fit one dimension (2^31 - 1).
         let limit = Int(Int32.max)
@@ -79,7 +78,7 @@ public struct TarFlowConfig: Sendable, Hashable, Codable {
             return true
         }
         guard fits(inChannels, imgSize, imgSize), fits(channels, expansion), fits(3, channels), fits(numClasses + 1, channels) else {
-            throw bad("sizes out of range: an image (C·H·W) or a layer exceeds \(limit) elements: \(self)")
+            throw .invalidConfig(.sizesTooLarge(limit: limit, config: self))
         }
     }
 
@@ -98,16 +97,16 @@ public struct TarFlowConfig: Sendable, Hashable, Codable {
         var ints: [Int] = []
         for k in Self.keys {
             guard let v = m["tarflow.\(k)"]?.intValue else {
-                throw .invalidModel("metadata 'tarflow.\(k)' is missing; is this a TarFlow model file made by `tarflow convert`?")
+                throw .invalidModel(.missingMetadata(key: "tarflow.\(k)"))
             }
             ints.append(v)
         }
-        guard let nvp = m["tarflow.nvp"]?.boolValue else { throw .invalidModel("metadata 'tarflow.nvp' is missing") }
+        guard let nvp = m["tarflow.nvp"]?.boolValue else { throw .invalidModel(.missingNVPMetadata) }
         self.init(inChannels: ints[0], imgSize: ints[1], patchSize: ints[2], channels: ints[3], numBlocks: ints[4],
                   layersPerBlock: ints[5], nvp: nvp, numClasses: ints[6], headDim: ints[7], expansion: ints[8])
         do { try validate() } catch {
             guard case .invalidConfig(let m) = error else { throw error }
-            throw .invalidModel("metadata (tarflow.*): \(m); the file was damaged or edited: re-convert the checkpoint with `tarflow convert`")
+            throw .invalidModel(.invalidMetadata(m))
         }
     }
 }
@@ -132,25 +131,23 @@ extension TarFlowConfig {
         let token = TensorType(.float32, [B, 1, .fixed(patchDim)])
         let labels = TensorType(.int64, [B])
         let conditional = numClasses > 0
-        func bad(_ g: Graph, _ m: String) -> TarFlowError {
-            .invalidModel("graph '\(g.name)': \(m) (config \(inChannels)x\(imgSize)x\(imgSize), patch \(patchSize), \(numClasses) classes); the file's metadata and graphs disagree: re-convert the checkpoint with `tarflow convert`")
-        }
+        func bad(_ g: Graph, _ m: ModelFailure.GraphMismatch) -> TarFlowError { .invalidModel(.graphMismatch(graph: g.name, m, config: self)) }
         func type(_ g: Graph, _ name: String) -> TensorType? { g.value(named: name).map { g.values[$0].type } }
         /// The graph inputs that are not states must be exactly `expected`, with these types.
         func inputs(_ g: Graph, _ expected: [(String, TensorType)]) throws(TarFlowError) {
             let states = Set(g.state.map(\.input))
             let names = g.inputs.filter { !states.contains($0) }.map { g.values[$0].name }
             guard Set(names) == Set(expected.map(\.0)), names.count == expected.count else {
-                throw bad(g, "inputs are \(names), expected \(expected.map(\.0))")
+                throw bad(g, .inputs(names: names, expected: expected.map(\.0)))
             }
             for (n, t) in expected where type(g, n) != t {
-                throw bad(g, "input '\(n)' is \(type(g, n).map { "\($0)" } ?? "missing"), expected \(t)")
+                throw bad(g, .inputType(name: n, actual: type(g, n), expected: t))
             }
         }
         func output(_ g: Graph, _ n: String, _ t: TensorType) throws(TarFlowError) {
             let states = Set(g.state.map(\.output))
-            guard let v = g.value(named: n), g.outputs.contains(v), !states.contains(v) else { throw bad(g, "output '\(n)' is missing") }
-            guard g.values[v].type == t else { throw bad(g, "output '\(n)' is \(g.values[v].type), expected \(t)") }
+            guard let v = g.value(named: n), g.outputs.contains(v), !states.contains(v) else { throw bad(g, .missingOutput(name: n)) }
+            guard g.values[v].type == t else { throw bad(g, .outputType(name: n, actual: g.values[v].type, expected: t)) }
         }
         let imageInputs: [(String, TensorType)] = [("x", image)] + (conditional ? [("y", labels)] : [])
         /// The graphs that can run as function `name`: the file's graph and its compiled form
@@ -159,10 +156,10 @@ extension TarFlowConfig {
             [model.graph(named: name), model.compiledFunction(named: name)?.graph].compactMap { $0 }
         }
 
-        guard model.graph(named: "forward") != nil else { throw .invalidModel("the model file has no 'forward' graph") }
+        guard model.graph(named: "forward") != nil else { throw .invalidModel(.missingGraph(name: "forward")) }
         try checkMetadataAgrees(with: model)
         for forward in versions("forward") {
-            guard forward.state.isEmpty else { throw bad(forward, "has state bindings") }
+            guard forward.state.isEmpty else { throw bad(forward, .hasState) }
             try inputs(forward, imageInputs)
             for k in 0..<(numBlocks - 1) { try output(forward, "block\(k)", tokens) }
             try output(forward, "z", tokens)
@@ -175,11 +172,11 @@ extension TarFlowConfig {
                 try output(g, "a", token)
                 try output(g, "b", token)
                 // The sampler fills a buffer named `y` when there is one: only the labels input may be.
-                if !conditional, g.value(named: "y") != nil { throw bad(g, "has a value named 'y' but the model is unconditional") }
+                if !conditional, g.value(named: "y") != nil { throw bad(g, .labelsInUnconditional) }
             }
         }
         for g in versions("gradient") {
-            guard g.state.isEmpty else { throw bad(g, "has state bindings") }
+            guard g.state.isEmpty else { throw bad(g, .hasState) }
             try inputs(g, imageInputs)
             try output(g, "grad.x", image)
             try output(g, "loss", TensorType(.float32, []))
@@ -200,26 +197,32 @@ extension TarFlowConfig {
                 let batched = v.type.shape.contains { $0.fixedSize == nil }
                 let limit = batched ? rowLimit : fixedLimit
                 guard let bytes = Verifier.fixedByteCount(v.type), bytes <= limit else {
-                    throw bad(g, "value '\(v.name)' of type \(v.type) is larger than this model can need (\(limit) bytes\(batched ? " per batch row" : ""))")
+                    throw bad(g, .valueTooLarge(name: v.name, type: v.type, limit: limit, perRow: batched))
                 }
             }
         }
         if let v = model.tensor(named: "var"), v.shape != [numPatches, patchDim] {
-            throw .invalidModel("tensor 'var' has shape \(v.shape), the config needs [\(numPatches), \(patchDim)]; re-convert the checkpoint with `tarflow convert`")
+            throw .invalidModel(.priorShape(shape: v.shape, expected: [numPatches, patchDim]))
         }
     }
 }
 
 /// Errors of the TarFlow layer (the one error type it throws, besides the lower layers' own);
 /// each says what to do. A file that cannot be read or written is the case of its format,
-/// carrying the kind of failure and the path (`NPYFailure`, `PNGFailure`, ...).
+/// carrying the kind of failure and the path (`NPYFailure`, `PNGFailure`, ...); every other case
+/// carries a closed failure too (`ConfigFailure`, `ModelFailure`, `StateDictFailure`,
+/// `InputFailure`, `NonFiniteResult`), so no caller has to read the text.
 public enum TarFlowError: Error, Sendable, CustomStringConvertible, Equatable {
-    case invalidConfig(String)
-    case invalidModel(String)
-    case invalidCheckpoint(String)
-    case invalidInput(String)
+    /// A config (JSON file, model metadata, inferred from a checkpoint) breaks a constraint.
+    case invalidConfig(ConfigFailure)
+    /// A model file's metadata, tensors and graphs are not those of a TarFlow model.
+    case invalidModel(ModelFailure)
+    /// A checkpoint's state dict is not one of the official model.
+    case invalidCheckpoint(StateDictFailure)
+    /// An argument, option or input file does not fit the model or the command.
+    case invalidInput(InputFailure)
     /// A result (latent, log-determinant, bits/dim, loss, image) came out NaN or infinite.
-    case nonFinite(String)
+    case nonFinite(NonFiniteResult)
     /// The run needs more memory than the process may use (refused by the preflight).
     case insufficientMemory(MemoryShortfall)
     /// A checkpoint (`.pth`, `.safetensors`) could not be read.
@@ -239,11 +242,11 @@ public enum TarFlowError: Error, Sendable, CustomStringConvertible, Equatable {
 
     public var description: String {
         switch self {
-        case .invalidConfig(let m): "invalid config: \(m)"
-        case .invalidModel(let m): "invalid model: \(m)"
-        case .invalidCheckpoint(let m): "invalid checkpoint: \(m)"
-        case .invalidInput(let m): "invalid input: \(m)"
-        case .nonFinite(let m): "non-finite result: \(m)"
+        case .invalidConfig(let f): "invalid config: \(f)"
+        case .invalidModel(let f): "invalid model: \(f)"
+        case .invalidCheckpoint(let f): "invalid checkpoint: \(f)"
+        case .invalidInput(let f): "invalid input: \(f)"
+        case .nonFinite(let r): "non-finite result: \(r)"
         case .insufficientMemory(let s): "\(s)"
         case .checkpoint(let f): "\(f)"
         case .npy(let f): "\(f)"

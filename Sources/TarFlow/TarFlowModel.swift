@@ -46,8 +46,8 @@ public final class TarFlowModel: @unchecked Sendable {
         do { try self.init(model: m, threads: threads) } catch var e as IRError {
             e.location = e.location.isEmpty ? url.path : "\(url.path), \(e.location)"
             throw e
-        } catch TarFlowError.invalidModel(let m) {
-            throw TarFlowError.invalidModel("\(url.path): \(m)")
+        } catch TarFlowError.invalidModel(let f) {
+            throw TarFlowError.invalidModel(f.located(in: url.path))
         }
     }
 
@@ -74,7 +74,7 @@ public final class TarFlowModel: @unchecked Sendable {
         noiseStd = model.metadata["tarflow.noise_std"]?.doubleValue
         self.threads = max(1, threads)
         weights = WeightStore(model: model)
-        guard model.graph(named: "forward") != nil else { throw TarFlowError.invalidModel("the model file has no 'forward' graph") }
+        guard model.graph(named: "forward") != nil else { throw TarFlowError.invalidModel(.missingGraph(name: "forward")) }
         var loaded: [String: LoadedFunction] = [:]
         for f in compiled { loaded[f.name] = try Compiler.load(f) }
         precompiled = loaded
@@ -192,7 +192,7 @@ public final class TarFlowModel: @unchecked Sendable {
         if config.numClasses > 0 {
             inputs["y"] = Tensor(shape: [b], int64s: try checkLabels(labels, count: b).map(Int64.init))
         } else if let labels, labels.contains(where: { $0 != -1 }) {
-            throw TarFlowError.invalidInput("labels were given but the model is unconditional (num_classes = 0)")
+            throw TarFlowError.invalidInput(.labelsForUnconditional)
         }
         return inputs
     }
@@ -202,11 +202,11 @@ public final class TarFlowModel: @unchecked Sendable {
         guard images.dtype == .float32, images.shape.count == 4, images.shape[1] == c.inChannels,
             images.shape[2] == c.imgSize, images.shape[3] == c.imgSize
         else {
-            throw TarFlowError.invalidInput("images have shape \(images.shape); this model takes [B, \(c.inChannels), \(c.imgSize), \(c.imgSize)] float32")
+            throw TarFlowError.invalidInput(.imageTensorShape(shape: images.shape, channels: c.inChannels, size: c.imgSize))
         }
-        guard images.shape[0] > 0 else { throw TarFlowError.invalidInput("no images") }
+        guard images.shape[0] > 0 else { throw TarFlowError.invalidInput(.noImages) }
         if let i = images.floats.firstIndex(where: { !$0.isFinite }) {
-            throw TarFlowError.invalidInput("image \(i / (c.imageDim)) contains NaN or Inf at element \(i % c.imageDim)")
+            throw TarFlowError.invalidInput(.imageNotFinite(image: i / c.imageDim, element: i % c.imageDim))
         }
         return images.shape[0]
     }
@@ -214,9 +214,9 @@ public final class TarFlowModel: @unchecked Sendable {
     /// Labels for a batch: none → −1 for all; each must be −1 or in 0..<num_classes.
     func checkLabels(_ labels: [Int]?, count: Int) throws -> [Int] {
         guard let labels else { return [Int](repeating: -1, count: count) }
-        guard labels.count == count else { throw TarFlowError.invalidInput("\(labels.count) labels for \(count) images") }
+        guard labels.count == count else { throw TarFlowError.invalidInput(.labelCount(labels: labels.count, images: count)) }
         if let bad = labels.first(where: { $0 < -1 || $0 >= config.numClasses }) {
-            throw TarFlowError.invalidInput("label \(bad) is out of range: use 0...\(config.numClasses - 1), or -1 for no label")
+            throw TarFlowError.invalidInput(.labelOutOfRange(label: bad, classes: config.numClasses))
         }
         return labels
     }

@@ -18,7 +18,7 @@ struct Bench: ParsableCommand {
 
     func run() throws {
         guarded {
-            guard batch > 0, threads > 0, reps > 0 else { throw TarFlowError.invalidInput("--batch, --threads and --reps must be positive") }
+            guard batch > 0, threads > 0, reps > 0 else { throw CLIError.invalidInput("--batch, --threads and --reps must be positive") }
             try Checks.threads(threads)
             if sgemm {
                 let s = try BenchSupport.sgemm(n: 2048, threads: threads, reps: reps)
@@ -30,23 +30,23 @@ struct Bench: ParsableCommand {
                 print("{\"what\": \"bandwidth\", \"bytes\": \(1 << 30), \"threads\": \(threads), \"seconds_median\": \(b.median), \"gbytes_per_second\": \(b.gbytesPerSecond), \"gbytes_per_second_best\": \(Double(1 << 30) / b.best / 1e9)}")
                 return
             }
-            guard let model else { throw TarFlowError.invalidInput("give a model file (or --sgemm, --bandwidth)") }
+            guard let model else { throw CLIError.invalidInput("give a model file (or --sgemm, --bandwidth)") }
             let m = try Checks.model(model, threads: threads)
             if what == "decode" {
-                guard steps > 0 else { throw TarFlowError.invalidInput("--steps must be positive, is \(steps)") }
+                guard steps > 0 else { throw CLIError.invalidInput("--steps must be positive, is \(steps)") }
                 try Checks.memory(m, .benchSample(batch: batch, kvCache: kvCache?.dtype), flag: "--batch")
                 let d = try BenchSupport.decode(m, batch: batch, steps: steps, kvCache: kvCache?.dtype, profile: profile)
                 print("{\"what\": \"decode\", \"batch\": \(batch), \"threads\": \(threads), \"steps\": \(steps), \"weights\": \"\(m.weightDType)\", \"kv_cache\": \"\(d.kvCache)\", \"batch_split\": \(d.split), \"seconds_per_step\": \(d.secondsPerStep), \"seconds_per_image_estimate\": \(d.secondsPerImageEstimate), \"bytes_per_step\": \(Int(d.bytesPerStep)), \"weight_bytes_per_step\": \(d.weightBytes), \"gbytes_per_second\": \(d.gbytesPerSecond), \"peak_rss_bytes\": \(BenchSupport.peakRSS())}")
                 return
             }
-            guard what == "forward" || what == "sample" || what == "load" else { throw TarFlowError.invalidInput("--what must be forward, sample, decode or load, is \(what)") }
+            guard what == "forward" || what == "sample" || what == "load" else { throw CLIError.invalidInput("--what must be forward, sample, decode or load, is \(what)") }
             try Checks.memory(m, what == "sample" ? .benchSample(batch: batch, kvCache: kvCache?.dtype) : .benchForward(batch: batch, profile: profile || what == "load"), flag: "--batch")
             let r: BenchSupport.Result
             switch what {
             case "forward": r = try BenchSupport.forward(m, batch: batch, reps: reps, profile: profile)
             case "sample": r = try BenchSupport.sample(m, batch: batch, reps: reps, profile: profile, kvCache: kvCache?.dtype)
             case "load": r = try BenchSupport.load(contentsOf: URL(fileURLWithPath: model), batch: batch, reps: reps, threads: threads)
-            default: throw TarFlowError.invalidInput("--what must be forward, sample or load, is \(what)")
+            default: throw CLIError.invalidInput("--what must be forward, sample or load, is \(what)")
             }
             let all = r.seconds.map { String($0) }.joined(separator: ", ")
             let ready = r.readySeconds.isEmpty ? "" : ", \"ready_seconds_median\": \(r.readySeconds.sorted()[r.readySeconds.count / 2]), \"ready_seconds_all\": [\(r.readySeconds.map { String($0) }.joined(separator: ", "))]"

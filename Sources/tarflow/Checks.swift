@@ -5,6 +5,9 @@ import TarFlow
 struct CLIError: Error, CustomStringConvertible {
     var description: String
     init(_ d: String) { description = d }
+
+    /// A flag combination the CLI refuses itself, worded as the library's invalid input.
+    static func invalidInput(_ m: String) -> CLIError { CLIError("invalid input: \(m)") }
 }
 
 /// Checks shared by the subcommands, run before any expensive work so a bad flag costs nothing
@@ -109,6 +112,6 @@ enum Checks {
     /// A library call on the input of `flag`: its `invalid input` error, as one line that
     /// starts with the flag (nil: the message names the flags itself).
     static func input<T>(_ flag: String?, _ body: () throws -> T) throws -> T {
-        do { return try body() } catch TarFlowError.invalidInput(let m) { throw CLIError(flag.map { "\($0) \(m)" } ?? m) }
+        do { return try body() } catch TarFlowError.invalidInput(let m) { throw CLIError(flag.map { "\($0) \(m)" } ?? "\(m)") }
     }
 }

@@ -35,12 +35,12 @@ struct Compile: ParsableCommand {
             let source: Model
             switch (model, config) {
             case (let path?, nil):
-                guard randomWeights == nil else { throw TarFlowError.invalidInput("--random-weights goes with --config, not with a model file") }
+                guard randomWeights == nil else { throw CLIError.invalidInput("--random-weights goes with --config, not with a model file") }
                 // Compiled functions already in the file are replaced, so stale ones need not load.
                 source = try ModelFile.read(contentsOf: URL(fileURLWithPath: path), compiledFunctions: .drop)
             case (nil, let path?):
                 guard let seed = randomWeights else {
-                    throw TarFlowError.invalidInput("--config needs --random-weights SEED (there is no checkpoint to take weights from)")
+                    throw CLIError.invalidInput("--config needs --random-weights SEED (there is no checkpoint to take weights from)")
                 }
                 let (c, noise) = try AheadOfTime.loadConfig(contentsOf: URL(fileURLWithPath: path))
                 try Checks.memory(c.weightMemoryNeed, "--config \(path)", fix: "use a smaller config")
@@ -48,9 +48,9 @@ struct Compile: ParsableCommand {
                 m.metadata["source.file"] = .string(URL(fileURLWithPath: path).lastPathComponent)
                 source = m
             case (.some, .some):
-                throw TarFlowError.invalidInput("give a model file or --config, not both")
+                throw CLIError.invalidInput("give a model file or --config, not both")
             case (nil, nil):
-                throw TarFlowError.invalidInput("give a model file to compile, or --config CONFIG.json --random-weights SEED")
+                throw CLIError.invalidInput("give a model file to compile, or --config CONFIG.json --random-weights SEED")
             }
             var model = source
             if let weights {

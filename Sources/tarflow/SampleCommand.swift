@@ -152,14 +152,14 @@ func writeImages(_ x: Tensor, output: String?, outDir: String?, columns: Int?, n
         if try OutputFormat.of(output, "-o", allowed: [.npy, .npz, .png]) != .png {
             try ShardMerge.write([("images", HostArray(shape: x.shape, floats: x.floats))], record: record, to: url)
         } else {
-            guard c == 1 || c == 3 else { throw TarFlowError.invalidInput("PNG output needs 1 or 3 channels, images have \(c); use .npy") }
+            guard c == 1 || c == 3 else { throw CLIError.invalidInput("PNG output needs 1 or 3 channels, images have \(c); use .npy") }
             let cols = PNGImage.gridLayout(count: b, height: h, width: w, columns: columns).columns
             let g = PNGImage.grid(images: x.floats, count: b, channels: c, height: h, width: w, columns: cols, normalize: normalize)
             try PNGImage.write(width: g.width, height: g.height, channels: g.channels, pixels: g.pixels, to: url)
         }
     }
     if let outDir {
-        guard c == 1 || c == 3 else { throw TarFlowError.invalidInput("PNG output needs 1 or 3 channels, images have \(c)") }
+        guard c == 1 || c == 3 else { throw CLIError.invalidInput("PNG output needs 1 or 3 channels, images have \(c)") }
         try FileManager.default.createDirectory(atPath: outDir, withIntermediateDirectories: true)
         let per = c * h * w
         let f = x.floats

@@ -16,7 +16,7 @@ public enum JPEGImage {
     /// Decodes an in-memory JPEG file; `path` only labels errors.
     public static func decode(_ bytes: [UInt8], path: String = "<memory>") throws -> (width: Int, height: Int, channels: Int, pixels: [UInt8]) {
         guard bytes.count >= 3, bytes[0] == 0xFF, bytes[1] == 0xD8, bytes[2] == 0xFF else {
-            throw TarFlowError.invalidInput("\(path) is not a JPEG file (missing the FF D8 FF start)")
+            throw TarFlowError.invalidInput(.notJPEG(path: path))
         }
         var w: Int32 = 0, h: Int32 = 0, c: Int32 = 0
         var out: UnsafeMutablePointer<UInt8>?
@@ -26,7 +26,7 @@ public enum JPEGImage {
         }
         guard rc == 0, let out else {
             let text = String(decoding: message.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-            throw TarFlowError.invalidInput("\(path): cannot decode JPEG: \(text.isEmpty ? "libjpeg failed" : text)")
+            throw TarFlowError.invalidInput(.undecodableJPEG(detail: text), file: path)
         }
         defer { free(out) }
         let n = Int(w) * Int(h) * Int(c)
