@@ -8,8 +8,8 @@ import FlowIR
 final class TarFlowHardeningTests: XCTestCase {
     func assertInvalidModel(_ m: Model, _ mention: String, file: StaticString = #filePath, line: UInt = #line) {
         XCTAssertThrowsError(try TarFlowModel(model: m), file: file, line: line) { e in
-            guard case TarFlowError.invalidModel(let msg) = e else { return XCTFail("\(e)", file: file, line: line) }
-            XCTAssertTrue(msg.contains(mention), msg, file: file, line: line)
+            guard case TarFlowError.invalidModel(let f) = e else { return XCTFail("\(e)", file: file, line: line) }
+            XCTAssertTrue(f.description.contains(mention), f.description, file: file, line: line)
         }
     }
 

@@ -152,8 +152,10 @@ extension TarFlowHardeningTests {
         let model = try TarFlowModel(model: m)
         let set = ImageSet(count: 5, channels: 1, size: 4, pixels: .float([Float](repeating: 0.1, count: 80)))
         XCTAssertThrowsError(try model.likelihood(images: set, labels: nil, range: 3..<5, batchSize: 1)) { e in
-            guard case TarFlowError.nonFinite(let msg) = e else { return XCTFail("\(e)") }
-            XCTAssertTrue(msg.contains("of image 3"), msg)
+            guard case TarFlowError.nonFinite(let r) = e else { return XCTFail("\(e)") }
+            XCTAssertEqual(r.image, 3)
+            XCTAssertTrue(r.value.isNaN, "\(r.value)")
+            XCTAssertTrue(r.description.contains("of image 3"), r.description)
         }
         XCTAssertThrowsError(try model.denoise(images: set.batch(0..<2, dequantization: .none), labels: nil, firstImage: 7)) { e in
             XCTAssertTrue("\(e)".contains("image 7"), "\(e)")

@@ -1,0 +1,120 @@
+import FlowIR
+import Foundation
+import TarFlow
+import XCTest
+
+/// A config, model, checkpoint, input or result the TarFlow layer refuses is a `TarFlowError`
+/// whose failure has a closed kind with the key, tensor or index as data, so a caller branches
+/// without reading text; the text is checked too, since the CLI prints it unchanged.
+final class TarFlowFailureKindTests: XCTestCase {
+    func error(_ body: () throws -> Any) -> TarFlowError? {
+        do { _ = try body() } catch { return error as? TarFlowError }
+        return nil
+    }
+
+    let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+    /// Models/mnist.tflow with `tarflow.num_blocks` edited from 4 to 3: the key is named, with
+    /// both values and the file.
+    func testEditedMetadataKeyOfTheShippedModel() throws {
+        var m = try ModelFile.read(contentsOf: repo.appendingPathComponent("Models/mnist.tflow"))
+        XCTAssertEqual(m.metadata["tarflow.num_blocks"], .int(4))
+        m.metadata["tarflow.num_blocks"] = .int(3)
+        let url = FileManager.default.temporaryDirectory.appendingPathComponent("failure-kinds-\(getpid()).tflow")
+        defer { try? FileManager.default.removeItem(at: url) }
+        try ModelFile.write(m, to: url)
+        let e = error { try TarFlowModel(contentsOf: url) }
+        guard case .invalidModel(let f)? = e else { return XCTFail("\(String(describing: e))") }
+        XCTAssertEqual(f.file, url.path)
+        XCTAssertEqual(f.kind, .metadataDisagrees(key: "tarflow.num_blocks", metadata: "3", found: "4", source: "the tensors blocks.K.proj_in.weight"))
+        XCTAssertEqual(e?.description, "invalid model: \(url.path): metadata 'tarflow.num_blocks' is 3 but the tensors blocks.K.proj_in.weight says 4; "
+                       + "the metadata, tensors and graphs disagree: re-convert the checkpoint with `tarflow convert`")
+    }
+
+    /// A metadata value out of range is the config's own failure inside the model's.
+    func testOutOfRangeMetadataCarriesTheConfigFailure() throws {
+        var m = try TinyModels.model()
+        m.metadata["tarflow.head_dim"] = .int(0)
+        let e = error { try TarFlowModel(model: m) }
+        XCTAssertEqual(e, .invalidModel(ModelFailure(.invalidMetadata(ConfigFailure(.outOfRange(key: "head_dim", value: 0, range: 1...65536))))))
+        XCTAssertEqual(e?.description, "invalid model: metadata (tarflow.*): head_dim 0 is out of range: use 1...65536; "
+                       + "the file was damaged or edited: re-convert the checkpoint with `tarflow convert`")
+        m.metadata["tarflow.head_dim"] = nil
+        XCTAssertEqual(error { try TarFlowModel(model: m) }, .invalidModel(ModelFailure(.missingMetadata(key: "tarflow.head_dim"))))
+    }
+
+    func testConfigJSONFailuresNameTheKey() {
+        func parse(_ json: String) -> TarFlowError? { error { try AheadOfTime.parseConfig(Data(json.utf8), path: "cfg.json") } }
+        let base = #""in_channels": 1, "img_size": 28, "patch_size": 4, "num_blocks": 2, "layers_per_block": 1"#
+        let range = parse("{\(base), \"channels\": 70000}")
+        XCTAssertEqual(range, .invalidConfig(ConfigFailure(.outOfRange(key: "channels", value: 70000, range: 1...65536), file: "cfg.json")))
+        XCTAssertEqual(range?.description, "invalid config: cfg.json: channels 70000 is out of range: use 1...65536")
+        let multiple = parse("{\(base), \"channels\": 96, \"head_dim\": 64}")
+        XCTAssertEqual(multiple, .invalidConfig(ConfigFailure(.notMultiple(key: "channels", value: 96, divisorKey: "head_dim", divisor: 64), file: "cfg.json")))
+        XCTAssertEqual(multiple?.description, "invalid config: cfg.json: channels 96 is not a multiple of head_dim 64")
+        let missing = parse("{\(base)}")
+        XCTAssertEqual(missing, .invalidConfig(ConfigFailure(.missingKey("channels"), file: "cfg.json")))
+        XCTAssertEqual(missing?.description, "invalid config: cfg.json: missing key 'channels'")
+        let noise = parse("{\(base), \"channels\": 64, \"noise_std\": -1}")
+        XCTAssertEqual(noise, .invalidConfig(ConfigFailure(.badNoiseStd, file: "cfg.json")))
+        XCTAssertEqual(noise?.description, "invalid config: cfg.json: noise_std must be a finite number >= 0")
+    }
+
+    /// A NaN weight makes a NaN result: the quantity and the first image are data.
+    func testNonFiniteResultNamesQuantityAndImage() throws {
+        var m = try TinyModels.model()
+        let i = try XCTUnwrap(m.tensors.firstIndex { $0.name == "blocks.0.proj_out.bias" })
+        var v = [Float](repeating: 0, count: m.tensors[i].shape.reduce(1, *))
+        v[1] = .nan
+        m.tensors[i] = WeightTensor(name: m.tensors[i].name, dtype: .float32, shape: m.tensors[i].shape, bytes: TensorBytes(floats: v))
+        let model = try TarFlowModel(model: m)
+        let set = ImageSet(count: 5, channels: 1, size: 4, pixels: .float([Float](repeating: 0.1, count: 80)))
+        let e = error { try model.likelihood(images: set, labels: nil, range: 3..<5, batchSize: 1) }
+        guard case .nonFinite(let r)? = e else { return XCTFail("\(String(describing: e))") }
+        XCTAssertEqual(r.quantity, "z")
+        XCTAssertEqual(r.image, 3)
+        XCTAssertTrue(r.value.isNaN)
+        XCTAssertEqual(e?.description, "non-finite result: z of image 3 is NaN; the model file's weights or the images are damaged "
+                       + "(images must be in model space [-1, 1]); nothing was written")
+        let inf = error { try Finite.check([Float(1), 2, .infinity], rowSize: 1, what: "logdets", firstImage: 10) }
+        XCTAssertEqual(inf, .nonFinite(NonFiniteResult(quantity: "logdets", value: .infinity, image: 12)))
+        XCTAssertEqual(inf?.description, "non-finite result: logdets of image 12 is inf; the model file's weights or the images are damaged "
+                       + "(images must be in model space [-1, 1]); nothing was written")
+    }
+
+    func testInvalidInputsCarryTheirData() throws {
+        let model = try TarFlowModel(model: try TinyModels.model(classes: 3))
+        let set = ImageSet(count: 2, channels: 1, size: 4, pixels: .float([Float](repeating: 0.1, count: 32)))
+        let label = error { try model.likelihood(images: set, labels: [0, 5]) }
+        XCTAssertEqual(label, .invalidInput(InputFailure(.labelOutOfRange(label: 5, classes: 3))))
+        XCTAssertEqual(label?.description, "invalid input: label 5 is out of range: use 0...2, or -1 for no label")
+        let count = error { try model.likelihood(images: set, labels: [0]) }
+        XCTAssertEqual(count, .invalidInput(InputFailure(.labelCount(labels: 1, images: 2))))
+        XCTAssertEqual(count?.description, "invalid input: 1 labels for 2 images")
+
+        let shard = error { try Shard.parse("3/2") }
+        XCTAssertEqual(shard, .invalidInput(InputFailure(.shardIndex(index: 3, count: 2))))
+        XCTAssertEqual(shard?.description, "invalid input: --shard 3/2: K must be in 0...1 (shards are numbered from 0)")
+        let env = error { try Shard.parse("auto", environment: ["SLURM_ARRAY_TASK_ID": "x1"]) }
+        XCTAssertEqual(env, .invalidInput(InputFailure(.environmentNotInteger(name: "SLURM_ARRAY_TASK_ID", value: "x1"))))
+        XCTAssertEqual(env?.description, "invalid input: --shard auto: SLURM_ARRAY_TASK_ID=x1 is not a non-negative integer")
+
+        // Noise from a file: the failure of the noise itself, located in the file.
+        let url = FileManager.default.temporaryDirectory.appendingPathComponent("failure-kinds-noise-\(getpid()).npy")
+        defer { try? FileManager.default.removeItem(at: url) }
+        try NPY.write(HostArray(shape: [1, 4, 4], floats: [0, 0, .infinity] + [Float](repeating: 0, count: 13)), to: url)
+        let noise = error { try model.noise(contentsOf: url) }
+        XCTAssertEqual(noise, .invalidInput(InputFailure(.noiseNotFinite(element: 2, value: .infinity), file: url.path)))
+        XCTAssertEqual(noise?.description, "invalid input: \(url.path): element 2 is inf; noise must be finite")
+
+        let batches = error { try AheadOfTime.parseBatches("1,x") }
+        XCTAssertEqual(batches, .invalidInput(InputFailure(.batchNotWhole("x"))))
+        XCTAssertEqual(batches?.description, "invalid input: batch size 'x' is not a whole number in 1...1073741823 (give a list like 1,16,64)")
+    }
+
+    func testStateDictFailure() {
+        let e = error { try Converter.convert(tensors: [], options: .init()) }
+        XCTAssertEqual(e, .invalidCheckpoint(StateDictFailure(.notTarFlow)))
+        XCTAssertEqual(e?.description, "invalid checkpoint: no 'blocks.0.proj_in.weight': not a TarFlow state_dict")
+    }
+}
