@@ -190,7 +190,7 @@ public enum ShardMerge {
 /// `SafetensorsWriter` was given them. (Checkpoints go through `CheckpointSafetensors`.)
 public enum SafetensorsReader {
     public static func read(contentsOf url: URL) throws -> (arrays: [(name: String, array: HostArray)], metadata: [String: String]) {
-        func bad(_ d: InputFailure.SafetensorsDamage) -> TarFlowError { .invalidInput(.incompleteSafetensors(d), file: url.path) }
+        func bad(_ d: InputFailureKind.SafetensorsDamage) -> TarFlowError { .invalidInput(.incompleteSafetensors(d), file: url.path) }
         let bytes = try readFileBytes(at: url, maxBytes: NPY.maxFileBytes)
         guard bytes.count >= 8 else { throw bad(.shorterThanHeaderLength(bytes: bytes.count)) }
         var n = 0

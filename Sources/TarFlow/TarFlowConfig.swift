@@ -131,7 +131,7 @@ extension TarFlowConfig {
         let token = TensorType(.float32, [B, 1, .fixed(patchDim)])
         let labels = TensorType(.int64, [B])
         let conditional = numClasses > 0
-        func bad(_ g: Graph, _ m: ModelFailure.GraphMismatch) -> TarFlowError { .invalidModel(.graphMismatch(graph: g.name, m, config: self)) }
+        func bad(_ g: Graph, _ m: ModelFailureKind.GraphMismatch) -> TarFlowError { .invalidModel(.graphMismatch(graph: g.name, m, config: self)) }
         func type(_ g: Graph, _ name: String) -> TensorType? { g.value(named: name).map { g.values[$0].type } }
         /// The graph inputs that are not states must be exactly `expected`, with these types.
         func inputs(_ g: Graph, _ expected: [(String, TensorType)]) throws(TarFlowError) {

@@ -28,4 +28,14 @@ enum TinyModels {
     }
 
     static func bytes(classes: Int = 0) throws -> [UInt8] { try ModelFile.encode(try model(classes: classes)) }
+
+    /// `model()` with weight `tensor` zero but for a NaN at `element`: the results it reaches are NaN.
+    static func model(nanIn tensor: String, at element: Int) throws -> Model {
+        var m = try model()
+        guard let i = m.tensors.firstIndex(where: { $0.name == tensor }) else { throw TarFlowError.invalidModel(.missingTensor(name: tensor)) }
+        var v = [Float](repeating: 0, count: m.tensors[i].shape.reduce(1, *))
+        v[element] = .nan
+        m.tensors[i] = WeightTensor(name: tensor, dtype: .float32, shape: m.tensors[i].shape, bytes: TensorBytes(floats: v))
+        return m
+    }
 }
