@@ -17,7 +17,7 @@ extension AheadOfTime {
         guard data.count <= 1 << 20 else { throw TarFlowError.invalidInput(.configTooLarge(bytes: data.count), file: path) }
         let config: TarFlowConfig
         do { config = try JSONDecoder().decode(TarFlowConfig.self, from: data) } catch {
-            throw TarFlowError.invalidConfig(describe(error), file: path)
+            throw TarFlowError.invalidConfig(decodingFailure(error), file: path)
         }
         do { try config.validate() } catch {
             guard case .invalidConfig(let m) = error else { throw error }
@@ -33,7 +33,8 @@ extension AheadOfTime {
         return (config, noise)
     }
 
-    static func describe(_ e: any Error) -> ConfigFailure.Kind {
+    /// What the JSON decoder found wrong, with the key when it names one.
+    static func decodingFailure(_ e: any Error) -> ConfigFailure.Kind {
         switch e as? DecodingError {
         case .keyNotFound(let k, _)?: .missingKey(k.stringValue)
         case .typeMismatch(_, let c)?, .valueNotFound(_, let c)?:
