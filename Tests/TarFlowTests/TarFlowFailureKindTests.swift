@@ -43,6 +43,18 @@ final class TarFlowFailureKindTests: XCTestCase {
         XCTAssertEqual(error { try TarFlowModel(model: m) }, .invalidModel(ModelFailure(.missingMetadata(key: "tarflow.head_dim"))))
     }
 
+    /// A graph whose signature does not fit the metadata's config names the graph, the value and the config.
+    func testGraphMismatchNamesGraphAndValue() throws {
+        var m = try TinyModels.model()
+        let f = try XCTUnwrap(m.graphs.firstIndex { $0.name == "forward" })
+        let logdets = try XCTUnwrap(m.graphs[f].value(named: "logdets"))
+        m.graphs[f].outputs.removeAll { $0 == logdets }
+        let e = error { try TarFlowModel(model: m) }
+        XCTAssertEqual(e, .invalidModel(ModelFailure(.graphMismatch(graph: "forward", .missingOutput(name: "logdets"), config: TinyModels.config(classes: 0)))))
+        XCTAssertEqual(e?.description, "invalid model: graph 'forward': output 'logdets' is missing (config 1x4x4, patch 2, 0 classes); "
+                       + "the file's metadata and graphs disagree: re-convert the checkpoint with `tarflow convert`")
+    }
+
     func testConfigJSONFailuresNameTheKey() {
         func parse(_ json: String) -> TarFlowError? { error { try AheadOfTime.parseConfig(Data(json.utf8), path: "cfg.json") } }
         let base = #""in_channels": 1, "img_size": 28, "patch_size": 4, "num_blocks": 2, "layers_per_block": 1"#
