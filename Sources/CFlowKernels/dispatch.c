@@ -34,6 +34,9 @@ void fk_linear_bf16amx_avx512bf16(const float *, const uint16_t *, const float *
 void fk_attention_bf16amx_avx512bf16(const float *, ptrdiff_t, const float *, ptrdiff_t, const float *, ptrdiff_t, float *,
                                      ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, float, int, ptrdiff_t, ptrdiff_t, ptrdiff_t,
                                      float *);
+void fk_attention_bf16dot_avx512bf16(const float *, ptrdiff_t, const float *, ptrdiff_t, const float *, ptrdiff_t, float *,
+                                     ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, float, int, ptrdiff_t, ptrdiff_t, ptrdiff_t,
+                                     float *);
 #endif
 
 typedef struct {
@@ -273,6 +276,30 @@ void fk_linear_bf16dot(const float *x, const uint16_t *packed, const float *bias
                        ptrdiff_t rows, ptrdiff_t k, ptrdiff_t n, ptrdiff_t panel0, ptrdiff_t panels, int gelu,
                        uint16_t *scratch) {
     if (bf16dot) bf16dot(x, packed, bias, residual, y, rows, k, n, panel0, panels, gelu, scratch);
+}
+
+int fk_attention_bf16dot_supported(ptrdiff_t d) { return bf16dot != 0 && d > 0; }
+
+ptrdiff_t fk_attention_bf16dot_scratch(ptrdiff_t n, ptrdiff_t d) {
+    // kernels_impl.inc attention_bf16dot: K and V packed (uint16), ATT_ROWS (64) rows of bf16
+    // pairs and of scores.
+    ptrdiff_t kp = (n + 31) / 32 * 32, d2 = (d + 1) / 2, dpan = (d + 31) / 32;
+    ptrdiff_t wide = kp > 2 * d2 ? kp : 2 * d2;
+    ptrdiff_t own = (kp * d2 * 2 + dpan * 32 * kp + 64 * wide) / 2 + 64 * kp + 16, fallback = fk_attention_scratch(n, d);
+    return own > fallback ? own : fallback;
+}
+
+void fk_attention_bf16dot(const float *q, ptrdiff_t q_row, const float *k, ptrdiff_t k_row, const float *v, ptrdiff_t v_row,
+                          float *out, ptrdiff_t out_row, ptrdiff_t m, ptrdiff_t n, ptrdiff_t d, float scale, int causal,
+                          ptrdiff_t limit, ptrdiff_t row0, ptrdiff_t rows, float *scratch) {
+#if defined(__x86_64__)
+    if (fk_attention_bf16dot_supported(d)) {
+        fk_attention_bf16dot_avx512bf16(q, q_row, k, k_row, v, v_row, out, out_row, m, n, d, scale, causal, limit, row0,
+                                        rows, scratch);
+        return;
+    }
+#endif
+    fk_attention(q, q_row, k, k_row, v, v_row, out, out_row, m, n, d, scale, causal, limit, row0, rows, scratch);
 }
 
 int fk_bf16amx_available(void) { return bf16amx != 0; }

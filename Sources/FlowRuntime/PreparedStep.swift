@@ -91,7 +91,7 @@ extension Executor {
     /// Resolves one plan step against concrete shapes and buffer pointers.
     static func prepare(_ s: ExecutionPlan.Step, graph: Graph, shapes shapeOf: (ValueID) -> [Int],
                         pointer: (ValueID) -> UnsafeMutableRawPointer, scratch: (Int) -> UnsafeMutableRawPointer,
-                        packed: (ValueID) -> WeightStore.Packed? = { _ in nil }, bf16Attention: Bool = false,
+                        packed: (ValueID) -> WeightStore.Packed? = { _ in nil }, bf16Attention: WeightStore.BF16Attention? = nil,
                         threads: Int) throws -> PreparedStep {
         func f(_ v: ValueID) -> FPtr { pointer(v).assumingMemoryBound(to: Float.self) }
         let out = s.outputs[0]

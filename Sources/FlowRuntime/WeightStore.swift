@@ -34,15 +34,17 @@ public final class WeightStore: @unchecked Sendable {
     /// Bytes of the packed weights read where the model holds them (stored in `panels32`).
     public private(set) var inPlaceBytes = 0
 
-    /// Attention runs on AMX tiles in bf16 (`fk_attention_bf16amx`: q, k, v and probabilities
-    /// rounded to bf16, sums and softmax in f32) when the linear weights are bf16 and run on AMX:
-    /// such a model already rounds its linear layers' activations to bf16. `TARFLOW_AMX=0` turns
-    /// both off.
-    public let bf16Attention: Bool
+    /// Attention in bf16 (q, k, v and probabilities rounded to bf16, sums and softmax in f32)
+    /// when the linear weights are bf16 and run on native bf16 products: such a model already
+    /// rounds its linear layers' activations to bf16. On AMX tiles (`fk_attention_bf16amx`) or
+    /// AVX512-BF16 dot products (`fk_attention_bf16dot`); `TARFLOW_AMX=0` and
+    /// `TARFLOW_BF16DOT=0` turn them off with the linear paths.
+    public enum BF16Attention: Sendable { case amx, dot }
+    public let bf16Attention: BF16Attention?
 
     public init(model: Model) {
         self.model = model
-        bf16Attention = WeightStore.amxBF16 && model.linearWeightDType == .bfloat16
+        bf16Attention = model.linearWeightDType != .bfloat16 ? nil : WeightStore.amxBF16 ? .amx : WeightStore.nativeBF16 ? .dot : nil
     }
 
     /// bf16 weights run on native bf16 dot products (activations rounded to bf16) where the CPU

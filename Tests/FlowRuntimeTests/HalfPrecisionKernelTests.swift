@@ -224,29 +224,60 @@ final class HalfPrecisionKernelTests: XCTestCase {
         XCTAssertEqual(fk_bf16amx_available(), 0, "only the AVX512-BF16 copy runs AMX tiles")
     }
 
-    /// Attention on AMX tiles (bf16 models): against float64 on bf16-rounded q, k, v (the
-    /// probabilities' bf16 rounding bounds the error by about 2⁻⁹ · max|v|), NaN for rows
-    /// without keys, the same bits for any split of the rows, and fk_attention where the head
+    /// Attention on AMX tiles (bf16 models): see checkBF16Attention; fk_attention where the head
     /// width does not fit the tiles.
     func testAttentionOnAMXTiles() throws {
         guard fk_select_instruction_set("avx512bf16") == 0, fk_bf16amx_available() == 1 else {
             throw XCTSkip("this CPU (or OS) has no AMX-BF16")
         }
         defer { _ = fk_select_instruction_set("auto") }
-        let cases: [(Int, Int, Int, Bool, Int)] = [(16, 16, 64, true, 16), (37, 50, 64, true, 50), (20, 45, 32, false, 30), (5, 3, 64, true, 3),
-                                                   (16, 130, 128, false, 130), (64, 200, 64, true, 200), (17, 17, 96, true, 17), (16, 20, 64, false, 0)]
+        checkBF16Attention(widths: [64, 32, 128, 96], supported: fk_attention_bf16amx_supported,
+                           scratch: fk_attention_bf16amx_scratch, run: fk_attention_bf16amx)
+        // A head width the tiles do not take: exactly fk_attention.
+        XCTAssertEqual(fk_attention_bf16amx_supported(48), 0)
+        checkFallback(d: 48, scratch: fk_attention_bf16amx_scratch, run: fk_attention_bf16amx)
+    }
+
+    /// Attention on AVX512-BF16 dot products (bf16 models without AMX): see checkBF16Attention,
+    /// for head widths that are not multiples of 16 or even odd; fk_attention in copies without
+    /// native bf16.
+    func testAttentionOnBF16DotProducts() throws {
+        guard fk_select_instruction_set("avx512bf16") == 0, fk_bf16dot_available() == 1 else {
+            throw XCTSkip("this CPU has no AVX512-BF16")
+        }
+        defer { _ = fk_select_instruction_set("auto") }
+        checkBF16Attention(widths: [64, 32, 128, 96, 20, 48, 7], supported: fk_attention_bf16dot_supported,
+                           scratch: fk_attention_bf16dot_scratch, run: fk_attention_bf16dot)
+        XCTAssertEqual(fk_select_instruction_set("avx512"), 0)
+        XCTAssertEqual(fk_attention_bf16dot_supported(64), 0, "only the AVX512-BF16 copy has native bf16 dot products")
+        checkFallback(d: 64, scratch: fk_attention_bf16dot_scratch, run: fk_attention_bf16dot)
+    }
+
+    typealias AttentionKernel = (UnsafePointer<Float>?, Int, UnsafePointer<Float>?, Int, UnsafePointer<Float>?, Int,
+                                 UnsafeMutablePointer<Float>?, Int, Int, Int, Int, Float, Int32, Int, Int, Int,
+                                 UnsafeMutablePointer<Float>?) -> Void
+
+    /// A bf16 attention kernel against float64 on bf16-rounded q, k, v (the probabilities' bf16
+    /// rounding bounds the error by about 2⁻⁹ · max|v|), NaN for rows without keys, and the same
+    /// bits for any split of the rows; cases cycle through `widths`.
+    func checkBF16Attention(widths: [Int], supported: (Int) -> Int32, scratch size: (Int, Int) -> Int, run: AttentionKernel,
+                            file: StaticString = #filePath, line: UInt = #line) {
+        let shapes: [(Int, Int, Bool, Int)] = [(16, 16, true, 16), (37, 50, true, 50), (20, 45, false, 30), (5, 3, true, 3),
+                                               (16, 130, false, 130), (64, 200, true, 200), (17, 17, true, 17), (16, 20, false, 0),
+                                               (70, 70, true, 70)]
         func round(_ x: Float) -> Double { Double(Float(bitPattern: UInt32(bfloat16(of: x)) << 16)) }
-        for (m, n, d, causal, limit) in cases {
+        for (index, (m, n, causal, limit)) in shapes.enumerated() {
+            let d = widths[index % widths.count]
             let (qr, kr, vr, orow) = (d + 3, d + 1, d + 2, d + 5)
             let q = rng.floats(m * qr, -1...1), k = rng.floats(n * kr, -1...1), v = rng.floats(n * vr, -1...1)
             let scale = 1 / Float(d).squareRoot()
-            XCTAssertEqual(fk_attention_bf16amx_supported(d), 1)
-            var scratch = [Float](repeating: .nan, count: fk_attention_bf16amx_scratch(n, d))
+            XCTAssertEqual(supported(d), 1, file: file, line: line)
+            var scratch = [Float](repeating: .nan, count: size(n, d))
             var y = [Float](repeating: .nan, count: m * orow), pieces = y
-            fk_attention_bf16amx(q, qr, k, kr, v, vr, &y, orow, m, n, d, scale, causal ? 1 : 0, limit, 0, m, &scratch)
+            run(q, qr, k, kr, v, vr, &y, orow, m, n, d, scale, causal ? 1 : 0, limit, 0, m, &scratch)
             for r0 in stride(from: 0, to: m, by: 7) {
                 pieces.withUnsafeMutableBufferPointer {
-                    fk_attention_bf16amx(q, qr, k, kr, v, vr, $0.baseAddress!, orow, m, n, d, scale, causal ? 1 : 0, limit, r0, Swift.min(7, m - r0), &scratch)
+                    run(q, qr, k, kr, v, vr, $0.baseAddress!, orow, m, n, d, scale, causal ? 1 : 0, limit, r0, Swift.min(7, m - r0), &scratch)
                 }
             }
             let name = "m \(m) n \(n) d \(d) causal \(causal) limit \(limit)"
@@ -254,9 +285,10 @@ final class HalfPrecisionKernelTests: XCTestCase {
             for i in 0..<m {
                 let valid = Swift.min(n, causal ? i + 1 + n - m : limit)
                 let row = (0..<d).map { y[i * orow + $0] }
-                XCTAssertEqual(row.map(\.bitPattern), (0..<d).map { pieces[i * orow + $0].bitPattern }, "\(name): row \(i) split")
+                XCTAssertEqual(row.map(\.bitPattern), (0..<d).map { pieces[i * orow + $0].bitPattern }, "\(name): row \(i) split",
+                               file: file, line: line)
                 if valid <= 0 {
-                    XCTAssertTrue(row.allSatisfy(\.isNaN), "\(name): row \(i) has no key")
+                    XCTAssertTrue(row.allSatisfy(\.isNaN), "\(name): row \(i) has no key", file: file, line: line)
                     continue
                 }
                 var sc = (0..<valid).map { j in (0..<d).reduce(0.0) { $0 + round(q[i * qr + $1]) * round(k[j * kr + $1]) } * Double(scale) }
@@ -269,17 +301,19 @@ final class HalfPrecisionKernelTests: XCTestCase {
                     worst = e.isNaN ? .infinity : Swift.max(worst, e)
                 }
             }
-            XCTAssertLessThanOrEqual(worst, 4e-3, name)
+            XCTAssertLessThanOrEqual(worst, 4e-3, name, file: file, line: line)
         }
-        // A head width the tiles do not take: exactly fk_attention.
-        XCTAssertEqual(fk_attention_bf16amx_supported(48), 0)
-        let (m, n, d) = (20, 33, 48)
+    }
+
+    /// Where a bf16 kernel does not run in bf16, it gives fk_attention's bits.
+    func checkFallback(d: Int, scratch size: (Int, Int) -> Int, run: AttentionKernel, file: StaticString = #filePath, line: UInt = #line) {
+        let (m, n) = (20, 33)
         let q = rng.floats(m * d, -1...1), k = rng.floats(n * d, -1...1), v = rng.floats(n * d, -1...1)
-        var scratch = [Float](repeating: .nan, count: fk_attention_bf16amx_scratch(n, d))
+        var scratch = [Float](repeating: .nan, count: size(n, d))
         var a = [Float](repeating: .nan, count: m * d), b = a
-        fk_attention_bf16amx(q, d, k, d, v, d, &a, d, m, n, d, 0.2, 1, n, 0, m, &scratch)
+        run(q, d, k, d, v, d, &a, d, m, n, d, 0.2, 1, n, 0, m, &scratch)
         fk_attention(q, d, k, d, v, d, &b, d, m, n, d, 0.2, 1, n, 0, m, &scratch)
-        XCTAssertEqual(a.map(\.bitPattern), b.map(\.bitPattern))
+        XCTAssertEqual(a.map(\.bitPattern), b.map(\.bitPattern), file: file, line: line)
     }
 
     func bfloat16(of x: Float) -> UInt16 {

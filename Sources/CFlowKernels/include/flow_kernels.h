@@ -91,6 +91,21 @@ void fk_attention_bf16amx(const float *q, ptrdiff_t q_row, const float *k, ptrdi
                           float *out, ptrdiff_t out_row, ptrdiff_t m, ptrdiff_t n, ptrdiff_t d, float scale, int causal,
                           ptrdiff_t limit, ptrdiff_t row0, ptrdiff_t rows, float *scratch);
 
+/// Whether fk_attention_bf16dot runs on native bf16 dot products here (as fk_linear_bf16dot).
+int fk_attention_bf16dot_supported(ptrdiff_t d);
+
+/// Scratch floats fk_attention_bf16dot needs for n keys of head width d (at least
+/// fk_attention_scratch, for the fallback).
+ptrdiff_t fk_attention_bf16dot_scratch(ptrdiff_t n, ptrdiff_t d);
+
+/// fk_attention_bf16amx's contract (q, k, v and the probabilities rounded to bf16, sums and
+/// softmax in f32) on AVX512-BF16 dot products, for CPUs without AMX: Q·Kᵀ and P·V as two
+/// products over whole panels of 32 keys, as fk_attention's tiled path. Where
+/// fk_attention_bf16dot_supported(d) is 0 it is fk_attention.
+void fk_attention_bf16dot(const float *q, ptrdiff_t q_row, const float *k, ptrdiff_t k_row, const float *v, ptrdiff_t v_row,
+                          float *out, ptrdiff_t out_row, ptrdiff_t m, ptrdiff_t n, ptrdiff_t d, float scale, int causal,
+                          ptrdiff_t limit, ptrdiff_t row0, ptrdiff_t rows, float *scratch);
+
 /// Whether fk_linear_bf16amx runs here: the CPU has AMX-BF16, the OS granted the tile state,
 /// and the avx512bf16 copy is selected.
 int fk_bf16amx_available(void);

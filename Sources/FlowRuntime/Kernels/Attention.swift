@@ -12,9 +12,9 @@ final class AttentionJob: ParallelJob {
     /// Keys and values: f32, or f16 when `kvHalf` (a KV cache kept in half precision).
     let k: UnsafeRawPointer, v: UnsafeRawPointer
     let kvHalf: Bool
-    /// f32 keys and values on AMX tiles in bf16 (`WeightStore.bf16Attention`), where the head
-    /// width allows it.
-    let bf16: Bool
+    /// f32 keys and values rounded to bf16 on AMX tiles or bf16 dot products
+    /// (`WeightStore.bf16Attention`), where the head width allows it.
+    let bf16: WeightStore.BF16Attention?
     let y: UnsafeMutablePointer<Float>
     let rowScale: UnsafePointer<Float>?
     let position: UnsafePointer<Int64>?
@@ -42,7 +42,7 @@ final class AttentionJob: ParallelJob {
 
     init(q: UnsafePointer<Float>, k: UnsafeRawPointer, v: UnsafeRawPointer, kvHalf: Bool, y: UnsafeMutablePointer<Float>,
          rowScale: UnsafePointer<Float>?, position: UnsafePointer<Int64>?, heads: Int,
-         shapes: ([Int], [Int], [Int]), offsets: [Int], scale: Float, causal: Bool, bf16: Bool = false, threads: Int) {
+         shapes: ([Int], [Int], [Int]), offsets: [Int], scale: Float, causal: Bool, bf16: WeightStore.BF16Attention? = nil, threads: Int) {
         self.q = q; self.k = k; self.v = v; self.kvHalf = kvHalf; self.y = y; self.rowScale = rowScale; self.position = position
         let (qs, ks, vs) = shapes
         let d = vs.count == 4 ? vs[3] : (vs[2] - offsets[2]) / heads
@@ -53,8 +53,15 @@ final class AttentionJob: ParallelJob {
         lk = Layout(shape: ks, offset: offsets[1], heads: heads, d: d)
         lv = Layout(shape: vs, offset: offsets[2], heads: heads, d: d)
         self.scale = scale; self.causal = causal; self.threads = threads
-        self.bf16 = bf16 && !kvHalf && m >= 16 && fk_attention_bf16amx_supported(d) != 0  // decode steps (one row) keep the row path
-        perWorker = self.bf16 ? fk_attention_bf16amx_scratch(nKeys, d) : fk_attention_scratch(nKeys, d)
+        // Decode steps (one row) keep the row path.
+        self.bf16 = kvHalf || m < 16 ? nil : bf16.flatMap { kind in
+            (kind == .amx ? fk_attention_bf16amx_supported(d) : fk_attention_bf16dot_supported(d)) != 0 ? kind : nil
+        }
+        perWorker = switch self.bf16 {
+        case .amx: fk_attention_bf16amx_scratch(nKeys, d)
+        case .dot: fk_attention_bf16dot_scratch(nKeys, d)
+        case nil: fk_attention_scratch(nKeys, d)
+        }
         scratch = .allocate(capacity: Swift.max(1, threads * perWorker))
         // One sequence with too few heads to feed every thread: split its query rows between
         // threads as the linear layers split them. Otherwise whole heads: under a causal mask
@@ -101,7 +108,10 @@ final class AttentionJob: ParallelJob {
         if kvHalf {
             fk_attention_kvh(qh, lq.row, k.assumingMemoryBound(to: UInt16.self) + ko, lk.row, v.assumingMemoryBound(to: UInt16.self) + vo, lv.row,
                              yh, wy, m, nKeys, d, alpha, causal ? 1 : 0, limit, row0, rows, s)
-        } else if bf16 {
+        } else if bf16 == .dot {
+            fk_attention_bf16dot(qh, lq.row, k.assumingMemoryBound(to: Float.self) + ko, lk.row, v.assumingMemoryBound(to: Float.self) + vo, lv.row,
+                                 yh, wy, m, nKeys, d, alpha, causal ? 1 : 0, limit, row0, rows, s)
+        } else if bf16 == .amx {
             fk_attention_bf16amx(qh, lq.row, k.assumingMemoryBound(to: Float.self) + ko, lk.row, v.assumingMemoryBound(to: Float.self) + vo, lv.row,
                                  yh, wy, m, nKeys, d, alpha, causal ? 1 : 0, limit, row0, rows, s)
         } else {
