@@ -170,6 +170,9 @@ public enum ModelFile {
             guard !t.name.isEmpty, names.insert(t.name).inserted else {
                 throw IRError(rule: "F5", "tensor name '\(t.name)' is empty or used twice")
             }
+            guard t.dtype.inModelFile else {
+                throw IRError(rule: "F5", "tensor '\(t.name)': dtype \(t.dtype) is not one of the four a model file stores (f32, f16, bf16, i64)")
+            }
             guard let logical = tableByteCount(t.shape.map { Int64($0) }, t.dtype) else {
                 throw IRError(rule: "F5", "tensor '\(t.name)': invalid shape \(t.shape)")
             }

@@ -237,8 +237,6 @@ public enum TarFlowError: Error, Sendable, CustomStringConvertible, Equatable {
     case idx(IDXFailure)
     /// A safetensors file could not be written.
     case safetensorsWriter(SafetensorsWriterFailure)
-    /// A `HostArray` does not convert as asked (labels that are not whole numbers).
-    case hostArray(HostArrayFailure)
 
     public var description: String {
         switch self {
@@ -254,7 +252,6 @@ public enum TarFlowError: Error, Sendable, CustomStringConvertible, Equatable {
         case .png(let f): "\(f)"
         case .idx(let f): "\(f)"
         case .safetensorsWriter(let f): "\(f)"
-        case .hostArray(let f): "\(f)"
         }
     }
 }

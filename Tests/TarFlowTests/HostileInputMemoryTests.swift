@@ -290,13 +290,13 @@ extension CLIHardeningTests {
         let values = (0..<(2 * 784)).map { Float($0 % 97) / 97 - 0.5 }
         let header = Self.npyHeader([n, 1, 28, 28])
         XCTAssertEqual(header.count % 64, 0)
-        try Data(header + HostArray(shape: [2, 1, 28, 28], floats: values).littleEndianBytes()).write(to: url)
+        try Data(header + Tensor(shape: [2, 1, 28, 28], floats: values).littleEndianBytes()).write(to: url)
         let fileSize = header.count + n * 784 * 4
         XCTAssertEqual(truncate(url.path, off_t(fileSize)), 0)  // sparse: no disk used
         let (array, count) = try NPY.read(contentsOf: url, maxItems: 2)
         XCTAssertEqual(count, n)
         XCTAssertEqual(array.shape, [2, 1, 28, 28])
-        guard case .float32(let read) = array.storage else { return XCTFail("\(array.element)") }
+        guard case .float32(let read) = array.storage else { return XCTFail("\(array.dtype)") }
         XCTAssertEqual(read, values)
         let r = try tarflowUnderLimit(["likelihood", mnist.path, "--images", url.path, "--limit", "2", "--json"])
         XCTAssertEqual(r.status, 0, r.err)

@@ -136,12 +136,12 @@ extension CLIHardeningTests {
         let tensors = try Checkpoint.read(contentsOf: Fixtures.url("tiny_uncond", "model.safetensors"))
         for (k, bad) in [Float.nan, .infinity, -.infinity].enumerated() {
             let name = tensors[k + 2].name
-            let arrays = tensors.map { t -> (name: String, array: HostArray) in
-                var f = t.data.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
+            let arrays = tensors.map { t -> (name: String, array: Tensor) in
+                var f = t.tensor.floats
                 if t.name == name { f[f.count - 1] = bad }
-                return (t.name, HostArray(shape: t.shape, floats: f))
+                return (t.name, Tensor(shape: t.tensor.shape, floats: f))
             }
-            XCTAssertTrue(tensors.allSatisfy { $0.dtype == .float32 })
+            XCTAssertTrue(tensors.allSatisfy { $0.tensor.dtype == .float32 })
             let ckpt = tmp.appendingPathComponent("bad\(k).safetensors")
             try SafetensorsWriter.write(arrays, to: ckpt)
             try assertFails(["convert", ckpt.path, "-o", keep.path, "--image-size", "8"], mentions: [name, "NaN or Inf"])
