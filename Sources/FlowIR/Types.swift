@@ -104,14 +104,16 @@ public struct TensorType: Sendable, Hashable, CustomStringConvertible {
 /// A value in a graph, by index into `Graph.values`.
 public typealias ValueID = Int
 
-/// Element count of a concrete shape, or nil on overflow.
+/// The one checked product of sizes: the element count of a concrete shape, or nil when a
+/// size is negative or a partial product (taken left to right) overflows or passes `limit`.
+/// Size bounds (W11, F5) pass their byte limit so that a huge shape is refused, not wrapped.
 @inlinable
-public func elementCount(_ shape: [Int]) -> Int? {
+public func elementCount<S: Sequence<Int>>(_ shape: S, limit: Int = .max) -> Int? {
     var n = 1
     for d in shape {
         guard d >= 0 else { return nil }
         let (p, o) = n.multipliedReportingOverflow(by: d)
-        if o { return nil }
+        if o || p > limit { return nil }
         n = p
     }
     return n

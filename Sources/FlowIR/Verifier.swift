@@ -14,15 +14,9 @@ public enum Verifier {
     /// Bytes of the fixed part of `t` (symbols count as 1), or nil if a dim is out of range or
     /// the product passes `maxValueBytes`.
     public static func fixedByteCount(_ t: TensorType) -> Int? {
-        var n = t.dtype.byteSize
-        for d in t.shape {
-            guard case .fixed(let k) = d else { continue }
-            guard k >= 0, k <= maxDim else { return nil }
-            let (p, o) = n.multipliedReportingOverflow(by: k)
-            guard !o, p <= maxValueBytes else { return nil }
-            n = p
-        }
-        return n
+        let fixed = t.shape.compactMap(\.fixedSize)
+        guard fixed.allSatisfy({ $0 <= maxDim }) else { return nil }
+        return elementCount([t.dtype.byteSize] + fixed, limit: maxValueBytes)
     }
 
     /// - Parameter constants: the tensor table (name → type as seen in the graph); when given,

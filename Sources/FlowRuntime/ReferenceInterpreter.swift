@@ -77,7 +77,7 @@ public enum ReferenceInterpreter {
     }
 
     static func evaluate(_ op: Op, _ x: [Operand], model: Model, outputType: TensorType, bindings: [String: Int]) throws -> Operand {
-        func count(_ s: [Int]) -> Int { s.reduce(1, *) }
+        func count(_ s: [Int]) -> Int { elementCount(s) ?? 0 }
         switch op {
         case .constant(let name):
             guard let t = model.tensor(named: name) else { throw RuntimeError(.missingConstant, "reference: no tensor '\(name)'") }

@@ -73,7 +73,7 @@ final class DifferentiateTests: XCTestCase {
         var rng = RNG(seed)
         var tensors: [WeightTensor] = constants.keys.sorted().map { name in
             let s = constants[name]!
-            return Self.weight(name, s, rng.floats(s.reduce(1, *)))
+            return Self.weight(name, s, rng.floats(elementCount(s)!))
         }
         func types() -> [String: TensorType] { Dictionary(uniqueKeysWithValues: tensors.map { ($0.name, $0.graphType) }) }
         // A first build only to learn the result's type.
@@ -81,7 +81,7 @@ final class DifferentiateTests: XCTestCase {
         let probeResult = try build(probe, inputs.map { probe.input($0.name, TensorType($0.dtype, $0.shape)) })
         let resultType = probe.type(probeResult)
         let fixedShape = resultType.concreteShape([:])
-        if let fixedShape { tensors.append(Self.weight("proj", fixedShape, rng.floats(fixedShape.reduce(1, *)))) }
+        if let fixedShape { tensors.append(Self.weight("proj", fixedShape, rng.floats(elementCount(fixedShape)!))) }
 
         let b = GraphBuilder(name: "check", constants: types())
         let ids = inputs.map { b.input($0.name, TensorType($0.dtype, $0.shape)) }
@@ -98,11 +98,11 @@ final class DifferentiateTests: XCTestCase {
             let shape = i.shape.map { $0.resolved(bindings)! }
             values[i.name] = i.dtype == .int64
                 ? Tensor(shape: shape, doubles: i.ints.map(Double.init))
-                : Tensor(shape: shape, doubles: rng.floats(shape.reduce(1, *), i.range))
+                : Tensor(shape: shape, doubles: rng.floats(elementCount(shape)!, i.range))
         }
         if fixedShape == nil {
             let shape = resultType.concreteShape(bindings)!
-            values["proj"] = Tensor(shape: shape, doubles: rng.floats(shape.reduce(1, *)))
+            values["proj"] = Tensor(shape: shape, doubles: rng.floats(elementCount(shape)!))
         }
         return Problem(graph: b.graph, model: Model(graphs: [b.graph], tensors: tensors, metadata: [:]), inputs: values,
                        wrt: inputs.filter { $0.dtype == .float32 && $0.wrt }.map(\.name))

@@ -26,7 +26,7 @@ final class FuseAffineCouplingTests: XCTestCase {
         var inputs: [String: Tensor] = [:]
         for (i, v) in a.inputs.enumerated() {
             let shape = a.values[v].type.shape.map { $0.fixedSize ?? 2 }
-            let n = shape.reduce(1, *)
+            let n = elementCount(shape)!
             inputs[a.values[v].name] = Tensor(shape: shape, doubles: (0..<n).map { Double(($0 * 5 + i * 3) % 13) / 6 - 1.1 })
         }
         let model = Model(graphs: [], tensors: [], metadata: [:])

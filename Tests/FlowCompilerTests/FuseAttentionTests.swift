@@ -31,7 +31,7 @@ final class FuseAttentionTests: XCTestCase {
         for v in a.inputs {
             let t = a.values[v].type
             let shape = t.shape.map { $0.fixedSize ?? batch }
-            let n = shape.reduce(1, *)
+            let n = elementCount(shape)!
             inputs[a.values[v].name] = t.dtype == .int64 ? Tensor(shape: shape, doubles: [Double](repeating: Double(position), count: n))
                 : Tensor(shape: shape, doubles: (0..<n).map { _ in rng.double() })
         }

@@ -45,7 +45,7 @@ final class FuseLinearEpilogueTests: XCTestCase {
         }
         let tensors = Self.constants.sorted { $0.key < $1.key }.map { name, t in
             let shape = t.shape.map { $0.fixedSize! }
-            return WeightTensor(name: name, dtype: .float32, shape: shape, bytes: TensorBytes(floats: (0..<shape.reduce(1, *)).map { _ in next() }))
+            return WeightTensor(name: name, dtype: .float32, shape: shape, bytes: TensorBytes(floats: (0..<elementCount(shape)!).map { _ in next() }))
         }
         return Model(graphs: [], tensors: tensors, metadata: [:])
     }()
@@ -54,7 +54,7 @@ final class FuseLinearEpilogueTests: XCTestCase {
         var inputs: [String: Tensor] = [:]
         for (i, v) in a.inputs.enumerated() {
             let shape = a.values[v].type.shape.map { $0.fixedSize ?? 2 }
-            let n = shape.reduce(1, *)
+            let n = elementCount(shape)!
             inputs[a.values[v].name] = Tensor(shape: shape, doubles: (0..<n).map { Double(($0 * 7 + i * 3) % 11) / 4 - 1.2 })
         }
         let ra = try ReferenceInterpreter.run(a, model: model, inputs: inputs)

@@ -15,7 +15,7 @@ final class FusedKernelsTests: XCTestCase {
     var rng = RNG(0xF05E)
 
     func random(_ shape: [Int], _ r: ClosedRange<Float> = -2...2) -> Tensor {
-        Tensor(shape: shape, floats: rng.floats(shape.reduce(1, *), r))
+        Tensor(shape: shape, floats: rng.floats(elementCount(shape)!, r))
     }
 
     /// An operand: a graph input (leading axis the batch symbol B when `batched`) or a constant.

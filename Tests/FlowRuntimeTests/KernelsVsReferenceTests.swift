@@ -18,11 +18,11 @@ final class KernelsVsReferenceTests: XCTestCase {
     var rng = RNG(0x5EED)
 
     func random(_ shape: [Int], _ r: ClosedRange<Float> = -2...2) -> Tensor {
-        Tensor(shape: shape, floats: rng.floats(shape.reduce(1, *), r))
+        Tensor(shape: shape, floats: rng.floats(elementCount(shape)!, r))
     }
 
     func weight(_ name: String, _ shape: [Int], _ r: ClosedRange<Float> = -1...1) -> WeightTensor {
-        WeightTensor(name: name, dtype: .float32, shape: shape, bytes: TensorBytes(floats: rng.floats(shape.reduce(1, *), r)))
+        WeightTensor(name: name, dtype: .float32, shape: shape, bytes: TensorBytes(floats: rng.floats(elementCount(shape)!, r)))
     }
 
     /// An operand of the op under test: a graph input (declared type and the value to feed) or

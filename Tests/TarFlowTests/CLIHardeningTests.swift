@@ -214,7 +214,7 @@ extension CLIHardeningTests {
     func testWeightCountOfAConfig() throws {
         for c in [TinyModels.config(classes: 0), TinyModels.config(classes: 3),
                   TarFlowConfig(inChannels: 3, imgSize: 16, patchSize: 4, channels: 128, numBlocks: 3, layersPerBlock: 2, nvp: false, numClasses: 5, expansion: 3)] {
-            let listed = Converter.expectedShapes(c).values.reduce(0) { $0 + $1.reduce(1, *) } * 4
+            let listed = Converter.expectedShapes(c).values.reduce(0) { $0 + elementCount($1)! } * 4
             XCTAssertEqual(Converter.expectedWeightBytes(c), listed)
             XCTAssertEqual(c.weightMemoryNeed.bytes, listed)
             XCTAssertNoThrow(try c.weightMemoryNeed.check())

@@ -211,7 +211,7 @@ final class EverydayTests: XCTestCase {
         XCTAssertTrue(lines[0].hasPrefix("\(compiled): "), lines[0])
         XCTAssertTrue(lines[0].contains(ModelReport.grouped(size.intValue) + " bytes"), lines[0])
         let c = try TarFlowConfig(metadata: try ModelFile.read(contentsOf: URL(fileURLWithPath: compiled)).metadata)
-        let params = try ModelFile.read(contentsOf: URL(fileURLWithPath: compiled)).tensors.reduce(0) { $0 + $1.shape.reduce(1, *) }
+        let params = try ModelFile.read(contentsOf: URL(fileURLWithPath: compiled)).tensors.reduce(0) { $0 + elementCount($1.shape)! }
         for part in ["config:     \(c.inChannels)x\(c.imgSize)x\(c.imgSize), patch \(c.patchSize)", "\(c.numClasses) classes",
                      "parameters: \(ModelReport.grouped(params)) in", "dtype:      f32", "graphs:     forward (",
                      "compiled:   forward (batch 1,4)"] {

@@ -94,10 +94,10 @@ extension CLIHardeningTests {
         p.beginStateDict()
         var entries: [StoredZip.Entry] = []
         for (i, (tensor, shape)) in shapes.enumerated() {
-            var numel = shape.reduce(1, *), size = shape
+            var numel = elementCount(shape)!, size = shape
             var entry: StoredZip.Entry?
             if tensor == name { entry = edit?(&numel, &size) }
-            let stride = size.indices.map { size[($0 + 1)...].reduce(1, *) }
+            let stride = size.indices.map { elementCount(size[($0 + 1)...])! }
             p.tensor(tensor, storage: "\(i)", type: "FloatStorage", numel: numel, offset: 0, size: size, stride: stride)
             if let entry {
                 entries.append(StoredZip.Entry(name: "archive/data/\(i)", method: entry.method, crc: entry.crc, data: entry.data, size: entry.size))

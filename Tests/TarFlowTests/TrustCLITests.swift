@@ -94,7 +94,7 @@ extension CLIHardeningTests {
     func testNaNWeightIsAnErrorNamingTheFirstImageAndNothingIsWritten() throws {
         var m = try TinyModels.model(classes: 3)
         let i = try XCTUnwrap(m.tensors.firstIndex { $0.name == "blocks.1.proj_out.bias" })
-        var values = [Float](repeating: 0, count: m.tensors[i].shape.reduce(1, *))
+        var values = [Float](repeating: 0, count: elementCount(m.tensors[i].shape)!)
         values[0] = .nan
         m.tensors[i] = WeightTensor(name: m.tensors[i].name, dtype: .float32, shape: m.tensors[i].shape, bytes: TensorBytes(floats: values))
         let bad = tmp.appendingPathComponent("nan.tflow").path
