@@ -61,26 +61,6 @@ final class IOTests: XCTestCase {
         try FileManager.default.contentsOfDirectory(atPath: scratch.path).filter { $0.contains(".tmp-") }
     }
 
-    // MARK: - Tensor
-
-    func testElementCountGuardsOverflowAndNegatives() {
-        XCTAssertEqual(elementCount([]), 1)
-        XCTAssertEqual(elementCount([2, 0, 5]), 0)
-        XCTAssertEqual(elementCount([2, 3, 4]), 24)
-        XCTAssertNil(elementCount([-1, 3]))
-        XCTAssertNil(elementCount([1 << 32, 1 << 32]))
-    }
-
-    func testConversions() throws {
-        let labels = Tensor(shape: [3], floats: [7, -1, 2])
-        XCTAssertEqual(try labels.asInt64s(), [7, -1, 2])
-        XCTAssertEqual(Tensor(shape: [2], bytes: [7, 255]).floats, [7, 255])
-        XCTAssertEqual(try Tensor(shape: [2], int32s: [-3, 4]).asInt64s(), [-3, 4])
-        XCTAssertEqual(Tensor(shape: [1, 1], doubles: [0.5]).dtype, .float64)
-        assertThrows(TensorFailure.self, { _ = try Tensor(shape: [2], doubles: [1, 1.5]).asInt64s() })
-        assertThrows(TensorFailure.self, { _ = try Tensor(shape: [1], floats: [.nan]).asInt64s() })
-    }
-
     // MARK: - NPY
 
     private func samples(_ element: DType, shape: [Int]) -> Tensor {
