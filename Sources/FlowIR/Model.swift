@@ -102,11 +102,7 @@ public struct WeightTensor: Sendable {
         return dtype.floats(fromLittleEndian: bytes.buffer)
     }
 
-    public func int64s() -> [Int64] {
-        guard dtype == .int64 else { return floats().map { Int64($0) } }
-        let n = bytes.count / 8
-        return (0..<n).map { bytes.pointer.loadUnaligned(fromByteOffset: 8 * $0, as: Int64.self) }
-    }
+    public func int64s() -> [Int64] { tensor().int64s }
 }
 
 /// A metadata value.

@@ -81,7 +81,7 @@ public enum ReferenceInterpreter {
         switch op {
         case .constant(let name):
             guard let t = model.tensor(named: name) else { throw RuntimeError(.missingConstant, "reference: no tensor '\(name)'") }
-            return Operand(shape: t.shape, data: t.dtype == .int64 ? t.int64s().map(Double.init) : t.floats().map(Double.init))
+            return Operand(t.tensor())
         case .full(let v, let shape):
             let s = shape.map { $0.resolved(bindings) ?? 0 }
             return Operand(shape: s, data: [Double](repeating: Double(v), count: count(s)))
