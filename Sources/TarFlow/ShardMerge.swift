@@ -174,16 +174,8 @@ public enum ShardMerge {
     static func concatenate(_ arrays: [Tensor]) -> Tensor {
         let rows = arrays.reduce(0) { $0 + ($1.shape.first ?? 0) }
         let shape = [rows] + Array(arrays[0].shape.dropFirst())
-        func join<T>(_ pick: (Tensor.Storage) -> [T]?) -> [T] { arrays.flatMap { pick($0.storage) ?? [] } }
-        switch arrays[0].storage {
-        case .float32: return Tensor(shape: shape, floats: join { if case .float32(let v) = $0 { return v }; return nil })
-        case .float64: return Tensor(shape: shape, doubles: join { if case .float64(let v) = $0 { return v }; return nil })
-        case .uint8: return Tensor(shape: shape, bytes: join { if case .uint8(let v) = $0 { return v }; return nil })
-        case .int32: return Tensor(shape: shape, int32s: join { if case .int32(let v) = $0 { return v }; return nil })
-        case .int64: return Tensor(shape: shape, int64s: join { if case .int64(let v) = $0 { return v }; return nil })
-        case .float16: return Tensor(shape: shape, storage: .float16(join { if case .float16(let v) = $0 { return v }; return nil }))
-        case .bfloat16: return Tensor(shape: shape, storage: .bfloat16(join { if case .bfloat16(let v) = $0 { return v }; return nil }))
-        }
+        let bytes = arrays.flatMap { $0.littleEndianBytes() }
+        return bytes.withUnsafeBytes { Tensor(shape: shape, dtype: arrays[0].dtype, decoding: $0) }
     }
 }
 
