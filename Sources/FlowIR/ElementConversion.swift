@@ -41,8 +41,8 @@ public func bfloat16Bits(_ x: Float) -> UInt16 {
 }
 
 extension DType {
-    /// Little-endian stored elements of this type as Float: f16 and bf16 widen exactly, int64
-    /// converts to the nearest Float. Trailing bytes short of a whole element are ignored.
+    /// Little-endian stored elements of this type as Float: f16 and bf16 widen exactly, the
+    /// others convert to the nearest Float. Trailing bytes short of a whole element are ignored.
     public func floats(fromLittleEndian raw: UnsafeRawBufferPointer) -> [Float] {
         let n = raw.count / byteSize
         return [Float](unsafeUninitializedCapacity: n) { out, initialized in
@@ -59,6 +59,12 @@ extension DType {
                 for i in 0..<n { out[i] = Float(bfloat16Bits: UInt16(littleEndian: raw.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self))) }
             case .int64:
                 for i in 0..<n { out[i] = Float(Int64(littleEndian: raw.loadUnaligned(fromByteOffset: 8 * i, as: Int64.self))) }
+            case .float64:
+                for i in 0..<n { out[i] = Float(Double(bitPattern: UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: 8 * i, as: UInt64.self)))) }
+            case .uint8:
+                for i in 0..<n { out[i] = Float(raw[i]) }
+            case .int32:
+                for i in 0..<n { out[i] = Float(Int32(littleEndian: raw.loadUnaligned(fromByteOffset: 4 * i, as: Int32.self))) }
             }
             initialized = n
         }

@@ -79,6 +79,19 @@ public struct WeightTensor: Sendable {
         self.layout = layout
     }
 
+    /// A row-major copy of `tensor`'s elements; a dtype no model file stores is refused when
+    /// the model is written (F5).
+    public init(name: String, tensor: Tensor) {
+        let bytes = 1.littleEndian == 1 ? tensor.withUnsafeBytes { TensorBytes(copying: $0) } : TensorBytes(tensor.littleEndianBytes())
+        self.init(name: name, dtype: tensor.dtype, shape: tensor.shape, bytes: bytes)
+    }
+
+    /// The elements as a host tensor, in row-major order whatever the stored layout.
+    public func tensor() -> Tensor {
+        if layout != .rowMajor { return inLayout(.rowMajor).tensor() }
+        return Tensor(shape: shape, dtype: dtype, decoding: bytes.buffer)
+    }
+
     /// The type a `constant` op reading this tensor has.
     public var graphType: TensorType { TensorType(dtype.computeType, shape.map { .fixed($0) }) }
 
@@ -89,11 +102,7 @@ public struct WeightTensor: Sendable {
         return dtype.floats(fromLittleEndian: bytes.buffer)
     }
 
-    public func int64s() -> [Int64] {
-        guard dtype == .int64 else { return floats().map { Int64($0) } }
-        let n = bytes.count / 8
-        return (0..<n).map { bytes.pointer.loadUnaligned(fromByteOffset: 8 * $0, as: Int64.self) }
-    }
+    public func int64s() -> [Int64] { tensor().int64s }
 }
 
 /// A metadata value.

@@ -145,13 +145,7 @@ public enum ModelFile {
     /// Byte size of a tensor-table entry (rule F5), or nil if the shape is invalid or too large.
     static func tableByteCount(_ shape: [Int64], _ dtype: DType) -> Int? {
         guard shape.count <= Verifier.maxRank, shape.allSatisfy({ $0 >= 0 && $0 <= Int64(Verifier.maxDim) }) else { return nil }
-        var n = dtype.byteSize
-        for d in shape {
-            let (p, o) = n.multipliedReportingOverflow(by: Int(d))
-            guard !o, p <= Verifier.maxValueBytes else { return nil }
-            n = p
-        }
-        return n
+        return elementCount([dtype.byteSize] + shape.map { Int($0) }, limit: Verifier.maxValueBytes)
     }
 
     /// Bytes stored for a tensor of `logical` row-major bytes in `layout` (F5; the layout
@@ -169,6 +163,9 @@ public enum ModelFile {
         for t in model.tensors {
             guard !t.name.isEmpty, names.insert(t.name).inserted else {
                 throw IRError(rule: "F5", "tensor name '\(t.name)' is empty or used twice")
+            }
+            guard t.dtype.inModelFile else {
+                throw IRError(rule: "F5", "tensor '\(t.name)': dtype \(t.dtype) is not one of the four a model file stores (f32, f16, bf16, i64)")
             }
             guard let logical = tableByteCount(t.shape.map { Int64($0) }, t.dtype) else {
                 throw IRError(rule: "F5", "tensor '\(t.name)': invalid shape \(t.shape)")

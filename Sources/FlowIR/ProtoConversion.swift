@@ -12,12 +12,15 @@ extension DType {
         }
     }
 
+    /// Host-only dtypes have no proto value: they encode as unspecified, which every reader
+    /// refuses (F5, F10); the writer and verifier refuse them before it comes to that.
     var proto: Flowir_DType {
         switch self {
         case .float32: .float32
         case .float16: .float16
         case .bfloat16: .bfloat16
         case .int64: .int64
+        case .float64, .uint8, .int32: .unspecified
         }
     }
 }

@@ -242,15 +242,8 @@ extension Op {
     /// Whether two shapes have the same element count for every binding of their symbols.
     static func sameElementCount(_ a: [Dim], _ b: [Dim]) -> Bool {
         func split(_ s: [Dim]) -> (Int, [String]) {
-            var p = 1
-            var syms: [String] = []
-            for d in s {
-                switch d {
-                case .fixed(let n): p = p.multipliedReportingOverflow(by: n).overflow ? -1 : p * n
-                case .symbol(let x): syms.append(x)
-                }
-            }
-            return (p, syms.sorted())
+            let syms = s.compactMap { if case .symbol(let x) = $0 { x } else { nil } }
+            return (elementCount(s.compactMap(\.fixedSize)) ?? -1, syms.sorted())
         }
         let (pa, sa) = split(a), (pb, sb) = split(b)
         return pa == pb && pa >= 0 && sa == sb

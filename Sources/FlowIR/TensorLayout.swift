@@ -47,13 +47,7 @@ public enum TensorLayout: String, Sendable, Hashable, CaseIterable, CustomString
     public func storedElements(_ shape: [Int]) -> Int? {
         switch self {
         case .rowMajor:
-            var n = 1
-            for d in shape {
-                let (p, o) = n.multipliedReportingOverflow(by: d)
-                guard !o else { return nil }
-                n = p
-            }
-            return n
+            return elementCount(shape)
         case .panels32:
             let r = Self.panelRows
             let (padded, o1) = ((shape[0] + r - 1) / r).multipliedReportingOverflow(by: r)

@@ -14,15 +14,9 @@ public enum Verifier {
     /// Bytes of the fixed part of `t` (symbols count as 1), or nil if a dim is out of range or
     /// the product passes `maxValueBytes`.
     public static func fixedByteCount(_ t: TensorType) -> Int? {
-        var n = t.dtype.byteSize
-        for d in t.shape {
-            guard case .fixed(let k) = d else { continue }
-            guard k >= 0, k <= maxDim else { return nil }
-            let (p, o) = n.multipliedReportingOverflow(by: k)
-            guard !o, p <= maxValueBytes else { return nil }
-            n = p
-        }
-        return n
+        let fixed = t.shape.compactMap(\.fixedSize)
+        guard fixed.allSatisfy({ $0 <= maxDim }) else { return nil }
+        return elementCount([t.dtype.byteSize] + fixed, limit: maxValueBytes)
     }
 
     /// - Parameter constants: the tensor table (name → type as seen in the graph); when given,
@@ -50,6 +44,10 @@ public enum Verifier {
                 throw IRError(rule: "W11", "value '\(v.name)' of type \(v.type) exceeds the size limit (dims 0...\(maxDim), at most \(maxValueBytes) bytes per batch row)", at: loc)
             }
         }
+        // W9: host-only dtypes (f64, u8, i32) never enter a graph.
+        for v in g.values where !v.type.dtype.inModelFile {
+            throw IRError(rule: "W9", "value '\(v.name)' has dtype \(v.type.dtype), which graphs do not compute with (f32, f16, bf16, i64)", at: loc)
+        }
         // W1: indices in range.
         for v in g.inputs + g.outputs where !inRange(v) {
             throw IRError(rule: "W1", "graph input/output index \(v) out of range (\(nv) values)", at: loc)
@@ -67,7 +65,7 @@ public enum Verifier {
             switch g.values[v].type.dtype {
             case .float32, .int64: break
             case .float16 where g.state.contains(where: { $0.input == v }): break  // a state kept in half precision
-            case .float16, .bfloat16:
+            case .float16, .bfloat16, .float64, .uint8, .int32:
                 throw IRError(rule: "W9", "graph input '\(g.values[v].name)' must be f32 or i64 (f16 only for a state)", at: loc)
             }
         }

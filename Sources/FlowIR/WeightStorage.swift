@@ -30,7 +30,7 @@ extension Model {
     /// constant is f32 in a graph whatever its storage, rule W6), so compiled functions stay
     /// valid; they are dropped all the same, as the caller recompiles for the new storage.
     public func storingLinearWeights(as dtype: DType) throws(IRError) -> Model {
-        guard dtype != .int64 else { throw IRError(rule: "F3", "weights can be stored as f32, f16 or bf16, not \(dtype)") }
+        guard dtype.computeType == .float32, dtype.inModelFile else { throw IRError(rule: "F3", "weights can be stored as f32, f16 or bf16, not \(dtype)") }
         let names = linearWeightNames
         var m = self
         m.compiled = []
@@ -44,7 +44,7 @@ extension Model {
                     for (j, x) in f.enumerated() { out.storeBytes(of: halfBits(x).littleEndian, toByteOffset: 2 * j, as: UInt16.self) }
                 case .bfloat16:
                     for (j, x) in f.enumerated() { out.storeBytes(of: bfloat16Bits(x).littleEndian, toByteOffset: 2 * j, as: UInt16.self) }
-                case .int64:
+                case .int64, .float64, .uint8, .int32:
                     break
                 }
             }

@@ -101,10 +101,7 @@ public final class BatchSplitPlan: @unchecked Sendable {
                 }
                 let bytes = part.byteCount(v)
                 let offset = sliced ? rows[i].lowerBound * (bytes / max(rows[i].count, 1)) : 0
-                switch t.storage {
-                case .float32(let f): f.withUnsafeBytes { part.pointers[v]!.copyMemory(from: $0.baseAddress! + offset, byteCount: bytes) }
-                case .int64(let f): f.withUnsafeBytes { part.pointers[v]!.copyMemory(from: $0.baseAddress! + offset, byteCount: bytes) }
-                }
+                t.withUnsafeBytes { part.pointers[v]!.copyMemory(from: $0.baseAddress! + offset, byteCount: bytes) }
             }
         }
         try run()

@@ -8,26 +8,25 @@ import Glibc
 /// sharing no code with the kernels. Tests check every compiled step against it, and its
 /// results against the float64 yardstick of the fixtures.
 public enum ReferenceInterpreter {
-    /// A dense row-major tensor of Doubles (int64 values are held exactly up to 2^53).
-    public struct RefTensor: Sendable, Equatable {
-        public var shape: [Int]
-        public var data: [Double]
-        public init(shape: [Int], data: [Double]) {
+    /// An operand read once as Doubles (int64 values are held exactly up to 2^53), so the loops
+    /// below index plain arrays; results leave as float64 `Tensor`s.
+    struct Operand {
+        var shape: [Int]
+        var data: [Double]
+        init(shape: [Int], data: [Double]) {
             self.shape = shape
             self.data = data
         }
-        public init(_ t: Tensor) {
+        init(_ t: Tensor) {
             shape = t.shape
-            switch t.storage {
-            case .float32(let f): data = f.map(Double.init)
-            case .int64(let i): data = i.map(Double.init)
-            }
+            data = t.asDoubles()
         }
+        var tensor: Tensor { Tensor(shape: shape, doubles: data) }
     }
 
     /// Evaluates a whole graph; returns every value (nil for values never computed).
-    public static func run(_ g: Graph, model: Model, inputs: [String: RefTensor]) throws -> [RefTensor?] {
-        var vals = [RefTensor?](repeating: nil, count: g.values.count)
+    public static func run(_ g: Graph, model: Model, inputs: [String: Tensor]) throws -> [Tensor?] {
+        var vals = [Tensor?](repeating: nil, count: g.values.count)
         for v in g.inputs {
             guard let t = inputs[g.values[v].name] else { throw RuntimeError(.invalidInput, "reference: missing input '\(g.values[v].name)'") }
             vals[v] = t
@@ -39,7 +38,7 @@ public enum ReferenceInterpreter {
         return vals
     }
 
-    static func bindings(_ g: Graph, _ vals: [RefTensor?]) -> [String: Int] {
+    static func bindings(_ g: Graph, _ vals: [Tensor?]) -> [String: Int] {
         var b: [String: Int] = [:]
         for v in g.inputs {
             guard let t = vals[v] else { continue }
@@ -73,15 +72,19 @@ public enum ReferenceInterpreter {
     }
 
     /// Evaluates one op on reference tensors.
-    public static func evaluate(_ op: Op, _ x: [RefTensor], model: Model, outputType: TensorType, bindings: [String: Int] = [:]) throws -> RefTensor {
-        func count(_ s: [Int]) -> Int { s.reduce(1, *) }
+    public static func evaluate(_ op: Op, _ x: [Tensor], model: Model, outputType: TensorType, bindings: [String: Int] = [:]) throws -> Tensor {
+        try evaluate(op, x.map(Operand.init), model: model, outputType: outputType, bindings: bindings).tensor
+    }
+
+    static func evaluate(_ op: Op, _ x: [Operand], model: Model, outputType: TensorType, bindings: [String: Int]) throws -> Operand {
+        func count(_ s: [Int]) -> Int { elementCount(s) ?? 0 }
         switch op {
         case .constant(let name):
             guard let t = model.tensor(named: name) else { throw RuntimeError(.missingConstant, "reference: no tensor '\(name)'") }
-            return RefTensor(shape: t.shape, data: t.dtype == .int64 ? t.int64s().map(Double.init) : t.floats().map(Double.init))
+            return Operand(t.tensor())
         case .full(let v, let shape):
             let s = shape.map { $0.resolved(bindings) ?? 0 }
-            return RefTensor(shape: s, data: [Double](repeating: Double(v), count: count(s)))
+            return Operand(shape: s, data: [Double](repeating: Double(v), count: count(s)))
         case .add, .sub, .mul, .div:
             let a = x[0], b = x[1]
             let r = max(a.shape.count, b.shape.count)
@@ -101,14 +104,14 @@ public enum ReferenceInterpreter {
                 default: p / q
                 }
             }
-            return RefTensor(shape: so, data: out)
-        case .neg: return RefTensor(shape: x[0].shape, data: x[0].data.map { -$0 })
-        case .exp: return RefTensor(shape: x[0].shape, data: x[0].data.map { Glibc.exp($0) })
-        case .gelu: return RefTensor(shape: x[0].shape, data: x[0].data.map { 0.5 * $0 * (1 + erf($0 / 2.0.squareRoot())) })
-        case .sqrt: return RefTensor(shape: x[0].shape, data: x[0].data.map { $0.squareRoot() })
-        case .log: return RefTensor(shape: x[0].shape, data: x[0].data.map { Glibc.log($0) })
-        case .erf: return RefTensor(shape: x[0].shape, data: x[0].data.map { Glibc.erf($0) })
-        case .scale(let v): return RefTensor(shape: x[0].shape, data: x[0].data.map { Double(v) * $0 })
+            return Operand(shape: so, data: out)
+        case .neg: return Operand(shape: x[0].shape, data: x[0].data.map { -$0 })
+        case .exp: return Operand(shape: x[0].shape, data: x[0].data.map { Glibc.exp($0) })
+        case .gelu: return Operand(shape: x[0].shape, data: x[0].data.map { 0.5 * $0 * (1 + erf($0 / 2.0.squareRoot())) })
+        case .sqrt: return Operand(shape: x[0].shape, data: x[0].data.map { $0.squareRoot() })
+        case .log: return Operand(shape: x[0].shape, data: x[0].data.map { Glibc.log($0) })
+        case .erf: return Operand(shape: x[0].shape, data: x[0].data.map { Glibc.erf($0) })
+        case .scale(let v): return Operand(shape: x[0].shape, data: x[0].data.map { Double(v) * $0 })
         case .linear:
             let w = x[1]
             let n = w.shape[0], k = w.shape[1]
@@ -122,7 +125,7 @@ public enum ReferenceInterpreter {
                     out[r * n + j] = s
                 }
             }
-            return RefTensor(shape: Array(x[0].shape.dropLast()) + [n], data: out)
+            return Operand(shape: Array(x[0].shape.dropLast()) + [n], data: out)
         case .matmul(let ta, let tb):
             let a = x[0], b = x[1]
             let ar = a.shape.count, br = b.shape.count
@@ -151,7 +154,7 @@ public enum ReferenceInterpreter {
                     }
                 }
             }
-            return RefTensor(shape: bo + [m, n], data: out)
+            return Operand(shape: bo + [m, n], data: out)
         case .layerNorm(let eps):
             let c = x[0].shape.last ?? 1
             var out = x[0].data
@@ -161,7 +164,7 @@ public enum ReferenceInterpreter {
                 let v = row.reduce(0) { $0 + ($1 - mean) * ($1 - mean) } / Double(c)
                 for i in 0..<c { out[r * c + i] = (row[r * c + i] - mean) / (v + Double(eps)).squareRoot() * x[1].data[i] + x[2].data[i] }
             }
-            return RefTensor(shape: x[0].shape, data: out)
+            return Operand(shape: x[0].shape, data: out)
         case .softmax(let axis):
             let s = x[0].shape
             let st = strides(s)
@@ -173,7 +176,7 @@ public enum ReferenceInterpreter {
                 let z = e.reduce(0, +)
                 for (j, p) in idx.enumerated() { out[p] = e[j] / z }
             }
-            return RefTensor(shape: s, data: out)
+            return Operand(shape: s, data: out)
         case .causalMask(let value):
             let s = x[0].shape
             let m = s[s.count - 2], n = s[s.count - 1]
@@ -182,9 +185,9 @@ public enum ReferenceInterpreter {
                 let idx = unravel(i, s)
                 if idx[s.count - 1] > idx[s.count - 2] + n - m { out[i] = Double(value) }
             }
-            return RefTensor(shape: s, data: out)
+            return Operand(shape: s, data: out)
         case .reshape:
-            return RefTensor(shape: outputType.concreteShape(bindings) ?? [], data: x[0].data)
+            return Operand(shape: outputType.concreteShape(bindings) ?? [], data: x[0].data)
         case .transpose(let perm):
             let s = x[0].shape
             let so = perm.map { s[$0] }
@@ -195,11 +198,11 @@ public enum ReferenceInterpreter {
                 for (d, p) in perm.enumerated() { ii[p] = oi[d] }
                 out[i] = x[0].data[ravel(ii, s)]
             }
-            return RefTensor(shape: so, data: out)
+            return Operand(shape: so, data: out)
         case .slice(let axis, let start, let end):
             var so = x[0].shape
             so[axis] = end - start
-            return RefTensor(shape: so, data: (0..<count(so)).map { i in
+            return Operand(shape: so, data: (0..<count(so)).map { i in
                 var idx = unravel(i, so)
                 idx[axis] += start
                 return x[0].data[ravel(idx, x[0].shape)]
@@ -207,7 +210,7 @@ public enum ReferenceInterpreter {
         case .concat(let axis):
             var so = x[0].shape
             so[axis] = x.reduce(0) { $0 + $1.shape[axis] }
-            return RefTensor(shape: so, data: (0..<count(so)).map { i in
+            return Operand(shape: so, data: (0..<count(so)).map { i in
                 var idx = unravel(i, so)
                 var part = 0
                 while idx[axis] >= x[part].shape[axis] {
@@ -218,7 +221,7 @@ public enum ReferenceInterpreter {
             })
         case .flip(let axis):
             let s = x[0].shape
-            return RefTensor(shape: s, data: (0..<count(s)).map { i in
+            return Operand(shape: s, data: (0..<count(s)).map { i in
                 var idx = unravel(i, s)
                 idx[axis] = s[axis] - 1 - idx[axis]
                 return x[0].data[ravel(idx, s)]
@@ -226,7 +229,7 @@ public enum ReferenceInterpreter {
         case .pad(let axis, let before, let after):
             var so = x[0].shape
             so[axis] += before + after
-            return RefTensor(shape: so, data: (0..<count(so)).map { i in
+            return Operand(shape: so, data: (0..<count(so)).map { i in
                 var idx = unravel(i, so)
                 idx[axis] -= before
                 if idx[axis] < 0 || idx[axis] >= x[0].shape[axis] { return 0 }
@@ -243,7 +246,7 @@ public enum ReferenceInterpreter {
                 if r < 0 { r += rows }
                 out += t.data[(r * rs)..<((r + 1) * rs)]
             }
-            return RefTensor(shape: x[1].shape + t.shape.dropFirst(), data: out)
+            return Operand(shape: x[1].shape + t.shape.dropFirst(), data: out)
         case .writeSlice(let axis):
             let s = x[0].shape, u = x[1].shape
             let pd = x[2].data[0]
@@ -256,20 +259,20 @@ public enum ReferenceInterpreter {
                 // An f16 state stores the update rounded to half precision.
                 out[ravel(idx, s)] = outputType.dtype == .float16 ? Double(Float(Float16(Float(x[1].data[i])))) : x[1].data[i]
             }
-            return RefTensor(shape: s, data: out)
+            return Operand(shape: s, data: out)
         case .maskAfter(let value):
             let s = x[0].shape
             let p = x[1].data[0]  // compared as Double: any int64 position is valid
             var out = x[0].data
             for i in out.indices where Double(unravel(i, s)[s.count - 1]) > p { out[i] = Double(value) }
-            return RefTensor(shape: s, data: out)
+            return Operand(shape: s, data: out)
         case .attention(let heads, let scale, let mask, let offsets, let rowScale):
             let q = x[0], k = x[1], v = x[2]
             let d = v.shape.count == 4 ? v.shape[3] : (v.shape[2] - offsets[2]) / heads
-            func tokens(_ t: RefTensor) -> Int { t.shape.count == 4 ? t.shape[2] : t.shape[1] }
+            func tokens(_ t: Operand) -> Int { t.shape.count == 4 ? t.shape[2] : t.shape[1] }
             let (bn, m, n) = (q.shape[0], tokens(q), tokens(k))
             /// Flat index of (batch, token, head, column) in a row-layout or head-major operand.
-            func at(_ t: RefTensor, _ off: Int, _ b: Int, _ i: Int, _ h: Int, _ c: Int) -> Int {
+            func at(_ t: Operand, _ off: Int, _ b: Int, _ i: Int, _ h: Int, _ c: Int) -> Int {
                 t.shape.count == 4 ? ((b * heads + h) * t.shape[2] + i) * d + c : (b * t.shape[1] + i) * t.shape[2] + off + h * d + c
             }
             var next = 3
@@ -304,11 +307,11 @@ public enum ReferenceInterpreter {
                     }
                 }
             }
-            return RefTensor(shape: [bn, m, heads * d], data: out)
+            return Operand(shape: [bn, m, heads * d], data: out)
         case .fusedLinear(let act, let hasBias, let hasResidual):
             var y = try evaluate(.linear, Array(x.prefix(hasBias ? 3 : 2)), model: model, outputType: outputType, bindings: bindings)
             if act == .gelu { y = try evaluate(.gelu, [y], model: model, outputType: outputType, bindings: bindings) }
-            if hasResidual { y = RefTensor(shape: y.shape, data: zip(y.data, x[hasBias ? 3 : 2].data).map { $0 + $1 }) }
+            if hasResidual { y = Operand(shape: y.shape, data: zip(y.data, x[hasBias ? 3 : 2].data).map { $0 + $1 }) }
             return y
         case .affineCoupling(let shift, let hasScale, let flip):
             let xs = x[0].shape
@@ -326,7 +329,7 @@ public enum ReferenceInterpreter {
                     }
                 }
             }
-            return RefTensor(shape: xs, data: out)
+            return Operand(shape: xs, data: out)
         case .reduceSum(let axes, let keep), .reduceMean(let axes, let keep):
             let s = x[0].shape
             let kept = s.enumerated().map { axes.contains($0.offset) ? 1 : $0.element }
@@ -341,7 +344,7 @@ public enum ReferenceInterpreter {
                 out = out.map { $0 / n }
             }
             let so = keep ? kept : s.enumerated().filter { !axes.contains($0.offset) }.map(\.element)
-            return RefTensor(shape: so, data: out)
+            return Operand(shape: so, data: out)
         }
     }
 }

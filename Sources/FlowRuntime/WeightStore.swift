@@ -122,8 +122,8 @@ public final class WeightStore: @unchecked Sendable {
                 fk_pack_weights(t.bytes.pointer.assumingMemoryBound(to: Float.self), n, k, p.assumingMemoryBound(to: Float.self))
             }
             result = Packed(pointer: UnsafeRawPointer(p), type: Int32(FK_WEIGHTS_F32), bytes: elements * 4)
-        case .int64:
-            throw RuntimeError(.unsupported, "linear weight '\(name)' is i64")
+        case .int64, .float64, .uint8, .int32:
+            throw RuntimeError(.unsupported, "linear weight '\(name)' is \(t.dtype)")
         }
         stored.bytes.releaseResidentPages()
         packedBytes += result.bytes

@@ -55,18 +55,17 @@ public enum Converter {
     }
 
     public static func convert(tensors: [CheckpointTensor], options: Options) throws -> VerifiedModel {
-        let config = try config(of: tensors.map { CheckpointTensorInfo(name: $0.name, dtype: $0.dtype, shape: $0.shape) }, options: options)
+        let config = try config(of: tensors.map { CheckpointTensorInfo(name: $0.name, dtype: $0.tensor.dtype, shape: $0.tensor.shape) }, options: options)
         var byName: [String: CheckpointTensor] = [:]
         for t in tensors { byName[t.name] = t }
         let expected = expectedShapes(config)
         var weights: [WeightTensor] = []
         for name in expected.keys.sorted() {
-            let t = byName[name]!
-            let dtype = t.dtype
-            if let i = firstNonFinite(t.data, dtype) {
+            let t = byName[name]!.tensor
+            if let i = firstNonFinite(t) {
                 throw TarFlowError.invalidCheckpoint(.nonFiniteWeight(tensor: name, element: i))
             }
-            weights.append(WeightTensor(name: name, dtype: dtype, shape: t.shape, bytes: TensorBytes(t.data)))
+            weights.append(WeightTensor(name: name, tensor: t))
         }
         return try assemble(config: config, weights: weights, noiseStd: options.noiseStd)
     }
@@ -153,20 +152,16 @@ public enum Converter {
         try unverifiedModel(config: config, weights: weights, noiseStd: noiseStd).verified()
     }
 
-    /// Index of the first NaN or infinity of little-endian float32/float16/bfloat16 bytes
-    /// (exponent bits all ones), nil when every element is finite.
-    static func firstNonFinite(_ bytes: [UInt8], _ dtype: DType) -> Int? {
-        switch dtype {
-        case .float32:
-            for i in 0..<(bytes.count / 4) where bytes[4 * i + 3] & 0x7F == 0x7F && bytes[4 * i + 2] & 0x80 == 0x80 { return i }
-        case .float16:
-            for i in 0..<(bytes.count / 2) where bytes[2 * i + 1] & 0x7C == 0x7C { return i }
-        case .bfloat16:
-            for i in 0..<(bytes.count / 2) where bytes[2 * i + 1] & 0x7F == 0x7F && bytes[2 * i] & 0x80 == 0x80 { return i }
-        case .int64:
-            return nil
+    /// Index of the first NaN or infinity (half types: exponent bits all ones), nil when every
+    /// element is finite or the tensor holds integers.
+    static func firstNonFinite(_ t: Tensor) -> Int? {
+        switch t.storage {
+        case .float32(let v): v.firstIndex { !$0.isFinite }
+        case .float64(let v): v.firstIndex { !$0.isFinite }
+        case .float16(let v): v.firstIndex { $0 & 0x7C00 == 0x7C00 }
+        case .bfloat16(let v): v.firstIndex { $0 & 0x7F80 == 0x7F80 }
+        case .uint8, .int32, .int64: nil
         }
-        return nil
     }
 
     static func summary(_ c: TarFlowConfig) -> String {

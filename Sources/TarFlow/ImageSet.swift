@@ -87,7 +87,7 @@ public struct ImageSet: Sendable {
         guard FileManager.default.fileExists(atPath: url.path, isDirectory: &isDir) else { throw bad(.noSuchFileOrFolder) }
         if isDir.boolValue { return try ImageFolder.load(contentsOf: url, channels: channels, size: size).images }
         let lower = url.lastPathComponent.lowercased()
-        let array: HostArray
+        let array: Tensor
         var fileCount: Int?
         if lower.hasSuffix(".npy") {
             let r = try NPY.read(contentsOf: url, maxItems: limit)
@@ -116,7 +116,7 @@ public struct ImageSet: Sendable {
         case .uint8(let b):
             set = ImageSet(count: n, channels: channels, size: size, pixels: .integer(b))
         default:
-            throw bad(.imageDType("\(array.element)"))
+            throw bad(.imageDType(array.dtype))
         }
         set.fileCount = fileCount ?? n
         return set
@@ -136,7 +136,7 @@ public struct ImageSet: Sendable {
     /// The first `limit` labels (all when nil) and how many the file holds.
     public static func loadLabels(contentsOf url: URL, limit: Int?) throws -> (labels: [Int], fileCount: Int) {
         let lower = url.lastPathComponent.lowercased()
-        let a: HostArray
+        let a: Tensor
         var fileCount: Int?
         if lower.hasSuffix(".npy") {
             let r = try NPY.read(contentsOf: url, maxItems: limit)
@@ -153,7 +153,7 @@ public struct ImageSet: Sendable {
         case .int64(let v): all = v.map { Int($0) }
         case .int32(let v): all = v.map { Int($0) }
         case .uint8(let v): all = v.map { Int($0) }
-        default: throw TarFlowError.invalidInput(.labelsDType("\(a.element)"), file: url.path)
+        default: throw TarFlowError.invalidInput(.labelsDType(a.dtype), file: url.path)
         }
         return (limit.map { Array(all.prefix($0)) } ?? all, fileCount ?? all.count)
     }

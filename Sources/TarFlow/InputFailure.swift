@@ -80,7 +80,7 @@ public enum InputFailureKind: Sendable, Equatable, CustomStringConvertible {
     /// Image `image` holds a NaN or an infinity (at `element` of the image, when known).
     case imageNotFinite(image: Int, element: Int?)
     /// An image array has element type `dtype`, not float32, float64 or uint8.
-    case imageDType(String)
+    case imageDType(DType)
     /// `labels` labels for `images` images.
     case labelCount(labels: Int, images: Int)
     /// Label `label` is outside 0..<classes and not -1.
@@ -88,7 +88,7 @@ public enum InputFailureKind: Sendable, Equatable, CustomStringConvertible {
     /// A labels array of `shape`, not one-dimensional.
     case labelsRank(shape: [Int])
     /// A labels array of element type `dtype`, not an integer type.
-    case labelsDType(String)
+    case labelsDType(DType)
     /// A batch size below 1.
     case batchSizeNotPositive(Int)
     /// Image `range` is outside the `count` images.
@@ -180,7 +180,7 @@ public enum InputFailureKind: Sendable, Equatable, CustomStringConvertible {
     /// Array `name` of part `path` has `shape`, not `rows` rows (images `images`).
     case rowCount(path: String, name: String, shape: [Int], rows: Int, images: Range<Int>)
     /// Array `name` of part `path` differs in element type or row shape from the first part's.
-    case arrayMismatch(path: String, name: String, dtype: String, shape: [Int], firstDType: String, firstShape: [Int])
+    case arrayMismatch(path: String, name: String, dtype: DType, shape: [Int], firstDType: DType, firstShape: [Int])
     /// A `.safetensors` file this project wrote is incomplete.
     case incompleteSafetensors(SafetensorsDamage)
 
@@ -234,11 +234,11 @@ public enum InputFailureKind: Sendable, Equatable, CustomStringConvertible {
         case let .imageGeometry(c, s, ec, es): "images are \(c)x\(s)x\(s); the model takes \(ec)x\(es)x\(es)"
         case .noImages: "no images"
         case let .imageNotFinite(image, element): "image \(image) contains NaN or Inf" + (element.map { " at element \($0)" } ?? "")
-        case let .imageDType(dtype): "images must be float32, float64 or uint8, are \(dtype)"
+        case let .imageDType(dtype): "images must be float32, float64 or uint8, are \(dtype.rawValue)"
         case let .labelCount(labels, images): "\(labels) labels for \(images) images"
         case let .labelOutOfRange(label, classes): "label \(label) is out of range: use 0...\(classes - 1), or -1 for no label"
         case let .labelsRank(shape): "labels must be 1-D, have shape \(shape)"
-        case let .labelsDType(dtype): "labels must be int64 or int32, are \(dtype)"
+        case let .labelsDType(dtype): "labels must be int64 or int32, are \(dtype.rawValue)"
         case let .batchSizeNotPositive(b): "batch size must be positive, is \(b)"
         case let .rangeOutside(r, count): "range \(r.lowerBound)..<\(r.upperBound) is outside the \(count) images"
         case .noSuchFileOrFolder: "no such file or folder"
@@ -295,7 +295,7 @@ public enum InputFailureKind: Sendable, Equatable, CustomStringConvertible {
         case let .rowCount(path, name, shape, rows, images):
             "\(Self.label(path, name)) has shape \(shape) but the part holds \(rows) image(s) (\(images.lowerBound)..<\(images.upperBound)); the file is damaged"
         case let .arrayMismatch(path, name, dtype, shape, firstDType, firstShape):
-            "\(Self.label(path, name)) is \(dtype) \(shape), the first part's is \(firstDType) \(firstShape)"
+            "\(Self.label(path, name)) is \(dtype.rawValue) \(shape), the first part's is \(firstDType.rawValue) \(firstShape)"
         case let .incompleteSafetensors(damage): "\(damage); the file is not a complete safetensors file"
 
         case let .flagOutOfRange(flag, v, r): "\(flag) \(v) is out of range: use \(r.lowerBound)...\(r.upperBound)"

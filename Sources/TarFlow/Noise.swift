@@ -23,7 +23,7 @@ extension TarFlowModel {
     /// errors name the file.
     public func noise(contentsOf url: URL) throws -> Tensor {
         let a = try NPY.read(contentsOf: url)
-        guard case .float32(let f) = a.storage else { throw TarFlowError.invalidInput(.noiseDType("\(a.element)"), file: url.path) }
+        guard case .float32(let f) = a.storage else { throw TarFlowError.invalidInput(.noiseDType(a.dtype.rawValue), file: url.path) }
         let t = Tensor(shape: a.shape, floats: f)
         do { _ = try checkNoise(t) } catch TarFlowError.invalidInput(let f) { throw TarFlowError.invalidInput(f.located(in: url.path)) }
         return t

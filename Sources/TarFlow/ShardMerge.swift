@@ -27,7 +27,7 @@ public enum ShardMerge {
 
     /// Writes `arrays` to `url` in the format its extension names; with a record (a shard's part)
     /// the record goes with it, without one the file is what the unsharded command writes.
-    public static func write(_ arrays: [(name: String, array: HostArray)], record: RunRecord?, to url: URL) throws {
+    public static func write(_ arrays: [(name: String, array: Tensor)], record: RunRecord?, to url: URL) throws {
         switch try PartFormat(path: url.path) {
         case .npy:
             guard arrays.count == 1 else { throw TarFlowError.invalidInput(.npyArrayCount(arrays.count), file: url.path) }
@@ -44,7 +44,7 @@ public enum ShardMerge {
     public struct Part: Sendable {
         public var path: String
         public var format: PartFormat
-        public var arrays: [(name: String, array: HostArray)]
+        public var arrays: [(name: String, array: Tensor)]
         public var record: RunRecord
     }
 
@@ -78,7 +78,7 @@ public enum ShardMerge {
     /// The joined run: arrays in the parts' order and the record fields they share.
     public struct Merged: Sendable {
         public var format: PartFormat
-        public var arrays: [(name: String, array: HostArray)]
+        public var arrays: [(name: String, array: Tensor)]
         public var record: RunRecord
         /// Images of the whole run.
         public var count: Int { record.runEnd - record.runStart }
@@ -118,7 +118,7 @@ public enum ShardMerge {
 
         // The same arrays in every part, each with one row per image.
         let names = first.arrays.map(\.name)
-        var columns: [[HostArray]] = names.map { _ in [] }
+        var columns: [[Tensor]] = names.map { _ in [] }
         for p in parts {
             guard p.arrays.map(\.name) == names else {
                 throw TarFlowError.invalidInput(.differentArrays(path: p.path, names: p.arrays.map(\.name), firstPath: first.path, firstNames: names))
@@ -129,8 +129,8 @@ public enum ShardMerge {
                     throw TarFlowError.invalidInput(.rowCount(path: p.path, name: name, shape: a.shape, rows: rows, images: p.record.start..<p.record.end))
                 }
                 let f = first.arrays[i].array
-                guard a.element == f.element, Array(a.shape.dropFirst()) == Array(f.shape.dropFirst()) else {
-                    throw TarFlowError.invalidInput(.arrayMismatch(path: p.path, name: name, dtype: "\(a.element)", shape: a.shape, firstDType: "\(f.element)", firstShape: f.shape))
+                guard a.dtype == f.dtype, Array(a.shape.dropFirst()) == Array(f.shape.dropFirst()) else {
+                    throw TarFlowError.invalidInput(.arrayMismatch(path: p.path, name: name, dtype: a.dtype, shape: a.shape, firstDType: f.dtype, firstShape: f.shape))
                 }
                 columns[i].append(a)
             }
@@ -171,17 +171,11 @@ public enum ShardMerge {
     }
 
     /// Arrays of one element type and trailing shape, stacked along axis 0.
-    static func concatenate(_ arrays: [HostArray]) -> HostArray {
+    static func concatenate(_ arrays: [Tensor]) -> Tensor {
         let rows = arrays.reduce(0) { $0 + ($1.shape.first ?? 0) }
         let shape = [rows] + Array(arrays[0].shape.dropFirst())
-        func join<T>(_ pick: (HostArray.Storage) -> [T]?) -> [T] { arrays.flatMap { pick($0.storage) ?? [] } }
-        switch arrays[0].storage {
-        case .float32: return HostArray(shape: shape, floats: join { if case .float32(let v) = $0 { return v }; return nil })
-        case .float64: return HostArray(shape: shape, doubles: join { if case .float64(let v) = $0 { return v }; return nil })
-        case .uint8: return HostArray(shape: shape, bytes: join { if case .uint8(let v) = $0 { return v }; return nil })
-        case .int32: return HostArray(shape: shape, int32s: join { if case .int32(let v) = $0 { return v }; return nil })
-        case .int64: return HostArray(shape: shape, int64s: join { if case .int64(let v) = $0 { return v }; return nil })
-        }
+        let bytes = arrays.flatMap { $0.littleEndianBytes() }
+        return bytes.withUnsafeBytes { Tensor(shape: shape, dtype: arrays[0].dtype, decoding: $0) }
     }
 }
 
@@ -189,7 +183,7 @@ public enum ShardMerge {
 /// I32, I64) with their `__metadata__`, arrays in data order, which is the order
 /// `SafetensorsWriter` was given them. (Checkpoints go through `CheckpointSafetensors`.)
 public enum SafetensorsReader {
-    public static func read(contentsOf url: URL) throws -> (arrays: [(name: String, array: HostArray)], metadata: [String: String]) {
+    public static func read(contentsOf url: URL) throws -> (arrays: [(name: String, array: Tensor)], metadata: [String: String]) {
         func bad(_ d: InputFailureKind.SafetensorsDamage) -> TarFlowError { .invalidInput(.incompleteSafetensors(d), file: url.path) }
         let bytes = try readFileBytes(at: url, maxBytes: NPY.maxFileBytes)
         guard bytes.count >= 8 else { throw bad(.shorterThanHeaderLength(bytes: bytes.count)) }
@@ -200,7 +194,7 @@ public enum SafetensorsReader {
         guard let root = try? parser.parseDocument(), case .object(let members) = root else { throw bad(.headerNotObject) }
         let dataStart = 8 + n
         var metadata: [String: String] = [:]
-        var entries: [(name: String, begin: Int, array: HostArray)] = []
+        var entries: [(name: String, begin: Int, array: Tensor)] = []
         for (name, value) in members {
             guard case .object(let fields) = value else { throw bad(.entryNotObject(name: name)) }
             if name == "__metadata__" {
@@ -211,17 +205,17 @@ public enum SafetensorsReader {
             guard case .string(let dtype)? = field("dtype"), case .array(let dims)? = field("shape"),
                   case .array(let offsets)? = field("data_offsets"), offsets.count == 2,
                   case .integer(let begin) = offsets[0], case .integer(let end) = offsets[1] else { throw bad(.entryFieldsMissing(name: name)) }
-            guard let element = HostElement.allCases.first(where: { SafetensorsWriter.dtypeName($0) == dtype }) else {
+            guard let element = SafetensorsWriter.readableTypes.first(where: { SafetensorsWriter.dtypeName($0) == dtype }) else {
                 throw bad(.entryDType(name: name, dtype: dtype))
             }
             var shape: [Int] = []
             for d in dims { guard case .integer(let v) = d, v >= 0 else { throw bad(.entryShape(name: name)) }; shape.append(v) }
             guard let count = elementCount(shape), count.multipliedReportingOverflow(by: element.byteSize) == (end - begin, false),
                   begin >= 0, begin <= end, end <= bytes.count - dataStart else { throw bad(.entryOffsets(name: name, begin: begin, end: end, shape: shape, dtype: dtype)) }
-            let storage = bytes.withUnsafeBytes {
-                HostArray.decode(UnsafeRawBufferPointer(rebasing: $0[(dataStart + begin)..<(dataStart + end)]), element: element, count: count, bigEndian: false)
+            let array = bytes.withUnsafeBytes {
+                Tensor(shape: shape, dtype: element, decoding: UnsafeRawBufferPointer(rebasing: $0[(dataStart + begin)..<(dataStart + end)]))
             }
-            entries.append((name, begin, HostArray(shape: shape, storage: storage)))
+            entries.append((name, begin, array))
         }
         let ordered = entries.sorted { ($0.begin, $0.array.byteCount) < ($1.begin, $1.array.byteCount) }
         return (ordered.map { ($0.name, $0.array) }, metadata)

@@ -68,15 +68,7 @@ public struct TarFlowConfig: Sendable, Hashable, Codable {
         // Every size the graphs, the sampler and the I/O derive from the config stays far from
         // overflow: an image and the MLP width fit one dimension (2^31 - 1).
         let limit = Int(Int32.max)
-        func fits(_ xs: Int...) -> Bool {
-            var p = 1
-            for x in xs {
-                let (r, o) = p.multipliedReportingOverflow(by: x)
-                if o || r > limit { return false }
-                p = r
-            }
-            return true
-        }
+        func fits(_ xs: Int...) -> Bool { elementCount(xs, limit: limit) != nil }
         guard fits(inChannels, imgSize, imgSize), fits(channels, expansion), fits(3, channels), fits(numClasses + 1, channels) else {
             throw .invalidConfig(.sizesTooLarge(limit: limit, config: self))
         }
@@ -185,9 +177,7 @@ extension TarFlowConfig {
         // make the runtime allocate more than its weights and batch justify: values without a
         // batch dimension are at most twice the largest weight (flipped or extended tables),
         // per-row values at most 8× the largest activation row (attention scores, MLP, image).
-        func mul(_ xs: Int...) -> Int {
-            xs.reduce(1) { let (p, o) = $0.multipliedReportingOverflow(by: $1); return o ? Int.max : p }
-        }
+        func mul(_ xs: Int...) -> Int { elementCount(xs) ?? Int.max }
         let largestWeight = model.tensors.map { $0.bytes.count / $0.dtype.byteSize }.max() ?? 0
         let fixedLimit = max(mul(8, largestWeight), 1 << 16)
         let T = numPatches, H = max(numHeads, 1)
@@ -237,8 +227,6 @@ public enum TarFlowError: Error, Sendable, CustomStringConvertible, Equatable {
     case idx(IDXFailure)
     /// A safetensors file could not be written.
     case safetensorsWriter(SafetensorsWriterFailure)
-    /// A `HostArray` does not convert as asked (labels that are not whole numbers).
-    case hostArray(HostArrayFailure)
 
     public var description: String {
         switch self {
@@ -254,7 +242,6 @@ public enum TarFlowError: Error, Sendable, CustomStringConvertible, Equatable {
         case .png(let f): "\(f)"
         case .idx(let f): "\(f)"
         case .safetensorsWriter(let f): "\(f)"
-        case .hostArray(let f): "\(f)"
         }
     }
 }

@@ -51,8 +51,8 @@ struct Denoise: ParsableCommand {
             }
             bar.finish()
             let shape = [set.count, set.channels, set.size, set.size]
-            try OutputFormat.write([("images", HostArray(shape: shape, floats: out))], to: output, "-o", allowed: [.npy, .npz])
-            if let saveGrad { try OutputFormat.write([("grad", HostArray(shape: shape, floats: grads))], to: saveGrad, "--save-grad", allowed: [.npy, .npz]) }
+            try OutputFormat.write([("images", Tensor(shape: shape, floats: out))], to: output, "-o", allowed: [.npy, .npz])
+            if let saveGrad { try OutputFormat.write([("grad", Tensor(shape: shape, floats: grads))], to: saveGrad, "--save-grad", allowed: [.npy, .npz]) }
         }
     }
 }
@@ -110,10 +110,10 @@ struct Classify: ParsableCommand {
                 }
             }
             if let save {
-                try ShardMerge.write([("predictions", HostArray(shape: [n], int64s: r.predictions.map(Int64.init)))], record: try record("--save"), to: URL(fileURLWithPath: save))
+                try ShardMerge.write([("predictions", Tensor(shape: [n], int64s: r.predictions.map(Int64.init)))], record: try record("--save"), to: URL(fileURLWithPath: save))
             }
             if let saveLosses {
-                try ShardMerge.write([("losses", HostArray(shape: [n, r.numClasses], floats: r.losses))], record: try record("--save-losses"), to: URL(fileURLWithPath: saveLosses))
+                try ShardMerge.write([("losses", Tensor(shape: [n, r.numClasses], floats: r.losses))], record: try record("--save-losses"), to: URL(fileURLWithPath: saveLosses))
             }
             Summary.classify(count: n, correct: correct, json: common.json)
         }

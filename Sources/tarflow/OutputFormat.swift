@@ -26,7 +26,7 @@ enum OutputFormat: String, CaseIterable {
 
     /// Writes named arrays in the format of `path`: a `.npy` holds the single array, an `.npz`
     /// and a `.safetensors` every array under its name.
-    static func write(_ arrays: [(name: String, array: HostArray)], to path: String, _ flag: String, allowed: [OutputFormat]) throws {
+    static func write(_ arrays: [(name: String, array: Tensor)], to path: String, _ flag: String, allowed: [OutputFormat]) throws {
         let url = URL(fileURLWithPath: path)
         switch try of(path, flag, allowed: allowed) {
         case .npy:

@@ -150,7 +150,7 @@ func writeImages(_ x: Tensor, output: String?, outDir: String?, columns: Int?, n
     if let output {
         let url = URL(fileURLWithPath: output)
         if try OutputFormat.of(output, "-o", allowed: [.npy, .npz, .png]) != .png {
-            try ShardMerge.write([("images", HostArray(shape: x.shape, floats: x.floats))], record: record, to: url)
+            try ShardMerge.write([("images", Tensor(shape: x.shape, floats: x.floats))], record: record, to: url)
         } else {
             guard c == 1 || c == 3 else { throw CLIError.invalidInput("PNG output needs 1 or 3 channels, images have \(c); use .npy") }
             let cols = PNGImage.gridLayout(count: b, height: h, width: w, columns: columns).columns

@@ -181,11 +181,11 @@ struct Likelihood: ParsableCommand {
                 }
                 // float64 figures first (8-byte aligned data), then the float32 tensors.
                 try ShardMerge.write([
-                    ("bits_per_dim", HostArray(shape: [n], doubles: r.bitsPerDim)),
-                    ("nll", HostArray(shape: [n], doubles: r.nll)),
-                    ("z", HostArray(shape: [n, m.config.numPatches, m.config.patchDim], floats: r.z)),
-                    ("logdets", HostArray(shape: [n], floats: r.logdets)),
-                    ("bpd", HostArray(shape: [n], floats: r.bitsPerDim.map { Float($0) })),
+                    ("bits_per_dim", Tensor(shape: [n], doubles: r.bitsPerDim)),
+                    ("nll", Tensor(shape: [n], doubles: r.nll)),
+                    ("z", Tensor(shape: [n, m.config.numPatches, m.config.patchDim], floats: r.z)),
+                    ("logdets", Tensor(shape: [n], floats: r.logdets)),
+                    ("bpd", Tensor(shape: [n], floats: r.bitsPerDim.map { Float($0) })),
                 ], record: record, to: URL(fileURLWithPath: save))
             }
             try Summary.likelihood(r, json: common.json)

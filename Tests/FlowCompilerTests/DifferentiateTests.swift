@@ -12,7 +12,6 @@ import XCTest
 /// to 1e-6 relative. The same gradient graph also goes through the compiler and the float32
 /// executor, which must agree with the Double gradients to float32 accuracy.
 final class DifferentiateTests: XCTestCase {
-    typealias Ref = ReferenceInterpreter.RefTensor
 
     // MARK: - Harness
 
@@ -59,7 +58,7 @@ final class DifferentiateTests: XCTestCase {
     struct Problem {
         var graph: Graph
         var model: Model
-        var inputs: [String: Ref]
+        var inputs: [String: Tensor]
         var wrt: [String]
     }
 
@@ -74,7 +73,7 @@ final class DifferentiateTests: XCTestCase {
         var rng = RNG(seed)
         var tensors: [WeightTensor] = constants.keys.sorted().map { name in
             let s = constants[name]!
-            return Self.weight(name, s, rng.floats(s.reduce(1, *)))
+            return Self.weight(name, s, rng.floats(elementCount(s)!))
         }
         func types() -> [String: TensorType] { Dictionary(uniqueKeysWithValues: tensors.map { ($0.name, $0.graphType) }) }
         // A first build only to learn the result's type.
@@ -82,7 +81,7 @@ final class DifferentiateTests: XCTestCase {
         let probeResult = try build(probe, inputs.map { probe.input($0.name, TensorType($0.dtype, $0.shape)) })
         let resultType = probe.type(probeResult)
         let fixedShape = resultType.concreteShape([:])
-        if let fixedShape { tensors.append(Self.weight("proj", fixedShape, rng.floats(fixedShape.reduce(1, *)))) }
+        if let fixedShape { tensors.append(Self.weight("proj", fixedShape, rng.floats(elementCount(fixedShape)!))) }
 
         let b = GraphBuilder(name: "check", constants: types())
         let ids = inputs.map { b.input($0.name, TensorType($0.dtype, $0.shape)) }
@@ -94,24 +93,24 @@ final class DifferentiateTests: XCTestCase {
         b.rename(loss, "loss")
         b.output(loss)
 
-        var values: [String: Ref] = [:]
+        var values: [String: Tensor] = [:]
         for i in inputs {
             let shape = i.shape.map { $0.resolved(bindings)! }
             values[i.name] = i.dtype == .int64
-                ? Ref(shape: shape, data: i.ints.map(Double.init))
-                : Ref(shape: shape, data: rng.floats(shape.reduce(1, *), i.range))
+                ? Tensor(shape: shape, doubles: i.ints.map(Double.init))
+                : Tensor(shape: shape, doubles: rng.floats(elementCount(shape)!, i.range))
         }
         if fixedShape == nil {
             let shape = resultType.concreteShape(bindings)!
-            values["proj"] = Ref(shape: shape, data: rng.floats(shape.reduce(1, *)))
+            values["proj"] = Tensor(shape: shape, doubles: rng.floats(elementCount(shape)!))
         }
         return Problem(graph: b.graph, model: Model(graphs: [b.graph], tensors: tensors, metadata: [:]), inputs: values,
                        wrt: inputs.filter { $0.dtype == .float32 && $0.wrt }.map(\.name))
     }
 
-    static func loss(_ g: Graph, _ p: Problem, _ inputs: [String: Ref]) throws -> Double {
+    static func loss(_ g: Graph, _ p: Problem, _ inputs: [String: Tensor]) throws -> Double {
         let vals = try ReferenceInterpreter.run(g, model: p.model, inputs: inputs)
-        return vals[g.value(named: "loss")!]!.data[0]
+        return vals[g.value(named: "loss")!]!.asDoubles()[0]
     }
 
     /// Analytic gradients (reference interpreter on the gradient graph) against central
@@ -121,27 +120,30 @@ final class DifferentiateTests: XCTestCase {
         let gg = try Differentiate.gradientGraph(p.graph, of: "loss", wrt: p.wrt, constants: p.model.constantTypes)
         XCTAssertEqual(gg.outputs.map { gg.values[$0].name }, ["loss"] + p.wrt.map { "grad.\($0)" }, label, file: file, line: line)
         let vals = try ReferenceInterpreter.run(gg, model: p.model, inputs: p.inputs)
-        XCTAssertEqual(vals[gg.value(named: "loss")!]!.data[0], try Self.loss(p.graph, p, p.inputs), accuracy: 1e-12, label, file: file, line: line)
+        XCTAssertEqual(vals[gg.value(named: "loss")!]!.asDoubles()[0], try Self.loss(p.graph, p, p.inputs), accuracy: 1e-12, label, file: file, line: line)
 
         let h = 1e-6
         var rng = RNG(label.utf8.reduce(0) { $0 &* 31 &+ UInt64($1) })
-        var analytic: [String: Ref] = [:]
+        var analytic: [String: Tensor] = [:]
         for w in p.wrt {
             let grad = vals[gg.value(named: "grad.\(w)")!]!
             analytic[w] = grad
             let x = p.inputs[w]!
             XCTAssertEqual(grad.shape, x.shape, "\(label): grad.\(w) shape", file: file, line: line)
-            var probes = Array(x.data.indices)
+            var probes = Array(x.asDoubles().indices)
             if probes.count > maxProbes {
                 for i in 0..<maxProbes { probes.swapAt(i, i + rng.int(0...(probes.count - 1 - i))) }
                 probes = Array(probes.prefix(maxProbes))
             }
             for i in probes {
                 var plus = p.inputs, minus = p.inputs
-                plus[w]!.data[i] += h
-                minus[w]!.data[i] -= h
+                var v = x.asDoubles()
+                v[i] = x.asDoubles()[i] + h
+                plus[w] = Tensor(shape: x.shape, doubles: v)
+                v[i] = x.asDoubles()[i] - h
+                minus[w] = Tensor(shape: x.shape, doubles: v)
                 let numeric = (try Self.loss(p.graph, p, plus) - Self.loss(p.graph, p, minus)) / (2 * h)
-                let a = grad.data[i]
+                let a = grad.asDoubles()[i]
                 XCTAssertLessThanOrEqual(abs(a - numeric), 1e-6 * max(1, abs(numeric)),
                                          "\(label): d loss / d \(w)[\(i)] analytic \(a) vs numeric \(numeric)", file: file, line: line)
             }
@@ -154,18 +156,18 @@ final class DifferentiateTests: XCTestCase {
         for v in gg.inputs {
             let name = gg.values[v].name, r = p.inputs[name]!
             tensors[name] = gg.values[v].type.dtype == .int64
-                ? Tensor(shape: r.shape, int64s: r.data.map { Int64($0) })
-                : Tensor(shape: r.shape, floats: r.data.map { Float($0) })
+                ? Tensor(shape: r.shape, int64s: r.asDoubles().map { Int64($0) })
+                : Tensor(shape: r.shape, floats: r.asDoubles().map { Float($0) })
         }
         let outs = try exec.run(tensors)
-        let refLoss = vals[gg.value(named: "loss")!]!.data[0]
+        let refLoss = vals[gg.value(named: "loss")!]!.asDoubles()[0]
         XCTAssertEqual(Double(outs["loss"]?.floats.first ?? .nan), refLoss, accuracy: 2e-4 * max(1, abs(refLoss)),
                        "\(label): executor loss vs reference", file: file, line: line)
         for (w, ref) in analytic {
             let ours = outs["grad.\(w)"]!
             XCTAssertEqual(ours.shape, ref.shape, "\(label): executor grad.\(w) shape", file: file, line: line)
-            let scale = max(1, ref.data.map(abs).max() ?? 0)
-            let err = maxAbsDifference(ours.floats, ref.data)
+            let scale = max(1, ref.asDoubles().map(abs).max() ?? 0)
+            let err = maxAbsDifference(ours.floats, ref.asDoubles())
             XCTAssertLessThanOrEqual(err, 2e-4 * scale, "\(label): executor grad.\(w) vs reference, error \(err)", file: file, line: line)
         }
     }
@@ -418,10 +420,10 @@ final class DifferentiateTests: XCTestCase {
         let gg = try Differentiate.gradientGraph(b.graph, of: "loss", wrt: ["x", "u"], constants: [:])
         XCTAssertEqual(gg.outputs.map { gg.values[$0].name }, ["other", "loss", "grad.x", "grad.u"])
         let m = Model(graphs: [], tensors: [], metadata: [:])
-        let vals = try ReferenceInterpreter.run(gg, model: m, inputs: ["x": Ref(shape: [2, 2], data: [1, 2, 3, 4]),
-                                                                       "u": Ref(shape: [3], data: [0, 0, 0])])
-        XCTAssertEqual(vals[gg.value(named: "grad.x")!]!, Ref(shape: [2, 2], data: [1, 1, 1, 1]))
-        XCTAssertEqual(vals[gg.value(named: "grad.u")!]!, Ref(shape: [3], data: [0, 0, 0]))
+        let vals = try ReferenceInterpreter.run(gg, model: m, inputs: ["x": Tensor(shape: [2, 2], doubles: [1, 2, 3, 4]),
+                                                                       "u": Tensor(shape: [3], doubles: [0, 0, 0])])
+        XCTAssertEqual(vals[gg.value(named: "grad.x")!]!, Tensor(shape: [2, 2], doubles: [1, 1, 1, 1]))
+        XCTAssertEqual(vals[gg.value(named: "grad.u")!]!, Tensor(shape: [3], doubles: [0, 0, 0]))
         // Nothing off the path was differentiated: no exp' (a mul by `other`) was emitted.
         XCTAssertFalse(gg.nodes.dropFirst(b.graph.nodes.count).contains { $0.inputs.contains(other) })
     }

@@ -8,7 +8,6 @@ import XCTest
 /// writes it) and the exact graph expected after the pass and dead-code elimination; the
 /// reference interpreter gives the same outputs before and after; near misses stay unfused.
 final class FuseAttentionTests: XCTestCase {
-    typealias Ref = ReferenceInterpreter.RefTensor
 
     let B = Dim.batch
     // 2 heads of width 4 (C = 8) over 5 tokens; the KV caches hold 6 tokens.
@@ -28,13 +27,13 @@ final class FuseAttentionTests: XCTestCase {
     /// compares every graph output (float64: the rewrite must not change the math).
     func assertSameOutputs(_ a: Graph, _ b: Graph, batch: Int = 2, position: Int64 = 3, file: StaticString = #filePath, line: UInt = #line) throws {
         var rng = SplitMix(7)
-        var inputs: [String: Ref] = [:]
+        var inputs: [String: Tensor] = [:]
         for v in a.inputs {
             let t = a.values[v].type
             let shape = t.shape.map { $0.fixedSize ?? batch }
-            let n = shape.reduce(1, *)
-            inputs[a.values[v].name] = t.dtype == .int64 ? Ref(shape: shape, data: [Double](repeating: Double(position), count: n))
-                : Ref(shape: shape, data: (0..<n).map { _ in rng.double() })
+            let n = elementCount(shape)!
+            inputs[a.values[v].name] = t.dtype == .int64 ? Tensor(shape: shape, doubles: [Double](repeating: Double(position), count: n))
+                : Tensor(shape: shape, doubles: (0..<n).map { _ in rng.double() })
         }
         let model = Model(graphs: [], tensors: [], metadata: [:])
         let ra = try ReferenceInterpreter.run(a, model: model, inputs: inputs)
@@ -43,7 +42,7 @@ final class FuseAttentionTests: XCTestCase {
         for (oa, ob) in zip(a.outputs, b.outputs) {
             let x = try XCTUnwrap(ra[oa], file: file, line: line), y = try XCTUnwrap(rb[ob], file: file, line: line)
             XCTAssertEqual(x.shape, y.shape, file: file, line: line)
-            let err = maxAbsDifference(x.data, y.data)
+            let err = maxAbsDifference(x.asDoubles(), y.asDoubles())
             XCTAssertLessThan(err, 1e-12, "output \(a.values[oa].name)", file: file, line: line)
         }
     }

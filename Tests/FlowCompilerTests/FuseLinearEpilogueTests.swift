@@ -9,7 +9,6 @@ import XCTest
 /// outputs before and after; a linear whose result is needed elsewhere, or whose sum with the
 /// residual broadcasts, stays unfused.
 final class FuseLinearEpilogueTests: XCTestCase {
-    typealias Ref = ReferenceInterpreter.RefTensor
 
     static let constants: [String: TensorType] = [
         "w": TensorType(.float32, [6, 4]), "b": TensorType(.float32, [6]),
@@ -46,24 +45,24 @@ final class FuseLinearEpilogueTests: XCTestCase {
         }
         let tensors = Self.constants.sorted { $0.key < $1.key }.map { name, t in
             let shape = t.shape.map { $0.fixedSize! }
-            return WeightTensor(name: name, dtype: .float32, shape: shape, bytes: TensorBytes(floats: (0..<shape.reduce(1, *)).map { _ in next() }))
+            return WeightTensor(name: name, dtype: .float32, shape: shape, bytes: TensorBytes(floats: (0..<elementCount(shape)!).map { _ in next() }))
         }
         return Model(graphs: [], tensors: tensors, metadata: [:])
     }()
 
     func assertSameOutputs(_ a: Graph, _ b: Graph, file: StaticString = #filePath, line: UInt = #line) throws {
-        var inputs: [String: Ref] = [:]
+        var inputs: [String: Tensor] = [:]
         for (i, v) in a.inputs.enumerated() {
             let shape = a.values[v].type.shape.map { $0.fixedSize ?? 2 }
-            let n = shape.reduce(1, *)
-            inputs[a.values[v].name] = Ref(shape: shape, data: (0..<n).map { Double(($0 * 7 + i * 3) % 11) / 4 - 1.2 })
+            let n = elementCount(shape)!
+            inputs[a.values[v].name] = Tensor(shape: shape, doubles: (0..<n).map { Double(($0 * 7 + i * 3) % 11) / 4 - 1.2 })
         }
         let ra = try ReferenceInterpreter.run(a, model: model, inputs: inputs)
         let rb = try ReferenceInterpreter.run(b, model: model, inputs: inputs)
         for (oa, ob) in zip(a.outputs, b.outputs) {
             let x = try XCTUnwrap(ra[oa], file: file, line: line), y = try XCTUnwrap(rb[ob], file: file, line: line)
             XCTAssertEqual(x.shape, y.shape, file: file, line: line)
-            XCTAssertLessThan(maxAbsDifference(x.data, y.data), 1e-12, a.values[oa].name, file: file, line: line)
+            XCTAssertLessThan(maxAbsDifference(x.asDoubles(), y.asDoubles()), 1e-12, a.values[oa].name, file: file, line: line)
         }
     }
 

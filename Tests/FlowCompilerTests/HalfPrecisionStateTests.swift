@@ -91,8 +91,7 @@ final class HalfPrecisionStateTests: XCTestCase {
         bound.resetState()
         var rng = SplitMix64(99)
         let g = plan.graph
-        typealias Ref = ReferenceInterpreter.RefTensor
-        var kState = Ref(shape: [3, H, cacheT, d], data: [Double](repeating: 0, count: 3 * H * cacheT * d))
+        var kState = Tensor(shape: [3, H, cacheT, d], doubles: [Double](repeating: 0, count: 3 * H * cacheT * d))
         var vState = kState
         for p in 0..<cacheT {
             let qkv = rng.floats(3 * 3 * C, -1...1)
@@ -101,17 +100,17 @@ final class HalfPrecisionStateTests: XCTestCase {
             try bound.run()
             let got = UnsafeBufferPointer(start: bound.buffer("out")!.pointer.assumingMemoryBound(to: Float.self), count: 3 * C)
             let ref = try ReferenceInterpreter.run(g, model: model, inputs: [
-                "qkv": Ref(shape: [3, 1, 3 * C], data: qkv.map(Double.init)), "pos": Ref(shape: [1], data: [Double(p)]),
+                "qkv": Tensor(shape: [3, 1, 3 * C], doubles: qkv.map(Double.init)), "pos": Tensor(shape: [1], doubles: [Double(p)]),
                 "cache.k": kState, "cache.v": vState,
             ])
             let out = try XCTUnwrap(ref[g.value(named: "out")!])
-            for (a, b) in zip(got, out.data) { XCTAssertEqual(Double(a), b, accuracy: 1e-5, "step \(p)") }
+            for (a, b) in zip(got, out.asDoubles()) { XCTAssertEqual(Double(a), b, accuracy: 1e-5, "step \(p)") }
             XCTAssertFalse(got.contains { !$0.isFinite })
             kState = try XCTUnwrap(ref[g.value(named: "cache.k.next")!])
             vState = try XCTUnwrap(ref[g.value(named: "cache.v.next")!])
             // The executor's cache holds exactly the rounded values the reference stored.
             let kc = bound.read(g.value(named: "cache.k.next")!)
-            XCTAssertEqual(kc.floats.map(Double.init), kState.data, "step \(p)")
+            XCTAssertEqual(kc.floats.map(Double.init), kState.asDoubles(), "step \(p)")
         }
     }
 }

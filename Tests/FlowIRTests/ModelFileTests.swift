@@ -10,7 +10,7 @@ final class ModelFileTests: XCTestCase {
     // MARK: - A model that uses every op, every dtype and every kind of metadata
 
     static func f32Tensor(_ name: String, _ shape: [Int], seed: Int) -> WeightTensor {
-        let n = shape.reduce(1, *)
+        let n = elementCount(shape)!
         let v = (0..<n).map { Float(($0 * 7 + seed * 13) % 23) / 8 - 1.25 }
         return WeightTensor(name: name, dtype: .float32, shape: shape, bytes: TensorBytes(floats: v))
     }

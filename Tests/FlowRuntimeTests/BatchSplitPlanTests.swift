@@ -17,7 +17,7 @@ final class BatchSplitPlanTests: XCTestCase {
     func makeGraph(tokens t: Int = 6) throws -> (ExecutionPlan, Model) {
         let (c, heads) = (32, 2)
         func w(_ name: String, _ shape: [Int]) -> WeightTensor {
-            WeightTensor(name: name, dtype: .float32, shape: shape, bytes: TensorBytes(floats: rng.floats(shape.reduce(1, *), -0.3...0.3)))
+            WeightTensor(name: name, dtype: .float32, shape: shape, bytes: TensorBytes(floats: rng.floats(elementCount(shape)!, -0.3...0.3)))
         }
         let model = Model(graphs: [], tensors: [w("ln.w", [c]), w("ln.b", [c]), w("qkv", [3 * c, c]), w("qkv.b", [3 * c]), w("out", [c, c]),
                                                 w("fc1", [4 * c, c]), w("fc2", [c, 4 * c]), w("emb", [5, c])], metadata: [:])

@@ -9,14 +9,13 @@ import XCTest
 /// Attention and GELU use polynomial exp / erf (relative errors ≈ 2e-7 and 4e-7), so results
 /// must agree within 1e-5 · max(1, |ref|); rows with no visible key must be NaN in both.
 final class FusedKernelsTests: XCTestCase {
-    typealias Ref = ReferenceInterpreter.RefTensor
 
     typealias RNG = SplitMix64
 
     var rng = RNG(0xF05E)
 
     func random(_ shape: [Int], _ r: ClosedRange<Float> = -2...2) -> Tensor {
-        Tensor(shape: shape, floats: rng.floats(shape.reduce(1, *), r))
+        Tensor(shape: shape, floats: rng.floats(elementCount(shape)!, r))
     }
 
     /// An operand: a graph input (leading axis the batch symbol B when `batched`) or a constant.
@@ -38,7 +37,7 @@ final class FusedKernelsTests: XCTestCase {
         }
         let model = Model(graphs: [], tensors: weights, metadata: [:])
         let b = GraphBuilder(name: op.name, constants: model.constantTypes)
-        var ids: [ValueID] = [], refs: [Ref] = [], feeds: [String: Tensor] = [:]
+        var ids: [ValueID] = [], refs: [Tensor] = [], feeds: [String: Tensor] = [:]
         var bindings: [String: Int] = [:]
         for o in operands {
             switch o {
@@ -47,10 +46,10 @@ final class FusedKernelsTests: XCTestCase {
                 if batched { bindings["B"] = t.shape[0] }
                 ids.append(b.input(name, TensorType(t.dtype, shape)))
                 feeds[name] = t
-                refs.append(Ref(t))
+                refs.append(t)
             case .constant(let name, let t):
                 ids.append(try b.constant(name))
-                refs.append(Ref(t))
+                refs.append(t)
             }
         }
         let y = try b.apply(op, inputs: ids, name: "y")
@@ -68,12 +67,12 @@ final class FusedKernelsTests: XCTestCase {
         return try XCTUnwrap(first)
     }
 
-    func assertClose(_ out: Tensor, _ ref: Ref, _ what: String, file: StaticString = #filePath, line: UInt = #line) {
+    func assertClose(_ out: Tensor, _ ref: Tensor, _ what: String, file: StaticString = #filePath, line: UInt = #line) {
         XCTAssertEqual(out.shape, ref.shape, "\(what): shape", file: file, line: line)
-        guard out.count == ref.data.count else { return XCTFail("\(what): \(out.count) vs \(ref.data.count) elements", file: file, line: line) }
+        guard out.count == ref.asDoubles().count else { return XCTFail("\(what): \(out.count) vs \(ref.asDoubles().count) elements", file: file, line: line) }
         var bad: [String] = []
         var worst = 0.0
-        for (i, (a, r)) in zip(out.floats, ref.data).enumerated() {
+        for (i, (a, r)) in zip(out.floats, ref.asDoubles()).enumerated() {
             let ok: Bool
             if r.isNaN || a.isNaN {
                 ok = r.isNaN && a.isNaN
@@ -227,7 +226,7 @@ final class FusedKernelsTests: XCTestCase {
         b.output(try b.apply(.fusedLinear(activation: .none, hasBias: true, hasResidual: true), inputs: [x, try b.constant("w"), try b.constant("b"), r], name: "y"))
         let plan = try Compiler.compile(b.graph, constants: model.constantTypes)
         let xin = random([rows, k]), rin = random([rows, n])
-        let ref = try ReferenceInterpreter.run(b.graph, model: model, inputs: ["x": Ref(xin), "r0": Ref(rin)])
+        let ref = try ReferenceInterpreter.run(b.graph, model: model, inputs: ["x": xin, "r0": rin])
         for threads in [1, 2] {
             let ex = try Executor(plan: plan, model: model, threads: threads)
             let out = try XCTUnwrap(try ex.run(["x": xin, "r0": rin])["y"])
@@ -298,7 +297,7 @@ final class FusedKernelsTests: XCTestCase {
         let (yp, shape) = try XCTUnwrap(bound.buffer("y"))
         XCTAssertEqual(shape, [2, 4, 8])
         let y = Tensor(shape: shape, floats: Array(UnsafeBufferPointer(start: yp.assumingMemoryBound(to: Float.self), count: 64)))
-        let ref = try ReferenceInterpreter.run(b.graph, model: model, inputs: ["x": Ref(xin)])
+        let ref = try ReferenceInterpreter.run(b.graph, model: model, inputs: ["x": xin])
         assertClose(y, try XCTUnwrap(ref[b.graph.value(named: "y")!]), "bound plan without its executor")
     }
 }

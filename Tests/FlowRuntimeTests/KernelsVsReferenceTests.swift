@@ -10,7 +10,6 @@ import XCTest
 /// (relative for |y| ≥ 1, absolute below), with one thread and with three. Also: state kept
 /// across runs, input validation, several batch sizes on one executor.
 final class KernelsVsReferenceTests: XCTestCase {
-    typealias Ref = ReferenceInterpreter.RefTensor
 
     // MARK: - Harness
 
@@ -19,11 +18,11 @@ final class KernelsVsReferenceTests: XCTestCase {
     var rng = RNG(0x5EED)
 
     func random(_ shape: [Int], _ r: ClosedRange<Float> = -2...2) -> Tensor {
-        Tensor(shape: shape, floats: rng.floats(shape.reduce(1, *), r))
+        Tensor(shape: shape, floats: rng.floats(elementCount(shape)!, r))
     }
 
     func weight(_ name: String, _ shape: [Int], _ r: ClosedRange<Float> = -1...1) -> WeightTensor {
-        WeightTensor(name: name, dtype: .float32, shape: shape, bytes: TensorBytes(floats: rng.floats(shape.reduce(1, *), r)))
+        WeightTensor(name: name, dtype: .float32, shape: shape, bytes: TensorBytes(floats: rng.floats(elementCount(shape)!, r)))
     }
 
     /// An operand of the op under test: a graph input (declared type and the value to feed) or
@@ -58,7 +57,7 @@ final class KernelsVsReferenceTests: XCTestCase {
         let b = GraphBuilder(name: op.name, constants: model.constantTypes)
         var feeds: [String: Tensor] = [:]
         var ids: [ValueID] = []
-        var refs: [Ref] = []
+        var refs: [Tensor] = []
         var bindings: [String: Int] = [:]
         for o in operands + extra {
             guard case .input(_, let t, let v) = o else { continue }
@@ -69,7 +68,7 @@ final class KernelsVsReferenceTests: XCTestCase {
             case .input(let name, let t, let v):
                 ids.append(b.input(name, t))
                 feeds[name] = v
-                refs.append(Ref(v))
+                refs.append(v)
             case .constant(let w):
                 ids.append(try b.constant(w.name))
                 refs.append(try ReferenceInterpreter.evaluate(.constant(tensor: w.name), [], model: model, outputType: w.graphType))
@@ -93,15 +92,15 @@ final class KernelsVsReferenceTests: XCTestCase {
         return outs[0]
     }
 
-    func assertMatches(_ out: Tensor, _ ref: Ref, _ accuracy: Accuracy, _ what: String, file: StaticString = #filePath, line: UInt = #line) {
+    func assertMatches(_ out: Tensor, _ ref: Tensor, _ accuracy: Accuracy, _ what: String, file: StaticString = #filePath, line: UInt = #line) {
         XCTAssertEqual(out.shape, ref.shape, "\(what): shape", file: file, line: line)
-        guard out.count == ref.data.count else { return XCTFail("\(what): \(out.count) vs \(ref.data.count) elements", file: file, line: line) }
+        guard out.count == ref.asDoubles().count else { return XCTFail("\(what): \(out.count) vs \(ref.asDoubles().count) elements", file: file, line: line) }
         if case .int64(let i) = out.storage {
-            XCTAssertEqual(i.map(Double.init), ref.data, what, file: file, line: line)
+            XCTAssertEqual(i.map(Double.init), ref.asDoubles(), what, file: file, line: line)
             return
         }
         var bad: [String] = []
-        for (i, (a, r)) in zip(out.floats, ref.data).enumerated() {
+        for (i, (a, r)) in zip(out.floats, ref.asDoubles()).enumerated() {
             let ok: Bool
             switch accuracy {
             case .exact:
@@ -310,7 +309,7 @@ final class KernelsVsReferenceTests: XCTestCase {
             assertRuntimeError(try ex.run(["i": Tensor(shape: [2], int64s: [0, bad])]),
                                says: "gather: index \(bad) out of range for a table of 5 rows")
             // The reference refuses too, and the executor still runs valid indices afterwards.
-            XCTAssertThrowsError(try ReferenceInterpreter.run(b.graph, model: model, inputs: ["i": Ref(shape: [1], data: [Double(bad)])]))
+            XCTAssertThrowsError(try ReferenceInterpreter.run(b.graph, model: model, inputs: ["i": Tensor(shape: [1], doubles: [Double(bad)])]))
             XCTAssertEqual(try ex.run(["i": Tensor(shape: [2], int64s: [4, -5])])["y"]?.shape, [2, 3])
         }
     }
@@ -338,7 +337,7 @@ final class KernelsVsReferenceTests: XCTestCase {
             var f = feeds
             f["p"] = Tensor(shape: [1], int64s: [bad])
             assertRuntimeError(try ex.run(f), says: "write_slice: position \(bad) + 2 is outside 0..<6")
-            XCTAssertThrowsError(try ReferenceInterpreter.run(b.graph, model: model, inputs: f.mapValues { Ref($0) }), "reference, position \(bad)")
+            XCTAssertThrowsError(try ReferenceInterpreter.run(b.graph, model: model, inputs: f.mapValues { $0 }), "reference, position \(bad)")
         }
         var f = feeds
         f["p"] = Tensor(shape: [1], int64s: [4])
@@ -402,7 +401,7 @@ final class KernelsVsReferenceTests: XCTestCase {
         let ex = try Executor(plan: plan, model: model)
         let xin = random([2, 3, 4])
         let out = try ex.run(["x": xin])
-        let ref = try ReferenceInterpreter.run(b.graph, model: model, inputs: ["x": Ref(xin)])
+        let ref = try ReferenceInterpreter.run(b.graph, model: model, inputs: ["x": xin])
         assertMatches(try XCTUnwrap(out["y"]), try XCTUnwrap(ref[b.graph.value(named: "y")!]), .within(1e-6), "y")
         assertMatches(try XCTUnwrap(out["fill"]), try XCTUnwrap(ref[b.graph.value(named: "fill")!]), .exact, "fill")
     }
@@ -511,7 +510,7 @@ final class KernelsVsReferenceTests: XCTestCase {
             let xin = random([batch, 3, 4])
             let out = try XCTUnwrap(try ex.run(["x": xin])["y"])
             XCTAssertEqual(out.shape, [batch, 6])
-            let ref = try ReferenceInterpreter.run(bld.graph, model: model, inputs: ["x": Ref(xin)])
+            let ref = try ReferenceInterpreter.run(bld.graph, model: model, inputs: ["x": xin])
             assertMatches(out, try XCTUnwrap(ref[yid]), .within(1e-5), "B = \(batch)")
         }
         let b2 = try ex.bind(["B": 2]), b5 = try ex.bind(["B": 5])

@@ -21,7 +21,7 @@ public enum PlanChecker {
         let end = p.steps.count
         var bad: [String] = []
         func name(_ v: ValueID) -> String { "'\(g.values[v].name)'" }
-        func bytes(_ v: ValueID) -> Int { shapes[v].reduce(1, *) * (g.values[v].type.dtype == .int64 ? 8 : 4) }
+        func bytes(_ v: ValueID) -> Int { elementCount(shapes[v])! * (g.values[v].type.dtype == .int64 ? 8 : 4) }
 
         var def = [Int?](repeating: nil, count: g.values.count)
         var producer = [Int?](repeating: nil, count: g.values.count)

@@ -38,13 +38,13 @@ final class CLIHardeningTests: XCTestCase {
 
     func npy(_ name: String, shape: [Int], _ values: [Float]) throws -> String {
         let url = tmp.appendingPathComponent(name)
-        try NPY.write(HostArray(shape: shape, floats: values), to: url)
+        try NPY.write(Tensor(shape: shape, floats: values), to: url)
         return url.path
     }
 
     func labels(_ name: String, _ values: [Int64]) throws -> String {
         let url = tmp.appendingPathComponent(name)
-        try NPY.write(HostArray(shape: [values.count], int64s: values), to: url)
+        try NPY.write(Tensor(shape: [values.count], int64s: values), to: url)
         return url.path
     }
 
@@ -56,7 +56,7 @@ final class CLIHardeningTests: XCTestCase {
         XCTAssertEqual(x.shape, [2, 1, 4, 4])
         // The tiny model's samples reach beyond ±4, which images may not (issue 12): clamped
         // to model space they are images again.
-        guard case .float32(let f) = x.storage else { return XCTFail("\(x.element)") }
+        guard case .float32(let f) = x.storage else { return XCTFail("\(x.dtype)") }
         let images = try npy("clamped.npy", shape: x.shape, f.map { min(max($0, -1), 1) })
         let l = try tarflow(["likelihood", uncond, "--images", images, "--json"])
         XCTAssertEqual(l.status, 0, l.err)
@@ -214,7 +214,7 @@ extension CLIHardeningTests {
     func testWeightCountOfAConfig() throws {
         for c in [TinyModels.config(classes: 0), TinyModels.config(classes: 3),
                   TarFlowConfig(inChannels: 3, imgSize: 16, patchSize: 4, channels: 128, numBlocks: 3, layersPerBlock: 2, nvp: false, numClasses: 5, expansion: 3)] {
-            let listed = Converter.expectedShapes(c).values.reduce(0) { $0 + $1.reduce(1, *) } * 4
+            let listed = Converter.expectedShapes(c).values.reduce(0) { $0 + elementCount($1)! } * 4
             XCTAssertEqual(Converter.expectedWeightBytes(c), listed)
             XCTAssertEqual(c.weightMemoryNeed.bytes, listed)
             XCTAssertNoThrow(try c.weightMemoryNeed.check())

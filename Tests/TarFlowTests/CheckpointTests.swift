@@ -25,10 +25,9 @@ final class CheckpointTests: XCTestCase {
                     XCTFail("\(name): \(tensor.name) missing from safetensors")
                     continue
                 }
-                XCTAssertEqual(tensor.dtype, other.dtype, "\(name) \(tensor.name)")
-                XCTAssertEqual(tensor.shape, other.shape, "\(name) \(tensor.name)")
-                XCTAssertEqual(tensor.data.count, tensor.elementCount * tensor.dtype.byteSize, "\(name) \(tensor.name)")
-                XCTAssertTrue(tensor.data == other.data, "\(name) \(tensor.name): bytes differ")
+                XCTAssertEqual(tensor.tensor.dtype, other.tensor.dtype, "\(name) \(tensor.name)")
+                XCTAssertEqual(tensor.tensor.shape, other.tensor.shape, "\(name) \(tensor.name)")
+                XCTAssertTrue(tensor.tensor.littleEndianBytes() == other.tensor.littleEndianBytes(), "\(name) \(tensor.name): bytes differ")
             }
         }
     }
@@ -36,7 +35,7 @@ final class CheckpointTests: XCTestCase {
     func testFixtureShapesAndOrder() throws {
         func shapes(_ name: String, _ file: String = "model.pth") throws -> (order: [String], shapes: [String: [Int]]) {
             let tensors = try Checkpoint.read(contentsOf: Self.fixtures.appendingPathComponent(name).appendingPathComponent(file))
-            return (tensors.map(\.name), Dictionary(uniqueKeysWithValues: tensors.map { ($0.name, $0.shape) }))
+            return (tensors.map(\.name), Dictionary(uniqueKeysWithValues: tensors.map { ($0.name, $0.tensor.shape) }))
         }
         let tiny = try shapes("tiny_uncond")
         // state_dict order: the prior's `var` buffer is registered before the blocks.
@@ -71,9 +70,9 @@ final class CheckpointTests: XCTestCase {
         let tensors = try Checkpoint.read(contentsOf: Self.fixtures.appendingPathComponent("tiny_uncond/model.pth"))
         let byName = Dictionary(uniqueKeysWithValues: tensors.map { ($0.name, $0) })
         // The causal mask buffer is lower-triangular ones.
-        let variance = try XCTUnwrap(byName["var"]).floats()
+        let variance = try XCTUnwrap(byName["var"]).tensor.floats
         XCTAssertEqual(variance.count, 16 * 12)
-        let mask = try XCTUnwrap(byName["blocks.0.attn_mask"]).floats()
+        let mask = try XCTUnwrap(byName["blocks.0.attn_mask"]).tensor.floats
         XCTAssertEqual(mask.count, 256)
         for i in 0..<16 {
             for j in 0..<16 { XCTAssertEqual(mask[i * 16 + j], j <= i ? 1 : 0, "mask[\(i),\(j)]") }
@@ -106,24 +105,21 @@ final class CheckpointTests: XCTestCase {
         let tensors = try Checkpoint.read(contentsOf: url)
         XCTAssertEqual(tensors.map(\.name), ["plain", "transposed", "tail", "expanded", "scalar", "half", "bf16", "long", "param"])
         let t = Dictionary(uniqueKeysWithValues: tensors.map { ($0.name, $0) })
-        XCTAssertEqual(t["plain"]?.floats(), [0, 1, 2, 3, 4, 5])
-        XCTAssertEqual(t["transposed"]?.shape, [3, 2])
-        XCTAssertEqual(t["transposed"]?.floats(), [0, 3, 1, 4, 2, 5])
-        XCTAssertEqual(t["tail"]?.floats(), [4, 5])
-        XCTAssertEqual(t["expanded"]?.floats(), [1, 2, 1, 2])
-        XCTAssertEqual(t["scalar"]?.shape, [])
-        XCTAssertEqual(t["scalar"]?.floats(), [5])
-        XCTAssertEqual(t["half"]?.dtype, .float16)
-        XCTAssertEqual(t["half"]?.floats(), [1, -2, 65504])
-        XCTAssertEqual(t["bf16"]?.dtype, .bfloat16)
-        XCTAssertEqual(t["bf16"]?.floats(), [1, -3])
-        XCTAssertEqual(t["long"]?.dtype, .int64)
-        XCTAssertEqual(t["long"]?.shape, [2, 1])
-        XCTAssertEqual(t["long"]?.floats(), [5, -1])
-        XCTAssertEqual(t["param"]?.floats(), [2, 4])
-        for tensor in tensors {
-            XCTAssertEqual(tensor.data.count, tensor.elementCount * tensor.dtype.byteSize, tensor.name)
-        }
+        XCTAssertEqual(t["plain"]?.tensor.floats, [0, 1, 2, 3, 4, 5])
+        XCTAssertEqual(t["transposed"]?.tensor.shape, [3, 2])
+        XCTAssertEqual(t["transposed"]?.tensor.floats, [0, 3, 1, 4, 2, 5])
+        XCTAssertEqual(t["tail"]?.tensor.floats, [4, 5])
+        XCTAssertEqual(t["expanded"]?.tensor.floats, [1, 2, 1, 2])
+        XCTAssertEqual(t["scalar"]?.tensor.shape, [])
+        XCTAssertEqual(t["scalar"]?.tensor.floats, [5])
+        XCTAssertEqual(t["half"]?.tensor.dtype, .float16)
+        XCTAssertEqual(t["half"]?.tensor.floats, [1, -2, 65504])
+        XCTAssertEqual(t["bf16"]?.tensor.dtype, .bfloat16)
+        XCTAssertEqual(t["bf16"]?.tensor.floats, [1, -3])
+        XCTAssertEqual(t["long"]?.tensor.dtype, .int64)
+        XCTAssertEqual(t["long"]?.tensor.shape, [2, 1])
+        XCTAssertEqual(t["long"]?.tensor.floats, [5, -1])
+        XCTAssertEqual(t["param"]?.tensor.floats, [2, 4])
     }
 
     func testViewOutsideStorageIsRefused() throws {
@@ -298,15 +294,15 @@ final class CheckpointTests: XCTestCase {
                        + floatBytes([0.5]))
         let tensors = try Checkpoint.read(contentsOf: url)
         XCTAssertEqual(tensors.map(\.name), ["z", "a", "m", "e", "s"])
-        XCTAssertEqual(tensors[0].floats(), [1, Float(bitPattern: 0x3380_0000), .infinity, -0.0])
-        XCTAssertEqual(tensors[0].floats()[3].sign, .minus)
-        XCTAssertEqual(tensors[1].floats(), [1, 3.140625])
-        XCTAssertEqual(tensors[2].dtype, .int64)
-        XCTAssertEqual(tensors[2].floats(), [-7])
-        XCTAssertEqual(tensors[3].shape, [0, 3])
-        XCTAssertEqual(tensors[3].data, [])
-        XCTAssertEqual(tensors[4].shape, [])
-        XCTAssertEqual(tensors[4].floats(), [0.5])
+        XCTAssertEqual(tensors[0].tensor.floats, [1, Float(bitPattern: 0x3380_0000), .infinity, -0.0])
+        XCTAssertEqual(tensors[0].tensor.floats[3].sign, .minus)
+        XCTAssertEqual(tensors[1].tensor.floats, [1, 3.140625])
+        XCTAssertEqual(tensors[2].tensor.dtype, .int64)
+        XCTAssertEqual(tensors[2].tensor.floats, [-7])
+        XCTAssertEqual(tensors[3].tensor.shape, [0, 3])
+        XCTAssertEqual(tensors[3].tensor.count, 0)
+        XCTAssertEqual(tensors[4].tensor.shape, [])
+        XCTAssertEqual(tensors[4].tensor.floats, [0.5])
     }
 
     func testTruncatedSafetensorsIsRefused() throws {

@@ -275,7 +275,7 @@ final class CompileTests: XCTestCase {
         let orig = try tiny()
         var w = orig
         let ti = try XCTUnwrap(w.tensors.firstIndex { $0.name == "blocks.0.proj_in.weight" })
-        let n = w.tensors[ti].shape.reduce(1, *)
+        let n = elementCount(w.tensors[ti].shape)!
         w.tensors[ti].bytes = TensorBytes(floats: [Float](repeating: 1, count: n))
         XCTAssertEqual(w.sourceDigest(of: "forward"), orig.sourceDigest(of: "forward"))
         XCTAssertNoThrow(try w.verify())

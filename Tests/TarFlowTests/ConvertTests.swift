@@ -67,22 +67,19 @@ final class ConvertTests: XCTestCase {
     func testInconsistentCheckpointIsRefused() throws {
         var tensors = try Checkpoint.read(contentsOf: Fixtures.url("tiny_uncond", "model.safetensors"))
         let i = tensors.firstIndex { $0.name == "blocks.1.proj_in.bias" }!
-        tensors[i].shape = [32]
-        tensors[i].data = Array(tensors[i].data.prefix(128))
+        tensors[i].tensor = Tensor(shape: [32], floats: Array(tensors[i].tensor.floats.prefix(32)))
         XCTAssertThrowsError(try Converter.convert(tensors: tensors, options: .init(imageSize: 8))) {
             XCTAssertTrue("\($0)".contains("blocks.1.proj_in.bias"), "\($0)")
         }
         var extra = try Checkpoint.read(contentsOf: Fixtures.url("tiny_uncond", "model.safetensors"))
-        extra.append(CheckpointTensor(name: "blocks.0.extra", dtype: .float32, shape: [1], data: [0, 0, 0, 0]))
+        extra.append(CheckpointTensor(name: "blocks.0.extra", tensor: Tensor(shape: [1], floats: [0])))
         XCTAssertThrowsError(try Converter.convert(tensors: extra, options: .init(imageSize: 8)))
     }
 
     /// A float16 checkpoint converts, keeps float16 storage, and widens on load.
     func testHalfPrecisionWeights() throws {
         let tensors = try Checkpoint.read(contentsOf: Fixtures.url("tiny_uncond", "model.safetensors")).map { t -> CheckpointTensor in
-            let f = t.floats()
-            let h = f.flatMap { v -> [UInt8] in withUnsafeBytes(of: Float16(v).bitPattern.littleEndian) { Array($0) } }
-            return CheckpointTensor(name: t.name, dtype: .float16, shape: t.shape, data: h)
+            CheckpointTensor(name: t.name, tensor: Tensor(shape: t.tensor.shape, storage: .float16(t.tensor.floats.map { Float16($0).bitPattern })))
         }
         let m = try Converter.convert(tensors: tensors, options: .init(imageSize: 8))
         XCTAssertTrue(m.tensors.allSatisfy { $0.dtype == .float16 })

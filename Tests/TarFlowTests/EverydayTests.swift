@@ -38,20 +38,20 @@ final class EverydayTests: XCTestCase {
     /// in model space (the CLI refuses floats beyond ±4), so they are clamped to [-1, 1].
     func clampToModelSpace(_ p: String) throws {
         let a = try NPY.read(contentsOf: URL(fileURLWithPath: p))
-        try NPY.write(HostArray(shape: a.shape, floats: a.asFloats().map { min(1, max(-1, $0)) }), to: URL(fileURLWithPath: p))
+        try NPY.write(Tensor(shape: a.shape, floats: a.floats.map { min(1, max(-1, $0)) }), to: URL(fileURLWithPath: p))
     }
 
-    func npz(_ p: String) throws -> [String: HostArray] {
+    func npz(_ p: String) throws -> [String: Tensor] {
         Dictionary(uniqueKeysWithValues: try NPZ.read(contentsOf: URL(fileURLWithPath: p)).map { ($0.name, $0.array) })
     }
 
     // MARK: - .npz
 
     func testNPZRoundTripAndLayout() throws {
-        let arrays: [(name: String, array: HostArray)] = [
-            ("z", HostArray(shape: [2, 3], floats: [1, 2, 3, 4, 5, -6])),
-            ("labels", HostArray(shape: [2], int64s: [7, -1])),
-            ("scalar", HostArray(shape: [], floats: [0.5])),
+        let arrays: [(name: String, array: Tensor)] = [
+            ("z", Tensor(shape: [2, 3], floats: [1, 2, 3, 4, 5, -6])),
+            ("labels", Tensor(shape: [2], int64s: [7, -1])),
+            ("scalar", Tensor(shape: [], floats: [0.5])),
         ]
         let bytes = try NPZ.encode(arrays)
         XCTAssertEqual(Array(bytes[0..<4]), [0x50, 0x4B, 0x03, 0x04])
@@ -63,7 +63,7 @@ final class EverydayTests: XCTestCase {
         for (a, b) in zip(arrays, back) {
             XCTAssertEqual(a.array.shape, b.array.shape)
             XCTAssertEqual(a.array.asDoubles(), b.array.asDoubles())
-            XCTAssertEqual(a.array.element, b.array.element)
+            XCTAssertEqual(a.array.dtype, b.array.dtype)
         }
         // Each member is byte for byte the .npy of its array.
         XCTAssertNotNil(bytes.firstRange(of: try NPY.encode(arrays[0].array)))
@@ -84,7 +84,7 @@ final class EverydayTests: XCTestCase {
         let a = try npz(repo.appendingPathComponent("Tests/Fixtures/io/numpy-savez.npz").path)
         XCTAssertEqual(Set(a.keys), ["a", "b"])
         XCTAssertEqual(a["a"]?.shape, [2, 3])
-        XCTAssertEqual(a["a"]?.asFloats(), [0, 1, 2, 3, 4, 5])
+        XCTAssertEqual(a["a"]?.floats, [0, 1, 2, 3, 4, 5])
         XCTAssertEqual(try a["b"]?.asInt64s(), [3, -1])
     }
 
@@ -96,8 +96,8 @@ final class EverydayTests: XCTestCase {
         try clampToModelSpace(images)
         // sample -o .npz: member 'images', the same values as the .npy.
         XCTAssertEqual(try tarflow(["sample", cond, "--count", "3", "--label", "1", "-o", path("x.npz"), "--quiet"]).status, 0)
-        let x = try NPZ.read(contentsOf: URL(fileURLWithPath: path("x.npz")))[0].array.asFloats().map { min(1, max(-1, $0)) }
-        XCTAssertEqual(try NPY.read(contentsOf: URL(fileURLWithPath: images)).asFloats(), x)
+        let x = try NPZ.read(contentsOf: URL(fileURLWithPath: path("x.npz")))[0].array.floats.map { min(1, max(-1, $0)) }
+        XCTAssertEqual(try NPY.read(contentsOf: URL(fileURLWithPath: images)).floats, x)
         // likelihood --save .npz: z, logdets, bpd; .safetensors still works.
         let l = try tarflow(["likelihood", cond, "--images", images, "--json", "--save", path("l.npz")])
         XCTAssertEqual(l.status, 0, l.err)
@@ -141,7 +141,7 @@ final class EverydayTests: XCTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: path("s.npy")))
         // With guidance they act: each target gives other samples than unguided sampling.
         XCTAssertEqual(try tarflow(["sample", cond, "--count", "2", "--label", "1", "-o", path("plain.npy"), "--quiet"]).status, 0)
-        let plain = try NPY.read(contentsOf: URL(fileURLWithPath: path("plain.npy"))).asFloats()
+        let plain = try NPY.read(contentsOf: URL(fileURLWithPath: path("plain.npy"))).floats
         var seen: [[Float]] = [plain]
         for (i, flags) in [["--guide-what", "a"], ["--guide-what", "b"], ["--guide-what", "both"], ["--guide-what", "ab"],
                            ["--attn-temp", "0.8"], ["--annealed"]].enumerated() {
@@ -149,7 +149,7 @@ final class EverydayTests: XCTestCase {
             let r = try tarflow(["sample", cond, "--count", "2", "--label", "1", "--guidance", "2"] + flags + ["-o", out, "--quiet"])
             XCTAssertEqual(r.status, 0, r.err)
             XCTAssertEqual(r.err, "")
-            let x = try NPY.read(contentsOf: URL(fileURLWithPath: out)).asFloats()
+            let x = try NPY.read(contentsOf: URL(fileURLWithPath: out)).floats
             XCTAssertNotEqual(x, plain, "\(flags)")
             if flags == ["--guide-what", "ab"] { XCTAssertEqual(x, seen[3], "ab is both") } else { XCTAssertFalse(seen.contains(x), "\(flags)") }
             seen.append(x)
@@ -211,7 +211,7 @@ final class EverydayTests: XCTestCase {
         XCTAssertTrue(lines[0].hasPrefix("\(compiled): "), lines[0])
         XCTAssertTrue(lines[0].contains(ModelReport.grouped(size.intValue) + " bytes"), lines[0])
         let c = try TarFlowConfig(metadata: try ModelFile.read(contentsOf: URL(fileURLWithPath: compiled)).metadata)
-        let params = try ModelFile.read(contentsOf: URL(fileURLWithPath: compiled)).tensors.reduce(0) { $0 + $1.shape.reduce(1, *) }
+        let params = try ModelFile.read(contentsOf: URL(fileURLWithPath: compiled)).tensors.reduce(0) { $0 + elementCount($1.shape)! }
         for part in ["config:     \(c.inChannels)x\(c.imgSize)x\(c.imgSize), patch \(c.patchSize)", "\(c.numClasses) classes",
                      "parameters: \(ModelReport.grouped(params)) in", "dtype:      f32", "graphs:     forward (",
                      "compiled:   forward (batch 1,4)"] {
@@ -281,7 +281,7 @@ final class EverydayTests: XCTestCase {
     // MARK: - Image folders (JPEG and PNG, classes from subfolders, Resize + CenterCrop)
 
     var photos: URL { repo.appendingPathComponent("Tests/Fixtures/imagefolder/photos") }
-    func reference(_ name: String) throws -> HostArray { try NPY.read(contentsOf: repo.appendingPathComponent("Tests/Fixtures/imagefolder/\(name)")) }
+    func reference(_ name: String) throws -> Tensor { try NPY.read(contentsOf: repo.appendingPathComponent("Tests/Fixtures/imagefolder/\(name)")) }
 
     /// Tests/Fixtures/imagefolder/make_reference.py computed, with Pillow, the pixels the
     /// official evaluate_bpd.py preprocessing gives for these files at image size 16.

@@ -141,7 +141,7 @@ final class FusionDifferentialTests: XCTestCase {
                 for kv in ["k", "v"] {
                     let c = try XCTUnwrap(bound.buffer("cache.\(kv)\(l)"))
                     XCTAssertEqual(c.shape, [rows, cfg.numHeads, T, cfg.headDim])
-                    caches.append(Array(UnsafeBufferPointer(start: c.pointer.assumingMemoryBound(to: Float.self), count: c.shape.reduce(1, *))))
+                    caches.append(Array(UnsafeBufferPointer(start: c.pointer.assumingMemoryBound(to: Float.self), count: elementCount(c.shape)!)))
                 }
             }
             return (aOut, bOut, caches)

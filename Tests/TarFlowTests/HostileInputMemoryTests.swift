@@ -94,10 +94,10 @@ extension CLIHardeningTests {
         p.beginStateDict()
         var entries: [StoredZip.Entry] = []
         for (i, (tensor, shape)) in shapes.enumerated() {
-            var numel = shape.reduce(1, *), size = shape
+            var numel = elementCount(shape)!, size = shape
             var entry: StoredZip.Entry?
             if tensor == name { entry = edit?(&numel, &size) }
-            let stride = size.indices.map { size[($0 + 1)...].reduce(1, *) }
+            let stride = size.indices.map { elementCount(size[($0 + 1)...])! }
             p.tensor(tensor, storage: "\(i)", type: "FloatStorage", numel: numel, offset: 0, size: size, stride: stride)
             if let entry {
                 entries.append(StoredZip.Entry(name: "archive/data/\(i)", method: entry.method, crc: entry.crc, data: entry.data, size: entry.size))
@@ -290,13 +290,13 @@ extension CLIHardeningTests {
         let values = (0..<(2 * 784)).map { Float($0 % 97) / 97 - 0.5 }
         let header = Self.npyHeader([n, 1, 28, 28])
         XCTAssertEqual(header.count % 64, 0)
-        try Data(header + HostArray(shape: [2, 1, 28, 28], floats: values).littleEndianBytes()).write(to: url)
+        try Data(header + Tensor(shape: [2, 1, 28, 28], floats: values).littleEndianBytes()).write(to: url)
         let fileSize = header.count + n * 784 * 4
         XCTAssertEqual(truncate(url.path, off_t(fileSize)), 0)  // sparse: no disk used
         let (array, count) = try NPY.read(contentsOf: url, maxItems: 2)
         XCTAssertEqual(count, n)
         XCTAssertEqual(array.shape, [2, 1, 28, 28])
-        guard case .float32(let read) = array.storage else { return XCTFail("\(array.element)") }
+        guard case .float32(let read) = array.storage else { return XCTFail("\(array.dtype)") }
         XCTAssertEqual(read, values)
         let r = try tarflowUnderLimit(["likelihood", mnist.path, "--images", url.path, "--limit", "2", "--json"])
         XCTAssertEqual(r.status, 0, r.err)

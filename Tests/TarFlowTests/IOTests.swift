@@ -53,7 +53,6 @@ final class IOTests: XCTestCase {
     private func npy(_ e: TarFlowError) -> TarFlowError.NPYFailure? { if case .npy(let f) = e { f } else { nil } }
     private func png(_ e: TarFlowError) -> TarFlowError.PNGFailure? { if case .png(let f) = e { f } else { nil } }
     private func idx(_ e: TarFlowError) -> TarFlowError.IDXFailure? { if case .idx(let f) = e { f } else { nil } }
-    private func hostArray(_ e: TarFlowError) -> TarFlowError.HostArrayFailure? { if case .hostArray(let f) = e { f } else { nil } }
     private func safetensorsWriter(_ e: TarFlowError) -> TarFlowError.SafetensorsWriterFailure? {
         if case .safetensorsWriter(let f) = e { f } else { nil }
     }
@@ -62,47 +61,29 @@ final class IOTests: XCTestCase {
         try FileManager.default.contentsOfDirectory(atPath: scratch.path).filter { $0.contains(".tmp-") }
     }
 
-    // MARK: - HostArray
-
-    func testElementCountGuardsOverflowAndNegatives() {
-        XCTAssertEqual(elementCount([]), 1)
-        XCTAssertEqual(elementCount([2, 0, 5]), 0)
-        XCTAssertEqual(elementCount([2, 3, 4]), 24)
-        XCTAssertNil(elementCount([-1, 3]))
-        XCTAssertNil(elementCount([1 << 32, 1 << 32]))
-    }
-
-    func testConversions() throws {
-        let labels = HostArray(shape: [3], floats: [7, -1, 2])
-        XCTAssertEqual(try labels.asInt64s(), [7, -1, 2])
-        XCTAssertEqual(HostArray(shape: [2], bytes: [7, 255]).asFloats(), [7, 255])
-        XCTAssertEqual(try HostArray(shape: [2], int32s: [-3, 4]).asInt64s(), [-3, 4])
-        XCTAssertEqual(HostArray(shape: [1, 1], doubles: [0.5]).element, .float64)
-        assertFails(hostArray, { _ = try HostArray(shape: [2], doubles: [1, 1.5]).asInt64s() })
-        assertFails(hostArray, { _ = try HostArray(shape: [1], floats: [.nan]).asInt64s() })
-    }
-
     // MARK: - NPY
 
-    private func samples(_ element: HostElement, shape: [Int]) -> HostArray {
+    private func samples(_ element: DType, shape: [Int]) -> Tensor {
         let n = elementCount(shape) ?? 0
         switch element {
-        case .float32: return HostArray(shape: shape, floats: (0..<n).map { Float($0) * 0.37 - 1.5 })
-        case .float64: return HostArray(shape: shape, doubles: (0..<n).map { Double($0) / 3 - 2 })
-        case .uint8: return HostArray(shape: shape, bytes: (0..<n).map { UInt8(truncatingIfNeeded: $0 * 37) })
-        case .int32: return HostArray(shape: shape, int32s: (0..<n).map { Int32($0) * -70_000_001 })
-        case .int64: return HostArray(shape: shape, int64s: (0..<n).map { Int64($0) * -(1 << 40) + 3 })
+        case .float32: return Tensor(shape: shape, floats: (0..<n).map { Float($0) * 0.37 - 1.5 })
+        case .float64: return Tensor(shape: shape, doubles: (0..<n).map { Double($0) / 3 - 2 })
+        case .uint8: return Tensor(shape: shape, bytes: (0..<n).map { UInt8(truncatingIfNeeded: $0 * 37) })
+        case .int32: return Tensor(shape: shape, int32s: (0..<n).map { Int32($0) * -70_000_001 })
+        case .int64: return Tensor(shape: shape, int64s: (0..<n).map { Int64($0) * -(1 << 40) + 3 })
+        case .float16: return Tensor(shape: shape, storage: .float16((0..<n).map { Float16(Float($0) * 0.37 - 1.5).bitPattern }))
+        case .bfloat16: return Tensor(shape: shape, storage: .bfloat16((0..<n).map { bfloat16Bits(Float($0) * 0.37 - 1.5) }))
         }
     }
 
-    private func assertSame(_ a: HostArray, _ b: HostArray, file: StaticString = #filePath, line: UInt = #line) {
+    private func assertSame(_ a: Tensor, _ b: Tensor, file: StaticString = #filePath, line: UInt = #line) {
         XCTAssertEqual(a.shape, b.shape, file: file, line: line)
-        XCTAssertEqual(a.element, b.element, file: file, line: line)
+        XCTAssertEqual(a.dtype, b.dtype, file: file, line: line)
         XCTAssertEqual(a.littleEndianBytes(), b.littleEndianBytes(), file: file, line: line)
     }
 
     func testNPYRoundTripEveryDTypeAndShape() throws {
-        for element in HostElement.allCases {
+        for element in [DType.float32, .float64, .uint8, .int32, .int64] {  // the .npy element types
             for shape in [[], [5], [2, 1, 3, 4], [0, 3]] {
                 let array = samples(element, shape: shape)
                 let url = scratch.appendingPathComponent("\(element)-\(shape.count).npy")
@@ -117,8 +98,8 @@ final class IOTests: XCTestCase {
     func testNPYReadsNumpyFiles() throws {
         let f4 = try NPY.read(contentsOf: fixture("f4_2x3.npy"))
         XCTAssertEqual(f4.shape, [2, 3])
-        XCTAssertEqual(f4.asFloats(), [1.5, -2.0, 3.25, 0.0, -0.0, 1e-8])
-        XCTAssertEqual(f4.asFloats()[4].sign, .minus)
+        XCTAssertEqual(f4.floats, [1.5, -2.0, 3.25, 0.0, -0.0, 1e-8])
+        XCTAssertEqual(f4.floats[4].sign, .minus)
 
         let scalar = try NPY.read(contentsOf: fixture("f8_scalar.npy"))
         XCTAssertEqual(scalar.shape, [])
@@ -143,11 +124,11 @@ final class IOTests: XCTestCase {
         XCTAssertEqual(empty.count, 0)
 
         let bigEndian = try NPY.read(contentsOf: fixture("f4_be_2.npy"))
-        XCTAssertEqual(bigEndian.asFloats(), [1.0, -0.5])
+        XCTAssertEqual(bigEndian.floats, [1.0, -0.5])
 
         let v2 = try NPY.read(contentsOf: fixture("f4_v2_2x2.npy"))
         XCTAssertEqual(v2.shape, [2, 2])
-        XCTAssertEqual(v2.asFloats(), [0, 1, 2, 3])
+        XCTAssertEqual(v2.floats, [0, 1, 2, 3])
 
         let v3 = try NPY.read(contentsOf: fixture("i8_v3_3.npy"))
         XCTAssertEqual(try v3.asInt64s(), [5, -6, 7])
@@ -234,7 +215,7 @@ final class IOTests: XCTestCase {
     }
 
     func testNPYWriteRefusesInconsistentArray() {
-        var array = HostArray(shape: [2], floats: [1, 2])
+        var array = Tensor(shape: [2], floats: [1, 2])
         array.shape = [3]
         assertFails(npy, { try NPY.write(array, to: self.scratch.appendingPathComponent("x.npy")) })
         XCTAssertFalse(FileManager.default.fileExists(atPath: scratch.appendingPathComponent("x.npy").path))
@@ -462,12 +443,12 @@ final class IOTests: XCTestCase {
         try Data(plain).write(to: url)
         let array = try IDX.read(contentsOf: url)
         XCTAssertEqual(array.shape, [2, 3])
-        XCTAssertEqual(array.asFloats(), [1, 2, 3, 4, 5, 6])
+        XCTAssertEqual(array.floats, [1, 2, 3, 4, 5, 6])
 
         let ints = try IDX.parse([0, 0, 0x0C, 1, 0, 0, 0, 2, 0xFF, 0xFF, 0xFF, 0xFE, 0, 0, 1, 0])
         XCTAssertEqual(try ints.asInt64s(), [-2, 256])
         let floats = try IDX.parse([0, 0, 0x0D, 1, 0, 0, 0, 1, 0x3F, 0xC0, 0, 0])
-        XCTAssertEqual(floats.asFloats(), [1.5])
+        XCTAssertEqual(floats.floats, [1.5])
         let signed = try IDX.parse([0, 0, 0x09, 1, 0, 0, 0, 2, 0xFF, 0x7F])
         XCTAssertEqual(try signed.asInt64s(), [-1, 127])
         let shorts = try IDX.parse([0, 0, 0x0B, 1, 0, 0, 0, 1, 0x80, 0x00])
@@ -509,13 +490,13 @@ final class IOTests: XCTestCase {
     // MARK: - Safetensors
 
     func testSafetensorsWriterLayoutAndHeader() throws {
-        let tensors: [(name: String, array: HostArray)] = [
-            ("z.weight", HostArray(shape: [2, 3], floats: [1, 2, 3, 4, 5, 6.5])),
-            ("a.labels", HostArray(shape: [3], int64s: [7, -1, 1 << 40])),
-            ("m.bytes", HostArray(shape: [], bytes: [200])),
-            ("d.empty", HostArray(shape: [0], doubles: [])),
-            ("i\"q", HostArray(shape: [1, 1], int32s: [-5])),
-            ("f64", HostArray(shape: [1], doubles: [0.1])),
+        let tensors: [(name: String, array: Tensor)] = [
+            ("z.weight", Tensor(shape: [2, 3], floats: [1, 2, 3, 4, 5, 6.5])),
+            ("a.labels", Tensor(shape: [3], int64s: [7, -1, 1 << 40])),
+            ("m.bytes", Tensor(shape: [], bytes: [200])),
+            ("d.empty", Tensor(shape: [0], doubles: [])),
+            ("i\"q", Tensor(shape: [1, 1], int32s: [-5])),
+            ("f64", Tensor(shape: [1], doubles: [0.1])),
         ]
         let url = scratch.appendingPathComponent("out.safetensors")
         try SafetensorsWriter.write(tensors, to: url, metadata: ["format": "pt", "note": "a\nb"])
@@ -535,7 +516,7 @@ final class IOTests: XCTestCase {
         var expectedOffset = 0
         for (name, array) in tensors {
             let entry = try XCTUnwrap(json[name] as? [String: Any], name)
-            XCTAssertEqual(entry["dtype"] as? String, SafetensorsWriter.dtypeName(array.element))
+            XCTAssertEqual(entry["dtype"] as? String, SafetensorsWriter.dtypeName(array.dtype))
             XCTAssertEqual(entry["shape"] as? [Int], array.shape)
             let offsets = try XCTUnwrap(entry["data_offsets"] as? [Int])
             XCTAssertEqual(offsets, [expectedOffset, expectedOffset + array.byteCount], name)
@@ -551,7 +532,7 @@ final class IOTests: XCTestCase {
     }
 
     func testSafetensorsWriterRefusesBadInput() {
-        let a = HostArray(shape: [1], floats: [1])
+        let a = Tensor(shape: [1], floats: [1])
         assertFails(safetensorsWriter, { _ = try SafetensorsWriter.encode([("x", a), ("x", a)]) })
         assertFails(safetensorsWriter, { _ = try SafetensorsWriter.encode([("__metadata__", a)]) })
         var bad = a

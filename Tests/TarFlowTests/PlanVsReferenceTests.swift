@@ -10,7 +10,6 @@ import FlowRuntime
 /// (so each op's error is measured alone), and the reference interpreter's whole-graph result
 /// against the fixtures' float64 yardstick.
 final class PlanVsReferenceTests: XCTestCase {
-    typealias Ref = ReferenceInterpreter.RefTensor
 
     func checkEveryStep(_ name: String, batch: Int? = nil) throws {
         let c = try Fixtures.load(name)
@@ -29,13 +28,13 @@ final class PlanVsReferenceTests: XCTestCase {
         let plan = exec.plan
         var checked = 0
         for s in plan.steps {
-            let ins = s.inputs.map { Ref(all[$0]!) }
+            let ins = s.inputs.map { all[$0]! }
             let ref = try ReferenceInterpreter.evaluate(s.op, ins, model: m.model, outputType: plan.graph.values[s.outputs[0]].type,
                                                         bindings: ["B": x.shape[0]])
             let ours = all[s.outputs[0]]!
             XCTAssertEqual(ours.shape, ref.shape, "\(s.op.name) shape")
-            let err = maxAbsDifference(ours.floats, ref.data)
-            let mx = ref.data.filter(\.isFinite).map(abs).max() ?? 0
+            let err = maxAbsDifference(ours.floats, ref.asDoubles())
+            let mx = ref.asDoubles().filter(\.isFinite).map(abs).max() ?? 0
             // float32 rounding of a result, plus accumulation over at most a few thousand terms.
             let bound = 2e-5 * max(1, mx)
             XCTAssertLessThanOrEqual(err, bound, "\(name): step \(s.op.name) -> \(plan.graph.values[s.outputs[0]].name) error \(err)")
@@ -56,11 +55,11 @@ final class PlanVsReferenceTests: XCTestCase {
             let c = try Fixtures.load(name)
             let m = try Fixtures.model(name)
             let g = m.model.graph(named: "forward")!
-            var inputs: [String: Ref] = ["x": Ref(shape: c.io["input.x"]!.shape, data: c.io["input.x"]!.values)]
-            if let y = c.io["input.y"] { inputs["y"] = Ref(shape: y.shape, data: y.values) }
+            var inputs: [String: Tensor] = ["x": Tensor(shape: c.io["input.x"]!.shape, doubles: c.io["input.x"]!.values)]
+            if let y = c.io["input.y"] { inputs["y"] = Tensor(shape: y.shape, doubles: y.values) }
             let vals = try ReferenceInterpreter.run(g, model: m.model, inputs: inputs)
             for (out, key) in [("z", "forward.z.f64"), ("logdets", "forward.logdets.f64")] {
-                let ours = vals[g.value(named: out)!]!.data
+                let ours = vals[g.value(named: out)!]!.asDoubles()
                 let ref = c.io[key]!.values
                 let err = maxAbsDifference(ours, ref)
                 XCTAssertLessThan(err, 1e-9, "\(name) \(out): reference interpreter vs float64 official")

@@ -129,7 +129,7 @@ final class PreflightTests: XCTestCase {
     func testWeightNeeds() throws {
         let model = try TinyModels.model()
         let names = model.linearWeightNames
-        let linear = model.tensors.filter { names.contains($0.name) }.reduce(0) { $0 + $1.shape.reduce(1, *) }
+        let linear = model.tensors.filter { names.contains($0.name) }.reduce(0) { $0 + elementCount($1.shape)! }
         XCTAssertGreaterThan(linear, 0)
         XCTAssertEqual(part(model.reencodingMemoryNeed(as: .float16), "re-encoded linear weights"), 2 * linear)
         XCTAssertEqual(model.reencodingMemoryNeed(as: .float32).bytes, 0, "f32 weights kept as f32 are not copied")
@@ -164,7 +164,7 @@ final class PreflightTests: XCTestCase {
         let n = max(nc, nl)
         XCTAssertLessThan(n * 16, 64 << 20, "the image file stays small")
         let x = tmp.appendingPathComponent("x.npy")
-        try NPY.write(HostArray(shape: [n, 1, 4, 4], bytes: (0..<(n * 16)).map { UInt8($0 % 251) }), to: x)
+        try NPY.write(Tensor(shape: [n, 1, 4, 4], bytes: (0..<(n * 16)).map { UInt8($0 % 251) }), to: x)
         let out = tmp.appendingPathComponent("out.npy")
         for (args, flag) in [(["classify", cond.path, "--images", x.path, "--limit", "\(nc)", "--batch-size", "\(nc)", "--save", out.path], "--batch-size \(nc)"),
                              (["likelihood", uncond.path, "--images", x.path, "--batch-size", "\(nl)"], "--batch-size \(nl)")] {

@@ -35,10 +35,10 @@ final class ReadmeCommandTests: XCTestCase {
         try FileManager.default.copyItem(at: repo.appendingPathComponent("Tests/Fixtures/imagefolder/photos"), to: tmp.appendingPathComponent("afhq/val"))
         let mnist = try TarFlowModel(contentsOf: repo.appendingPathComponent("Models/mnist.tflow"))
         let z = mnist.noise(count: 2, seed: 5)
-        try NPY.write(HostArray(shape: z.shape, floats: z.floats), to: tmp.appendingPathComponent("z.npy"))
-        try NPY.write(HostArray(shape: [2], int64s: [3, 8]), to: tmp.appendingPathComponent("y.npy"))
+        try NPY.write(Tensor(shape: z.shape, floats: z.floats), to: tmp.appendingPathComponent("z.npy"))
+        try NPY.write(Tensor(shape: [2], int64s: [3, 8]), to: tmp.appendingPathComponent("y.npy"))
         let noisy: [Float] = (0..<(2 * 784)).map { (i: Int) -> Float in Float((i * 37) % 200) / 100 - 1 }
-        try NPY.write(HostArray(shape: [2, 1, 28, 28], floats: noisy), to: tmp.appendingPathComponent("noisy.npy"))
+        try NPY.write(Tensor(shape: [2, 1, 28, 28], floats: noisy), to: tmp.appendingPathComponent("noisy.npy"))
 
         let commands = try readmeCommands()
         XCTAssertGreaterThanOrEqual(commands.count, 13, "the README's commands were not found")

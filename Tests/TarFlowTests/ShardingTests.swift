@@ -105,8 +105,8 @@ final class ShardingTests: XCTestCase {
         var px = [UInt8](repeating: 0, count: 13 * 16)
         var s: UInt64 = 7
         for i in px.indices { s = s &* 6_364_136_223_846_793_005 &+ 1; px[i] = UInt8(truncatingIfNeeded: s >> 56) }
-        try NPY.write(HostArray(shape: [13, 1, 4, 4], bytes: px), to: URL(fileURLWithPath: images))
-        try NPY.write(HostArray(shape: [13], int64s: (0..<13).map { Int64($0 % 3) }), to: URL(fileURLWithPath: labels))
+        try NPY.write(Tensor(shape: [13, 1, 4, 4], bytes: px), to: URL(fileURLWithPath: images))
+        try NPY.write(Tensor(shape: [13], int64s: (0..<13).map { Int64($0 % 3) }), to: URL(fileURLWithPath: labels))
         return (model, images, labels)
     }
 
@@ -156,11 +156,11 @@ final class ShardingTests: XCTestCase {
 
     func testShardedSampleEqualsUnsharded() throws {
         let f = try fixtures()
-        try NPY.write(HostArray(shape: [9], int64s: [0, 1, 2, -1, 0, 1, 2, 2, 1]), to: URL(fileURLWithPath: path("y9.npy")))
+        try NPY.write(Tensor(shape: [9], int64s: [0, 1, 2, -1, 0, 1, 2, 2, 1]), to: URL(fileURLWithPath: path("y9.npy")))
         try checkShardedEqualsUnsharded(["sample", f.model, "--count", "9", "--labels", path("y9.npy"), "--guidance", "1.5", "--seed", "2", "--quiet"],
                                         outputs: [("-o", "s.npy")], summary: false, batches: false)
         // Noise from a file: a shard takes its rows.
-        try NPY.write(HostArray(shape: [5, 4, 4], floats: (0..<80).map { Float(($0 * 29) % 17) / 8 - 1 }), to: URL(fileURLWithPath: path("z.npy")))
+        try NPY.write(Tensor(shape: [5, 4, 4], floats: (0..<80).map { Float(($0 * 29) % 17) / 8 - 1 }), to: URL(fileURLWithPath: path("z.npy")))
         try checkShardedEqualsUnsharded(["sample", f.model, "--noise", path("z.npy"), "--temperature", "0.9", "--quiet"],
                                         outputs: [("-o", "n.npy")], summary: false, batches: false)
         // --out-dir: every shard writes into one folder, files named by global index.
@@ -173,8 +173,8 @@ final class ShardingTests: XCTestCase {
     }
 
     func testNPZPartsMerge() throws {
-        let arrays: (Range<Int>) -> [(name: String, array: HostArray)] = { r in
-            [("a", HostArray(shape: [r.count, 2], floats: r.flatMap { [Float($0), -Float($0)] })), ("b", HostArray(shape: [r.count], int64s: r.map(Int64.init)))]
+        let arrays: (Range<Int>) -> [(name: String, array: Tensor)] = { r in
+            [("a", Tensor(shape: [r.count, 2], floats: r.flatMap { [Float($0), -Float($0)] })), ("b", Tensor(shape: [r.count], int64s: r.map(Int64.init)))]
         }
         let whole = path("whole.npz")
         try ShardMerge.write(arrays(0..<7), record: nil, to: URL(fileURLWithPath: whole))

@@ -109,7 +109,7 @@ final class TarFlowFailureKindTests: XCTestCase {
         // Noise from a file: the failure of the noise itself, located in the file.
         let url = FileManager.default.temporaryDirectory.appendingPathComponent("failure-kinds-noise-\(getpid()).npy")
         defer { try? FileManager.default.removeItem(at: url) }
-        try NPY.write(HostArray(shape: [1, 4, 4], floats: [0, 0, .infinity] + [Float](repeating: 0, count: 13)), to: url)
+        try NPY.write(Tensor(shape: [1, 4, 4], floats: [0, 0, .infinity] + [Float](repeating: 0, count: 13)), to: url)
         let noise = error { try model.noise(contentsOf: url) }
         XCTAssertEqual(noise, .invalidInput(InputFailure(.noiseNotFinite(element: 2, value: .infinity), file: url.path)))
         XCTAssertEqual(noise?.description, "invalid input: \(url.path): element 2 is inf; noise must be finite")

@@ -97,7 +97,7 @@ final class TarFlowHardeningTests: XCTestCase {
             .deletingLastPathComponent().appendingPathComponent("Tools/Fuzz/Seeds/FuzzTorchCheckpoint/pickle_small.pkl"))).dropFirst()
         let ok = try Checkpoint.read(pickle: Array(pkl)) { _, n in [UInt8](repeating: 0, count: n) }
         XCTAssertEqual(ok.map(\.name), ["a.weight", "b", "scalar", "view.t", "view.off"])
-        XCTAssertEqual(ok[3].shape, [4, 3])
+        XCTAssertEqual(ok[3].tensor.shape, [4, 3])
         XCTAssertThrowsError(try Checkpoint.read(pickle: Array(pkl)) { _, n in [UInt8](repeating: 0, count: n + 1) }) {
             XCTAssertTrue("\($0)".contains("declares"), "\($0)")
         }

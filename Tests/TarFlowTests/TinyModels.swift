@@ -16,7 +16,7 @@ enum TinyModels {
         var weights: [WeightTensor] = []
         var state: UInt64 = 0x9E37_79B9_7F4A_7C15
         for (name, shape) in Converter.expectedShapes(c).sorted(by: { $0.key < $1.key }) {
-            let n = shape.reduce(1, *)
+            let n = elementCount(shape)!
             let values: [Float] = (0..<n).map { _ in
                 state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
                 let u = Float(state >> 40) / Float(1 << 24) - 0.5
@@ -33,7 +33,7 @@ enum TinyModels {
     static func model(nanIn tensor: String, at element: Int) throws -> Model {
         var m = try model()
         guard let i = m.tensors.firstIndex(where: { $0.name == tensor }) else { throw TarFlowError.invalidModel(.missingTensor(name: tensor)) }
-        var v = [Float](repeating: 0, count: m.tensors[i].shape.reduce(1, *))
+        var v = [Float](repeating: 0, count: elementCount(m.tensors[i].shape)!)
         v[element] = .nan
         m.tensors[i] = WeightTensor(name: tensor, dtype: .float32, shape: m.tensors[i].shape, bytes: TensorBytes(floats: v))
         return m

@@ -94,7 +94,7 @@ extension CLIHardeningTests {
     func testNaNWeightIsAnErrorNamingTheFirstImageAndNothingIsWritten() throws {
         var m = try TinyModels.model(classes: 3)
         let i = try XCTUnwrap(m.tensors.firstIndex { $0.name == "blocks.1.proj_out.bias" })
-        var values = [Float](repeating: 0, count: m.tensors[i].shape.reduce(1, *))
+        var values = [Float](repeating: 0, count: elementCount(m.tensors[i].shape)!)
         values[0] = .nan
         m.tensors[i] = WeightTensor(name: m.tensors[i].name, dtype: .float32, shape: m.tensors[i].shape, bytes: TensorBytes(floats: values))
         let bad = tmp.appendingPathComponent("nan.tflow").path
@@ -136,12 +136,12 @@ extension CLIHardeningTests {
         let tensors = try Checkpoint.read(contentsOf: Fixtures.url("tiny_uncond", "model.safetensors"))
         for (k, bad) in [Float.nan, .infinity, -.infinity].enumerated() {
             let name = tensors[k + 2].name
-            let arrays = tensors.map { t -> (name: String, array: HostArray) in
-                var f = t.data.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
+            let arrays = tensors.map { t -> (name: String, array: Tensor) in
+                var f = t.tensor.floats
                 if t.name == name { f[f.count - 1] = bad }
-                return (t.name, HostArray(shape: t.shape, floats: f))
+                return (t.name, Tensor(shape: t.tensor.shape, floats: f))
             }
-            XCTAssertTrue(tensors.allSatisfy { $0.dtype == .float32 })
+            XCTAssertTrue(tensors.allSatisfy { $0.tensor.dtype == .float32 })
             let ckpt = tmp.appendingPathComponent("bad\(k).safetensors")
             try SafetensorsWriter.write(arrays, to: ckpt)
             try assertFails(["convert", ckpt.path, "-o", keep.path, "--image-size", "8"], mentions: [name, "NaN or Inf"])

@@ -1,3 +1,5 @@
+import FlowIR
+
 // The namespace of FlowRuntime's kernels and the index helpers the families share. One file per
 // op family beside this one (Elementwise, Linear, Normalization, Attention, Coupling, Layout,
 // Reductions); which kernels are C and which Swift, and why: docs/ARCHITECTURE.md "Kernels".
@@ -7,7 +9,7 @@
 enum Kernels {
     /// Views a tensor as [outer, n, inner] around `axis`.
     static func around(_ shape: [Int], _ axis: Int) -> (outer: Int, n: Int, inner: Int) {
-        (shape[..<axis].reduce(1, *), shape[axis], shape[(axis + 1)...].reduce(1, *))
+        (elementCount(shape[..<axis]) ?? 0, shape[axis], elementCount(shape[(axis + 1)...]) ?? 0)
     }
 }
 

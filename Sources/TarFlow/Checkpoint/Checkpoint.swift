@@ -6,28 +6,16 @@ import Glibc
 
 // MARK: - Public types
 
-/// One named tensor, always materialized as contiguous row-major little-endian bytes so callers
+/// One named tensor of a state dict, materialized as a contiguous row-major `Tensor` so callers
 /// never deal with strides, storage sharing or file layout.
 public struct CheckpointTensor: Sendable {
     public var name: String
-    public var dtype: DType
-    public var shape: [Int]
-    /// Contiguous row-major little-endian bytes; `count == shape.product * dtype.byteSize`.
-    public var data: [UInt8]
+    public var tensor: Tensor
 
-    public init(name: String, dtype: DType, shape: [Int], data: [UInt8]) {
+    public init(name: String, tensor: Tensor) {
         self.name = name
-        self.dtype = dtype
-        self.shape = shape
-        self.data = data
+        self.tensor = tensor
     }
-
-    /// Number of elements (product of `shape`; 1 for a scalar). The readers guarantee it fits.
-    public var elementCount: Int { FlowIR.elementCount(shape) ?? 0 }
-
-    /// The values as `Float`. float16/bfloat16 widen exactly; int64 converts numerically
-    /// (rounding above 2^24), which is what label or counter buffers need at most.
-    public func floats() -> [Float] { data.withUnsafeBytes { dtype.floats(fromLittleEndian: $0) } }
 }
 
 /// A tensor as the checkpoint declares it, before its bytes are read: what a caller needs to

@@ -90,7 +90,7 @@ enum CheckpointSafetensors {
         tensors.reserveCapacity(specs.count)
         for spec in specs {
             let bytes = try file.read(at: dataStart + spec.begin, count: spec.end - spec.begin, what: spec.name)
-            tensors.append(CheckpointTensor(name: spec.name, dtype: spec.dtype, shape: spec.shape, data: bytes))
+            tensors.append(CheckpointTensor(name: spec.name, tensor: bytes.withUnsafeBytes { Tensor(shape: spec.shape, dtype: spec.dtype, decoding: $0) }))
         }
         return tensors
     }

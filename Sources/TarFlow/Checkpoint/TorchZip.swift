@@ -153,7 +153,7 @@ enum CheckpointTorchZip {
             remainingUses[key] = uses
             let data = try materialize(storage: &storage, lastUse: uses == 0, ref: ref, name: name, file: path)
             if uses > 0 { cache[key] = storage }
-            tensors.append(CheckpointTensor(name: name, dtype: ref.storage.dtype, shape: ref.shape, data: data))
+            tensors.append(CheckpointTensor(name: name, tensor: data.withUnsafeBytes { Tensor(shape: ref.shape, dtype: ref.storage.dtype, decoding: $0) }))
             progress?(tensors.count, refs.count)
         }
         return tensors

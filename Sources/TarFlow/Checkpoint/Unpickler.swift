@@ -73,6 +73,9 @@ enum CheckpointUnpickler {
                 case .float16: return "torch.HalfStorage"
                 case .bfloat16: return "torch.BFloat16Storage"
                 case .int64: return "torch.LongStorage"
+                case .float64: return "torch.DoubleStorage"  // refused as otherStorage: never made
+                case .uint8: return "torch.ByteStorage"
+                case .int32: return "torch.IntStorage"
                 }
             case .otherStorage(let name): return "torch.\(name)"
             }

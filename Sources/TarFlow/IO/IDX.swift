@@ -15,7 +15,7 @@ public enum IDX {
     /// IDX allows up to 255 dimensions; nothing real uses more than a handful.
     public static let maxDimensions = 16
 
-    public static func read(contentsOf url: URL) throws -> HostArray {
+    public static func read(contentsOf url: URL) throws -> Tensor {
         try read(contentsOf: url, maxItems: nil).array
     }
 
@@ -23,7 +23,7 @@ public enum IDX {
     /// file holds. A compressed file is inflated only as far as those items reach (its header
     /// first), and never past the size its header declares, so a small file that inflates to
     /// gigabytes costs no more memory than the items asked for.
-    public static func read(contentsOf url: URL, maxItems: Int?) throws -> (array: HostArray, fileCount: Int) {
+    public static func read(contentsOf url: URL, maxItems: Int?) throws -> (array: Tensor, fileCount: Int) {
         let path = url.path
         let file = try readFileBytes(at: url, maxBytes: maxBytes)
         guard isGzip(file) else {
@@ -83,7 +83,7 @@ public enum IDX {
     }
 
     /// Decodes an uncompressed, in-memory IDX file; `path` only labels errors.
-    public static func parse(_ bytes: [UInt8], path: String = "<memory>") throws -> HostArray {
+    public static func parse(_ bytes: [UInt8], path: String = "<memory>") throws -> Tensor {
         guard bytes.count >= 4, bytes[0] == 0, bytes[1] == 0 else { throw TarFlowError.idx(.notIDX(path: path)) }
         let type = bytes[2]
         let rank = Int(bytes[3])
@@ -119,20 +119,19 @@ public enum IDX {
             throw TarFlowError.idx(.invalid(path: path, reason: "\(available - byteLength) bytes after the data for dimensions \(shape)"))
         }
 
-        let storage: HostArray.Storage = bytes.withUnsafeBytes { raw in
+        return bytes.withUnsafeBytes { raw in
             let data = UnsafeRawBufferPointer(rebasing: raw[dataStart...])
             switch type {
-            case 0x08: return .uint8(Array(data))
-            case 0x09: return .int32(data.map { Int32(Int8(bitPattern: $0)) })
+            case 0x08: return Tensor(shape: shape, bytes: Array(data))
+            case 0x09: return Tensor(shape: shape, int32s: data.map { Int32(Int8(bitPattern: $0)) })
             case 0x0B:
-                let shorts: [Int16] = HostArray.loadIntegers(data, count: count, bigEndian: true)
-                return .int32(shorts.map { Int32($0) })
-            case 0x0C: return HostArray.decode(data, element: .int32, count: count, bigEndian: true)
-            case 0x0D: return HostArray.decode(data, element: .float32, count: count, bigEndian: true)
-            default: return HostArray.decode(data, element: .float64, count: count, bigEndian: true)
+                let shorts: [Int16] = Tensor.loadIntegers(data, count: count, bigEndian: true)
+                return Tensor(shape: shape, int32s: shorts.map { Int32($0) })
+            case 0x0C: return Tensor(shape: shape, dtype: .int32, decoding: data, bigEndian: true)
+            case 0x0D: return Tensor(shape: shape, dtype: .float32, decoding: data, bigEndian: true)
+            default: return Tensor(shape: shape, dtype: .float64, decoding: data, bigEndian: true)
             }
         }
-        return HostArray(shape: shape, storage: storage)
     }
 
     static func isGzip(_ bytes: [UInt8]) -> Bool {

@@ -20,7 +20,7 @@ public enum NPY {
 
     // MARK: Reading
 
-    public static func read(contentsOf url: URL) throws -> HostArray {
+    public static func read(contentsOf url: URL) throws -> Tensor {
         let bytes = try readFileBytes(at: url, maxBytes: maxFileBytes)
         return try parse(bytes, path: url.path)
     }
@@ -28,7 +28,7 @@ public enum NPY {
     /// The first `maxItems` entries of the first axis (images, labels), or all when nil, and
     /// how many the file holds. Only the header and those rows are read: `--limit 2` on a 10 GB
     /// file reads two images. The file's size must still match its header exactly.
-    public static func read(contentsOf url: URL, maxItems: Int?) throws -> (array: HostArray, fileCount: Int) {
+    public static func read(contentsOf url: URL, maxItems: Int?) throws -> (array: Tensor, fileCount: Int) {
         guard let maxItems else {
             let a = try read(contentsOf: url)
             return (a, a.shape.first ?? 1)
@@ -51,7 +51,7 @@ public enum NPY {
     }
 
     /// Decodes an in-memory `.npy` file; `path` only labels errors.
-    public static func parse(_ bytes: [UInt8], path: String = "<memory>") throws -> HostArray {
+    public static func parse(_ bytes: [UInt8], path: String = "<memory>") throws -> Tensor {
         let l = try layout(bytes, path: path)
         try checkDataSize(l, available: bytes.count - l.dataStart, fileSize: bytes.count, path: path)
         return bytes.withUnsafeBytes { decode(UnsafeRawBufferPointer(rebasing: $0[l.dataStart...]), l) }
@@ -61,7 +61,7 @@ public enum NPY {
     struct Layout {
         var dataStart: Int
         var shape: [Int]
-        var element: HostElement
+        var element: DType
         var bigEndian: Bool
         var count: Int
         var byteLength: Int
@@ -120,19 +120,19 @@ public enum NPY {
     }
 
     /// `bytes` (exactly the data of `l`) as an array.
-    private static func decode(_ bytes: [UInt8], _ l: Layout) -> HostArray {
+    private static func decode(_ bytes: [UInt8], _ l: Layout) -> Tensor {
         bytes.withUnsafeBytes { decode($0, l) }
     }
 
-    private static func decode(_ raw: UnsafeRawBufferPointer, _ l: Layout) -> HostArray {
-        HostArray(shape: l.shape, storage: HostArray.decode(raw, element: l.element, count: l.count, bigEndian: l.bigEndian))
+    private static func decode(_ raw: UnsafeRawBufferPointer, _ l: Layout) -> Tensor {
+        Tensor(shape: l.shape, dtype: l.element, decoding: raw, bigEndian: l.bigEndian)
     }
 
     /// Maps a NumPy type string such as `<f4` to an element type and byte order.
-    private static func dtype(from descr: String, path: String) throws -> (HostElement, bigEndian: Bool) {
+    private static func dtype(from descr: String, path: String) throws -> (DType, bigEndian: Bool) {
         let chars = Array(descr)
         guard chars.count == 3 else { throw TarFlowError.npy(.unsupportedDType(path: path, descr: descr)) }
-        let element: HostElement
+        let element: DType
         switch String(chars[1...]) {
         case "f4": element = .float32
         case "f8": element = .float64
@@ -144,7 +144,7 @@ public enum NPY {
         switch chars[0] {
         case "<": return (element, false)
         case ">": return (element, true)
-        case "=": return (element, HostArray.hostIsBigEndian)
+        case "=": return (element, 1.bigEndian == 1)
         case "|" where element.byteSize == 1: return (element, false)
         default: throw TarFlowError.npy(.unsupportedDType(path: path, descr: descr))
         }
@@ -152,17 +152,18 @@ public enum NPY {
 
     // MARK: Writing
 
-    public static func write(_ array: HostArray, to url: URL) throws {
+    public static func write(_ array: Tensor, to url: URL) throws {
         try writeAtomically(try encode(array), to: url)
     }
 
     /// The bytes `np.save` would write for this array.
-    public static func encode(_ array: HostArray) throws -> [UInt8] {
+    public static func encode(_ array: Tensor) throws -> [UInt8] {
         guard elementCount(array.shape) == array.count else {
             throw TarFlowError.npy(.shapeMismatch(shape: array.shape, count: array.count))
         }
         let descr: String
-        switch array.element {
+        switch array.dtype {
+        case .float16, .bfloat16: throw TarFlowError.npy(.unsupportedDType(path: "<memory>", descr: array.dtype.rawValue))
         case .float32: descr = "<f4"
         case .float64: descr = "<f8"
         case .uint8: descr = "|u1"

@@ -11,21 +11,21 @@ public enum NPZ {
     /// Files larger than this are refused before anything is read.
     public static let maxFileBytes = 1 << 34
 
-    public static func write(_ arrays: [(name: String, array: HostArray)], to url: URL) throws {
+    public static func write(_ arrays: [(name: String, array: Tensor)], to url: URL) throws {
         try writeAtomically(try encode(arrays), to: url)
     }
 
     /// Arrays as `NAME.npy` members, then `extra` members as they are (e.g. a run record).
-    public static func write(arrays: [(name: String, array: HostArray)], extra: [(name: String, bytes: [UInt8])] = [], to url: URL) throws {
+    public static func write(arrays: [(name: String, array: Tensor)], extra: [(name: String, bytes: [UInt8])] = [], to url: URL) throws {
         try writeAtomically(try encode(members: try members(arrays) + extra), to: url)
     }
 
     /// The archive bytes of `arrays`.
-    public static func encode(_ arrays: [(name: String, array: HostArray)]) throws -> [UInt8] {
+    public static func encode(_ arrays: [(name: String, array: Tensor)]) throws -> [UInt8] {
         try encode(members: try members(arrays))
     }
 
-    static func members(_ arrays: [(name: String, array: HostArray)]) throws -> [(name: String, bytes: [UInt8])] {
+    static func members(_ arrays: [(name: String, array: Tensor)]) throws -> [(name: String, bytes: [UInt8])] {
         var seen = Set<String>()
         return try arrays.map { name, array in
             guard !name.isEmpty, !name.contains("/"), seen.insert(name).inserted else { throw TarFlowError.npz(.badName(name)) }
@@ -71,15 +71,15 @@ public enum NPZ {
 
     /// The arrays of an `.npz`, in archive order, named without the `.npy` suffix; any other
     /// member is an error.
-    public static func read(contentsOf url: URL) throws -> [(name: String, array: HostArray)] {
+    public static func read(contentsOf url: URL) throws -> [(name: String, array: Tensor)] {
         let (arrays, other) = try readArrays(contentsOf: url)
         if let m = other.first { throw TarFlowError.npz(.badMember(path: url.path, member: m.name)) }
         return arrays
     }
 
     /// Arrays (`NAME.npy` members, the suffix dropped) and other members, in archive order.
-    public static func readArrays(contentsOf url: URL) throws -> (arrays: [(name: String, array: HostArray)], other: [(name: String, bytes: [UInt8])]) {
-        var arrays: [(name: String, array: HostArray)] = [], other: [(name: String, bytes: [UInt8])] = []
+    public static func readArrays(contentsOf url: URL) throws -> (arrays: [(name: String, array: Tensor)], other: [(name: String, bytes: [UInt8])]) {
+        var arrays: [(name: String, array: Tensor)] = [], other: [(name: String, bytes: [UInt8])] = []
         for (name, bytes) in try readMembers(contentsOf: url) {
             if name.hasSuffix(".npy") {
                 arrays.append((String(name.dropLast(4)), try NPY.parse(bytes, path: "\(url.path)[\(name)]")))

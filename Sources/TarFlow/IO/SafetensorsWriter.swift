@@ -11,13 +11,13 @@ import FlowIR
 /// by name, each as `{"dtype":…,"shape":[…],"data_offsets":[begin,end]}`, compact JSON, padded
 /// with spaces to a multiple of 8 bytes like the reference implementation.
 public enum SafetensorsWriter {
-    public static func write(_ tensors: [(name: String, array: HostArray)], to url: URL,
+    public static func write(_ tensors: [(name: String, array: Tensor)], to url: URL,
                              metadata: [String: String] = [:]) throws {
         try writeAtomically(try encode(tensors, metadata: metadata), to: url)
     }
 
     /// The file bytes `write` would produce.
-    public static func encode(_ tensors: [(name: String, array: HostArray)],
+    public static func encode(_ tensors: [(name: String, array: Tensor)],
                               metadata: [String: String] = [:]) throws -> [UInt8] {
         var seen = Set<String>()
         var entries: [(name: String, json: String)] = []
@@ -30,7 +30,7 @@ public enum SafetensorsWriter {
             }
             let end = offset + array.byteCount
             let shape = array.shape.map(String.init).joined(separator: ",")
-            entries.append((name, "{\"dtype\":\"\(dtypeName(array.element))\",\"shape\":[\(shape)],"
+            entries.append((name, "{\"dtype\":\"\(dtypeName(array.dtype))\",\"shape\":[\(shape)],"
                 + "\"data_offsets\":[\(offset),\(end)]}"))
             offset = end
         }
@@ -56,15 +56,20 @@ public enum SafetensorsWriter {
         return out
     }
 
-    static func dtypeName(_ element: HostElement) -> String {
+    static func dtypeName(_ element: DType) -> String {
         switch element {
         case .float32: return "F32"
         case .float64: return "F64"
         case .uint8: return "U8"
         case .int32: return "I32"
         case .int64: return "I64"
+        case .float16: return "F16"
+        case .bfloat16: return "BF16"
         }
     }
+
+    /// The element types `SafetensorsReader` accepts: the ones this project's commands write.
+    static let readableTypes: [DType] = [.float32, .float64, .uint8, .int32, .int64]
 
     /// A JSON string literal; non-ASCII text stays UTF-8, control characters are escaped.
     static func jsonString(_ text: String) -> String {
