@@ -278,6 +278,19 @@ void fk_linear_bf16dot(const float *x, const uint16_t *packed, const float *bias
     if (bf16dot) bf16dot(x, packed, bias, residual, y, rows, k, n, panel0, panels, gelu, scratch);
 }
 
+// The bf16 attention entries: the avx512bf16 copy's kernel where it runs, else fk_attention
+// (whose scratch the kernels' sizes include).
+#if defined(__x86_64__)
+#define BF16_COPY(name) name##_avx512bf16
+#else
+#define BF16_COPY(name) 0
+#endif
+
+static ptrdiff_t with_fallback_scratch(ptrdiff_t own, ptrdiff_t n, ptrdiff_t d) {
+    ptrdiff_t fallback = fk_attention_scratch(n, d);
+    return own > fallback ? own : fallback;
+}
+
 int fk_attention_bf16dot_supported(ptrdiff_t d) { return bf16dot != 0 && d > 0; }
 
 ptrdiff_t fk_attention_bf16dot_scratch(ptrdiff_t n, ptrdiff_t d) {
@@ -285,21 +298,14 @@ ptrdiff_t fk_attention_bf16dot_scratch(ptrdiff_t n, ptrdiff_t d) {
     // pairs and of scores.
     ptrdiff_t kp = (n + 31) / 32 * 32, d2 = (d + 1) / 2, dpan = (d + 31) / 32;
     ptrdiff_t wide = kp > 2 * d2 ? kp : 2 * d2;
-    ptrdiff_t own = (kp * d2 * 2 + dpan * 32 * kp + 64 * wide) / 2 + 64 * kp + 16, fallback = fk_attention_scratch(n, d);
-    return own > fallback ? own : fallback;
+    return with_fallback_scratch((kp * d2 * 2 + dpan * 32 * kp + 64 * wide) / 2 + 64 * kp + 16, n, d);
 }
 
 void fk_attention_bf16dot(const float *q, ptrdiff_t q_row, const float *k, ptrdiff_t k_row, const float *v, ptrdiff_t v_row,
                           float *out, ptrdiff_t out_row, ptrdiff_t m, ptrdiff_t n, ptrdiff_t d, float scale, int causal,
                           ptrdiff_t limit, ptrdiff_t row0, ptrdiff_t rows, float *scratch) {
-#if defined(__x86_64__)
-    if (fk_attention_bf16dot_supported(d)) {
-        fk_attention_bf16dot_avx512bf16(q, q_row, k, k_row, v, v_row, out, out_row, m, n, d, scale, causal, limit, row0,
-                                        rows, scratch);
-        return;
-    }
-#endif
-    fk_attention(q, q_row, k, k_row, v, v_row, out, out_row, m, n, d, scale, causal, limit, row0, rows, scratch);
+    (fk_attention_bf16dot_supported(d) ? BF16_COPY(fk_attention_bf16dot) : table.attention)(
+        q, q_row, k, k_row, v, v_row, out, out_row, m, n, d, scale, causal, limit, row0, rows, scratch);
 }
 
 int fk_bf16amx_available(void) { return bf16amx != 0; }
@@ -344,19 +350,12 @@ int fk_attention_bf16amx_supported(ptrdiff_t d) { return bf16amx != 0 && d > 0 &
 
 ptrdiff_t fk_attention_bf16amx_scratch(ptrdiff_t n, ptrdiff_t d) {
     ptrdiff_t kp = (n + 31) / 32 * 32;
-    ptrdiff_t own = (2 * kp * d + (d / 32) * 512 + 512) / 2 + 512 + 32 * d + 32 + 16, fallback = fk_attention_scratch(n, d);
-    return own > fallback ? own : fallback;
+    return with_fallback_scratch((2 * kp * d + (d / 32) * 512 + 512) / 2 + 512 + 32 * d + 32 + 16, n, d);
 }
 
 void fk_attention_bf16amx(const float *q, ptrdiff_t q_row, const float *k, ptrdiff_t k_row, const float *v, ptrdiff_t v_row,
                           float *out, ptrdiff_t out_row, ptrdiff_t m, ptrdiff_t n, ptrdiff_t d, float scale, int causal,
                           ptrdiff_t limit, ptrdiff_t row0, ptrdiff_t rows, float *scratch) {
-#if defined(__x86_64__)
-    if (fk_attention_bf16amx_supported(d)) {
-        fk_attention_bf16amx_avx512bf16(q, q_row, k, k_row, v, v_row, out, out_row, m, n, d, scale, causal, limit, row0,
-                                        rows, scratch);
-        return;
-    }
-#endif
-    fk_attention(q, q_row, k, k_row, v, v_row, out, out_row, m, n, d, scale, causal, limit, row0, rows, scratch);
+    (fk_attention_bf16amx_supported(d) ? BF16_COPY(fk_attention_bf16amx) : table.attention)(
+        q, q_row, k, k_row, v, v_row, out, out_row, m, n, d, scale, causal, limit, row0, rows, scratch);
 }

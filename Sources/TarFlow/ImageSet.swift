@@ -87,19 +87,10 @@ public struct ImageSet: Sendable {
         guard FileManager.default.fileExists(atPath: url.path, isDirectory: &isDir) else { throw bad(.noSuchFileOrFolder) }
         if isDir.boolValue { return try ImageFolder.load(contentsOf: url, channels: channels, size: size).images }
         let lower = url.lastPathComponent.lowercased()
-        let array: Tensor
-        var fileCount: Int?
-        if lower.hasSuffix(".npy") {
-            let r = try NPY.read(contentsOf: url, maxItems: limit)
-            array = r.array
-            fileCount = r.fileCount
-        } else if lower.contains("idx") || lower.hasSuffix(".gz") || lower.contains("ubyte") {
-            let r = try IDX.read(contentsOf: url, maxItems: limit)
-            array = r.array
-            fileCount = r.fileCount
-        } else {
+        guard lower.hasSuffix(".npy") || lower.contains("idx") || lower.hasSuffix(".gz") || lower.contains("ubyte") else {
             throw bad(.unknownImageFormat)
         }
+        let (array, fileCount) = try readArray(contentsOf: url, limit: limit)
         let s = array.shape
         let ok = (s.count == 4 && s[1] == channels && s[2] == size && s[3] == size) || (s.count == 3 && channels == 1 && s[1] == size && s[2] == size)
         guard ok else { throw bad(.imageArrayShape(shape: s, channels: channels, size: size)) }
@@ -118,8 +109,19 @@ public struct ImageSet: Sendable {
         default:
             throw bad(.imageDType(array.dtype))
         }
-        set.fileCount = fileCount ?? n
+        set.fileCount = fileCount
         return set
+    }
+
+    /// An array file's first `limit` items (all when nil) and how many it holds: `.npy` by its
+    /// extension, anything else as IDX.
+    static func readArray(contentsOf url: URL, limit: Int?) throws -> (array: Tensor, fileCount: Int) {
+        if url.lastPathComponent.lowercased().hasSuffix(".npy") {
+            let r = try NPY.read(contentsOf: url, maxItems: limit)
+            return (r.array, r.fileCount)
+        }
+        let r = try IDX.read(contentsOf: url, maxItems: limit)
+        return (r.array, r.fileCount)
     }
 
     static func checkFinite(_ f: [Float], dim: Int, _ url: URL) throws {
@@ -135,18 +137,7 @@ public struct ImageSet: Sendable {
 
     /// The first `limit` labels (all when nil) and how many the file holds.
     public static func loadLabels(contentsOf url: URL, limit: Int?) throws -> (labels: [Int], fileCount: Int) {
-        let lower = url.lastPathComponent.lowercased()
-        let a: Tensor
-        var fileCount: Int?
-        if lower.hasSuffix(".npy") {
-            let r = try NPY.read(contentsOf: url, maxItems: limit)
-            a = r.array
-            fileCount = r.fileCount
-        } else {
-            let r = try IDX.read(contentsOf: url, maxItems: limit)
-            a = r.array
-            fileCount = r.fileCount
-        }
+        let (a, fileCount) = try readArray(contentsOf: url, limit: limit)
         guard a.shape.count == 1 else { throw TarFlowError.invalidInput(.labelsRank(shape: a.shape), file: url.path) }
         let all: [Int]
         switch a.storage {
@@ -155,6 +146,6 @@ public struct ImageSet: Sendable {
         case .uint8(let v): all = v.map { Int($0) }
         default: throw TarFlowError.invalidInput(.labelsDType(a.dtype), file: url.path)
         }
-        return (limit.map { Array(all.prefix($0)) } ?? all, fileCount ?? all.count)
+        return (limit.map { Array(all.prefix($0)) } ?? all, fileCount)
     }
 }
