@@ -6,7 +6,7 @@ import Darwin
 
 /// A dense row-major tensor in host memory: the one type the runtime takes and returns, the
 /// reference interpreter computes with, and every reader and writer (`.npy`, IDX, safetensors,
-/// checkpoints) produces, so no layer translates between tensor types.
+/// checkpoints, PNG and JPEG images) produces, so no layer translates between tensor types.
 public struct Tensor: Sendable, Equatable {
     /// One case per `DType`; float16 and bfloat16 are kept as their bit patterns.
     public enum Storage: Sendable, Equatable {

@@ -47,20 +47,20 @@ public struct ImageFolder: Sendable {
             let fileURL = url.appendingPathComponent(f.path)
             let lower = f.path.lowercased()
             var img = lower.hasSuffix(".png") ? try PNGImage.read(contentsOf: fileURL) : try JPEGImage.read(contentsOf: fileURL)
-            if img.channels == 1, channels == 3 {
-                img.pixels = img.pixels.flatMap { [$0, $0, $0] }
-                img.channels = 3
+            if img.imageChannels == 1, channels == 3 {
+                img = Tensor(shape: [img.imageHeight, img.imageWidth, 3], bytes: img.imageBytes.flatMap { [$0, $0, $0] })
             }
-            guard img.channels == channels else { throw bad(.imageChannels(path: f.path, channels: img.channels, expected: channels)) }
+            guard img.imageChannels == channels else { throw bad(.imageChannels(path: f.path, channels: img.imageChannels, expected: channels)) }
             if resize {
                 img = ImageResize.resizeAndCenterCrop(img, size: size)
             } else {
-                guard img.width == size, img.height == size else {
-                    throw bad(.imageSize(path: f.path, width: img.width, height: img.height, size: size))
+                guard img.imageWidth == size, img.imageHeight == size else {
+                    throw bad(.imageSize(path: f.path, width: img.imageWidth, height: img.imageHeight, size: size))
                 }
             }
             // HWC → CHW.
-            for c in 0..<channels { for i in 0..<(size * size) { px.append(img.pixels[i * channels + c]) } }
+            let hwc = img.imageBytes
+            for c in 0..<channels { for i in 0..<(size * size) { px.append(hwc[i * channels + c]) } }
         }
         return ImageFolder(images: ImageSet(count: files.count, channels: channels, size: size, pixels: .integer(px)),
                            labels: labelsFromFolders ? files.map { $0.label ?? 0 } : nil, classes: classes, files: files.map(\.path))
@@ -99,12 +99,11 @@ public struct ImageFolder: Sendable {
 
 /// torchvision's `Resize(size)` + `CenterCrop(size)` on PIL images, with PIL's bilinear filter:
 /// a triangle of support 1 widened by the scale factor when shrinking (antialiasing), weights in
-/// 22-bit fixed point, the horizontal pass first, 8-bit rounding after each pass.
+/// 22-bit fixed point, the horizontal pass first, 8-bit rounding after each pass. Images are
+/// uint8 tensors [height, width, channels].
 public enum ImageResize {
-    public typealias Image = (width: Int, height: Int, channels: Int, pixels: [UInt8])
-
-    public static func resizeAndCenterCrop(_ img: Image, size: Int) -> Image {
-        let (w, h) = (img.width, img.height)
+    public static func resizeAndCenterCrop(_ img: Tensor, size: Int) -> Tensor {
+        let (w, h) = (img.imageWidth, img.imageHeight)
         // torchvision: the shorter side becomes `size`, the longer int(size * long / short).
         let (nw, nh): (Int, Int) = w <= h ? (size, Int(Double(size) * Double(h) / Double(w))) : (Int(Double(size) * Double(w) / Double(h)), size)
         let r = (nw == w && nh == h) ? img : resize(img, width: nw, height: nh)
@@ -113,52 +112,56 @@ public enum ImageResize {
             let q = d / 2
             return d % 2 == 0 || q % 2 == 0 ? q : q + 1
         }
-        let top = offset(r.height - size), left = offset(r.width - size), c = r.channels
+        let top = offset(r.imageHeight - size), left = offset(r.imageWidth - size), c = r.imageChannels
+        let pixels = r.imageBytes, rw = r.imageWidth
         var out = [UInt8](repeating: 0, count: size * size * c)
         for y in 0..<size {
-            let src = ((top + y) * r.width + left) * c
-            for i in 0..<(size * c) { out[y * size * c + i] = r.pixels[src + i] }
+            let src = ((top + y) * rw + left) * c
+            for i in 0..<(size * c) { out[y * size * c + i] = pixels[src + i] }
         }
-        return (size, size, c, out)
+        return Tensor(shape: [size, size, c], bytes: out)
     }
 
     static let precisionBits = 32 - 8 - 2
 
     /// PIL's `ImagingResample` with the bilinear filter over the whole image.
-    public static func resize(_ img: Image, width: Int, height: Int) -> Image {
-        let c = img.channels
-        var cur = img
-        if width != img.width {
-            let (bounds, k) = coefficients(input: img.width, output: width)
-            var out = [UInt8](repeating: 0, count: width * img.height * c)
-            for y in 0..<img.height {
+    public static func resize(_ img: Tensor, width: Int, height: Int) -> Tensor {
+        let c = img.imageChannels
+        var curWidth = img.imageWidth, curHeight = img.imageHeight
+        var cur: [UInt8] = img.imageBytes
+        if width != curWidth {
+            let (bounds, k) = coefficients(input: curWidth, output: width)
+            var out = [UInt8](repeating: 0, count: width * curHeight * c)
+            for y in 0..<curHeight {
                 for x in 0..<width {
                     let (lo, n) = bounds[x]
                     for ch in 0..<c {
                         var ss = 1 << (precisionBits - 1)
-                        for j in 0..<n { ss += Int(img.pixels[(y * img.width + lo + j) * c + ch]) * k[x][j] }
+                        for j in 0..<n { ss += Int(cur[(y * curWidth + lo + j) * c + ch]) * k[x][j] }
                         out[(y * width + x) * c + ch] = clip8(ss)
                     }
                 }
             }
-            cur = (width, img.height, c, out)
+            curWidth = width
+            cur = out
         }
-        if height != cur.height {
-            let (bounds, k) = coefficients(input: cur.height, output: height)
-            var out = [UInt8](repeating: 0, count: cur.width * height * c)
+        if height != curHeight {
+            let (bounds, k) = coefficients(input: curHeight, output: height)
+            var out = [UInt8](repeating: 0, count: curWidth * height * c)
             for y in 0..<height {
                 let (lo, n) = bounds[y]
-                for x in 0..<cur.width {
+                for x in 0..<curWidth {
                     for ch in 0..<c {
                         var ss = 1 << (precisionBits - 1)
-                        for j in 0..<n { ss += Int(cur.pixels[((lo + j) * cur.width + x) * c + ch]) * k[y][j] }
-                        out[(y * cur.width + x) * c + ch] = clip8(ss)
+                        for j in 0..<n { ss += Int(cur[((lo + j) * curWidth + x) * c + ch]) * k[y][j] }
+                        out[(y * curWidth + x) * c + ch] = clip8(ss)
                     }
                 }
             }
-            cur = (cur.width, height, c, out)
+            curHeight = height
+            cur = out
         }
-        return cur
+        return Tensor(shape: [curHeight, curWidth, c], bytes: cur)
     }
 
     static func clip8(_ v: Int) -> UInt8 { UInt8(clamping: v >> precisionBits) }

@@ -155,7 +155,7 @@ func writeImages(_ x: Tensor, output: String?, outDir: String?, columns: Int?, n
             guard c == 1 || c == 3 else { throw CLIError.invalidInput("PNG output needs 1 or 3 channels, images have \(c); use .npy") }
             let cols = PNGImage.gridLayout(count: b, height: h, width: w, columns: columns).columns
             let g = PNGImage.grid(images: x.floats, count: b, channels: c, height: h, width: w, columns: cols, normalize: normalize)
-            try PNGImage.write(width: g.width, height: g.height, channels: g.channels, pixels: g.pixels, to: url)
+            try PNGImage.write(g, to: url)
         }
     }
     if let outDir {
@@ -165,8 +165,7 @@ func writeImages(_ x: Tensor, output: String?, outDir: String?, columns: Int?, n
         let f = x.floats
         for i in 0..<b {
             let g = PNGImage.grid(images: Array(f[(i * per)..<((i + 1) * per)]), count: 1, channels: c, height: h, width: w, columns: 1, normalize: normalize)
-            try PNGImage.write(width: g.width, height: g.height, channels: g.channels, pixels: g.pixels,
-                               to: URL(fileURLWithPath: outDir).appendingPathComponent(String(format: "%06d.png", first + i)))
+            try PNGImage.write(g, to: URL(fileURLWithPath: outDir).appendingPathComponent(String(format: "%06d.png", first + i)))
         }
     }
 }

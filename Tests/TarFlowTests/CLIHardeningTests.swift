@@ -80,11 +80,11 @@ final class CLIHardeningTests: XCTestCase {
         // A PNG folder with RGB images for a gray model, and one of the wrong size.
         let rgb = tmp.appendingPathComponent("rgb")
         try FileManager.default.createDirectory(at: rgb, withIntermediateDirectories: true)
-        try PNGImage.write(width: 4, height: 4, channels: 3, pixels: [UInt8](repeating: 9, count: 48), to: rgb.appendingPathComponent("a.png"))
+        try PNGImage.write(Tensor(shape: [4, 4, 3], bytes: [UInt8](repeating: 9, count: 48)), to: rgb.appendingPathComponent("a.png"))
         try assertFails(["likelihood", uncond, "--images", rgb.path], mentions: ["a.png", "3 channel"])
         let big = tmp.appendingPathComponent("big")
         try FileManager.default.createDirectory(at: big, withIntermediateDirectories: true)
-        try PNGImage.write(width: 6, height: 6, channels: 1, pixels: [UInt8](repeating: 9, count: 36), to: big.appendingPathComponent("b.png"))
+        try PNGImage.write(Tensor(shape: [6, 6, 1], bytes: [UInt8](repeating: 9, count: 36)), to: big.appendingPathComponent("b.png"))
         try assertFails(["likelihood", uncond, "--images", big.path], mentions: ["b.png", "6x6"])
     }
 

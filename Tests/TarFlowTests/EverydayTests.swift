@@ -305,11 +305,12 @@ final class EverydayTests: XCTestCase {
         XCTAssertLessThan(perImage[1], 768 / 4, "\(perImage)")
         // Without --resize, images must have the model's size; a gray image becomes RGB.
         XCTAssertThrowsError(try ImageFolder.load(contentsOf: photos, channels: 3, size: 16)) { XCTAssertTrue("\($0)".contains("a.jpg is 40x30"), "\($0)") }
+        XCTAssertEqual(try JPEGImage.read(contentsOf: photos.appendingPathComponent("cat/a.jpg")).shape, [30, 40, 3], "height, width, channels")
         let dir = tmp.appendingPathComponent("plain")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         try FileManager.default.copyItem(at: photos.appendingPathComponent("dog/x.JPG"), to: dir.appendingPathComponent("1.jpg"))
         let gray = (0..<256).map { UInt8($0) }
-        try PNGImage.write(width: 16, height: 16, channels: 1, pixels: gray, to: dir.appendingPathComponent("0.png"))
+        try PNGImage.write(Tensor(shape: [16, 16, 1], bytes: gray), to: dir.appendingPathComponent("0.png"))
         let p = try ImageFolder.load(contentsOf: dir, channels: 3, size: 16)
         XCTAssertEqual(p.files, ["0.png", "1.jpg"])
         XCTAssertNil(p.labels)

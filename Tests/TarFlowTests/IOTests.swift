@@ -226,91 +226,99 @@ final class IOTests: XCTestCase {
     func testPNGRoundTripGrayAndRGB() throws {
         let gray = (0..<(5 * 3)).map { UInt8($0 * 17) }
         let grayURL = scratch.appendingPathComponent("gray.png")
-        try PNGImage.write(width: 5, height: 3, channels: 1, pixels: gray, to: grayURL)
+        try PNGImage.write(Tensor(shape: [3, 5, 1], bytes: gray), to: grayURL)
         let g = try PNGImage.read(contentsOf: grayURL)
-        XCTAssertEqual(g.width, 5)
-        XCTAssertEqual(g.height, 3)
-        XCTAssertEqual(g.channels, 1)
-        XCTAssertEqual(g.pixels, gray)
+        XCTAssertEqual(g.shape, [3, 5, 1], "height, width, channels")
+        XCTAssertEqual(g.dtype, .uint8)
+        XCTAssertEqual(g.imageWidth, 5)
+        XCTAssertEqual(g.imageHeight, 3)
+        XCTAssertEqual(g.imageChannels, 1)
+        XCTAssertEqual(g.imageBytes, gray)
 
         let rgb = (0..<(4 * 2 * 3)).map { UInt8(($0 * 53) % 256) }
         let rgbURL = scratch.appendingPathComponent("rgb.png")
-        try PNGImage.write(width: 4, height: 2, channels: 3, pixels: rgb, to: rgbURL)
+        try PNGImage.write(Tensor(shape: [2, 4, 3], bytes: rgb), to: rgbURL)
         let c = try PNGImage.read(contentsOf: rgbURL)
-        XCTAssertEqual([c.width, c.height, c.channels], [4, 2, 3])
-        XCTAssertEqual(c.pixels, rgb)
+        XCTAssertEqual([c.imageWidth, c.imageHeight, c.imageChannels], [4, 2, 3])
+        XCTAssertEqual(c.imageBytes, rgb)
 
         // Overwriting keeps working and leaves no temporary files.
-        try PNGImage.write(width: 1, height: 1, channels: 1, pixels: [9], to: rgbURL)
-        XCTAssertEqual(try PNGImage.read(contentsOf: rgbURL).pixels, [9])
+        try PNGImage.write(Tensor(shape: [1, 1, 1], bytes: [9]), to: rgbURL)
+        XCTAssertEqual(try PNGImage.read(contentsOf: rgbURL).imageBytes, [9])
         XCTAssertEqual(try leftoverTemporaries(), [])
     }
 
     func testPNGWriteRefusesBadInput() {
         let url = scratch.appendingPathComponent("bad.png")
-        assertFails(png, { try PNGImage.write(width: 2, height: 2, channels: 1, pixels: [1, 2, 3], to: url) })
-        assertFails(png, { try PNGImage.write(width: 1, height: 1, channels: 4, pixels: [1, 2, 3, 4], to: url) })
-        assertFails(png, { try PNGImage.write(width: 0, height: 1, channels: 1, pixels: [], to: url) })
+        var short = Tensor(shape: [2, 2, 1], bytes: [1, 2, 3, 4])
+        short.storage = .uint8([1, 2, 3])
+        assertFails(png, { try PNGImage.write(short, to: url) })
+        // Only uint8 [height, width, channels] is an image.
+        for notImage in [Tensor(shape: [2, 2], bytes: [1, 2, 3, 4]), Tensor(shape: [1, 1, 1], floats: [0.5])] {
+            assertFails(png, { try PNGImage.write(notImage, to: url) }) { "\($0)".contains("an image is uint8 [height, width, channels]") }
+        }
+        assertFails(png, { try PNGImage.write(Tensor(shape: [1, 1, 4], bytes: [1, 2, 3, 4]), to: url) })
+        assertFails(png, { try PNGImage.write(Tensor(shape: [1, 0, 1], bytes: []), to: url) })
         XCTAssertFalse(FileManager.default.fileExists(atPath: url.path))
     }
 
-    private func readPNG(_ name: String) throws -> (width: Int, height: Int, channels: Int, pixels: [UInt8]) {
+    private func readPNG(_ name: String) throws -> Tensor {
         try PNGImage.read(contentsOf: fixture(name))
     }
 
     func testPNGReads16BitScaledToEightBits() throws {
         // round(v * 255 / 65535): 511 -> 2 and 65280 -> 254, where v >> 8 would give 1 and 255.
         let gray = try readPNG("gray16_3x2.png")
-        XCTAssertEqual([gray.width, gray.height, gray.channels], [3, 2, 1])
-        XCTAssertEqual(gray.pixels, [0, 2, 255, 254, 128, 1])
+        XCTAssertEqual([gray.imageWidth, gray.imageHeight, gray.imageChannels], [3, 2, 1])
+        XCTAssertEqual(gray.imageBytes, [0, 2, 255, 254, 128, 1])
 
         let rgb = try readPNG("rgb16_2x1.png")
-        XCTAssertEqual([rgb.width, rgb.height, rgb.channels], [2, 1, 3])
-        XCTAssertEqual(rgb.pixels, [255, 0, 2, 128, 254, 1])
+        XCTAssertEqual([rgb.imageWidth, rgb.imageHeight, rgb.imageChannels], [2, 1, 3])
+        XCTAssertEqual(rgb.imageBytes, [255, 0, 2, 128, 254, 1])
     }
 
     func testPNGReadsPaletteImages() throws {
         let palette = try readPNG("palette_3x2.png")
-        XCTAssertEqual([palette.width, palette.height, palette.channels], [3, 2, 3])
-        XCTAssertEqual(palette.pixels, [255, 0, 0, 0, 255, 0, 0, 0, 255,
+        XCTAssertEqual([palette.imageWidth, palette.imageHeight, palette.imageChannels], [3, 2, 3])
+        XCTAssertEqual(palette.imageBytes, [255, 0, 0, 0, 255, 0, 0, 0, 255,
                                         10, 20, 30, 0, 0, 255, 0, 255, 0])
         // 4-bit indices with per-entry transparency: colours kept, alpha dropped.
         let transparent = try readPNG("palette4_trns_3x1.png")
-        XCTAssertEqual([transparent.width, transparent.height, transparent.channels], [3, 1, 3])
-        XCTAssertEqual(transparent.pixels, [0, 0, 255, 255, 0, 0, 10, 20, 30])
+        XCTAssertEqual([transparent.imageWidth, transparent.imageHeight, transparent.imageChannels], [3, 1, 3])
+        XCTAssertEqual(transparent.imageBytes, [0, 0, 255, 255, 0, 0, 10, 20, 30])
     }
 
     func testPNGDropsAlphaWithoutCompositing() throws {
         let grayAlpha = try readPNG("gray_alpha_2x2.png")
-        XCTAssertEqual([grayAlpha.width, grayAlpha.height, grayAlpha.channels], [2, 2, 1])
-        XCTAssertEqual(grayAlpha.pixels, [10, 200, 77, 255])
+        XCTAssertEqual([grayAlpha.imageWidth, grayAlpha.imageHeight, grayAlpha.imageChannels], [2, 2, 1])
+        XCTAssertEqual(grayAlpha.imageBytes, [10, 200, 77, 255])
 
         let rgba = try readPNG("rgba_2x1.png")
-        XCTAssertEqual([rgba.width, rgba.height, rgba.channels], [2, 1, 3])
-        XCTAssertEqual(rgba.pixels, [10, 20, 30, 40, 50, 60])
+        XCTAssertEqual([rgba.imageWidth, rgba.imageHeight, rgba.imageChannels], [2, 1, 3])
+        XCTAssertEqual(rgba.imageBytes, [10, 20, 30, 40, 50, 60])
 
         let rgba16 = try readPNG("rgba16_2x1.png")
-        XCTAssertEqual([rgba16.width, rgba16.height, rgba16.channels], [2, 1, 3])
-        XCTAssertEqual(rgba16.pixels, [2, 254, 128, 1, 255, 4])
+        XCTAssertEqual([rgba16.imageWidth, rgba16.imageHeight, rgba16.imageChannels], [2, 1, 3])
+        XCTAssertEqual(rgba16.imageBytes, [2, 254, 128, 1, 255, 4])
     }
 
     func testPNGReadsLowBitDepthInterlacedAndIgnoresGamma() throws {
         let bits = try readPNG("gray1_10x1.png")
-        XCTAssertEqual(bits.pixels, [255, 0, 255, 255, 0, 0, 0, 255, 0, 255])
+        XCTAssertEqual(bits.imageBytes, [255, 0, 255, 255, 0, 0, 0, 255, 0, 255])
 
         let gamma = try readPNG("gray_gamma1_2x1.png")
-        XCTAssertEqual(gamma.pixels, [64, 200])
+        XCTAssertEqual(gamma.imageBytes, [64, 200])
 
         let adam7 = try readPNG("rgb_adam7_5x5.png")
-        XCTAssertEqual([adam7.width, adam7.height, adam7.channels], [5, 5, 3])
+        XCTAssertEqual([adam7.imageWidth, adam7.imageHeight, adam7.imageChannels], [5, 5, 3])
         var expected: [UInt8] = []
         for y in 0..<5 { for x in 0..<5 { for c in 0..<3 { expected.append(UInt8((x * 40 + c * 7 + y * 3) % 256)) } } }
-        XCTAssertEqual(adam7.pixels, expected)
+        XCTAssertEqual(adam7.imageBytes, expected)
     }
 
     func testPNGRefusesCorruptFiles() throws {
-        let good = try PNGImage.encode(width: 8, height: 8, channels: 3, pixels: [UInt8](repeating: 100, count: 192))
-        XCTAssertEqual(try PNGImage.decode(good).pixels, [UInt8](repeating: 100, count: 192))
+        let good = try PNGImage.encode(Tensor(shape: [8, 8, 3], bytes: [UInt8](repeating: 100, count: 192)))
+        XCTAssertEqual(try PNGImage.decode(good).imageBytes, [UInt8](repeating: 100, count: 192))
 
         // Not a PNG at all.
         assertFails(png, { _ = try PNGImage.decode(Array("GIF89a....".utf8)) }) {
@@ -342,7 +350,7 @@ final class IOTests: XCTestCase {
             if case .invalid = $0 { return true } else { return false }
         }
         // Still decodes fine afterwards (no state left behind by the failures).
-        XCTAssertEqual(try PNGImage.decode(good).width, 8)
+        XCTAssertEqual(try PNGImage.decode(good).imageWidth, 8)
 
         let url = scratch.appendingPathComponent("corrupt.png")
         try Data(flipped).write(to: url)
@@ -361,14 +369,14 @@ final class IOTests: XCTestCase {
         for k in 0..<4 { images += [Float](repeating: levels[k], count: h * w) }
         let grid = PNGImage.grid(images: images, count: 4, channels: 1, height: h, width: w,
                                  columns: 2, padding: p, normalize: false)
-        XCTAssertEqual(grid.width, 2 * (w + p) + p)
-        XCTAssertEqual(grid.height, 2 * (h + p) + p)
-        XCTAssertEqual(grid.channels, 1)
+        XCTAssertEqual(grid.imageWidth, 2 * (w + p) + p)
+        XCTAssertEqual(grid.imageHeight, 2 * (h + p) + p)
+        XCTAssertEqual(grid.imageChannels, 1)
         // floor(((x + 1) / 2) * 255 + 0.5): -0.5 -> 64, 0 -> 128, 0.5 -> 191, 1 -> 255.
         let expectedLevel: [UInt8] = [64, 128, 191, 255]
-        for y in 0..<grid.height {
-            for x in 0..<grid.width {
-                let value = grid.pixels[y * grid.width + x]
+        for y in 0..<grid.imageHeight {
+            for x in 0..<grid.imageWidth {
+                let value = grid.imageBytes[y * grid.imageWidth + x]
                 let inCellY = (y - p) % (h + p) < h && y >= p
                 let inCellX = (x - p) % (w + p) < w && x >= p
                 if inCellY && inCellX {
@@ -390,8 +398,8 @@ final class IOTests: XCTestCase {
         ]
         let grid = PNGImage.grid(images: images, count: 3, channels: 3, height: 1, width: 2,
                                  columns: 2, padding: 2, normalize: true)
-        XCTAssertEqual([grid.width, grid.height, grid.channels], [10, 8, 3])
-        func pixel(_ y: Int, _ x: Int) -> [UInt8] { Array(grid.pixels[(y * grid.width + x) * 3..<(y * grid.width + x) * 3 + 3]) }
+        XCTAssertEqual([grid.imageWidth, grid.imageHeight, grid.imageChannels], [10, 8, 3])
+        func pixel(_ y: Int, _ x: Int) -> [UInt8] { Array(grid.imageBytes[(y * grid.imageWidth + x) * 3..<(y * grid.imageWidth + x) * 3 + 3]) }
         func q(_ v: Float) -> UInt8 { UInt8(min(max((v + 12) / 24 * 255 + 0.5, 0), 255)) }
         XCTAssertEqual(pixel(2, 2), [q(0), q(2), q(4)])
         XCTAssertEqual(pixel(2, 3), [q(1), q(3), q(5)])
@@ -404,22 +412,22 @@ final class IOTests: XCTestCase {
         // More columns than images: torchvision uses min(nrow, B) columns.
         let wide = PNGImage.grid(images: images, count: 3, channels: 3, height: 1, width: 2,
                                  columns: 8, padding: 2, normalize: true)
-        XCTAssertEqual([wide.width, wide.height], [3 * 4 + 2, 5])
+        XCTAssertEqual([wide.imageWidth, wide.imageHeight], [3 * 4 + 2, 5])
 
         // One image: no padding at all, like make_grid's squeeze.
         let single = PNGImage.grid(images: [-1, 1, 0, 0.5], count: 1, channels: 1, height: 2, width: 2,
                                    columns: 4, padding: 2, normalize: false)
-        XCTAssertEqual([single.width, single.height], [2, 2])
-        XCTAssertEqual(single.pixels, [0, 255, 128, 191])
+        XCTAssertEqual([single.imageWidth, single.imageHeight], [2, 2])
+        XCTAssertEqual(single.imageBytes, [0, 255, 128, 191])
 
         // Constant batch with normalize: scale floor of 1e-5 keeps it finite (all zeros).
         let flat = PNGImage.grid(images: [0.3, 0.3], count: 2, channels: 1, height: 1, width: 1,
                                  columns: 2, padding: 0, normalize: true)
-        XCTAssertEqual(flat.pixels, [0, 0])
+        XCTAssertEqual(flat.imageBytes, [0, 0])
         // Out-of-range and NaN values clamp.
         let clamped = PNGImage.grid(images: [-3, 3, .nan], count: 3, channels: 1, height: 1, width: 1,
                                     columns: 3, padding: 0, normalize: false)
-        XCTAssertEqual(clamped.pixels, [0, 255, 0])
+        XCTAssertEqual(clamped.imageBytes, [0, 255, 0])
     }
 
     // MARK: - IDX

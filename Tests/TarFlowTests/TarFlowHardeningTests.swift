@@ -106,8 +106,8 @@ final class TarFlowHardeningTests: XCTestCase {
     /// A PNG header may claim 16384×4096 pixels; the image data must be able to hold them before
     /// the decoder allocates 64 MiB.
     func testPNGImageDataMustFitTheClaimedSize() throws {
-        var png = try PNGImage.encode(width: 4, height: 4, channels: 1, pixels: [UInt8](repeating: 7, count: 16))
-        XCTAssertEqual(try PNGImage.decode(png).pixels.count, 16)
+        var png = try PNGImage.encode(Tensor(shape: [4, 4, 1], bytes: [UInt8](repeating: 7, count: 16)))
+        XCTAssertEqual(try PNGImage.decode(png).shape, [4, 4, 1])
         // Width and height are bytes 16..<24 (IHDR); the IHDR CRC is not checked before ours.
         png.replaceSubrange(16..<24, with: [0, 0, 0x40, 0, 0, 0, 0x10, 0])
         XCTAssertThrowsError(try PNGImage.decode(png)) { XCTAssertTrue("\($0)".contains("cannot hold"), "\($0)") }

@@ -8,13 +8,13 @@ public enum JPEGImage {
     public static let maxPixels = PNGImage.maxPixels
     public static let maxFileBytes = 1 << 30
 
-    /// Interleaved 8-bit samples, row-major; `channels` = 1 (gray) or 3 (RGB).
-    public static func read(contentsOf url: URL) throws -> (width: Int, height: Int, channels: Int, pixels: [UInt8]) {
+    /// A uint8 image [height, width, channels]; `channels` = 1 (gray) or 3 (RGB).
+    public static func read(contentsOf url: URL) throws -> Tensor {
         try decode(try readFileBytes(at: url, maxBytes: maxFileBytes), path: url.path)
     }
 
     /// Decodes an in-memory JPEG file; `path` only labels errors.
-    public static func decode(_ bytes: [UInt8], path: String = "<memory>") throws -> (width: Int, height: Int, channels: Int, pixels: [UInt8]) {
+    public static func decode(_ bytes: [UInt8], path: String = "<memory>") throws -> Tensor {
         guard bytes.count >= 3, bytes[0] == 0xFF, bytes[1] == 0xD8, bytes[2] == 0xFF else {
             throw TarFlowError.invalidInput(.notJPEG(path: path))
         }
@@ -30,6 +30,6 @@ public enum JPEGImage {
         }
         defer { free(out) }
         let n = Int(w) * Int(h) * Int(c)
-        return (Int(w), Int(h), Int(c), Array(UnsafeBufferPointer(start: out, count: n)))
+        return Tensor(shape: [Int(h), Int(w), Int(c)], bytes: Array(UnsafeBufferPointer(start: out, count: n)))
     }
 }

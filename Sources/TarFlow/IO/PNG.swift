@@ -23,16 +23,14 @@ public enum PNGImage {
 
     // MARK: Reading
 
-    /// Decodes a PNG file into interleaved 8-bit samples, row-major, `channels` = 1 (gray) or 3 (RGB).
-    public static func read(contentsOf url: URL) throws -> (width: Int, height: Int, channels: Int, pixels: [UInt8]) {
+    /// Decodes a PNG file into a uint8 image [height, width, channels], `channels` = 1 (gray) or 3 (RGB).
+    public static func read(contentsOf url: URL) throws -> Tensor {
         let bytes = try readFileBytes(at: url, maxBytes: maxFileBytes)
         return try decode(bytes, path: url.path)
     }
 
     /// Decodes an in-memory PNG file; `path` only labels errors.
-    public static func decode(_ bytes: [UInt8], path: String = "<memory>") throws
-        -> (width: Int, height: Int, channels: Int, pixels: [UInt8])
-    {
+    public static func decode(_ bytes: [UInt8], path: String = "<memory>") throws -> Tensor {
         let (header, stream) = try sanitize(bytes, path: path)
         let channels = header.isColor ? 3 : 1
 
@@ -63,10 +61,8 @@ public enum PNGImage {
                 png_image_finish_read(&image, nil, out.baseAddress, png_int_32(rowStride), nil)
             }
             guard ok != 0 else { throw TarFlowError.png(.decode(path: path, message: message(of: &image))) }
-            guard hasAlpha else {
-                return (header.width, header.height, channels, decoded)
-            }
-            return (header.width, header.height, channels, dropAlpha(decoded, channels: channels))
+            return Tensor(shape: [header.height, header.width, channels],
+                          bytes: hasAlpha ? dropAlpha(decoded, channels: channels) : decoded)
         }
     }
 
@@ -163,13 +159,17 @@ public enum PNGImage {
 
     // MARK: Writing
 
-    /// Writes 8-bit gray (`channels` 1) or RGB (`channels` 3) samples, interleaved and row-major.
-    public static func write(width: Int, height: Int, channels: Int, pixels: [UInt8], to url: URL) throws {
-        try writeAtomically(try encode(width: width, height: height, channels: channels, pixels: pixels), to: url)
+    /// Writes a uint8 image [height, width, channels], gray (`channels` 1) or RGB (3).
+    public static func write(_ image: Tensor, to url: URL) throws {
+        try writeAtomically(try encode(image), to: url)
     }
 
-    /// The PNG file bytes for 8-bit gray or RGB samples.
-    public static func encode(width: Int, height: Int, channels: Int, pixels: [UInt8]) throws -> [UInt8] {
+    /// The PNG file bytes of a uint8 gray or RGB image [height, width, channels].
+    public static func encode(_ image: Tensor) throws -> [UInt8] {
+        guard image.dtype == .uint8, image.shape.count == 3 else {
+            throw TarFlowError.png(.badPixels(reason: "an image is uint8 [height, width, channels], got \(image.dtype.rawValue) \(image.shape)"))
+        }
+        let (height, width, channels, pixels) = (image.imageHeight, image.imageWidth, image.imageChannels, image.imageBytes)
         guard channels == 1 || channels == 3 else { throw TarFlowError.png(.badPixels(reason: "channels must be 1 or 3, got \(channels)")) }
         guard (1...maxDimension).contains(width), (1...maxDimension).contains(height), width * height <= maxPixels else {
             throw TarFlowError.png(.tooLarge(path: "<output>", width: width, height: height))
@@ -204,7 +204,7 @@ public enum PNGImage {
     // MARK: Grids
 
     /// Tiles a batch into one image the way `torchvision.utils.save_image(batch, nrow: columns,
-    /// padding:, normalize:)` does, returning interleaved 8-bit samples ready for `write`.
+    /// padding:, normalize:)` does, returning a uint8 image [height, width, channels] ready for `write`.
     ///
     /// - `images`: B·C·H·W floats (NCHW), in model space [-1, 1] when `normalize` is false.
     /// - Layout: min(columns, B) columns and ceil(B / columns) rows of (H+padding)×(W+padding)
@@ -215,9 +215,7 @@ public enum PNGImage {
     ///   ⌊clamp(v·255 + 0.5, 0, 255)⌋; NaN becomes 0.
     /// - One channel stays gray (torchvision triplicates it into equal RGB samples).
     public static func grid(images: [Float], count: Int, channels: Int, height: Int, width: Int,
-                            columns: Int, padding: Int = 2, normalize: Bool)
-        -> (width: Int, height: Int, channels: Int, pixels: [UInt8])
-    {
+                            columns: Int, padding: Int = 2, normalize: Bool) -> Tensor {
         precondition(count >= 1 && height >= 1 && width >= 1 && columns >= 1 && padding >= 0,
                      "PNGImage.grid: count, height, width, columns must be positive and padding non-negative")
         precondition(channels == 1 || channels == 3, "PNGImage.grid: channels must be 1 or 3")
@@ -265,7 +263,7 @@ public enum PNGImage {
                 }
             }
         }
-        return (gridWidth, gridHeight, channels, pixels)
+        return Tensor(shape: [gridHeight, gridWidth, channels], bytes: pixels)
     }
 
     /// save_image's rounding: ⌊clamp(v·255 + 0.5, 0, 255)⌋ in float32.
