@@ -42,10 +42,10 @@ public final class BatchSplitPlan: @unchecked Sendable {
     /// - Parameter arenas: one shared arena per part (see `Executor.bind(_:in:)`), or nil for
     ///   parts with arenas of their own (cached by the executor).
     init(executor e: Executor, symbol: String, bindings: [String: Int], parts count: Int, arenas: [SharedArena]? = nil) throws {
-        guard let total = bindings[symbol], total > 0 else { throw RuntimeError(.invalidSplit, "batch split: symbol \(symbol) must be bound to a positive size") }
+        guard let total = bindings[symbol], total > 0 else { throw RuntimeError(.splitSymbolUnbound(symbol)) }
         try BatchRows.check(e.plan.graph, symbol: symbol)
         let ranges = BatchSplitPlan.partRanges(total: total, parts: count)
-        if let arenas, arenas.count != ranges.count { throw RuntimeError(.invalidSplit, "batch split: \(ranges.count) parts need \(ranges.count) arenas, have \(arenas.count)") }
+        if let arenas, arenas.count != ranges.count { throw RuntimeError(.splitArenaCount(parts: ranges.count, arenas: arenas.count)) }
         var plans: [BoundPlan] = []
         for (i, r) in ranges.enumerated() {
             var b = bindings
@@ -80,16 +80,16 @@ public final class BatchSplitPlan: @unchecked Sendable {
         let g = graph
         let stateInputs = Set(g.state.map(\.input)), stateOutputs = Set(g.state.map(\.output))
         for name in inputs.keys where g.value(named: name).map({ g.inputs.contains($0) }) != true {
-            throw RuntimeError(.invalidInput, "'\(name)' is not an input of graph '\(g.name)'")
+            throw RuntimeError(.notAnInput(name: name, graph: g.name, inputs: nil))
         }
         for v in g.inputs {
             let val = g.values[v]
             guard let t = inputs[val.name] else {
                 if stateInputs.contains(v) { continue }
-                throw RuntimeError(.invalidInput, "missing input '\(val.name)' (\(val.type))")
+                throw RuntimeError(.missingInput(name: val.name, type: val.type))
             }
             guard t.dtype == val.type.dtype, t.shape.count == val.type.rank else {
-                throw RuntimeError(.invalidInput, "input '\(val.name)' must be \(val.type), is \(t.dtype)\(t.shape)")
+                throw RuntimeError(.inputType(name: val.name, expected: val.type, dtype: t.dtype, shape: t.shape))
             }
             let sliced = isSliced(val.type)
             for (i, part) in parts.enumerated() {
@@ -97,7 +97,7 @@ public final class BatchSplitPlan: @unchecked Sendable {
                 var shape = t.shape
                 if sliced { shape[0] = rows[i].count }
                 guard shape == expected, !sliced || t.shape[0] == total else {
-                    throw RuntimeError(.invalidInput, "input '\(val.name)' must have shape \(val.type) with \(symbol) = \(total), has \(t.shape)")
+                    throw RuntimeError(.inputRows(name: val.name, expected: val.type, symbol: symbol, total: total, got: t.shape))
                 }
                 let bytes = part.byteCount(v)
                 let offset = sliced ? rows[i].lowerBound * (bytes / max(rows[i].count, 1)) : 0
@@ -169,7 +169,7 @@ private final class PartsJob: ParallelJob {
 extension Executor {
     /// Arena bytes each part of a split of `bindings` needs (for sizing shared arenas).
     public func splitArenaBytes(_ bindings: [String: Int], symbol: String = "B", parts: Int? = nil) throws -> [Int] {
-        guard let total = bindings[symbol], total > 0 else { throw RuntimeError(.invalidSplit, "batch split: symbol \(symbol) must be bound to a positive size") }
+        guard let total = bindings[symbol], total > 0 else { throw RuntimeError(.splitSymbolUnbound(symbol)) }
         try BatchRows.check(plan.graph, symbol: symbol)
         return try BatchSplitPlan.partRanges(total: total, parts: parts ?? threads).map { r in
             var b = bindings

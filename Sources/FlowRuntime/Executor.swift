@@ -65,7 +65,7 @@ public final class Executor: @unchecked Sendable {
                 // Never dereferenced as f32: every reader is a linear step with packed weights.
                 fixed[v] = UnsafeMutableRawPointer(mutating: t.bytes.pointer)
             } else {
-                throw RuntimeError(.missingConstant, "constant '\(name)' is missing from the model")
+                throw RuntimeError(.missingConstant(name))
             }
         }
         // Load-time steps: fixed shapes, evaluated once.
@@ -73,7 +73,7 @@ public final class Executor: @unchecked Sendable {
         var loadBytes = 0
         for s in plan.loadSteps {
             for v in s.inputs + s.outputs {
-                guard let sh = g.values[v].type.concreteShape([:]) else { throw RuntimeError(.unsupported, "load-time value '\(g.values[v].name)' has a symbolic shape") }
+                guard let sh = g.values[v].type.concreteShape([:]) else { throw RuntimeError(.symbolicLoadTimeValue(g.values[v].name)) }
                 shapes[v] = sh
             }
             for o in s.outputs where fixed[o] == nil {
@@ -81,7 +81,7 @@ public final class Executor: @unchecked Sendable {
                 guard let bytes = Executor.byteCount(shapes[o] ?? [], g.values[o].type.dtype),
                     case let (total, overflow) = loadBytes.addingReportingOverflow(bytes), !overflow, total <= Executor.memoryLimit
                 else {
-                    throw RuntimeError(.memoryLimit, "the load-time values of graph '\(g.name)' need more than the \(Executor.memoryLimit) bytes of memory")
+                    throw RuntimeError(.loadTimeValuesTooLarge(graph: g.name, limit: Executor.memoryLimit))
                 }
                 loadBytes = total
                 fixed[o] = allocate(max(1, bytes))
@@ -106,7 +106,7 @@ public final class Executor: @unchecked Sendable {
             guard let wp = fixed[wv], g.values[wv].type.dtype == .float32 else { continue }
             let floats = fk_packed_size(ws[0], ws[1])
             guard case let (total, overflow) = loadBytes.addingReportingOverflow(floats * 4), !overflow, total <= Executor.memoryLimit else {
-                throw RuntimeError(.memoryLimit, "the packed weights of graph '\(g.name)' need more than the \(Executor.memoryLimit) bytes of memory")
+                throw RuntimeError(.packedWeightsTooLarge(graph: g.name, limit: Executor.memoryLimit))
             }
             loadBytes = total
             let p = allocate(floats * 4).assumingMemoryBound(to: Float.self)
@@ -197,27 +197,27 @@ public final class Executor: @unchecked Sendable {
             let val = g.values[v]
             guard let t = inputs[val.name] else {
                 if stateInputs.contains(v) { continue }
-                throw RuntimeError(.invalidInput, "missing input '\(val.name)' (\(val.type))")
+                throw RuntimeError(.missingInput(name: val.name, type: val.type))
             }
-            guard t.dtype == val.type.dtype else { throw RuntimeError(.invalidInput, "input '\(val.name)' must be \(val.type.dtype), is \(t.dtype)") }
-            guard t.shape.count == val.type.rank else { throw RuntimeError(.invalidInput, "input '\(val.name)' must have shape \(val.type), has \(t.shape)") }
+            guard t.dtype == val.type.dtype else { throw RuntimeError(.inputDType(name: val.name, expected: val.type.dtype, got: t.dtype)) }
+            guard t.shape.count == val.type.rank else { throw RuntimeError(.inputShape(name: val.name, expected: val.type, got: t.shape)) }
             for (d, n) in zip(val.type.shape, t.shape) {
                 switch d {
                 case .fixed(let f) where f != n:
-                    throw RuntimeError(.invalidInput, "input '\(val.name)' must have shape \(val.type), has \(t.shape)")
+                    throw RuntimeError(.inputShape(name: val.name, expected: val.type, got: t.shape))
                 case .symbol(let s):
-                    if let b = bindings[s], b != n { throw RuntimeError(.invalidInput, "symbol \(s) is \(b) in one input and \(n) in '\(val.name)'") }
+                    if let b = bindings[s], b != n { throw RuntimeError(.symbolDisagrees(symbol: s, first: b, second: n, input: val.name)) }
                     bindings[s] = n
                 default: break
                 }
             }
         }
         for name in inputs.keys where g.value(named: name).map({ g.inputs.contains($0) }) != true {
-            throw RuntimeError(.invalidInput, "'\(name)' is not an input of graph '\(g.name)' (inputs: \(plan.inputNames.joined(separator: ", ")))")
+            throw RuntimeError(.notAnInput(name: name, graph: g.name, inputs: plan.inputNames))
         }
         for s in Set(g.inputs.flatMap { g.values[$0].type.shape.compactMap { if case .symbol(let s) = $0 { s } else { nil } } })
         where bindings[s] == nil {
-            throw RuntimeError(.invalidInput, "symbol \(s) appears only in state inputs; bind it with bind(_:)")
+            throw RuntimeError(.symbolOnlyInState(s))
         }
         let inst = try bind(bindings)
         for v in g.inputs {
@@ -267,12 +267,12 @@ public final class BoundPlan: @unchecked Sendable {
             memoryPlan = try e.memoryPlan(bindings)
             let total = memoryPlan.arenaBytes
             guard total <= Executor.memoryLimit else {
-                throw RuntimeError(.memoryLimit, "graph '\(g.name)' with \(bindings) needs \(total) bytes of buffers, more than the \(Executor.memoryLimit) bytes of memory; use a smaller batch")
+                throw RuntimeError(.buffersTooLarge(graph: g.name, bindings: bindings, bytes: total, limit: Executor.memoryLimit))
             }
             arenaBytes = total
             if let shared {
                 guard shared.byteCount >= total else {
-                    throw RuntimeError(.memoryLimit, "graph '\(g.name)' with \(bindings) needs \(total) bytes of buffers; the shared arena has \(shared.byteCount)")
+                    throw RuntimeError(.sharedArenaTooSmall(graph: g.name, bindings: bindings, bytes: total, arena: shared.byteCount))
                 }
                 arena = shared.pointer
             } else {
@@ -416,7 +416,7 @@ public final class SharedArena: @unchecked Sendable {
 
     public init(byteCount: Int) throws {
         guard byteCount >= 0, byteCount <= Executor.memoryLimit else {
-            throw RuntimeError(.memoryLimit, "a shared arena of \(byteCount) bytes is more than the \(Executor.memoryLimit) bytes of memory")
+            throw RuntimeError(.sharedArenaTooLarge(bytes: byteCount, limit: Executor.memoryLimit))
         }
         self.byteCount = byteCount
         pointer = UnsafeMutableRawPointer.allocate(byteCount: max(byteCount, 64), alignment: 64)

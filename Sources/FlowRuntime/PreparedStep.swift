@@ -66,7 +66,7 @@ enum PreparedStep {
             Kernels.pad(x: x, y: y, outer: outer, n: n, inner: inner, before: before, after: after)
         case let .gather(table, rows, rowSize, indices, count, y):
             if let i = Kernels.gather(table: table, rows: rows, rowSize: rowSize, indices: indices, count: count, y: y) {
-                throw RuntimeError(.indexOutOfRange, "gather: index \(indices[i]) out of range for a table of \(rows) rows")
+                throw RuntimeError(.gatherIndex(indices[i], rows: rows))
             }
         case let .reduce(x, y, walk, acc, outCount, scale):
             Kernels.reduce(x: x, y: y, walk: walk, acc: acc, outCount: outCount, scale: scale)
@@ -75,11 +75,11 @@ enum PreparedStep {
         case let .writeSlice(x, update, position, y, outer, n, m, inner):
             let p = Int(position[0])
             // p comes from data: compare against n − m (≥ 0 by the shape rule) so it cannot overflow.
-            guard p >= 0, p <= n - m else { throw RuntimeError(.indexOutOfRange, "write_slice: position \(p) + \(m) is outside 0..<\(n)") }
+            guard p >= 0, p <= n - m else { throw RuntimeError(.writePosition(p, count: m, extent: n)) }
             Kernels.writeSlice(x: x, update: update, at: p, y: y, outer: outer, n: n, m: m, inner: inner)
         case let .writeSliceHalf(x, update, position, y, outer, n, m, inner):
             let p = Int(position[0])
-            guard p >= 0, p <= n - m else { throw RuntimeError(.indexOutOfRange, "write_slice: position \(p) + \(m) is outside 0..<\(n)") }
+            guard p >= 0, p <= n - m else { throw RuntimeError(.writePosition(p, count: m, extent: n)) }
             Kernels.writeSliceHalf(x: x, update: update, at: p, y: y, outer: outer, n: n, m: m, inner: inner)
         case let .maskAfter(x, position, y, rows, n, value):
             Kernels.maskAfter(x: x, position: position, y: y, rows: rows, n: n, value: value)
@@ -139,7 +139,7 @@ extension Executor {
             let pos: UnsafePointer<Int64>? = mask == .afterPosition ? UnsafePointer(pointer(s.inputs[next]).assumingMemoryBound(to: Int64.self)) : nil
             let kvHalf = graph.values[s.inputs[1]].type.dtype == .float16
             guard kvHalf == (graph.values[s.inputs[2]].type.dtype == .float16) else {
-                throw RuntimeError(.unsupported, "attention: k and v must have the same dtype (both f32 or both f16)")
+                throw RuntimeError(.mixedKVDTypes)
             }
             let job = AttentionJob(q: f(x), k: UnsafeRawPointer(pointer(s.inputs[1])), v: UnsafeRawPointer(pointer(s.inputs[2])), kvHalf: kvHalf,
                                    y: f(out), rowScale: rs, position: pos, heads: heads, shapes: (qs, ks, vs), offsets: offsets,

@@ -28,7 +28,7 @@ public enum ReferenceInterpreter {
     public static func run(_ g: Graph, model: Model, inputs: [String: Tensor]) throws -> [Tensor?] {
         var vals = [Tensor?](repeating: nil, count: g.values.count)
         for v in g.inputs {
-            guard let t = inputs[g.values[v].name] else { throw RuntimeError(.invalidInput, "reference: missing input '\(g.values[v].name)'") }
+            guard let t = inputs[g.values[v].name] else { throw RuntimeError(.referenceMissingInput(g.values[v].name)) }
             vals[v] = t
         }
         for n in g.nodes {
@@ -80,7 +80,7 @@ public enum ReferenceInterpreter {
         func count(_ s: [Int]) -> Int { elementCount(s) ?? 0 }
         switch op {
         case .constant(let name):
-            guard let t = model.tensor(named: name) else { throw RuntimeError(.missingConstant, "reference: no tensor '\(name)'") }
+            guard let t = model.tensor(named: name) else { throw RuntimeError(.referenceMissingTensor(name)) }
             return Operand(t.tensor())
         case .full(let v, let shape):
             let s = shape.map { $0.resolved(bindings) ?? 0 }
@@ -241,7 +241,7 @@ public enum ReferenceInterpreter {
             var out: [Double] = []
             for v in x[1].data {
                 // Range-check in Double first: an index near ±2⁶³ does not convert to Int.
-                guard v >= -Double(rows), v < Double(rows) else { throw RuntimeError(.indexOutOfRange, "reference: gather index \(v) out of range") }
+                guard v >= -Double(rows), v < Double(rows) else { throw RuntimeError(.referenceGatherIndex(v)) }
                 var r = Int(v)
                 if r < 0 { r += rows }
                 out += t.data[(r * rs)..<((r + 1) * rs)]
@@ -250,7 +250,7 @@ public enum ReferenceInterpreter {
         case .writeSlice(let axis):
             let s = x[0].shape, u = x[1].shape
             let pd = x[2].data[0]
-            guard pd >= 0, pd + Double(u[axis]) <= Double(s[axis]) else { throw RuntimeError(.indexOutOfRange, "reference: write_slice position \(pd) out of range") }
+            guard pd >= 0, pd + Double(u[axis]) <= Double(s[axis]) else { throw RuntimeError(.referenceWritePosition(pd)) }
             let p = Int(pd)
             var out = x[0].data
             for i in x[1].data.indices {

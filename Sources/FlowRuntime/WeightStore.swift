@@ -69,7 +69,7 @@ public final class WeightStore: @unchecked Sendable {
 
     private func allocate(_ bytes: Int, limit: Int) throws -> UnsafeMutableRawPointer {
         guard case let (total, o) = allocatedBytes.addingReportingOverflow(bytes), !o, total <= limit else {
-            throw RuntimeError(.memoryLimit, "the model's weights need more than the \(limit) bytes of memory this process may use")
+            throw RuntimeError(.weightsTooLarge(limit: limit))
         }
         allocatedBytes = total
         let p = UnsafeMutableRawPointer.allocate(byteCount: max(bytes, 64), alignment: 64)
@@ -82,7 +82,7 @@ public final class WeightStore: @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         if let p = packed[name] { return p }
-        guard let stored = model.tensor(named: name), stored.shape == [n, k] else { throw RuntimeError(.missingConstant, "linear weight '\(name)' is missing or is not [\(n), \(k)]") }
+        guard let stored = model.tensor(named: name), stored.shape == [n, k] else { throw RuntimeError(.missingLinearWeight(name: name, n: n, k: k)) }
         let native = stored.dtype == .bfloat16 && WeightStore.nativeBF16
         if stored.layout == .panels32, !native, Int(bitPattern: stored.bytes.pointer) % 64 == 0 {
             // Stored as the kernel reads it (`tarflow compile`): used where it lies, no copy.
@@ -123,7 +123,7 @@ public final class WeightStore: @unchecked Sendable {
             }
             result = Packed(pointer: UnsafeRawPointer(p), type: Int32(FK_WEIGHTS_F32), bytes: elements * 4)
         case .int64, .float64, .uint8, .int32:
-            throw RuntimeError(.unsupported, "linear weight '\(name)' is \(t.dtype)")
+            throw RuntimeError(.linearWeightDType(name: name, t.dtype))
         }
         stored.bytes.releaseResidentPages()
         packedBytes += result.bytes
@@ -136,7 +136,7 @@ public final class WeightStore: @unchecked Sendable {
     /// fault on a 3 KB bias maps up to 2 MB of the packed weights around it back in: 0.45 GB
     /// over a paper-size forward); f16 and bf16 widened once to f32.
     func values(_ name: String) throws -> UnsafeMutableRawPointer {
-        guard let t = model.tensor(named: name) else { throw RuntimeError(.missingConstant, "constant '\(name)' is missing from the model") }
+        guard let t = model.tensor(named: name) else { throw RuntimeError(.missingConstant(name)) }
         let rowMajor = t.layout == .rowMajor
         if (t.dtype == .float32 || t.dtype == .int64) && rowMajor && Int(bitPattern: t.bytes.pointer) % t.dtype.byteSize == 0 && !t.bytes.isMapped {
             return UnsafeMutableRawPointer(mutating: t.bytes.pointer)
@@ -145,7 +145,7 @@ public final class WeightStore: @unchecked Sendable {
         defer { lock.unlock() }
         if let p = widened[name] { return p }
         let es = t.dtype == .int64 ? 8 : 4
-        guard let elements = TensorLayout.rowMajor.storedElements(t.shape) else { throw RuntimeError(.unsupported, "constant '\(name)': shape \(t.shape) overflows") }
+        guard let elements = TensorLayout.rowMajor.storedElements(t.shape) else { throw RuntimeError(.constantShapeOverflow(name: name, shape: t.shape)) }
         let p = try allocate(elements * es, limit: Executor.memoryLimit)
         if (t.dtype == .int64 || t.dtype == .float32) && rowMajor {
             p.copyMemory(from: t.bytes.pointer, byteCount: t.bytes.count)

@@ -66,5 +66,23 @@ final class ErrorKindTests: XCTestCase {
         XCTAssertNil(kind { try ex.run(["x": x, "ids": Tensor(shape: [2], int64s: [0, 3])]) })
         XCTAssertEqual(kind { try ex.run(["x": x]) }, .invalidInput)
         XCTAssertEqual(kind { try ex.run(["x": x, "ids": Tensor(shape: [2], int64s: [0, 4])]) }, .indexOutOfRange)
+
+        // The failure carries its names and numbers; the text is worded from them.
+        func failure(_ body: () throws -> Any) -> RuntimeError? {
+            do { _ = try body() } catch { return error as? RuntimeError }
+            return nil
+        }
+        let gather = failure { try ex.run(["x": x, "ids": Tensor(shape: [2], int64s: [0, 4])]) }
+        XCTAssertEqual(gather?.failure, .gatherIndex(4, rows: 4))
+        XCTAssertEqual(gather?.description, "gather: index 4 out of range for a table of 4 rows")
+        let missing = failure { try ex.run(["x": x]) }
+        guard case let .missingInput(name, type)? = missing?.failure else { return XCTFail("\(String(describing: missing))") }
+        XCTAssertEqual(name, "ids")
+        XCTAssertEqual(missing?.description, "missing input 'ids' (\(type))")
+        let extra = failure { try ex.run(["x": x, "ids": Tensor(shape: [2], int64s: [0, 1]), "z": x]) }
+        guard case let .notAnInput(name, graph, inputs)? = extra?.failure else { return XCTFail("\(String(describing: extra))") }
+        XCTAssertEqual(name, "z")
+        XCTAssertEqual(extra?.description, "'z' is not an input of graph '\(graph)' (inputs: \(inputs!.joined(separator: ", ")))")
+        XCTAssertEqual(RuntimeError(.splitArenaCount(parts: 2, arenas: 1)).kind, .invalidSplit)
     }
 }
