@@ -182,10 +182,7 @@ extension BatchRows {
 
     /// The error of `check`: kind `rowsNotIndependent`, the rule broken, at `location`.
     static func refusal(_ rule: Rule, symbol: String, at location: String, _ message: String) -> CompilerError {
-        CompilerError(.rowsNotIndependent,
-                      "\(location): \(message) [rule \(rule.rawValue), see Spec/IR.md §6]; the rows of \(symbol) are not independent, "
-                          + "so the batch cannot be split: run the graph whole (Executor.run or bind)",
-                      rule: rule.rawValue)
+        CompilerError(.rowsNotIndependent(rule, symbol: symbol, location: location, detail: message))
     }
 }
 

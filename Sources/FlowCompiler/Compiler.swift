@@ -40,7 +40,7 @@ public enum Compiler {
     /// error worded as the compiler's.
     public static func verifiedInput(_ input: Graph, constants: [String: TensorType]) throws -> VerifiedGraph {
         do { return try Verifier.verified(input, constants: constants) } catch {
-            throw CompilerError(.invalidInput, "input graph is invalid: ", error)
+            throw CompilerError(.invalidInput(error))
         }
     }
 

@@ -38,25 +38,23 @@ public struct Differentiate: CompilerPass {
     /// The same, as the `VerifiedGraph` the compiler takes: the input graph is checked once
     /// here, and the result is the verifier's.
     public static func verifiedGradientGraph(_ g: Graph, of output: String, wrt: [String], constants: [String: TensorType]) throws -> VerifiedGraph {
-        func fail(_ kind: CompilerError.Kind, _ m: String, rule: String? = nil) -> CompilerError {
-            CompilerError(kind, "differentiate: \(m)", rule: rule)
-        }
-        do { try Verifier.verify(g, constants: constants) } catch { throw fail(.invalidInput, "the input graph is invalid: \(error)", rule: error.rule) }
+        func fail(_ f: CompilerError.DifferentiateFailure) -> CompilerError { CompilerError(.differentiate(f)) }
+        do { try Verifier.verify(g, constants: constants) } catch { throw fail(.invalidInput(error)) }
 
         // Check the request before touching the graph.
         guard let out = g.value(named: output), g.outputs.contains(out) else {
-            throw fail(.invalidRequest, "'\(output)' is not an output of graph '\(g.name)'")
+            throw fail(.notAnOutput(output, graph: g.name))
         }
         let outType = g.values[out].type
         guard outType.dtype == .float32, outType.shape == [] || outType.shape == [1] else {
-            throw fail(.invalidRequest, "output '\(output)' must be a float32 scalar of shape [] or [1], is \(outType); reduce it first (e.g. reduce_sum)")
+            throw fail(.outputNotScalar(output, type: outType))
         }
         var wrtIDs: [ValueID] = []
         for w in wrt {
-            guard let v = g.value(named: w), g.inputs.contains(v) else { throw fail(.invalidRequest, "'\(w)' is not an input of graph '\(g.name)'") }
-            guard g.values[v].type.dtype == .float32 else { throw fail(.invalidRequest, "input '\(w)' is \(g.values[v].type); only float32 inputs have gradients") }
-            guard !wrtIDs.contains(v) else { throw fail(.invalidRequest, "input '\(w)' is listed twice in wrt") }
-            guard g.value(named: "grad.\(w)") == nil else { throw fail(.invalidRequest, "graph '\(g.name)' already has a value named 'grad.\(w)'") }
+            guard let v = g.value(named: w), g.inputs.contains(v) else { throw fail(.notAnInput(w, graph: g.name)) }
+            guard g.values[v].type.dtype == .float32 else { throw fail(.inputNotFloat(w, type: g.values[v].type)) }
+            guard !wrtIDs.contains(v) else { throw fail(.listedTwice(w)) }
+            guard g.value(named: "grad.\(w)") == nil else { throw fail(.gradientNameTaken(input: w, graph: g.name)) }
             wrtIDs.append(v)
         }
 
@@ -82,9 +80,9 @@ public struct Differentiate: CompilerPass {
                 guard active[y], let gy = try t.sum(contributions[y]) else { continue }
                 let grads: [ValueID?]
                 do { grads = try vjp(n.op, inputs: n.inputs, output: y, gradient: gy, active: active, builder: t) } catch let e as IRError {
-                    throw fail(.invalidOutput, "internal error in the vector-Jacobian rule of \(n.op.name) (node \(ni) -> %\(g.values[y].name)): \(e)", rule: e.rule)
+                    throw fail(.ruleFailed(op: n.op.name, node: ni, value: g.values[y].name, e))
                 } catch let e as NoRule {
-                    throw fail(.noDerivative, "no vector-Jacobian rule for \(e.what) (node \(ni) -> %\(g.values[y].name)): \(e.why)")
+                    throw fail(.noDerivative(what: e.what, node: ni, value: g.values[y].name, why: e.why))
                 }
                 for (i, gi) in zip(n.inputs, grads) where active[i] {
                     if let gi { contributions[i].append(gi) }
@@ -101,10 +99,10 @@ public struct Differentiate: CompilerPass {
                 t.output(gv)
             }
         } catch let e as IRError {
-            throw fail(.invalidOutput, "internal error while building the gradient: \(e)", rule: e.rule)
+            throw fail(.buildFailed(e))
         }
         do { return try Verifier.verified(t.graph, constants: constants) } catch {
-            throw fail(.invalidOutput, "produced an invalid graph (a bug in a vector-Jacobian rule): \(error)", rule: error.rule)
+            throw fail(.invalidResult(error))
         }
     }
 

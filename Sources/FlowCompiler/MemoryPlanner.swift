@@ -36,7 +36,7 @@ public enum MemoryPlanner {
             guard let n = elementCount(shapes[v]),
                 case let (b, o1) = n.multipliedReportingOverflow(by: g.values[v].type.dtype.byteSize), !o1, b <= Int.max / 8,
                 case let (t, o2) = sum.addingReportingOverflow(b + alignment), !o2, t <= Int.max / 4
-            else { throw CompilerError(.tooLarge, "the buffers of graph '\(g.name)' for \(bindings) overflow the address space") }
+            else { throw CompilerError(.tooLarge(graph: g.name, bindings: bindings)) }
             sum = t
             sizeOf[v] = (b + alignment - 1) / alignment * alignment
         }

@@ -12,11 +12,11 @@ public struct ShapeInference: CompilerPass {
         for n in graph.nodes {
             let t: TensorType
             if case .constant(let name) = n.op {
-                guard let ct = context.constants[name] else { throw CompilerError(.missingConstant, "constant '\(name)' is not in the tensor table") }
+                guard let ct = context.constants[name] else { throw CompilerError(.missingConstant(name)) }
                 t = ct
             } else {
                 do { t = try n.op.resultType(n.inputs.map { graph.values[$0].type }) } catch {
-                    throw CompilerError(.shapeInference, "shape inference failed at \(n.op.name): \(error)", rule: (error as? IRError)?.rule)
+                    throw CompilerError(.shapeInference(op: n.op.name, error))
                 }
             }
             for o in n.outputs where graph.values[o].type != t {
@@ -31,7 +31,7 @@ public struct ShapeInference: CompilerPass {
     public static func concreteShapes(_ graph: Graph, bindings: [String: Int]) throws -> [[Int]] {
         try graph.values.map { v in
             guard let s = v.type.concreteShape(bindings) else {
-                throw CompilerError(.unboundSymbol, "value '\(v.name)' has an unbound symbol in \(v.type) (bound: \(bindings))")
+                throw CompilerError(.unboundSymbol(value: v.name, type: v.type, bindings: bindings))
             }
             return s
         }

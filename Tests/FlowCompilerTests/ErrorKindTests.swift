@@ -30,9 +30,13 @@ final class ErrorKindTests: XCTestCase {
             XCTAssertEqual(($0 as? CompilerError)?.kind, .invalidRequest)
             XCTAssertNil(($0 as? CompilerError)?.rule)
             XCTAssertEqual("\($0)", "differentiate: 'nope' is not an output of graph 'v'")
+            XCTAssertEqual(($0 as? CompilerError)?.failure, .differentiate(.notAnOutput("nope", graph: "v")))
         }
         XCTAssertThrowsError(try ShapeInference.concreteShapes(s, bindings: [:])) {
             XCTAssertEqual(($0 as? CompilerError)?.kind, .unboundSymbol)
+            guard case let .unboundSymbol(value, type, bindings)? = ($0 as? CompilerError)?.failure else { return XCTFail("\($0)") }
+            XCTAssertEqual(bindings, [:])
+            XCTAssertEqual("\($0)", "value '\(value)' has an unbound symbol in \(type) (bound: [:])")
         }
     }
 
@@ -51,7 +55,7 @@ final class ErrorKindTests: XCTestCase {
                 + "(operands f32[B,3]) [rule R2, see Spec/IR.md §6]; the rows of B are not independent, so the batch cannot be split: "
                 + "run the graph whole (Executor.run or bind)")
         }
-        XCTAssertNil(CompilerError(.invalidInput, "x", rule: "R2").batchRowRule, "only a batch-row refusal has a batch-row rule")
+        XCTAssertNil(CompilerError(.invalidInput(IRError(rule: "R2", "x"))).batchRowRule, "only a batch-row refusal has a batch-row rule")
     }
 
     func testRuntimeErrorsCarryTheirKind() throws {
