@@ -179,14 +179,7 @@ final class CheckpointTests: XCTestCase {
     // MARK: - Hostile pickles
 
     func testOsSystemGlobalIsRefusedBeforeAnythingRuns() throws {
-        // GLOBAL 'os\nsystem', 'touch pwned', TUPLE1, REDUCE, STOP
-        var p = PickleWriter()
-        p.raw(Array("cos\nsystem\n".utf8))
-        p.string("touch /tmp/tarflow-pwned")
-        p.op(0x85)
-        p.op(0x52)
-        p.op(0x2E)
-        let url = try writeTorchZip(pickle: p.bytes, storages: [:])
+        let url = try writeTorchZip(pickle: PickleWriter.osSystem.bytes, storages: [:])
         let error = try expectError(.refusedGlobal, mentioning: ["os.system", "GLOBAL", "offset 2"]) {
             try Checkpoint.read(contentsOf: url)
         }
@@ -409,7 +402,7 @@ final class CheckpointTests: XCTestCase {
             throw error
         }
         XCTFail("no error thrown", file: file, line: line)
-        throw TarFlowError.checkpoint(.init(.malformedPickle, file: "", "expected an error"))
+        throw TarFlowError.checkpoint(.init(.noStop, file: ""))
     }
 
     func floatBytes(_ values: [Float]) -> [UInt8] {
@@ -468,6 +461,18 @@ struct PickleWriter {
     var bytes: [UInt8]
 
     init(protocolVersion: UInt8 = 2) { bytes = [0x80, protocolVersion] }
+
+    /// GLOBAL 'os\nsystem', 'touch /tmp/tarflow-pwned', TUPLE1, REDUCE, STOP: the classic
+    /// malicious pickle, whose GLOBAL (at offset 2) must be refused before anything runs.
+    static var osSystem: PickleWriter {
+        var p = PickleWriter()
+        p.raw(Array("cos\nsystem\n".utf8))
+        p.string("touch /tmp/tarflow-pwned")
+        p.op(0x85)
+        p.op(0x52)
+        p.op(0x2E)
+        return p
+    }
 
     mutating func op(_ code: UInt8, _ operands: UInt8...) { bytes.append(code); bytes += operands }
     mutating func raw(_ data: [UInt8]) { bytes += data }

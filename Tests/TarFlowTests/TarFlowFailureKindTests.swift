@@ -124,4 +124,96 @@ final class TarFlowFailureKindTests: XCTestCase {
         XCTAssertEqual(e, .invalidCheckpoint(StateDictFailure(.notTarFlow)))
         XCTAssertEqual(e?.description, "invalid checkpoint: no 'blocks.0.proj_in.weight': not a TarFlow state_dict")
     }
+
+    /// The checkpoint failure of `body`, with its case, subject and text.
+    func checkpointFailure(_ body: () throws -> Any) throws -> TarFlowError.CheckpointFailure {
+        let e = error(body)
+        if case .checkpoint(let f)? = e { return f }
+        return try XCTUnwrap(nil, "not a checkpoint failure: \(String(describing: e))")
+    }
+
+    func temporaryFile(_ bytes: [UInt8], _ name: String) throws -> URL {
+        let url = FileManager.default.temporaryDirectory.appendingPathComponent("failure-kinds-\(getpid())-\(name)")
+        try Data(bytes).write(to: url)
+        addTeardownBlock { try? FileManager.default.removeItem(at: url) }
+        return url
+    }
+
+    /// Hostile pickles fail at the opcode that refuses them, with the global, opcode byte or
+    /// view as data and the subject naming the opcode and its offset.
+    func testHostilePicklesGiveTheirCaseAndText() throws {
+        let archive = try temporaryFile(StoredZip.make([("archive/data.pkl", PickleWriter.osSystem.bytes), ("archive/byteorder", Array("little".utf8))]), "os.pth")
+        var f = try checkpointFailure { try Checkpoint.read(contentsOf: archive) }
+        XCTAssertEqual(f, .init(.refusedGlobal(module: "os", name: "system"), file: archive.path, subject: "data.pkl opcode GLOBAL (0x63) at offset 2"))
+        XCTAssertEqual(f.kind, .refusedGlobal)
+        XCTAssertEqual(f.description, "checkpoint \(archive.path): data.pkl opcode GLOBAL (0x63) at offset 2: refusing global os.system: "
+                       + "a state_dict pickle only needs collections.OrderedDict and torch._utils tensor rebuilders (the file may be malicious, "
+                       + "or is a training checkpoint holding Python objects; never load it with torch.load(weights_only=False) — re-save "
+                       + "model.state_dict() (or a dict of state dicts, numbers and strings) from a trusted source, or use safetensors)")
+
+        func pickle(_ bytes: [UInt8]) throws -> TarFlowError.CheckpointFailure {
+            try checkpointFailure { try Checkpoint.read(pickle: bytes) { _, n in [UInt8](repeating: 0, count: n) } }
+        }
+        f = try pickle([0x80, 0x02, 0x69])
+        XCTAssertEqual(f.reason, .unsupportedOpcode(0x69))
+        XCTAssertEqual(f.kind, .unsupportedOpcode)
+        XCTAssertEqual(f.description, "checkpoint data.pkl: data.pkl opcode INST (0x69) at offset 2: opcode is not needed by a torch state_dict "
+                       + "and is not supported (the file is not a torch.save(state_dict) pickle, or it is corrupted)")
+        XCTAssertEqual(try pickle([0x80, 0x02, 0xFF]).description, "checkpoint data.pkl: data.pkl opcode UNKNOWN (0xff) at offset 2: "
+                       + "unknown pickle opcode (the file is not a torch.save(state_dict) pickle, or it is corrupted)")
+        f = try pickle([0x80, 0x02, 0x2E])
+        XCTAssertEqual(f.reason, .malformedPickle(.stackUnderflow))
+        XCTAssertEqual(f.kind, .malformedPickle)
+        XCTAssertEqual(f.description, "checkpoint data.pkl: data.pkl opcode STOP (0x2e) at offset 2: stack underflow "
+                       + "(the pickle is corrupted or was not written by torch.save(state_dict))")
+
+        // A (2, 3) view at offset 1 with strides (3, 1) reaches element 6 of a 6-element storage:
+        // refused at its _rebuild_tensor_v2 REDUCE, the third-last byte.
+        var view = PickleWriter()
+        view.beginStateDict()
+        view.tensor("w", storage: "0", type: "FloatStorage", numel: 6, offset: 1, size: [2, 3], stride: [3, 1])
+        view.endStateDict()
+        f = try pickle(view.bytes)
+        XCTAssertEqual(f.reason, .viewBeyondStorage(offset: 1, shape: [2, 3], stride: [3, 1], last: 6, storage: "0", numel: 6))
+        XCTAssertEqual(f.kind, .malformedTensor)
+        XCTAssertEqual(f.description, "checkpoint data.pkl: data.pkl opcode REDUCE (0x52) at offset \(view.bytes.count - 3): "
+                       + "view (offset 1, size [2, 3], stride [3, 1]) reaches element 6 of storage '0' which has 6 (the checkpoint is corrupted)")
+    }
+
+    /// Damaged archives and safetensors name the entry or tensor, with sizes, checksums and the
+    /// zip library's own words as data.
+    func testDamagedFilesGiveTheirCaseAndText() throws {
+        var p = PickleWriter()
+        p.beginStateDict()
+        p.endStateDict()
+        let zip = StoredZip.make(entries: [
+            .init(name: "archive/data.pkl", method: 0, crc: 0x1234_5678, data: p.bytes, size: p.bytes.count),
+        ])
+        let crc = try temporaryFile(zip, "crc.pth")
+        var f = try checkpointFailure { try Checkpoint.read(contentsOf: crc) }
+        let computed = StoredZip.crc32(p.bytes)
+        XCTAssertEqual(f, .init(.crcMismatch(computed: computed, recorded: 0x1234_5678), file: crc.path, subject: "archive/data.pkl"))
+        XCTAssertEqual(f.kind, .malformedArchive)
+        XCTAssertEqual(f.description, "checkpoint \(crc.path): archive/data.pkl: CRC-32 mismatch (computed \(String(format: "%08x", computed)), "
+                       + "recorded 12345678) (the file is corrupted; download or save it again)")
+
+        // Without its end-of-central-directory record the zip cannot be opened at all.
+        let truncated = try temporaryFile(Array(zip.dropLast(22)), "truncated.pth")
+        f = try checkpointFailure { try Checkpoint.read(contentsOf: truncated) }
+        guard case .notAZipArchive(let detail) = f.reason else { return XCTFail("\(f)") }
+        XCTAssertEqual(f.kind, .truncated)
+        XCTAssertFalse(detail.isEmpty)
+        XCTAssertEqual(f.description, "checkpoint \(truncated.path): not a readable zip archive (\(detail)); the end-of-archive directory "
+                       + "is missing or damaged (the file is truncated or corrupted; download or save it again)")
+
+        let header = Array(#"{"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#.utf8)
+        let length = UInt64(header.count)
+        let safetensors = try temporaryFile((0..<8).map { UInt8((length >> (8 * UInt64($0))) & 0xFF) } + header + [UInt8](repeating: 0, count: 8),
+                                            "short.safetensors")
+        f = try checkpointFailure { try Checkpoint.read(contentsOf: safetensors) }
+        XCTAssertEqual(f, .init(.offsetsOutsideData(begin: 0, end: 16, dataLength: 8), file: safetensors.path, subject: "w"))
+        XCTAssertEqual(f.kind, .truncated)
+        XCTAssertEqual(f.description, "checkpoint \(safetensors.path): w: data_offsets [0, 16] fall outside the 8-byte data buffer "
+                       + "(the file is truncated or corrupted)")
+    }
 }

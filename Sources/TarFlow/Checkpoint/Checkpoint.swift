@@ -32,73 +32,6 @@ public struct CheckpointTensorInfo: Sendable, Equatable {
     }
 }
 
-extension TarFlowError {
-    /// A checkpoint could not be read. One line says which file, which tensor / opcode / global,
-    /// what is wrong and what to do.
-    public struct CheckpointFailure: Sendable, Equatable, CustomStringConvertible {
-        public enum Kind: String, Sendable {
-            /// The file could not be opened or read.
-            case unreadableFile
-            /// Neither a zip-format `torch.save` archive nor safetensors.
-            case unknownFormat
-            /// The file ends before the structure it describes.
-            case truncated
-            /// Zip archive structure is wrong (missing entries, bad sizes, checksum mismatch).
-            case malformedArchive
-            /// The pickle program is inconsistent (stack underflow, wrong argument types, ...).
-            case malformedPickle
-            /// The pickle imports a global outside the state_dict allowlist.
-            case refusedGlobal
-            /// The pickle uses an opcode this restricted reader does not implement.
-            case unsupportedOpcode
-            /// A safety limit (memo, stack, nesting, sizes) was exceeded.
-            case limitExceeded
-            /// A tensor uses an element type other than float32/float16/bfloat16/int64.
-            case unsupportedDType
-            /// A tensor's shape, strides or offsets do not fit its data.
-            case malformedTensor
-            /// The safetensors JSON header is invalid.
-            case malformedHeader
-            /// The archive was written on a big-endian machine.
-            case bigEndian
-            /// The file holds something other than a flat name -> tensor dictionary.
-            case notAStateDict
-        }
-
-        public var kind: Kind
-        /// The checkpoint file.
-        public var file: String
-        /// The tensor, opcode, global or entry concerned, when there is one.
-        public var subject: String?
-        /// What is wrong.
-        public var message: String
-        /// What to do about it.
-        public var hint: String?
-
-        public init(_ kind: Kind, file: String, subject: String? = nil, _ message: String, hint: String? = nil) {
-            self.kind = kind
-            self.file = file
-            self.subject = subject
-            self.message = message
-            self.hint = hint
-        }
-
-        public var description: String {
-            var text = "checkpoint \(file): "
-            if let subject { text += "\(subject): " }
-            text += message
-            if let hint { text += " (\(hint))" }
-            return text
-        }
-    }
-
-    /// The error of a checkpoint that cannot be read: `CheckpointFailure(kind, ...)`, thrown.
-    static func checkpoint(_ kind: CheckpointFailure.Kind, file: String, subject: String? = nil, _ message: String,
-                           hint: String? = nil) -> TarFlowError {
-        .checkpoint(CheckpointFailure(kind, file: file, subject: subject, message, hint: hint))
-    }
-}
-
 /// Entry point: reads a PyTorch `torch.save(state_dict)` zip archive or a safetensors file.
 public enum Checkpoint {
     /// Reads every tensor of the checkpoint's state dict at `url`, in file order (pickle dict
@@ -142,9 +75,7 @@ public enum Checkpoint {
             while let p = wrapperPrefixes.first(where: { name.hasPrefix($0) }) { name = name.dropFirst(p.count) }
             let stripped = String(name)
             if let other = original.updateValue(full, forKey: stripped) {
-                throw TarFlowError.checkpoint(.notAStateDict, file: file, subject: full,
-                                      "'\(other)' and '\(full)' are both '\(stripped)' once the prefixes \(wrapperPrefixes.joined(separator: " and ")) are removed",
-                                      hint: "save one model's state dict")
+                throw TarFlowError.checkpoint(.sameNameWithoutPrefixes(first: other, second: full, stripped: stripped), file: file, subject: full)
             }
             return stripped
         }
@@ -162,24 +93,16 @@ public enum Checkpoint {
         }
         if head.count == 9, head[8] == UInt8(ascii: "{") {
             if let key {
-                throw TarFlowError.checkpoint(.notAStateDict, file: path, subject: "--key \(key)",
-                                      "a safetensors file holds one flat state dict, with no entries to choose from", hint: "drop --key")
+                throw TarFlowError.checkpoint(.keyForSafetensors, file: path, subject: "--key \(key)")
             }
             let tensors = try CheckpointSafetensors.read(file: file, check: check)
             progress?(tensors.count, tensors.count)
             return tensors
         }
         if head.count >= 2, head[0] == 0x80, head[1] <= 5 {
-            throw TarFlowError.checkpoint(
-                .unknownFormat, file: path,
-                "this is a bare pickle (legacy torch.save format before PyTorch 1.6), not a zip archive",
-                hint: "re-save it with a current torch.save(model.state_dict(), path) or convert it to safetensors")
+            throw TarFlowError.checkpoint(.barePickle, file: path)
         }
-        let magic = head.prefix(8).map { String(format: "%02x", $0) }.joined(separator: " ")
-        throw TarFlowError.checkpoint(
-            .unknownFormat, file: path,
-            "not a PyTorch zip checkpoint (starts with PK\\x03\\x04) nor safetensors (8-byte length then '{'); first bytes: \(magic.isEmpty ? "none, the file is empty" : magic)",
-            hint: "pass the .pth written by torch.save(model.state_dict()) or a .safetensors file")
+        throw TarFlowError.checkpoint(.unknownMagic(firstBytes: Array(head.prefix(8))), file: path)
     }
 }
 
@@ -209,10 +132,9 @@ final class CheckpointFile {
         do {
             file = try ReadOnlyFile(path: url.path)
         } catch .notRegularFile {
-            throw TarFlowError.checkpoint(.unreadableFile, file: url.path, "not a regular file", hint: "pass the checkpoint file itself")
+            throw TarFlowError.checkpoint(.notRegularFile, file: url.path)
         } catch {
-            throw TarFlowError.checkpoint(.unreadableFile, file: url.path, "cannot open: \(error.reason)",
-                                  hint: "check the path and permissions")
+            throw TarFlowError.checkpoint(.cannotOpen(detail: error.reason), file: url.path)
         }
         size = file.size
     }
@@ -222,19 +144,15 @@ final class CheckpointFile {
     /// Reads exactly `count` bytes at `offset`; `what` names the structure for the error.
     func read(at offset: Int, count: Int, what: String) throws -> [UInt8] {
         guard offset >= 0, count >= 0, offset <= size, count <= size - offset else {
-            throw TarFlowError.checkpoint(.truncated, file: path, subject: what,
-                                  "needs bytes \(offset)..<\(offset &+ count) but the file has \(size) bytes",
-                                  hint: "the file is truncated or corrupted; download or save it again")
+            throw TarFlowError.checkpoint(.rangeOutsideFile(offset: offset, count: count, fileSize: size), file: path, subject: what)
         }
         if count == 0 { return [] }
         let out: [UInt8]
         do { out = try file.read(at: offset, count: count) } catch {
-            throw TarFlowError.checkpoint(.unreadableFile, file: path, subject: what, "read failed: \(error.reason)")
+            throw TarFlowError.checkpoint(.readFailed(detail: error.reason), file: path, subject: what)
         }
         guard out.count == count else {
-            throw TarFlowError.checkpoint(.truncated, file: path, subject: what,
-                                  "short read: got \(out.count) of \(count) bytes at offset \(offset)",
-                                  hint: "the file changed or is truncated")
+            throw TarFlowError.checkpoint(.shortRead(got: out.count, count: count, offset: offset), file: path, subject: what)
         }
         return out
     }

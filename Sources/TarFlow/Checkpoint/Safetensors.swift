@@ -12,6 +12,9 @@ enum CheckpointSafetensors {
     /// The safetensors dtype names a checkpoint may use.
     static let dtypes: [String: DType] = ["F32": .float32, "F16": .float16, "BF16": .bfloat16, "I64": .int64]
 
+    /// The safetensors name of `dtype`, one of `dtypes`.
+    static func name(of dtype: DType) -> String { dtypes.first { $0.value == dtype }?.key ?? dtype.rawValue }
+
     /// One header entry, validated against the data buffer.
     struct Spec {
         var name: String
@@ -28,13 +31,10 @@ enum CheckpointSafetensors {
         var headerLength: UInt64 = 0
         for (i, b) in lengthBytes.enumerated() { headerLength |= UInt64(b) << (8 * UInt64(i)) }
         guard headerLength <= UInt64(file.size - 8) else {
-            throw TarFlowError.checkpoint(.truncated, file: path, subject: "safetensors header",
-                                  "header length \(headerLength) exceeds the \(file.size - 8) bytes after the length field",
-                                  hint: "the file is truncated or not safetensors")
+            throw TarFlowError.checkpoint(.headerLengthBeyondFile(length: headerLength, available: file.size - 8), file: path, subject: "safetensors header")
         }
         guard headerLength <= UInt64(maxHeaderBytes) else {
-            throw TarFlowError.checkpoint(.limitExceeded, file: path, subject: "safetensors header",
-                                  "header of \(headerLength) bytes exceeds the \(maxHeaderBytes)-byte limit")
+            throw TarFlowError.checkpoint(.headerTooLarge(length: headerLength, limit: maxHeaderBytes), file: path, subject: "safetensors header")
         }
         let header = try file.read(at: 8, count: Int(headerLength), what: "safetensors header")
         let dataStart = 8 + Int(headerLength)
@@ -45,24 +45,21 @@ enum CheckpointSafetensors {
         do {
             root = try parser.parseDocument()
         } catch let error as JSONParser.Failure {
-            throw TarFlowError.checkpoint(.malformedHeader, file: path, subject: "safetensors header",
-                                  "invalid JSON at byte \(error.offset): \(error.message)",
-                                  hint: "the file is corrupted or not safetensors")
+            throw TarFlowError.checkpoint(.invalidJSON(offset: error.offset, detail: error.message), file: path, subject: "safetensors header")
         }
         guard case .object(let members) = root else {
-            throw TarFlowError.checkpoint(.malformedHeader, file: path, subject: "safetensors header",
-                                  "header is not a JSON object")
+            throw TarFlowError.checkpoint(.headerNotObject, file: path, subject: "safetensors header")
         }
 
         var specs: [Spec] = []
         var seen = Set<String>()
         for (name, value) in members {
             guard seen.insert(name).inserted else {
-                throw TarFlowError.checkpoint(.malformedHeader, file: path, subject: name, "tensor name appears twice in the header")
+                throw TarFlowError.checkpoint(.nameTwice, file: path, subject: name)
             }
             if name == "__metadata__" {
                 guard case .object = value else {
-                    throw TarFlowError.checkpoint(.malformedHeader, file: path, subject: name, "__metadata__ is not an object")
+                    throw TarFlowError.checkpoint(.metadataNotObject, file: path, subject: name)
                 }
                 continue
             }
@@ -76,9 +73,7 @@ enum CheckpointSafetensors {
         for i in byBegin where specs[i].end > specs[i].begin {
             let spec = specs[i]
             guard spec.begin >= previousEnd else {
-                throw TarFlowError.checkpoint(.malformedHeader, file: path, subject: spec.name,
-                                      "data_offsets [\(spec.begin), \(spec.end)] overlap tensor '\(previousName)' (which ends at \(previousEnd))",
-                                      hint: "the file is corrupted or was written incorrectly")
+                throw TarFlowError.checkpoint(.offsetsOverlap(begin: spec.begin, end: spec.end, other: previousName, otherEnd: previousEnd), file: path, subject: spec.name)
             }
             previousEnd = spec.end
             previousName = spec.name
@@ -97,44 +92,37 @@ enum CheckpointSafetensors {
 
     private static func parseSpec(name: String, value: JSONValue, dataLength: Int, file: String) throws -> Spec {
         guard case .object(let fields) = value else {
-            throw TarFlowError.checkpoint(.malformedHeader, file: file, subject: name, "tensor entry is not an object")
+            throw TarFlowError.checkpoint(.entryNotObject, file: file, subject: name)
         }
         func field(_ key: String) -> JSONValue? { fields.first { $0.0 == key }?.1 }
         guard case .string(let dtypeName)? = field("dtype") else {
-            throw TarFlowError.checkpoint(.malformedHeader, file: file, subject: name, "missing string field \"dtype\"")
+            throw TarFlowError.checkpoint(.missingDType, file: file, subject: name)
         }
         guard let dtype = dtypes[dtypeName] else {
-            throw TarFlowError.checkpoint(.unsupportedDType, file: file, subject: name,
-                                  "dtype \(dtypeName) is not supported (only F32, F16, BF16, I64)",
-                                  hint: "convert the tensor, e.g. to float32, before saving")
+            throw TarFlowError.checkpoint(.unsupportedSafetensorsDType(dtypeName), file: file, subject: name)
         }
         guard case .array(let dims)? = field("shape") else {
-            throw TarFlowError.checkpoint(.malformedHeader, file: file, subject: name, "missing array field \"shape\"")
+            throw TarFlowError.checkpoint(.missingShape, file: file, subject: name)
         }
         var shape: [Int] = []
         for dim in dims {
             guard case .integer(let d) = dim, d >= 0 else {
-                throw TarFlowError.checkpoint(.malformedHeader, file: file, subject: name, "shape entries must be non-negative integers")
+                throw TarFlowError.checkpoint(.negativeShape, file: file, subject: name)
             }
             shape.append(d)
         }
         guard case .array(let offsets)? = field("data_offsets"), offsets.count == 2,
               case .integer(let begin) = offsets[0], case .integer(let end) = offsets[1] else {
-            throw TarFlowError.checkpoint(.malformedHeader, file: file, subject: name,
-                                  "missing field \"data_offsets\": [begin, end]")
+            throw TarFlowError.checkpoint(.missingDataOffsets, file: file, subject: name)
         }
         guard begin >= 0, begin <= end, end <= dataLength else {
-            throw TarFlowError.checkpoint(.truncated, file: file, subject: name,
-                                  "data_offsets [\(begin), \(end)] fall outside the \(dataLength)-byte data buffer",
-                                  hint: "the file is truncated or corrupted")
+            throw TarFlowError.checkpoint(.offsetsOutsideData(begin: begin, end: end, dataLength: dataLength), file: file, subject: name)
         }
         guard let count = elementCount(shape), let nbytes = CheckpointMath.multiply(count, dtype.byteSize) else {
-            throw TarFlowError.checkpoint(.malformedHeader, file: file, subject: name, "element count of shape \(shape) overflows")
+            throw TarFlowError.checkpoint(.shapeOverflows(shape: shape), file: file, subject: name)
         }
         guard nbytes == end - begin else {
-            throw TarFlowError.checkpoint(.malformedHeader, file: file, subject: name,
-                                  "shape \(shape) of \(dtypeName) needs \(nbytes) bytes but data_offsets span \(end - begin)",
-                                  hint: "the file is corrupted")
+            throw TarFlowError.checkpoint(.offsetsSpan(shape: shape, dtype: dtype, bytes: nbytes, span: end - begin), file: file, subject: name)
         }
         return Spec(name: name, dtype: dtype, shape: shape, begin: begin, end: end)
     }

@@ -22,9 +22,7 @@ enum CheckpointTorchZip {
         do {
             archive = try Archive(url: url, accessMode: .read)
         } catch {
-            throw TarFlowError.checkpoint(.truncated, file: path,
-                                  "not a readable zip archive (\(error)); the end-of-archive directory is missing or damaged",
-                                  hint: "the file is truncated or corrupted; download or save it again")
+            throw TarFlowError.checkpoint(.notAZipArchive(detail: "\(error)"), file: path)
         }
         let reader = EntryReader(archive: archive, file: path, fileSize: fileSize)
 
@@ -34,45 +32,35 @@ enum CheckpointTorchZip {
         for entry in archive where entry.type == .file {
             let name = entry.path
             guard entries[name] == nil else {
-                throw TarFlowError.checkpoint(.malformedArchive, file: path, subject: name,
-                                      "the archive holds two entries with this name",
-                                      hint: "the file is corrupted or was tampered with")
+                throw TarFlowError.checkpoint(.duplicateEntry, file: path, subject: name)
             }
             entries[name] = entry
             let parts = name.split(separator: "/", omittingEmptySubsequences: false)
             if parts.count == 2, parts[1] == "data.pkl", !parts[0].isEmpty { pickles.append(String(parts[0])) }
         }
         guard pickles.count == 1, let prefix = pickles.first else {
-            throw TarFlowError.checkpoint(.malformedArchive, file: path,
-                                  pickles.isEmpty ? "the zip has no <name>/data.pkl entry, so it is not a torch.save archive"
-                                                  : "the zip has several data.pkl entries (\(pickles.sorted().joined(separator: ", ")))",
-                                  hint: "pass the file written by torch.save(model.state_dict(), path)")
+            throw TarFlowError.checkpoint(.pickleEntries(prefixes: pickles), file: path)
         }
 
         if let entry = entries["\(prefix)/byteorder"] {
             let bytes = try reader.read(entry, name: "\(prefix)/byteorder", expected: nil, cap: 16)
             let order = String(decoding: bytes, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
             if order == "big" {
-                throw TarFlowError.checkpoint(.bigEndian, file: path, subject: "\(prefix)/byteorder",
-                                      "the checkpoint was saved on a big-endian machine",
-                                      hint: "load and re-save it on a little-endian machine, or convert it to safetensors")
+                throw TarFlowError.checkpoint(.bigEndian, file: path, subject: "\(prefix)/byteorder")
             }
             guard order == "little" else {
-                throw TarFlowError.checkpoint(.malformedArchive, file: path, subject: "\(prefix)/byteorder",
-                                      "unexpected byte order '\(order.prefix(16))'", hint: "expected 'little'")
+                throw TarFlowError.checkpoint(.unexpectedByteOrder(order), file: path, subject: "\(prefix)/byteorder")
             }
         }  // No record: written before PyTorch recorded it, which implies little-endian.
 
         guard let pickleEntry = entries["\(prefix)/data.pkl"] else {
-            throw TarFlowError.checkpoint(.malformedArchive, file: path, "data.pkl disappeared from the index")
+            throw TarFlowError.checkpoint(.pickleEntryLost, file: path)
         }
         let pickle = try reader.read(pickleEntry, name: "\(prefix)/data.pkl", expected: nil, cap: maxPickleBytes)
         return try assemble(pickle: pickle, file: path, key: key, progress: progress, check: check) { key, nbytes, name in
             let entryName = "\(prefix)/data/\(key)"
             guard let entry = entries[entryName] else {
-                throw TarFlowError.checkpoint(.malformedArchive, file: path, subject: name,
-                                      "its storage entry \(entryName) is missing from the archive",
-                                      hint: "the file is truncated or corrupted")
+                throw TarFlowError.checkpoint(.storageEntryMissing(entry: entryName), file: path, subject: name)
             }
             return try reader.read(entry, name: entryName, expected: nbytes, cap: Int.max)
         }
@@ -93,9 +81,7 @@ enum CheckpointTorchZip {
             remainingUses[ref.storage.key, default: 0] += 1
             if let seen = dtypes[ref.storage.key] {
                 guard seen.dtype == ref.storage.dtype, seen.numel == ref.storage.numel else {
-                    throw TarFlowError.checkpoint(.malformedTensor, file: path, subject: name,
-                                          "storage '\(ref.storage.key)' is declared both as \(seen.numel) x \(seen.dtype.rawValue) and as \(ref.storage.numel) x \(ref.storage.dtype.rawValue)",
-                                          hint: "the checkpoint is corrupted")
+                    throw TarFlowError.checkpoint(.storageConflict(storage: ref.storage.key, numel: seen.numel, dtype: seen.dtype, otherNumel: ref.storage.numel, otherDType: ref.storage.dtype), file: path, subject: name)
                 }
             } else {
                 dtypes[ref.storage.key] = StorageInfo(dtype: ref.storage.dtype, numel: ref.storage.numel)
@@ -110,7 +96,7 @@ enum CheckpointTorchZip {
             var last = ref.offset
             for (d, st) in zip(ref.shape, ref.stride) where d > 0 {
                 guard let span = CheckpointMath.multiply(d - 1, st), let next = CheckpointMath.add(last, span) else {
-                    throw TarFlowError.checkpoint(.malformedTensor, file: path, subject: name, "offset/stride arithmetic overflows")
+                    throw TarFlowError.checkpoint(.offsetStrideOverflow, file: path, subject: name)
                 }
                 last = next
             }
@@ -120,9 +106,7 @@ enum CheckpointTorchZip {
         for (key, info) in dtypes {
             let needed = reach[key] ?? 0, es = info.dtype.byteSize
             guard let unused = CheckpointMath.multiply(max(info.numel - needed, 0), es), unused <= maxUnusedStorageBytes else {
-                throw TarFlowError.checkpoint(.limitExceeded, file: path, subject: key,
-                                      "storage '\(key)' declares \(info.numel) elements but its tensors use \(needed)",
-                                      hint: "the checkpoint is damaged or hostile; save the tensors with .clone() (their own storages)")
+                throw TarFlowError.checkpoint(.unusedStorage(storage: key, numel: info.numel, used: needed), file: path, subject: key)
             }
         }
 
@@ -140,13 +124,11 @@ enum CheckpointTorchZip {
                 storage = cached
             } else {
                 guard let nbytes = CheckpointMath.multiply(ref.storage.numel, es) else {
-                    throw TarFlowError.checkpoint(.malformedTensor, file: path, subject: name, "storage byte size overflows")
+                    throw TarFlowError.checkpoint(.storageByteSizeOverflows, file: path, subject: name)
                 }
                 storage = try load(key, nbytes, name)
                 guard storage.count == nbytes else {
-                    throw TarFlowError.checkpoint(.malformedArchive, file: path, subject: name,
-                                          "storage '\(key)' holds \(storage.count) bytes but the pickle declares \(nbytes)",
-                                          hint: "the checkpoint is corrupted")
+                    throw TarFlowError.checkpoint(.storageBytes(storage: key, bytes: storage.count, declared: nbytes), file: path, subject: name)
                 }
             }
             let uses = (remainingUses[key] ?? 1) - 1
@@ -172,7 +154,7 @@ enum CheckpointTorchZip {
         let shape = ref.shape
         let stride = ref.stride
         guard let count = elementCount(shape), let outBytes = CheckpointMath.multiply(count, es) else {
-            throw TarFlowError.checkpoint(.malformedTensor, file: file, subject: name, "element count of \(shape) overflows")
+            throw TarFlowError.checkpoint(.elementCountOverflows(shape: shape), file: file, subject: name)
         }
         if count == 0 { return [] }
         let storageElements = storage.count / es
@@ -180,19 +162,15 @@ enum CheckpointTorchZip {
         var last = ref.offset
         for (d, s) in zip(shape, stride) {
             guard let span = CheckpointMath.multiply(d - 1, s), let next = CheckpointMath.add(last, span) else {
-                throw TarFlowError.checkpoint(.malformedTensor, file: file, subject: name, "offset/stride arithmetic overflows")
+                throw TarFlowError.checkpoint(.offsetStrideOverflow, file: file, subject: name)
             }
             last = next
         }
         guard ref.offset >= 0, last < storageElements else {
-            throw TarFlowError.checkpoint(.malformedTensor, file: file, subject: name,
-                                  "view (offset \(ref.offset), size \(shape), stride \(stride)) reaches element \(last) but storage '\(ref.storage.key)' holds \(storageElements)",
-                                  hint: "the checkpoint is corrupted")
+            throw TarFlowError.checkpoint(.viewOutsideStorage(offset: ref.offset, shape: shape, stride: stride, last: last, storage: ref.storage.key, elements: storageElements), file: file, subject: name)
         }
         guard count <= storageElements || count <= maxExpandedElements else {
-            throw TarFlowError.checkpoint(.limitExceeded, file: file, subject: name,
-                                  "expanded view of \(count) elements from a storage of \(storageElements) exceeds the \(maxExpandedElements)-element limit",
-                                  hint: "save the tensor with .contiguous() first")
+            throw TarFlowError.checkpoint(.expandedViewTooLarge(elements: count, storageElements: storageElements, limit: maxExpandedElements), file: file, subject: name)
         }
 
         // Row-major contiguity ignores dimensions of size 1, whose stride is arbitrary.
@@ -259,31 +237,22 @@ enum CheckpointTorchZip {
             let claimed = entry.uncompressedSize
             let stored = entry.compressedSize
             guard claimed <= UInt64(Int.max), stored <= UInt64(fileSize) else {
-                throw TarFlowError.checkpoint(.truncated, file: file, subject: name,
-                                      "entry claims \(stored) stored bytes but the file has \(fileSize)",
-                                      hint: "the file is truncated or corrupted")
+                throw TarFlowError.checkpoint(.entryLargerThanFile(stored: stored, fileSize: fileSize), file: file, subject: name)
             }
             let size = Int(claimed)
             if let expected, size != expected {
-                throw TarFlowError.checkpoint(.malformedArchive, file: file, subject: name,
-                                      "entry holds \(size) bytes but the pickle declares \(expected)",
-                                      hint: "the checkpoint is corrupted")
+                throw TarFlowError.checkpoint(.entrySize(size: size, declared: expected), file: file, subject: name)
             }
             guard size <= cap else {
-                throw TarFlowError.checkpoint(.limitExceeded, file: file, subject: name,
-                                      "entry of \(size) bytes exceeds the \(cap)-byte limit")
+                throw TarFlowError.checkpoint(.entryTooLarge(size: size, limit: cap), file: file, subject: name)
             }
             if entry.isCompressed {
                 // Deflate expands at most ~1032:1; anything claiming more is not a real entry.
                 guard size / 1100 <= Int(stored) else {
-                    throw TarFlowError.checkpoint(.malformedArchive, file: file, subject: name,
-                                          "entry claims \(size) bytes from \(stored) compressed bytes",
-                                          hint: "the archive is corrupted")
+                    throw TarFlowError.checkpoint(.entryRatio(size: size, stored: stored), file: file, subject: name)
                 }
             } else if size != Int(stored) {
-                throw TarFlowError.checkpoint(.malformedArchive, file: file, subject: name,
-                                      "stored entry has compressed size \(stored) but size \(size)",
-                                      hint: "the archive is corrupted")
+                throw TarFlowError.checkpoint(.storedEntrySizes(stored: stored, size: size), file: file, subject: name)
             }
             var out = [UInt8]()
             out.reserveCapacity(entry.isCompressed ? min(size, Int(stored) * 4) : size)
@@ -298,20 +267,13 @@ enum CheckpointTorchZip {
                     out.append(contentsOf: chunk)
                 }
             } catch {
-                throw TarFlowError.checkpoint(overflow ? .malformedArchive : .truncated, file: file, subject: name,
-                                      overflow ? "entry decompresses to more than its declared \(size) bytes"
-                                               : "cannot extract entry (\(error))",
-                                      hint: "the file is truncated or corrupted; download or save it again")
+                throw TarFlowError.checkpoint(overflow ? .entryOverflows(size: size) : .cannotExtract(detail: "\(error)"), file: file, subject: name)
             }
             guard out.count == size else {
-                throw TarFlowError.checkpoint(.truncated, file: file, subject: name,
-                                      "entry yielded \(out.count) of \(size) bytes",
-                                      hint: "the file is truncated or corrupted; download or save it again")
+                throw TarFlowError.checkpoint(.entryShort(got: out.count, size: size), file: file, subject: name)
             }
             guard crc == entry.checksum else {
-                throw TarFlowError.checkpoint(.malformedArchive, file: file, subject: name,
-                                      String(format: "CRC-32 mismatch (computed %08x, recorded %08x)", crc, entry.checksum),
-                                      hint: "the file is corrupted; download or save it again")
+                throw TarFlowError.checkpoint(.crcMismatch(computed: crc, recorded: entry.checksum), file: file, subject: name)
             }
             return out
         }

@@ -171,9 +171,7 @@ enum CheckpointUnpickler {
         var machine = Machine(bytes: bytes, file: file, limits: limits)
         let result = try machine.run()
         guard case .dict(let root) = result else {
-            throw TarFlowError.checkpoint(.notAStateDict, file: file, subject: "data.pkl",
-                                  "the pickle holds a \(result.typeName), not a dict of tensors",
-                                  hint: "save model.state_dict() rather than the model or a wrapper object")
+            throw TarFlowError.checkpoint(.pickleNotADict(type: result.typeName), file: file, subject: "data.pkl")
         }
         func isTensors(_ box: DictBox) -> Bool {
             box.values.allSatisfy { if case .tensor = $0 { true } else if case .opaqueTensor = $0 { true } else { false } }
@@ -194,10 +192,7 @@ enum CheckpointUnpickler {
         if let key {
             guard let box = entry(key) else {
                 let found = candidates()
-                throw TarFlowError.checkpoint(.notAStateDict, file: file, subject: "--key \(key)",
-                                      "the checkpoint has no dict entry '\(key)' at the top level",
-                                      hint: found.isEmpty ? "the file holds a plain state dict; drop --key"
-                                                          : "entries holding tensors: \(found.joined(separator: ", "))")
+                throw TarFlowError.checkpoint(.noSuchEntry(key: key, candidates: found), file: file, subject: "--key \(key)")
             }
             chosen = box
         } else if isTensors(root) {
@@ -206,39 +201,47 @@ enum CheckpointUnpickler {
             let found = stateDictKeys.filter { name in entry(name).map(isTensors) ?? false }
             guard found.count == 1 else {
                 let all = candidates()
-                let names = zip(root.keys, root.values).prefix(12).map { k, v in "\(k.text) (\(v.typeName))" }.joined(separator: ", ")
-                throw TarFlowError.checkpoint(
-                    .notAStateDict, file: file, subject: "data.pkl",
-                    found.isEmpty
-                        ? "no state dict found: the top level is not a dict of tensors and has none of \(stateDictKeys.joined(separator: ", ")) holding one; entries: \(names)"
-                        : "several state dicts: \(found.joined(separator: ", "))",
-                    hint: found.isEmpty ? (all.isEmpty ? "save model.state_dict()" : "pass --key with one of: \(all.joined(separator: ", "))")
-                                        : "pass --key with one of them (--key \(found[0]) for example)")
+                let names = zip(root.keys, root.values).prefix(12).map { k, v in "\(k.text) (\(v.typeName))" }
+                throw TarFlowError.checkpoint(found.isEmpty ? .noStateDict(entries: names, candidates: all) : .severalStateDicts(found),
+                                              file: file, subject: "data.pkl")
             }
             chosen = entry(found[0])!
         }
         var out: [(name: String, tensor: TensorRef)] = []
         out.reserveCapacity(chosen.keys.count)
         for (key, value) in zip(chosen.keys, chosen.values) {
-            guard case .string(let name) = key else {
-                throw TarFlowError.checkpoint(.notAStateDict, file: file, subject: "data.pkl",
-                                      "state_dict key \(key) is not a string",
-                                      hint: "save model.state_dict()")
+            let name: String
+            switch key {
+            case .string(let s): name = s
+            case .int(let i): throw TarFlowError.checkpoint(.intKey(i), file: file, subject: "data.pkl")
             }
             switch value {
             case .tensor(let tensor): out.append((name, tensor))
             case .opaqueTensor(let storage):
-                throw TarFlowError.checkpoint(.unsupportedDType, file: file, subject: name,
-                                      "storage type \(storage) is not supported (only float32, float16, bfloat16, int64)",
-                                      hint: "convert the state_dict, e.g. {k: v.float() for k, v in sd.items()}, and save again")
+                throw TarFlowError.checkpoint(.unsupportedStorage(storage: storage), file: file, subject: name)
             default:
-                throw TarFlowError.checkpoint(.notAStateDict, file: file, subject: name,
-                                      "entry is a \(value.typeName), not a tensor",
-                                      hint: "save a flat model.state_dict() (name -> tensor), or a training checkpoint with it under \(stateDictKeys.joined(separator: ", "))")
+                throw TarFlowError.checkpoint(.notATensor(type: value.typeName), file: file, subject: name)
             }
         }
         return out
     }
+
+    /// Names of every pickle opcode (protocols 0-5), so errors can say which one was refused.
+    static let opcodeNames: [UInt8: String] = [
+        0x28: "MARK", 0x2E: "STOP", 0x30: "POP", 0x31: "POP_MARK", 0x32: "DUP", 0x46: "FLOAT",
+        0x49: "INT", 0x4A: "BININT", 0x4B: "BININT1", 0x4C: "LONG", 0x4D: "BININT2", 0x4E: "NONE",
+        0x50: "PERSID", 0x51: "BINPERSID", 0x52: "REDUCE", 0x53: "STRING", 0x54: "BINSTRING",
+        0x55: "SHORT_BINSTRING", 0x56: "UNICODE", 0x58: "BINUNICODE", 0x61: "APPEND", 0x62: "BUILD",
+        0x63: "GLOBAL", 0x64: "DICT", 0x7D: "EMPTY_DICT", 0x65: "APPENDS", 0x67: "GET", 0x68: "BINGET",
+        0x69: "INST", 0x6A: "LONG_BINGET", 0x6C: "LIST", 0x5D: "EMPTY_LIST", 0x6F: "OBJ", 0x70: "PUT",
+        0x71: "BINPUT", 0x72: "LONG_BINPUT", 0x73: "SETITEM", 0x74: "TUPLE", 0x29: "EMPTY_TUPLE",
+        0x75: "SETITEMS", 0x47: "BINFLOAT", 0x80: "PROTO", 0x81: "NEWOBJ", 0x82: "EXT1", 0x83: "EXT2",
+        0x84: "EXT4", 0x85: "TUPLE1", 0x86: "TUPLE2", 0x87: "TUPLE3", 0x88: "NEWTRUE", 0x89: "NEWFALSE",
+        0x8A: "LONG1", 0x8B: "LONG4", 0x42: "BINBYTES", 0x43: "SHORT_BINBYTES", 0x8C: "SHORT_BINUNICODE",
+        0x8D: "BINUNICODE8", 0x8E: "BINBYTES8", 0x8F: "EMPTY_SET", 0x90: "ADDITEMS", 0x91: "FROZENSET",
+        0x92: "NEWOBJ_EX", 0x93: "STACK_GLOBAL", 0x94: "MEMOIZE", 0x95: "FRAME", 0x96: "BYTEARRAY8",
+        0x97: "NEXT_BUFFER", 0x98: "READONLY_BUFFER",
+    ]
 
     // MARK: Machine
 
@@ -263,23 +266,22 @@ enum CheckpointUnpickler {
 
         // MARK: Errors
 
-        func fail(_ kind: TarFlowError.CheckpointFailure.Kind, _ message: String, hint: String? = nil) -> TarFlowError {
+        func fail(_ reason: TarFlowError.CheckpointFailure.Reason) -> TarFlowError {
             let subject = opStart < bytes.count
                 ? "data.pkl opcode \(opName) (\(String(format: "0x%02x", bytes[opStart]))) at offset \(opStart)"
                 : "data.pkl at offset \(opStart) (end of data)"
-            return .checkpoint(kind, file: file, subject: subject, message, hint: hint)
+            return .checkpoint(reason, file: file, subject: subject)
         }
 
-        func malformed(_ message: String) -> TarFlowError {
-            fail(.malformedPickle, message, hint: "the pickle is corrupted or was not written by torch.save(state_dict)")
+        func malformed(_ damage: TarFlowError.CheckpointFailure.PickleDamage) -> TarFlowError {
+            fail(.malformedPickle(damage))
         }
 
         // MARK: Reading operands
 
         mutating func readBytes(_ count: Int) throws -> ArraySlice<UInt8> {
             guard count >= 0, count <= bytes.count - pos else {
-                throw fail(.truncated, "needs \(count) bytes but only \(bytes.count - pos) remain",
-                           hint: "data.pkl is truncated; save the checkpoint again")
+                throw fail(.operandTruncated(needed: count, remaining: bytes.count - pos))
             }
             let slice = bytes[pos..<(pos + count)]
             pos += count
@@ -297,12 +299,11 @@ enum CheckpointUnpickler {
         mutating func readLength(_ width: Int) throws -> Int {
             let raw = try readUInt(width)
             guard raw <= UInt64(limits.maxStringBytes) else {
-                throw fail(.limitExceeded, "length \(raw) exceeds the \(limits.maxStringBytes)-byte limit for one value")
+                throw fail(.valueTooLong(length: raw, limit: limits.maxStringBytes))
             }
             let n = Int(raw)
             guard n <= bytes.count - pos else {
-                throw fail(.truncated, "length \(n) runs past the end of the pickle (\(bytes.count - pos) bytes remain)",
-                           hint: "data.pkl is truncated or corrupted")
+                throw fail(.lengthPastEnd(length: n, remaining: bytes.count - pos))
             }
             return n
         }
@@ -310,7 +311,7 @@ enum CheckpointUnpickler {
         mutating func readUTF8(_ count: Int) throws -> String {
             let slice = try readBytes(count)
             guard let s = String(validating: slice, as: UTF8.self) else {
-                throw malformed("string is not valid UTF-8")
+                throw malformed(.invalidUTF8)
             }
             return s
         }
@@ -321,10 +322,10 @@ enum CheckpointUnpickler {
             let limit = min(bytes.count, pos + limits.maxGlobalLineLength + 1)
             while end < limit, bytes[end] != 0x0A { end += 1 }
             guard end < bytes.count else {
-                throw fail(.truncated, "GLOBAL operand is not terminated by a newline", hint: "data.pkl is truncated")
+                throw fail(.unterminatedGlobal)
             }
             guard bytes[end] == 0x0A else {
-                throw fail(.limitExceeded, "GLOBAL operand longer than \(limits.maxGlobalLineLength) bytes")
+                throw fail(.globalLineTooLong(limit: limits.maxGlobalLineLength))
             }
             let line = try readUTF8(end - pos)
             pos += 1
@@ -337,28 +338,28 @@ enum CheckpointUnpickler {
 
         mutating func push(_ value: Value) throws {
             guard stack.count < limits.maxStackDepth else {
-                throw fail(.limitExceeded, "stack deeper than \(limits.maxStackDepth) values")
+                throw fail(.stackTooDeep(limit: limits.maxStackDepth))
             }
             stack.append(value)
         }
 
         mutating func pop() throws -> Value {
             guard stack.count > markBase, let value = stack.popLast() else {
-                throw malformed("stack underflow")
+                throw malformed(.stackUnderflow)
             }
             return value
         }
 
         func top() throws -> Value {
             guard stack.count > markBase, let value = stack.last else {
-                throw malformed("stack underflow")
+                throw malformed(.stackUnderflow)
             }
             return value
         }
 
         /// Pops everything above the latest MARK and the MARK itself.
         mutating func popMark() throws -> [Value] {
-            guard let mark = marks.popLast() else { throw malformed("no MARK on the stack") }
+            guard let mark = marks.popLast() else { throw malformed(.noMark) }
             let items = Array(stack[mark...])
             stack.removeSubrange(mark...)
             return items
@@ -378,7 +379,7 @@ enum CheckpointUnpickler {
             var depth = 0
             for item in items { depth = max(depth, seal(item)) }
             guard depth + 1 <= limits.maxNesting else {
-                throw fail(.limitExceeded, "values nested deeper than \(limits.maxNesting) levels")
+                throw fail(.nestingTooDeep(limit: limits.maxNesting))
             }
             return .tuple(items, depth: depth + 1)
         }
@@ -387,22 +388,22 @@ enum CheckpointUnpickler {
             switch value {
             case .string(let s): return .string(s)
             case .int(let i): return .int(i)
-            default: throw malformed("dict key of type \(value.typeName) is not supported (only str and int)")
+            default: throw malformed(.dictKeyType(value.typeName))
             }
         }
 
         func setItems(_ pairs: [Value], into target: Value) throws {
             guard case .dict(let box) = target else {
-                throw malformed("SETITEM(S) target is a \(target.typeName), not a dict")
+                throw malformed(.setItemsTarget(target.typeName))
             }
-            guard pairs.count % 2 == 0 else { throw malformed("SETITEMS with an odd number of values") }
+            guard pairs.count % 2 == 0 else { throw malformed(.oddSetItems) }
             var newDepth = box.depth
             for value in pairs { newDepth = max(newDepth, seal(value) + 1) }
             guard !box.sealed else {
-                throw malformed("dict modified after being nested in another value (cycles are not supported)")
+                throw malformed(.dictModifiedAfterNesting)
             }
             guard newDepth <= limits.maxNesting else {
-                throw fail(.limitExceeded, "values nested deeper than \(limits.maxNesting) levels")
+                throw fail(.nestingTooDeep(limit: limits.maxNesting))
             }
             var i = 0
             while i < pairs.count {
@@ -421,15 +422,15 @@ enum CheckpointUnpickler {
 
         func append(_ items: [Value], to target: Value) throws {
             guard case .list(let box) = target else {
-                throw malformed("APPEND(S) target is a \(target.typeName), not a list")
+                throw malformed(.appendTarget(target.typeName))
             }
             var newDepth = box.depth
             for value in items { newDepth = max(newDepth, seal(value) + 1) }
             guard !box.sealed else {
-                throw malformed("list modified after being nested in another value (cycles are not supported)")
+                throw malformed(.listModifiedAfterNesting)
             }
             guard newDepth <= limits.maxNesting else {
-                throw fail(.limitExceeded, "values nested deeper than \(limits.maxNesting) levels")
+                throw fail(.nestingTooDeep(limit: limits.maxNesting))
             }
             box.items.append(contentsOf: items)
             box.depth = newDepth
@@ -438,13 +439,13 @@ enum CheckpointUnpickler {
         mutating func memoPut(_ index: Int) throws {
             let value = try top()
             guard memo[index] != nil || memo.count < limits.maxMemoEntries else {
-                throw fail(.limitExceeded, "more than \(limits.maxMemoEntries) memo entries")
+                throw fail(.memoTooLarge(limit: limits.maxMemoEntries))
             }
             memo[index] = value
         }
 
         mutating func memoGet(_ index: Int) throws {
-            guard let value = memo[index] else { throw malformed("memo entry \(index) was never stored") }
+            guard let value = memo[index] else { throw malformed(.memoMissing(index)) }
             try push(value)
         }
 
@@ -465,10 +466,8 @@ enum CheckpointUnpickler {
             case ("torch", "LongStorage"): return .storageType(.int64)
             default: break
             }
-            let full = "\(module).\(name)"
             if module == "torch", Self.otherStorages.contains(name) { return .otherStorage(name) }
-            throw fail(.refusedGlobal, "refusing global \(full): a state_dict pickle only needs collections.OrderedDict and torch._utils tensor rebuilders",
-                       hint: "the file may be malicious, or is a training checkpoint holding Python objects; never load it with torch.load(weights_only=False) — re-save model.state_dict() (or a dict of state dicts, numbers and strings) from a trusted source, or use safetensors")
+            throw fail(.refusedGlobal(module: module, name: name))
         }
 
         /// torch's storage classes of other element types: data, never code (optimizer state,
@@ -480,20 +479,20 @@ enum CheckpointUnpickler {
 
         // MARK: Calls
 
-        func int(_ value: Value, _ what: String) throws -> Int {
+        func int(_ value: Value, _ what: TarFlowError.CheckpointFailure.PickleField) throws -> Int {
             switch value {
             case .int(let i): return i
             case .bool(let b): return b ? 1 : 0
-            default: throw malformed("\(what) is a \(value.typeName), expected int")
+            default: throw malformed(.notAnInt(what, type: value.typeName))
             }
         }
 
-        func intTuple(_ value: Value, _ what: String) throws -> [Int] {
+        func intTuple(_ value: Value, _ what: TarFlowError.CheckpointFailure.PickleField) throws -> [Int] {
             guard case .tuple(let items, _) = value else {
-                throw malformed("\(what) is a \(value.typeName), expected a tuple of ints")
+                throw malformed(.notAnIntTuple(what, type: value.typeName))
             }
             guard items.count <= limits.maxTensorRank else {
-                throw fail(.limitExceeded, "\(what) has \(items.count) dimensions (limit \(limits.maxTensorRank))")
+                throw fail(.rankTooLarge(what, rank: items.count, limit: limits.maxTensorRank))
             }
             return try items.map { try int($0, what) }
         }
@@ -502,32 +501,30 @@ enum CheckpointUnpickler {
         func makeTensor(storage: Value, offset: Value, size: Value, stride: Value) throws -> Value {
             if case .opaqueStorage(let name) = storage { return .opaqueTensor(name) }
             guard case .storage(let ref) = storage else {
-                throw malformed("tensor storage argument is a \(storage.typeName), expected a persistent storage id")
+                throw malformed(.tensorStorage(type: storage.typeName))
             }
-            let off = try int(offset, "storage_offset")
-            let shape = try intTuple(size, "size")
-            let strides = try intTuple(stride, "stride")
+            let off = try int(offset, .storageOffset)
+            let shape = try intTuple(size, .size)
+            let strides = try intTuple(stride, .stride)
             guard shape.count == strides.count else {
-                throw malformed("size has \(shape.count) dimensions but stride has \(strides.count)")
+                throw malformed(.rankMismatch(size: shape.count, stride: strides.count))
             }
             guard off >= 0, shape.allSatisfy({ $0 >= 0 }), strides.allSatisfy({ $0 >= 0 }) else {
-                throw fail(.malformedTensor, "negative offset, size or stride (offset \(off), size \(shape), stride \(strides))")
+                throw fail(.negativeView(offset: off, shape: shape, stride: strides))
             }
             guard elementCount(shape) != nil else {
-                throw fail(.malformedTensor, "element count of size \(shape) overflows")
+                throw fail(.sizeOverflows(shape: shape))
             }
             if !shape.contains(0) {
                 var last = off
                 for (d, s) in zip(shape, strides) {
                     guard let span = CheckpointMath.multiply(d - 1, s), let next = CheckpointMath.add(last, span) else {
-                        throw fail(.malformedTensor, "offset/stride arithmetic overflows (size \(shape), stride \(strides))")
+                        throw fail(.viewOverflows(shape: shape, stride: strides))
                     }
                     last = next
                 }
                 guard last < ref.numel else {
-                    throw fail(.malformedTensor,
-                               "view (offset \(off), size \(shape), stride \(strides)) reaches element \(last) of storage '\(ref.key)' which has \(ref.numel)",
-                               hint: "the checkpoint is corrupted")
+                    throw fail(.viewBeyondStorage(offset: off, shape: shape, stride: strides, last: last, storage: ref.key, numel: ref.numel))
                 }
             }
             return .tensor(TensorRef(storage: ref, offset: off, shape: shape, stride: strides))
@@ -538,67 +535,67 @@ enum CheckpointUnpickler {
             case .none: return
             case .dict(let box) where box.keys.isEmpty: return
             default:
-                throw malformed("backward_hooks must be an empty OrderedDict, got \(value.typeName)")
+                throw malformed(.backwardHooks(type: value.typeName))
             }
         }
 
         /// "Applies" an allowlisted callable: builds the value torch would build, running nothing.
         func apply(_ callable: Value, _ args: [Value]) throws -> Value {
             guard case .global(let g) = callable else {
-                throw malformed("REDUCE on a \(callable.typeName), which is not an allowlisted callable")
+                throw malformed(.reduceOn(type: callable.typeName))
             }
             switch g {
             case .orderedDict:
-                guard args.isEmpty else { throw malformed("collections.OrderedDict called with arguments") }
+                guard args.isEmpty else { throw malformed(.orderedDictArguments) }
                 return .dict(DictBox())
             case .rebuildTensor:
-                guard args.count == 4 else { throw malformed("_rebuild_tensor expects 4 arguments, got \(args.count)") }
+                guard args.count == 4 else { throw malformed(.rebuildTensorArguments(args.count)) }
                 return try makeTensor(storage: args[0], offset: args[1], size: args[2], stride: args[3])
             case .rebuildTensorV2:
                 guard args.count == 6 || args.count == 7 else {
-                    throw malformed("_rebuild_tensor_v2 expects 6 or 7 arguments, got \(args.count)")
+                    throw malformed(.rebuildTensorV2Arguments(args.count))
                 }
-                guard case .bool = args[4] else { throw malformed("requires_grad is a \(args[4].typeName), expected bool") }
+                guard case .bool = args[4] else { throw malformed(.requiresGrad(type: args[4].typeName)) }
                 try emptyHooks(args[5])
                 return try makeTensor(storage: args[0], offset: args[1], size: args[2], stride: args[3])
             case .rebuildParameter, .rebuildParameterWithState:
                 let expected = g == .rebuildParameter ? 3 : 4
                 guard args.count == expected else {
-                    throw malformed("\(g.pythonName) expects \(expected) arguments, got \(args.count)")
+                    throw malformed(.parameterArguments(withState: g == .rebuildParameterWithState, count: args.count))
                 }
                 switch args[0] {
                 case .tensor, .opaqueTensor: break
-                default: throw malformed("\(g.pythonName) data is a \(args[0].typeName), expected tensor")
+                default: throw malformed(.parameterData(withState: g == .rebuildParameterWithState, type: args[0].typeName))
                 }
                 try emptyHooks(args[2])
                 if expected == 4 {
                     switch args[3] {
                     case .none: break
                     case .dict(let box) where box.keys.isEmpty: break
-                    default: throw malformed("parameter state must be empty, got \(args[3].typeName)")
+                    default: throw malformed(.parameterState(type: args[3].typeName))
                     }
                 }
                 return args[0]
             case .storageType, .otherStorage:
-                throw malformed("\(g.pythonName) cannot be called; storages come only from persistent ids")
+                throw malformed(.storageCalled(global: g.pythonName))
             }
         }
 
         /// torch's persistent id for a storage: ('storage', storage_type, key, location, numel).
         func persistentLoad(_ pid: Value) throws -> Value {
             guard case .tuple(let items, _) = pid, items.count == 5, case .string("storage") = items[0] else {
-                throw malformed("persistent id is not ('storage', type, key, location, numel)")
+                throw malformed(.persistentIDShape)
             }
             if case .global(.otherStorage(let name)) = items[1] { return .opaqueStorage("torch.\(name)") }
             guard case .global(.storageType(let dtype)) = items[1] else {
-                throw malformed("persistent id storage type is a \(items[1].typeName), expected a torch.*Storage class")
+                throw malformed(.persistentIDStorageType(type: items[1].typeName))
             }
             guard case .string(let key) = items[2], !key.isEmpty, !key.contains("/"), key != ".", key != ".." else {
-                throw malformed("persistent id storage key is not a plain name")
+                throw malformed(.persistentIDKey)
             }
-            guard case .string(let location) = items[3] else { throw malformed("persistent id location is not a string") }
-            let numel = try int(items[4], "storage numel")
-            guard numel >= 0 else { throw malformed("storage '\(key)' has negative element count \(numel)") }
+            guard case .string(let location) = items[3] else { throw malformed(.persistentIDLocation) }
+            let numel = try int(items[4], .storageNumel)
+            guard numel >= 0 else { throw malformed(.negativeNumel(storage: key, numel: numel)) }
             return .storage(StorageRef(key: key, dtype: dtype, location: location, numel: numel))
         }
 
@@ -613,19 +610,19 @@ enum CheckpointUnpickler {
                 switch op {
                 case 0x80:  // PROTO
                     let version = try readUInt(1)
-                    guard version <= 5 else { throw fail(.unsupportedOpcode, "pickle protocol \(version) is newer than 5") }
+                    guard version <= 5 else { throw fail(.protocolTooNew(version)) }
                 case 0x95:  // FRAME: framing is only a read-ahead hint
                     let length = try readUInt(8)
                     guard length <= UInt64(bytes.count - pos) else {
-                        throw fail(.truncated, "frame of \(length) bytes runs past the end", hint: "data.pkl is truncated")
+                        throw fail(.frameTooLong(length))
                     }
                 case 0x2E:  // STOP
                     let result = try pop()
-                    guard stack.isEmpty, marks.isEmpty else { throw malformed("values left on the stack at STOP") }
+                    guard stack.isEmpty, marks.isEmpty else { throw malformed(.valuesLeftAtStop) }
                     return result
                 case 0x28:  // MARK
                     guard marks.count < limits.maxMarkDepth else {
-                        throw fail(.limitExceeded, "more than \(limits.maxMarkDepth) nested MARKs")
+                        throw fail(.marksTooDeep(limit: limits.maxMarkDepth))
                     }
                     marks.append(stack.count)
                 case 0x30:  // POP
@@ -650,7 +647,7 @@ enum CheckpointUnpickler {
                     try push(.int(try readLong(Int(try readUInt(1)))))
                 case 0x8B:  // LONG4
                     let n = try readUInt(4)
-                    guard n <= 8 else { throw fail(.limitExceeded, "integer of \(n) bytes does not fit 64 bits") }
+                    guard n <= 8 else { throw fail(.integerTooWide(bytes: n)) }
                     try push(.int(try readLong(Int(n))))
                 case 0x47:  // BINFLOAT (big-endian double)
                     let slice = try readBytes(8)
@@ -715,30 +712,30 @@ enum CheckpointUnpickler {
                 case 0x93:  // STACK_GLOBAL
                     let nameValue = try pop(), moduleValue = try pop()
                     guard case .string(let module) = moduleValue, case .string(let name) = nameValue else {
-                        throw malformed("STACK_GLOBAL operands are not strings")
+                        throw malformed(.stackGlobalOperands)
                     }
                     try push(.global(try resolveGlobal(module: module, name: name)))
                 case 0x52:  // REDUCE
                     let argsValue = try pop(), callable = try pop()
                     guard case .tuple(let args, _) = argsValue else {
-                        throw malformed("REDUCE arguments are a \(argsValue.typeName), expected a tuple")
+                        throw malformed(.reduceArguments(type: argsValue.typeName))
                     }
                     try push(try apply(callable, args))
                 case 0x81:  // NEWOBJ: cls.__new__(cls, *args); only OrderedDict makes sense here
                     let argsValue = try pop(), cls = try pop()
                     guard case .global(.orderedDict) = cls, case .tuple(let args, _) = argsValue, args.isEmpty else {
-                        throw malformed("NEWOBJ is only supported for collections.OrderedDict()")
+                        throw malformed(.newObj)
                     }
                     try push(.dict(DictBox()))
                 case 0x62:  // BUILD: torch sets OrderedDict attributes (`_metadata`); nothing to keep
                     let state = try pop()
                     let target = try top()
                     guard case .dict = target else {
-                        throw malformed("BUILD on a \(target.typeName); only OrderedDict state is supported")
+                        throw malformed(.buildTarget(type: target.typeName))
                     }
                     switch state {
                     case .none, .dict: _ = seal(state)
-                    default: throw malformed("BUILD state is a \(state.typeName), expected a dict")
+                    default: throw malformed(.buildState(type: state.typeName))
                     }
                 case 0x51:  // BINPERSID
                     let pid = try pop()
@@ -754,20 +751,16 @@ enum CheckpointUnpickler {
                 case 0x6A:  // LONG_BINGET
                     try memoGet(Int(try readUInt(4)))
                 default:
-                    let known = Self.opcodeNames[op] != nil
-                    throw fail(.unsupportedOpcode,
-                               known ? "opcode is not needed by a torch state_dict and is not supported"
-                                     : "unknown pickle opcode",
-                               hint: "the file is not a torch.save(state_dict) pickle, or it is corrupted")
+                    throw fail(.unsupportedOpcode(op))
                 }
             }
             opStart = pos
-            throw fail(.truncated, "pickle ended without STOP", hint: "data.pkl is truncated; save the checkpoint again")
+            throw fail(.noStop)
         }
 
         /// Little-endian two's-complement integer of `n` bytes (LONG1/LONG4), up to 64 bits.
         mutating func readLong(_ n: Int) throws -> Int {
-            guard n <= 8 else { throw fail(.limitExceeded, "integer of \(n) bytes does not fit 64 bits") }
+            guard n <= 8 else { throw fail(.integerTooWide(bytes: UInt64(n))) }
             if n == 0 { return 0 }
             let slice = try readBytes(n)
             var value: UInt64 = 0
@@ -778,23 +771,6 @@ enum CheckpointUnpickler {
             return Int(Int64(bitPattern: value))
         }
 
-        static func opcodeName(_ op: UInt8) -> String { opcodeNames[op] ?? "UNKNOWN" }
-
-        /// Names of every pickle opcode (protocols 0-5), so errors can say which one was refused.
-        static let opcodeNames: [UInt8: String] = [
-            0x28: "MARK", 0x2E: "STOP", 0x30: "POP", 0x31: "POP_MARK", 0x32: "DUP", 0x46: "FLOAT",
-            0x49: "INT", 0x4A: "BININT", 0x4B: "BININT1", 0x4C: "LONG", 0x4D: "BININT2", 0x4E: "NONE",
-            0x50: "PERSID", 0x51: "BINPERSID", 0x52: "REDUCE", 0x53: "STRING", 0x54: "BINSTRING",
-            0x55: "SHORT_BINSTRING", 0x56: "UNICODE", 0x58: "BINUNICODE", 0x61: "APPEND", 0x62: "BUILD",
-            0x63: "GLOBAL", 0x64: "DICT", 0x7D: "EMPTY_DICT", 0x65: "APPENDS", 0x67: "GET", 0x68: "BINGET",
-            0x69: "INST", 0x6A: "LONG_BINGET", 0x6C: "LIST", 0x5D: "EMPTY_LIST", 0x6F: "OBJ", 0x70: "PUT",
-            0x71: "BINPUT", 0x72: "LONG_BINPUT", 0x73: "SETITEM", 0x74: "TUPLE", 0x29: "EMPTY_TUPLE",
-            0x75: "SETITEMS", 0x47: "BINFLOAT", 0x80: "PROTO", 0x81: "NEWOBJ", 0x82: "EXT1", 0x83: "EXT2",
-            0x84: "EXT4", 0x85: "TUPLE1", 0x86: "TUPLE2", 0x87: "TUPLE3", 0x88: "NEWTRUE", 0x89: "NEWFALSE",
-            0x8A: "LONG1", 0x8B: "LONG4", 0x42: "BINBYTES", 0x43: "SHORT_BINBYTES", 0x8C: "SHORT_BINUNICODE",
-            0x8D: "BINUNICODE8", 0x8E: "BINBYTES8", 0x8F: "EMPTY_SET", 0x90: "ADDITEMS", 0x91: "FROZENSET",
-            0x92: "NEWOBJ_EX", 0x93: "STACK_GLOBAL", 0x94: "MEMOIZE", 0x95: "FRAME", 0x96: "BYTEARRAY8",
-            0x97: "NEXT_BUFFER", 0x98: "READONLY_BUFFER",
-        ]
+        static func opcodeName(_ op: UInt8) -> String { CheckpointUnpickler.opcodeNames[op] ?? "UNKNOWN" }
     }
 }
