@@ -9,6 +9,9 @@ import FlowRuntime
 public typealias Model = FlowIR.Model
 /// Reads and writes model files (verified on reading, written atomically).
 public typealias ModelFile = FlowIR.ModelFile
+/// A model whose graphs passed the verifier (`ModelFile.readVerified`, `Model.verified()`): what
+/// `AheadOfTime.compile` takes without checking it again.
+public typealias VerifiedModel = FlowIR.VerifiedModel
 /// Element types of tensors and weights (f32, f16, bf16, i64).
 public typealias DType = FlowIR.DType
 /// Temporary files of atomic writes, removed on SIGINT/SIGTERM/SIGHUP.

@@ -32,12 +32,13 @@ struct Compile: ParsableCommand {
             try Checks.distinct(outputs: [("-o", output)], inputs: [("model", model), ("--config", config)])
             let batches = try AheadOfTime.parseBatches(batch)
             let fs = try AheadOfTime.parseFunctions(functions)
-            let source: Model
+            // The file is verified once, as it is read; a drawn model once, here.
+            let source: VerifiedModel
             switch (model, config) {
             case (let path?, nil):
                 guard randomWeights == nil else { throw CLIError.invalidInput("--random-weights goes with --config, not with a model file") }
                 // Compiled functions already in the file are replaced, so stale ones need not load.
-                source = try ModelFile.read(contentsOf: URL(fileURLWithPath: path), compiledFunctions: .drop)
+                source = try ModelFile.readVerified(contentsOf: URL(fileURLWithPath: path), compiledFunctions: .drop)
             case (nil, let path?):
                 guard let seed = randomWeights else {
                     throw CLIError.invalidInput("--config needs --random-weights SEED (there is no checkpoint to take weights from)")
@@ -46,7 +47,7 @@ struct Compile: ParsableCommand {
                 try Checks.memory(c.weightMemoryNeed, "--config \(path)", fix: "use a smaller config")
                 var m = try AheadOfTime.randomModel(config: c, seed: seed, noiseStd: noise)
                 m.metadata["source.file"] = .string(URL(fileURLWithPath: path).lastPathComponent)
-                source = m
+                source = try m.verified()
             case (.some, .some):
                 throw CLIError.invalidInput("give a model file or --config, not both")
             case (nil, nil):
@@ -54,10 +55,10 @@ struct Compile: ParsableCommand {
             }
             var model = source
             if let weights {
-                try Checks.memory(model.reencodingMemoryNeed(as: weights.dtype), "--weights \(weights.rawValue)", fix: "keep the file's precision (drop --weights)")
+                try Checks.memory(model.model.reencodingMemoryNeed(as: weights.dtype), "--weights \(weights.rawValue)", fix: "keep the file's precision (drop --weights)")
                 model = try model.storingLinearWeights(as: weights.dtype)
             }
-            try Checks.memory(model.packingMemoryNeed(), "-o \(output)", fix: "free memory, or raise the memory limit")
+            try Checks.memory(model.model.packingMemoryNeed(), "-o \(output)", fix: "free memory, or raise the memory limit")
             var bar: ProgressBar?
             let compiled = try AheadOfTime.compile(model, functions: fs, batches: batches, kvCache: kvCache?.dtype, progress: { done, total in
                 if bar == nil { bar = ProgressBar("compile", total: total, unit: "graphs", quiet: quiet) }
