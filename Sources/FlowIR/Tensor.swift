@@ -87,15 +87,23 @@ public struct Tensor: Sendable, Equatable {
         }
     }
 
-    /// The values as Int64, floating-point ones truncated (see `asInt64s()` for a checked form).
+    /// The values as Int64, floating-point ones truncated toward zero and saturated (NaN is 0),
+    /// so no value traps; `asInt64s()` is the checked form.
     public var int64s: [Int64] {
         switch storage {
         case .int64(let v): v
         case .int32(let v): v.map { Int64($0) }
         case .uint8(let v): v.map { Int64($0) }
-        case .float64(let v): v.map { Int64($0) }
-        case .float32, .float16, .bfloat16: floats.map { Int64($0) }
+        case .float64(let v): v.map(Tensor.saturating)
+        case .float32, .float16, .bfloat16: floats.map { Tensor.saturating(Double($0)) }
         }
+    }
+
+    private static func saturating(_ v: Double) -> Int64 {
+        if v.isNaN { return 0 }
+        if v >= 0x1p63 { return .max }
+        if v < -0x1p63 { return .min }
+        return Int64(v)
     }
 
     /// The values as Double (int64 beyond 2^53 is rounded).

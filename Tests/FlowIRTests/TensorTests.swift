@@ -5,6 +5,12 @@ import XCTest
 /// integer view of label files, the one checked element count, and the host-only dtypes that
 /// neither a model file (F5) nor a graph (W9) may hold.
 final class TensorTests: XCTestCase {
+    /// The unchecked integer view never traps: NaN is 0, beyond Int64 saturates.
+    func testInt64sOfNonIntegersDoesNotTrap() {
+        XCTAssertEqual(Tensor(shape: [5], doubles: [.nan, .infinity, -.infinity, 1e300, -2.7]).int64s, [0, .max, .min, .max, -2])
+        XCTAssertEqual(Tensor(shape: [3], floats: [.nan, 1e30, 2.9]).int64s, [0, .max, 2])
+    }
+
     func testEveryStorageKind() {
         let cases: [(Tensor, DType, [Float])] = [
             (Tensor(shape: [2], floats: [1.5, -2]), .float32, [1.5, -2]),
