@@ -133,7 +133,7 @@ int fk_select_instruction_set(const char *name) {
         table = TABLE(base);
         bf16dot = 0;
         bf16amx = 0;
-            return 0;
+        return 0;
     }
 #if defined(__x86_64__)
     __builtin_cpu_init();
@@ -147,13 +147,13 @@ int fk_select_instruction_set(const char *name) {
         table = TABLE(avx512);
         bf16dot = 0;
         bf16amx = 0;
-            return 0;
+        return 0;
     }
     if (strcmp(name, "avx2") == 0 && has_avx2()) {
         table = TABLE(avx2);
         bf16dot = 0;
         bf16amx = 0;
-            return 0;
+        return 0;
     }
 #endif
     return -1;
