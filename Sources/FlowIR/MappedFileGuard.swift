@@ -13,35 +13,19 @@ import Glibc
 public enum MappedFileGuard {
     static let slots = 64
     static let messageBytes = 4608
-    /// Per slot: first and one-past-last address of the range; `used[i] != 0` marks a live slot.
-    nonisolated(unsafe) static let ranges: UnsafeMutablePointer<UInt> = {
-        let p = UnsafeMutablePointer<UInt>.allocate(capacity: 2 * slots)
-        p.initialize(repeating: 0, count: 2 * slots)
-        return p
-    }()
-    nonisolated(unsafe) static let used: UnsafeMutablePointer<UInt8> = {
-        let p = UnsafeMutablePointer<UInt8>.allocate(capacity: slots)
-        p.initialize(repeating: 0, count: slots)
-        return p
-    }()
-    /// Per slot, the NUL-terminated line the handler writes.
-    nonisolated(unsafe) static let messages: UnsafeMutablePointer<CChar> = {
-        let p = UnsafeMutablePointer<CChar>.allocate(capacity: slots * messageBytes)
-        p.initialize(repeating: 0, count: slots * messageBytes)
-        return p
-    }()
+    /// Per slot: the NUL-terminated line the handler writes, and as its two words the first and
+    /// one-past-last address of the range.
+    static let table = SignalSafeSlots(count: slots, textBytes: messageBytes, wordsPerSlot: 2)
     /// The SIGBUS action in place before ours, called for faults outside every range.
     nonisolated(unsafe) static let previous: UnsafeMutablePointer<sigaction> = {
         let p = UnsafeMutablePointer<sigaction>.allocate(capacity: 1)
         p.initialize(to: sigaction())
         return p
     }()
-    nonisolated(unsafe) static var lock = pthread_mutex_t()
     /// Initializes every table and installs the handler, once (the first registration).
     nonisolated(unsafe) static var installed: Bool = {
-        pthread_mutex_init(&lock, nil)
-        _ = ranges; _ = used; _ = messages; _ = previous
-        _ = TemporaryFiles.paths; _ = TemporaryFiles.used  // never first touched inside the handler
+        _ = table; _ = previous
+        _ = TemporaryFiles.table  // never first touched inside the handler
         var action = sigaction()
         action.__sigaction_handler.sa_sigaction = { sig, info, context in
             MappedFileGuard.handle(sig, info, context)
@@ -59,27 +43,15 @@ public enum MappedFileGuard {
         guard let base = buffer.baseAddress, buffer.count > 0, installed else { return nil }
         let text = "error: \(what) was truncated or changed while this process was reading it (SIGBUS); "
             + "do not rewrite a file in place while it is in use: write a new file and rename it, then run again\n"
-        let bytes = Array(text.utf8.prefix(messageBytes - 2))
-        pthread_mutex_lock(&lock)
-        defer { pthread_mutex_unlock(&lock) }
-        for i in 0..<slots where used[i] == 0 {
-            let m = messages + i * messageBytes
-            for (j, b) in bytes.enumerated() { m[j] = CChar(bitPattern: b) }
-            if bytes.last != UInt8(ascii: "\n") { m[bytes.count] = 0x0a; m[bytes.count + 1] = 0 } else { m[bytes.count] = 0 }
-            ranges[2 * i] = UInt(bitPattern: base)
-            ranges[2 * i + 1] = UInt(bitPattern: base) + UInt(buffer.count)
-            used[i] = 1
-            return i
-        }
-        return nil
+        var bytes = Array(text.utf8.prefix(messageBytes - 2))
+        if bytes.last != UInt8(ascii: "\n") { bytes.append(UInt8(ascii: "\n")) }
+        return table.register(text: bytes, words: [UInt(bitPattern: base), UInt(bitPattern: base) + UInt(buffer.count)])
     }
 
     /// Stops guarding a range (before it is unmapped).
     public static func release(_ slot: Int?) {
         guard let slot else { return }
-        pthread_mutex_lock(&lock)
-        used[slot] = 0
-        pthread_mutex_unlock(&lock)
+        table.unregister(slot)
     }
 
     /// The handler. Async-signal-safe: reads the tables, `write`, `unlink`, `_exit`, `sigaction`.
@@ -87,8 +59,8 @@ public enum MappedFileGuard {
         // A fault (si_code > 0), not a SIGBUS sent with kill or raise.
         if let info, info.pointee.si_code > 0 {
             let address = UInt(bitPattern: info.pointee._sifields._sigfault.si_addr)
-            for i in 0..<slots where used[i] != 0 && ranges[2 * i] <= address && address < ranges[2 * i + 1] {
-                let m = messages + i * messageBytes
+            for i in 0..<slots where table.isUsed(i) && table.words(i)[0] <= address && address < table.words(i)[1] {
+                let m = table.text(i)
                 _ = write(2, m, strlen(m))
                 TemporaryFiles.unlinkAll()
                 _exit(1)

@@ -8,45 +8,20 @@ import Glibc
 public enum TemporaryFiles {
     static let slots = 64
     static let slotBytes = 4096
-    /// `slots` NUL-terminated paths; `used[i] != 0` marks a slot whose path is complete.
-    nonisolated(unsafe) static let paths: UnsafeMutablePointer<CChar> = {
-        let p = UnsafeMutablePointer<CChar>.allocate(capacity: slots * slotBytes)
-        p.initialize(repeating: 0, count: slots * slotBytes)
-        return p
-    }()
-    nonisolated(unsafe) static let used: UnsafeMutablePointer<UInt8> = {
-        let p = UnsafeMutablePointer<UInt8>.allocate(capacity: slots)
-        p.initialize(repeating: 0, count: slots)
-        return p
-    }()
-    nonisolated(unsafe) static var lock = pthread_mutex_t()
-    nonisolated(unsafe) static var lockReady: Bool = {
-        pthread_mutex_init(&lock, nil)
-        return true
-    }()
+    /// `slots` NUL-terminated paths.
+    static let table = SignalSafeSlots(count: slots, textBytes: slotBytes)
 
     /// Records `path` for removal on a signal; the slot to pass to `unregister`, nil when the
     /// table is full or the path too long (the write still works, it is just not cleaned up).
     public static func register(_ path: String) -> Int? {
         let bytes = Array(path.utf8)
-        guard bytes.count < slotBytes, lockReady else { return nil }
-        pthread_mutex_lock(&lock)
-        defer { pthread_mutex_unlock(&lock) }
-        for i in 0..<slots where used[i] == 0 {
-            let p = paths + i * slotBytes
-            for (j, b) in bytes.enumerated() { p[j] = CChar(bitPattern: b) }
-            p[bytes.count] = 0
-            used[i] = 1
-            return i
-        }
-        return nil
+        guard bytes.count < slotBytes else { return nil }
+        return table.register(text: bytes)
     }
 
     public static func unregister(_ slot: Int?) {
-        guard let slot, lockReady else { return }
-        pthread_mutex_lock(&lock)
-        used[slot] = 0
-        pthread_mutex_unlock(&lock)
+        guard let slot else { return }
+        table.unregister(slot)
     }
 
     /// Creates a new file from `template` (its trailing `XXXXXX` replaced by random letters, as
@@ -71,13 +46,13 @@ public enum TemporaryFiles {
 
     /// Unlinks every registered path. Async-signal-safe: reads the table and calls `unlink`.
     public static func unlinkAll() {
-        for i in 0..<slots where used[i] != 0 { _ = unlink(paths + i * slotBytes) }
+        for i in 0..<slots where table.isUsed(i) { _ = unlink(table.text(i)) }
     }
 
     /// Installs handlers for SIGINT, SIGTERM and SIGHUP that unlink the temporary files, then
     /// die of the same signal (default action), so callers still see how the process ended.
     public static func installSignalHandlers() {
-        _ = paths; _ = used; _ = lockReady  // initialized here, never first inside a handler
+        _ = table  // initialized here, never first inside a handler
         for s in [SIGINT, SIGTERM, SIGHUP] {
             var action = sigaction()
             action.__sigaction_handler.sa_handler = { sig in

@@ -46,7 +46,7 @@ public enum InputFailureKind: Sendable, Equatable, CustomStringConvertible {
 
     // MARK: Sampling
     /// Prior noise has element type `dtype`, not float32.
-    case noiseDType(String)
+    case noiseDType(DType)
     /// Prior noise has `shape`, not (B, tokens, patchDim) with B > 0.
     case noiseShape(shape: [Int], tokens: Int, patchDim: Int)
     /// Prior noise element `element` is `value` (NaN or infinite).
@@ -216,7 +216,7 @@ public enum InputFailureKind: Sendable, Equatable, CustomStringConvertible {
         case let .profileSplitDecode(batch):
             "--profile: at batch \(batch) the decode step is split between threads, whose ops run at once; profile with --threads 1"
 
-        case let .noiseDType(dtype): "noise must be float32, is \(dtype)"
+        case let .noiseDType(dtype): "noise must be float32, is \(dtype.rawValue)"
         case let .noiseShape(shape, t, d): "noise must have shape (B, \(t), \(d)) with B > 0, has \(shape)"
         case let .noiseNotFinite(i, v): "element \(i) is \(v); noise must be finite"
         case let .notFiniteNonNegative(option, v): "\(option) \(v) must be a finite number >= 0"

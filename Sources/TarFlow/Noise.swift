@@ -23,7 +23,7 @@ extension TarFlowModel {
     /// errors name the file.
     public func noise(contentsOf url: URL) throws -> Tensor {
         let a = try NPY.read(contentsOf: url)
-        guard case .float32(let f) = a.storage else { throw TarFlowError.invalidInput(.noiseDType(a.dtype.rawValue), file: url.path) }
+        guard case .float32(let f) = a.storage else { throw TarFlowError.invalidInput(.noiseDType(a.dtype), file: url.path) }
         let t = Tensor(shape: a.shape, floats: f)
         do { _ = try checkNoise(t) } catch TarFlowError.invalidInput(let f) { throw TarFlowError.invalidInput(f.located(in: url.path)) }
         return t
@@ -32,7 +32,7 @@ extension TarFlowModel {
     /// The batch size of prior noise f32[B, T, D] (B > 0, every element finite).
     func checkNoise(_ noise: Tensor) throws -> Int {
         let T = config.numPatches, D = config.patchDim
-        guard noise.dtype == .float32 else { throw TarFlowError.invalidInput(.noiseDType("\(noise.dtype)")) }
+        guard noise.dtype == .float32 else { throw TarFlowError.invalidInput(.noiseDType(noise.dtype)) }
         guard noise.shape.count == 3, noise.shape[0] > 0, noise.shape[1] == T, noise.shape[2] == D else {
             throw TarFlowError.invalidInput(.noiseShape(shape: noise.shape, tokens: T, patchDim: D))
         }

@@ -113,6 +113,16 @@ final class TarFlowFailureKindTests: XCTestCase {
         let noise = error { try model.noise(contentsOf: url) }
         XCTAssertEqual(noise, .invalidInput(InputFailure(.noiseNotFinite(element: 2, value: .infinity), file: url.path)))
         XCTAssertEqual(noise?.description, "invalid input: \(url.path): element 2 is inf; noise must be finite")
+        // Noise that is not float32, given as a tensor and as a file: one rendering (the dtype's
+        // name, as NumPy spells it), located in the file when it came from one.
+        let f64 = Tensor(shape: [1, 4, 4], doubles: [Double](repeating: 0, count: 16))
+        let given = error { try model.sample(noise: f64) }
+        XCTAssertEqual(given, .invalidInput(InputFailure(.noiseDType(.float64))))
+        XCTAssertEqual(given?.description, "invalid input: noise must be float32, is float64")
+        try NPY.write(f64, to: url)
+        let read = error { try model.noise(contentsOf: url) }
+        XCTAssertEqual(read, .invalidInput(InputFailure(.noiseDType(.float64), file: url.path)))
+        XCTAssertEqual(read?.description, "invalid input: \(url.path): noise must be float32, is float64")
 
         let batches = error { try AheadOfTime.parseBatches("1,x") }
         XCTAssertEqual(batches, .invalidInput(InputFailure(.batchNotWhole("x"))))

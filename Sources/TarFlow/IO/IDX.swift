@@ -214,17 +214,14 @@ extension TarFlowError {
 
         public var description: String {
             switch self {
-            case let .notIDX(path):
-                return "\(path) is not an IDX file (the magic number must start with two zero bytes)"
+            case let .notIDX(path): "\(path) is not an IDX file (the magic number must start with two zero bytes)"
             case let .unsupportedType(path, type):
-                return "\(path): IDX data type 0x\(String(type, radix: 16)) is not supported "
+                "\(path): IDX data type 0x\(String(type, radix: 16)) is not supported "
                     + "(expected 0x08, 0x09, 0x0b, 0x0c, 0x0d or 0x0e)"
             case let .truncated(path, expected, actual):
-                return "\(path) is truncated: \(expected) bytes needed, \(actual) present; download the file again"
-            case let .invalid(path, reason):
-                return "\(path) is not a valid IDX file: \(reason)"
-            case let .gzip(path, message):
-                return "\(path): cannot decompress: \(message)"
+                "\(path) is truncated: \(expected) bytes needed, \(actual) present; download the file again"
+            case let .invalid(path, reason): "\(path) is not a valid IDX file: \(reason)"
+            case let .gzip(path, message): "\(path): cannot decompress: \(message)"
             }
         }
     }

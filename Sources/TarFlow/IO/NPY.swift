@@ -219,22 +219,18 @@ extension TarFlowError {
 
         public var description: String {
             switch self {
-            case let .notNPY(path):
-                return "\(path) is not a .npy file (missing \\x93NUMPY magic)"
+            case let .notNPY(path): "\(path) is not a .npy file (missing \\x93NUMPY magic)"
             case let .unsupportedVersion(path, major, minor):
-                return "\(path): .npy format version \(major).\(minor) is not supported (expected 1.0, 2.0 or 3.0)"
+                "\(path): .npy format version \(major).\(minor) is not supported (expected 1.0, 2.0 or 3.0)"
             case let .truncated(path, what, expected, actual):
-                return "\(path) is truncated: the \(what) needs \(expected) bytes but the file has \(actual)"
+                "\(path) is truncated: the \(what) needs \(expected) bytes but the file has \(actual)"
             case let .trailingBytes(path, extra):
-                return "\(path) has \(extra) bytes after the array data; is it an .npz or a concatenation of arrays?"
-            case let .badHeader(path, reason):
-                return "\(path): malformed .npy header: \(reason)"
+                "\(path) has \(extra) bytes after the array data; is it an .npz or a concatenation of arrays?"
+            case let .badHeader(path, reason): "\(path): malformed .npy header: \(reason)"
             case let .unsupportedDType(path, descr):
-                return "\(path): dtype '\(descr)' is not supported; convert with arr.astype('<f4'), '<f8', '|u1', '<i4' or '<i8'"
-            case let .fortranOrder(path):
-                return "\(path) is stored in Fortran order; save np.ascontiguousarray(arr) instead"
-            case let .shapeMismatch(shape, count):
-                return "cannot write .npy: shape \(shape) does not match \(count) elements"
+                "\(path): dtype '\(descr)' is not supported; convert with arr.astype('<f4'), '<f8', '|u1', '<i4' or '<i8'"
+            case let .fortranOrder(path): "\(path) is stored in Fortran order; save np.ascontiguousarray(arr) instead"
+            case let .shapeMismatch(shape, count): "cannot write .npy: shape \(shape) does not match \(count) elements"
             }
         }
     }

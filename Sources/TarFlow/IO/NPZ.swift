@@ -129,16 +129,14 @@ extension TarFlowError {
 
         public var description: String {
             switch self {
-            case let .badName(name):
-                return "cannot write .npz: array name '\(name)' is empty, repeated or contains '/'"
+            case let .badName(name): "cannot write .npz: array name '\(name)' is empty, repeated or contains '/'"
             case let .tooLarge(name, bytes):
-                return "cannot write .npz: '\(name)' takes \(bytes) bytes, more than the 4 GiB an .npz without ZIP64 holds; write .safetensors or fewer images"
-            case let .notNPZ(path):
-                return "\(path) is not an .npz (zip) archive"
+                "cannot write .npz: '\(name)' takes \(bytes) bytes, more than the 4 GiB an .npz without ZIP64 holds; write .safetensors or fewer images"
+            case let .notNPZ(path): "\(path) is not an .npz (zip) archive"
             case let .badMember(path, member):
-                return "\(path): member '\(member)' is not a .npy array of a sane size; write the file with numpy.savez"
+                "\(path): member '\(member)' is not a .npy array of a sane size; write the file with numpy.savez"
             case let .corrupt(path, member, reason):
-                return "\(path): member '\(member)' cannot be read (\(reason)); the file is damaged, write it again"
+                "\(path): member '\(member)' cannot be read (\(reason)); the file is damaged, write it again"
             }
         }
     }

@@ -288,21 +288,15 @@ extension TarFlowError {
 
         public var description: String {
             switch self {
-            case let .notPNG(path):
-                return "\(path) is not a PNG file (bad signature)"
-            case let .truncated(path):
-                return "\(path) is truncated (a chunk runs past the end of the file or IEND is missing)"
-            case let .invalid(path, reason):
-                return "\(path) is not a valid PNG: \(reason)"
+            case let .notPNG(path): "\(path) is not a PNG file (bad signature)"
+            case let .truncated(path): "\(path) is truncated (a chunk runs past the end of the file or IEND is missing)"
+            case let .invalid(path, reason): "\(path) is not a valid PNG: \(reason)"
             case let .tooLarge(path, width, height):
-                return "\(path): image size \(width)x\(height) is outside 1...\(PNGImage.maxDimension) per side "
+                "\(path): image size \(width)x\(height) is outside 1...\(PNGImage.maxDimension) per side "
                     + "or above \(PNGImage.maxPixels) pixels"
-            case let .decode(path, message):
-                return "\(path): libpng could not decode the image: \(message)"
-            case let .encode(message):
-                return "libpng could not encode the image: \(message)"
-            case let .badPixels(reason):
-                return "cannot write PNG: \(reason)"
+            case let .decode(path, message): "\(path): libpng could not decode the image: \(message)"
+            case let .encode(message): "libpng could not encode the image: \(message)"
+            case let .badPixels(reason): "cannot write PNG: \(reason)"
             }
         }
     }

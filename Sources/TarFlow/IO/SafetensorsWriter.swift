@@ -100,12 +100,10 @@ extension TarFlowError {
 
         public var description: String {
             switch self {
-            case let .duplicateName(name):
-                return "cannot write safetensors: tensor name '\(name)' appears twice"
-            case .reservedName:
-                return "cannot write safetensors: '__metadata__' is reserved and cannot name a tensor"
+            case let .duplicateName(name): "cannot write safetensors: tensor name '\(name)' appears twice"
+            case .reservedName: "cannot write safetensors: '__metadata__' is reserved and cannot name a tensor"
             case let .shapeMismatch(name, shape, count):
-                return "cannot write safetensors: tensor '\(name)' has shape \(shape) but \(count) elements"
+                "cannot write safetensors: tensor '\(name)' has shape \(shape) but \(count) elements"
             }
         }
     }
