@@ -21,7 +21,8 @@
     void fk_attention_kvh_##suffix(const float *, ptrdiff_t, const uint16_t *, ptrdiff_t, const uint16_t *,      \
                                    ptrdiff_t, float *, ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, float, int,   \
                                    ptrdiff_t, ptrdiff_t, ptrdiff_t, float *);                                    \
-    float fk_sum_##suffix(const float *, ptrdiff_t);
+    float fk_sum_##suffix(const float *, ptrdiff_t);                                                           \
+    void fk_f32_to_f16_##suffix(const float *, uint16_t *, ptrdiff_t);
 DECLARE(base)
 #if defined(__x86_64__)
 DECLARE(avx2)
@@ -50,11 +51,12 @@ typedef struct {
     void (*attention_kvh)(const float *, ptrdiff_t, const uint16_t *, ptrdiff_t, const uint16_t *, ptrdiff_t, float *,
                           ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, float, int, ptrdiff_t, ptrdiff_t, ptrdiff_t, float *);
     float (*sum)(const float *, ptrdiff_t);
+    void (*f32_to_f16)(const float *, uint16_t *, ptrdiff_t);
 } fk_table;
 
 #define TABLE(suffix)                                                                                          \
     (fk_table){fk_gelu_##suffix,   fk_erf_##suffix,           fk_layer_norm_##suffix, fk_attention_##suffix, \
-               fk_linear_##suffix, fk_attention_kvh_##suffix, fk_sum_##suffix}
+               fk_linear_##suffix, fk_attention_kvh_##suffix, fk_sum_##suffix, fk_f32_to_f16_##suffix}
 
 static fk_table table = TABLE(base);
 typedef void (*fk_bf16dot_fn)(const float *, const uint16_t *, const float *, const float *, float *, ptrdiff_t, ptrdiff_t,
@@ -195,26 +197,8 @@ void fk_attention_kvh(const float *q, ptrdiff_t q_row, const uint16_t *k, ptrdif
 
 float fk_sum(const float *x, ptrdiff_t n) { return table.sum(x, n); }
 
-/// Round to nearest even, by hand, so every CPU gives the same bits.
-static uint16_t f32_to_f16(float f) {
-    uint32_t x;
-    memcpy(&x, &f, 4);
-    uint32_t sign = (x >> 16) & 0x8000u, ax = x & 0x7fffffffu;
-    if (ax >= 0x7f800000u) return (uint16_t)(sign | (ax > 0x7f800000u ? 0x7e00u : 0x7c00u));
-    if (ax >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u);  // ≥ 65520 rounds past the largest half
-    if (ax < 0x38800000u) {
-        // Below 2^-14: a subnormal half, m · 2^-24; the float product is exact, nearbyintf rounds to even.
-        float a;
-        memcpy(&a, &ax, 4);
-        return (uint16_t)(sign | (uint32_t)nearbyintf(a * 0x1p24f));
-    }
-    // Rebias the exponent (127 → 15) and round the 13 dropped mantissa bits to even.
-    return (uint16_t)(sign | ((ax - 0x38000000u + 0xfffu + ((ax >> 13) & 1u)) >> 13));
-}
-
-void fk_f32_to_f16(const float *x, uint16_t *y, ptrdiff_t n) {
-    for (ptrdiff_t i = 0; i < n; i++) y[i] = f32_to_f16(x[i]);
-}
+/// Every copy rounds by the same integer definition (kernels_impl.inc), so every CPU gives the same bits.
+void fk_f32_to_f16(const float *x, uint16_t *y, ptrdiff_t n) { table.f32_to_f16(x, y, n); }
 
 void fk_f16_to_f32(const uint16_t *x, float *y, ptrdiff_t n) {
     for (ptrdiff_t i = 0; i < n; i++) {
