@@ -362,6 +362,38 @@ final class CheckpointTests: XCTestCase {
         try expectError(.truncated, mentioning: ["header length 65535"]) { try Checkpoint.read(contentsOf: url) }
     }
 
+    /// Each JSON damage is its own case, carrying its data, at the byte where the parser stopped,
+    /// and reads as one fixed sentence.
+    func testInvalidJSONHeadersNameTheDamageAndOffset() throws {
+        typealias Damage = TarFlowError.CheckpointFailure.JSONDamage
+        let digits40 = String(repeating: "1234567890", count: 4)
+        let cases: [(header: String, damage: Damage, offset: Int, text: String)] = [
+            ("{\"a\":" + String(repeating: "[", count: 40), .tooDeep(limit: 32), 36, "nested deeper than 32 levels"),
+            ("{\"a\":{\"dtype\":\"F32\",\"shape\":[99999999999999999999],\"data_offsets\":[0,4]}}",
+             .integerOutOfRange(text: "99999999999999999999"), 29, "integer 99999999999999999999 out of range"),
+            ("{\"a\":[" + digits40 + "]}", .integerOutOfRange(text: digits40), 6,
+             "integer \(digits40.prefix(32)) out of range"),
+            ("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}", .unterminated(.object), 53, "unterminated object"),
+            ("{\"a\":[1,2", .unterminated(.array), 9, "unterminated array"),
+            ("{\"a\":1 \"b\":2}", .expectedCommaOr(.object), 7, "expected ',' or '}'"),
+            ("{\"a\":[1;2]}", .expectedCommaOr(.array), 7, "expected ',' or ']'"),
+            ("{\"a", .unterminatedString, 3, "unterminated string"),
+            ("{1:2}", .expectedKey, 1, "expected a string key"),
+            ("{\"a\" 1}", .expectedColon, 5, "expected ':'"),
+            ("{} x", .trailingData, 3, "unexpected data after the header object"),
+            ("{\"a\\q\":1}", .invalidEscape, 5, "invalid escape"),
+        ]
+        for c in cases {
+            let url = try writeSafetensors(header: c.header, data: [])
+            let e = try expectError(.malformedHeader, mentioning: []) { try Checkpoint.read(contentsOf: url) }
+            XCTAssertEqual(e.reason, .invalidJSON(offset: c.offset, damage: c.damage), c.header)
+            XCTAssertEqual(c.damage.description, c.text)
+            XCTAssertEqual(e.description,
+                           "checkpoint \(url.path): safetensors header: invalid JSON at byte \(c.offset): \(c.text) (the file is corrupted or not safetensors)",
+                           c.header)
+        }
+    }
+
     func testUnknownFormatsAreRefused() throws {
         try expectError(.unknownFormat, mentioning: ["empty"]) {
             try Checkpoint.read(contentsOf: try writeTemp(Data(), ext: "bin"))

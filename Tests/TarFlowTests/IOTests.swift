@@ -214,6 +214,55 @@ final class IOTests: XCTestCase {
         assertFails(npy, { _ = try NPY.parse(long) })
     }
 
+    /// Each header damage is its own case, with its data (offsets count from the dictionary's
+    /// first byte), and reads as one fixed sentence after the file's path.
+    func testNPYHeaderDamageCasesAndTexts() throws {
+        typealias Damage = TarFlowError.NPYFailure.HeaderDamage
+        let big = 4_294_967_296
+        let cases: [(header: String, damage: Damage, text: String)] = [
+            ("{'descr': '<f4', 'descr': '<f4', 'fortran_order': False, 'shape': (1,), }", .duplicateKey("descr"),
+             "duplicate key 'descr'"),
+            ("{'descr': '<f4', 'fortran_order': False, }", .keys(["descr", "fortran_order"]),
+             "keys are [\"descr\", \"fortran_order\"], expected descr, fortran_order, shape"),
+            ("{'descr': '<f4', 'fortran_order': Fals, 'shape': (1,), }", .expectedWord("False", offset: 34),
+             "expected False at offset 34"),
+            ("{'descr': '<f4', 'fortran_order': Maybe, 'shape': (1,), }", .unsupportedValue(key: "fortran_order"),
+             "unsupported value for 'fortran_order'"),
+            ("{'descr' '<f4', 'fortran_order': False, 'shape': (1,), }", .expectedCharacter(":", offset: 9),
+             "expected ':' at offset 9"),
+            ("{'descr': '<f4', 'fortran_order': False, 'shape': (-1,), }", .expectedDimension(offset: 51),
+             "expected a non-negative integer dimension at offset 51"),
+            ("{'descr': '<f4', 'fortran_order': False, 'shape': (99999999999999999999999,), }", .dimensionTooLarge,
+             "dimension too large"),
+            ("{'descr': '<f4', 'fortran_order': False, 'shape': (\(big), \(big), \(big)), }",
+             .elementCountOverflows(shape: [big, big, big]), "shape [\(big), \(big), \(big)] overflows the element count"),
+            ("{'descr': '<f4', 'fortran_order': False, 'shape': (1,), } x", .trailingText, "unexpected text after the dictionary"),
+            ("{'descr': (4,), 'fortran_order': False, 'shape': (1,), }", .descrNotString,
+             "'descr' must be a type string; structured dtypes are not supported"),
+        ]
+        for (i, c) in cases.enumerated() {
+            let url = scratch.appendingPathComponent("damage\(i).npy")
+            try Data(npy(header: c.header, data: [0, 0, 0, 0])).write(to: url)
+            try assertBadHeader(url, c.damage, c.text)
+        }
+        // A version 2.0 header length over the limit is refused before the header is read.
+        let url = scratch.appendingPathComponent("long-header.npy")
+        try Data([0x93] + Array("NUMPY".utf8) + [2, 0, 0x00, 0x00, 0x20, 0x00]).write(to: url)
+        try assertBadHeader(url, .tooLong(length: 1 << 21, limit: NPY.maxHeaderBytes), "header of 2097152 bytes exceeds 1048576")
+    }
+
+    /// Reading `url` fails with `.badHeader(damage)` whose description ends in `text`.
+    private func assertBadHeader(_ url: URL, _ damage: TarFlowError.NPYFailure.HeaderDamage, _ text: String,
+                                 file: StaticString = #filePath, line: UInt = #line) throws {
+        do {
+            _ = try NPY.read(contentsOf: url)
+            XCTFail("no error for \(url.lastPathComponent)", file: file, line: line)
+        } catch TarFlowError.npy(let failure) {
+            XCTAssertEqual(failure, .badHeader(path: url.path, damage: damage), file: file, line: line)
+            XCTAssertEqual(failure.description, "\(url.path): malformed .npy header: \(text)", file: file, line: line)
+        }
+    }
+
     func testNPYWriteRefusesInconsistentArray() {
         var array = Tensor(shape: [2], floats: [1, 2])
         array.shape = [3]

@@ -129,6 +129,71 @@ extension TarFlowError {
             }
         }
 
+        /// How a safetensors JSON header is invalid (`Reason.invalidJSON`, which carries the offset).
+        public enum JSONDamage: Sendable, Equatable, CustomStringConvertible {
+            /// The two bracketed sequences: an object's members, an array's items.
+            public enum Container: String, Sendable {
+                case object
+                case array
+
+                /// The byte that closes the sequence.
+                var closing: UInt8 { self == .object ? UInt8(ascii: "}") : UInt8(ascii: "]") }
+            }
+
+            /// Bytes other than whitespace follow the top-level value.
+            case trailingData
+            /// Values nested deeper than `limit` levels.
+            case tooDeep(limit: Int)
+            /// The header ends where a value should start.
+            case unexpectedEnd
+            case unexpectedCharacter
+            case invalidLiteral
+            case invalidNumber
+            /// An integer literal (`text`) outside the 64-bit range.
+            case integerOutOfRange(text: String)
+            case expectedKey
+            case expectedColon
+            /// The header ends inside an object or an array.
+            case unterminated(Container)
+            /// Neither a comma nor the container's closing bracket after an element.
+            case expectedCommaOr(Container)
+            case unterminatedString
+            case unterminatedEscape
+            case invalidUTF8
+            case controlCharacter
+            case invalidEscape
+            case truncatedUnicodeEscape
+            case invalidHexDigit
+            case unpairedSurrogate
+            /// A `\u` escape that names no Unicode scalar.
+            case invalidUnicodeEscape
+
+            public var description: String {
+                switch self {
+                case .trailingData: "unexpected data after the header object"
+                case let .tooDeep(limit): "nested deeper than \(limit) levels"
+                case .unexpectedEnd: "unexpected end of header"
+                case .unexpectedCharacter: "unexpected character"
+                case .invalidLiteral: "invalid literal"
+                case .invalidNumber: "invalid number"
+                case let .integerOutOfRange(text): "integer \(text.prefix(32)) out of range"
+                case .expectedKey: "expected a string key"
+                case .expectedColon: "expected ':'"
+                case let .unterminated(container): "unterminated \(container.rawValue)"
+                case let .expectedCommaOr(container): "expected ',' or '\(Character(Unicode.Scalar(container.closing)))'"
+                case .unterminatedString: "unterminated string"
+                case .unterminatedEscape: "unterminated escape"
+                case .invalidUTF8: "string is not valid UTF-8"
+                case .controlCharacter: "control character in string"
+                case .invalidEscape: "invalid escape"
+                case .truncatedUnicodeEscape: "truncated \\u escape"
+                case .invalidHexDigit: "invalid hex digit in \\u escape"
+                case .unpairedSurrogate: "unpaired surrogate"
+                case .invalidUnicodeEscape: "invalid \\u escape"
+                }
+            }
+        }
+
         /// What is wrong, with its data. The `subject` (tensor, entry, opcode) is not repeated here.
         public enum Reason: Sendable, Equatable, CustomStringConvertible {
             // MARK: The file
@@ -196,8 +261,8 @@ extension TarFlowError {
             // MARK: Safetensors
             case headerLengthBeyondFile(length: UInt64, available: Int)
             case headerTooLarge(length: UInt64, limit: Int)
-            /// The JSON parser stopped at `offset`; `detail` is its message.
-            case invalidJSON(offset: Int, detail: String)
+            /// The JSON parser stopped at byte `offset` of the header.
+            case invalidJSON(offset: Int, damage: JSONDamage)
             case headerNotObject
             case nameTwice
             case metadataNotObject
@@ -358,8 +423,8 @@ extension TarFlowError {
                     (.truncated, "header length \(length) exceeds the \(available) bytes after the length field",
                      "the file is truncated or not safetensors")
                 case let .headerTooLarge(length, limit): (.limitExceeded, "header of \(length) bytes exceeds the \(limit)-byte limit", nil)
-                case let .invalidJSON(offset, detail):
-                    (.malformedHeader, "invalid JSON at byte \(offset): \(detail)", "the file is corrupted or not safetensors")
+                case let .invalidJSON(offset, damage):
+                    (.malformedHeader, "invalid JSON at byte \(offset): \(damage)", "the file is corrupted or not safetensors")
                 case .headerNotObject: (.malformedHeader, "header is not a JSON object", nil)
                 case .nameTwice: (.malformedHeader, "tensor name appears twice in the header", nil)
                 case .metadataNotObject: (.malformedHeader, "__metadata__ is not an object", nil)

@@ -45,7 +45,7 @@ enum CheckpointSafetensors {
         do {
             root = try parser.parseDocument()
         } catch let error as JSONParser.Failure {
-            throw TarFlowError.checkpoint(.invalidJSON(offset: error.offset, detail: error.message), file: path, subject: "safetensors header")
+            throw TarFlowError.checkpoint(.invalidJSON(offset: error.offset, damage: error.damage), file: path, subject: "safetensors header")
         }
         guard case .object(let members) = root else {
             throw TarFlowError.checkpoint(.headerNotObject, file: path, subject: "safetensors header")
@@ -140,9 +140,11 @@ enum CheckpointSafetensors {
     }
 
     struct JSONParser {
+        typealias Damage = TarFlowError.CheckpointFailure.JSONDamage
+
         struct Failure: Error {
             var offset: Int
-            var message: String
+            var damage: Damage
         }
 
         static let maxDepth = 32
@@ -151,13 +153,13 @@ enum CheckpointSafetensors {
 
         init(bytes: [UInt8]) { self.bytes = bytes }
 
-        func fail(_ message: String) -> Failure { Failure(offset: pos, message: message) }
+        func fail(_ damage: Damage) -> Failure { Failure(offset: pos, damage: damage) }
 
         /// One value, then only whitespace (writers may pad the header with spaces).
         mutating func parseDocument() throws -> JSONValue {
             let value = try parseValue(depth: 0)
             skipWhitespace()
-            guard pos == bytes.count else { throw fail("unexpected data after the header object") }
+            guard pos == bytes.count else { throw fail(.trailingData) }
             return value
         }
 
@@ -168,42 +170,14 @@ enum CheckpointSafetensors {
         }
 
         mutating func parseValue(depth: Int) throws -> JSONValue {
-            guard depth < Self.maxDepth else { throw fail("nested deeper than \(Self.maxDepth) levels") }
+            guard depth < Self.maxDepth else { throw fail(.tooDeep(limit: Self.maxDepth)) }
             skipWhitespace()
-            guard pos < bytes.count else { throw fail("unexpected end of header") }
+            guard pos < bytes.count else { throw fail(.unexpectedEnd) }
             switch bytes[pos] {
             case UInt8(ascii: "{"):
-                pos += 1
-                var members: [(String, JSONValue)] = []
-                skipWhitespace()
-                if pos < bytes.count, bytes[pos] == UInt8(ascii: "}") { pos += 1; return .object(members) }
-                while true {
-                    skipWhitespace()
-                    guard pos < bytes.count, bytes[pos] == UInt8(ascii: "\"") else { throw fail("expected a string key") }
-                    let key = try parseString()
-                    skipWhitespace()
-                    guard pos < bytes.count, bytes[pos] == UInt8(ascii: ":") else { throw fail("expected ':'") }
-                    pos += 1
-                    members.append((key, try parseValue(depth: depth + 1)))
-                    skipWhitespace()
-                    guard pos < bytes.count else { throw fail("unterminated object") }
-                    if bytes[pos] == UInt8(ascii: ",") { pos += 1; continue }
-                    if bytes[pos] == UInt8(ascii: "}") { pos += 1; return .object(members) }
-                    throw fail("expected ',' or '}'")
-                }
+                return .object(try parseSequence(.object) { try $0.parseMember(depth: depth + 1) })
             case UInt8(ascii: "["):
-                pos += 1
-                var items: [JSONValue] = []
-                skipWhitespace()
-                if pos < bytes.count, bytes[pos] == UInt8(ascii: "]") { pos += 1; return .array(items) }
-                while true {
-                    items.append(try parseValue(depth: depth + 1))
-                    skipWhitespace()
-                    guard pos < bytes.count else { throw fail("unterminated array") }
-                    if bytes[pos] == UInt8(ascii: ",") { pos += 1; continue }
-                    if bytes[pos] == UInt8(ascii: "]") { pos += 1; return .array(items) }
-                    throw fail("expected ',' or ']'")
-                }
+                return .array(try parseSequence(.array) { try $0.parseValue(depth: depth + 1) })
             case UInt8(ascii: "\""):
                 return .string(try parseString())
             case UInt8(ascii: "t"):
@@ -218,14 +192,43 @@ enum CheckpointSafetensors {
             case UInt8(ascii: "-"), UInt8(ascii: "0")...UInt8(ascii: "9"):
                 return try parseNumber()
             default:
-                throw fail("unexpected character")
+                throw fail(.unexpectedCharacter)
             }
+        }
+
+        /// The elements of an object or array, from its opening bracket (at `pos`) through its
+        /// closing one: none, or `element`s separated by commas.
+        mutating func parseSequence<Element>(_ container: Damage.Container,
+                                             element: (inout JSONParser) throws -> Element) throws -> [Element] {
+            pos += 1
+            var elements: [Element] = []
+            skipWhitespace()
+            if pos < bytes.count, bytes[pos] == container.closing { pos += 1; return elements }
+            while true {
+                elements.append(try element(&self))
+                skipWhitespace()
+                guard pos < bytes.count else { throw fail(.unterminated(container)) }
+                if bytes[pos] == UInt8(ascii: ",") { pos += 1; continue }
+                if bytes[pos] == container.closing { pos += 1; return elements }
+                throw fail(.expectedCommaOr(container))
+            }
+        }
+
+        /// `"key": value`, the value at `depth`.
+        mutating func parseMember(depth: Int) throws -> (String, JSONValue) {
+            skipWhitespace()
+            guard pos < bytes.count, bytes[pos] == UInt8(ascii: "\"") else { throw fail(.expectedKey) }
+            let key = try parseString()
+            skipWhitespace()
+            guard pos < bytes.count, bytes[pos] == UInt8(ascii: ":") else { throw fail(.expectedColon) }
+            pos += 1
+            return (key, try parseValue(depth: depth))
         }
 
         mutating func expectLiteral(_ literal: String) throws {
             let utf8 = Array(literal.utf8)
             guard bytes.count - pos >= utf8.count, Array(bytes[pos..<(pos + utf8.count)]) == utf8 else {
-                throw fail("invalid literal")
+                throw fail(.invalidLiteral)
             }
             pos += utf8.count
         }
@@ -235,27 +238,27 @@ enum CheckpointSafetensors {
             if bytes[pos] == UInt8(ascii: "-") { pos += 1 }
             var isInteger = true
             func isDigit(_ b: UInt8) -> Bool { b >= 0x30 && b <= 0x39 }
-            guard pos < bytes.count, isDigit(bytes[pos]) else { throw fail("invalid number") }
+            guard pos < bytes.count, isDigit(bytes[pos]) else { throw fail(.invalidNumber) }
             while pos < bytes.count, isDigit(bytes[pos]) { pos += 1 }
             if pos < bytes.count, bytes[pos] == UInt8(ascii: ".") {
                 isInteger = false
                 pos += 1
-                guard pos < bytes.count, isDigit(bytes[pos]) else { throw fail("invalid number") }
+                guard pos < bytes.count, isDigit(bytes[pos]) else { throw fail(.invalidNumber) }
                 while pos < bytes.count, isDigit(bytes[pos]) { pos += 1 }
             }
             if pos < bytes.count, bytes[pos] == UInt8(ascii: "e") || bytes[pos] == UInt8(ascii: "E") {
                 isInteger = false
                 pos += 1
                 if pos < bytes.count, bytes[pos] == UInt8(ascii: "+") || bytes[pos] == UInt8(ascii: "-") { pos += 1 }
-                guard pos < bytes.count, isDigit(bytes[pos]) else { throw fail("invalid number") }
+                guard pos < bytes.count, isDigit(bytes[pos]) else { throw fail(.invalidNumber) }
                 while pos < bytes.count, isDigit(bytes[pos]) { pos += 1 }
             }
             let text = String(decoding: bytes[start..<pos], as: UTF8.self)
             if isInteger {
-                guard let value = Int(text) else { throw Failure(offset: start, message: "integer \(text.prefix(32)) out of range") }
+                guard let value = Int(text) else { throw Failure(offset: start, damage: .integerOutOfRange(text: text)) }
                 return .integer(value)
             }
-            guard let value = Double(text) else { throw Failure(offset: start, message: "invalid number") }
+            guard let value = Double(text) else { throw Failure(offset: start, damage: .invalidNumber) }
             return .number(value)
         }
 
@@ -263,15 +266,15 @@ enum CheckpointSafetensors {
             pos += 1  // opening quote
             var out: [UInt8] = []
             while true {
-                guard pos < bytes.count else { throw fail("unterminated string") }
+                guard pos < bytes.count else { throw fail(.unterminatedString) }
                 let b = bytes[pos]
                 pos += 1
                 switch b {
                 case UInt8(ascii: "\""):
-                    guard let s = String(validating: out, as: UTF8.self) else { throw fail("string is not valid UTF-8") }
+                    guard let s = String(validating: out, as: UTF8.self) else { throw fail(.invalidUTF8) }
                     return s
                 case UInt8(ascii: "\\"):
-                    guard pos < bytes.count else { throw fail("unterminated escape") }
+                    guard pos < bytes.count else { throw fail(.unterminatedEscape) }
                     let e = bytes[pos]
                     pos += 1
                     switch e {
@@ -287,20 +290,20 @@ enum CheckpointSafetensors {
                         var scalar = try parseHex4()
                         if (0xD800..<0xDC00).contains(scalar) {
                             guard bytes.count - pos >= 6, bytes[pos] == UInt8(ascii: "\\"), bytes[pos + 1] == UInt8(ascii: "u") else {
-                                throw fail("unpaired surrogate")
+                                throw fail(.unpairedSurrogate)
                             }
                             pos += 2
                             let low = try parseHex4()
-                            guard (0xDC00..<0xE000).contains(low) else { throw fail("unpaired surrogate") }
+                            guard (0xDC00..<0xE000).contains(low) else { throw fail(.unpairedSurrogate) }
                             scalar = 0x10000 + ((scalar - 0xD800) << 10) + (low - 0xDC00)
                         }
-                        guard let unicode = Unicode.Scalar(scalar) else { throw fail("invalid \\u escape") }
+                        guard let unicode = Unicode.Scalar(scalar) else { throw fail(.invalidUnicodeEscape) }
                         out.append(contentsOf: Array(String(Character(unicode)).utf8))
                     default:
-                        throw fail("invalid escape")
+                        throw fail(.invalidEscape)
                     }
                 case 0x00..<0x20:
-                    throw fail("control character in string")
+                    throw fail(.controlCharacter)
                 default:
                     out.append(b)
                 }
@@ -308,7 +311,7 @@ enum CheckpointSafetensors {
         }
 
         mutating func parseHex4() throws -> UInt32 {
-            guard bytes.count - pos >= 4 else { throw fail("truncated \\u escape") }
+            guard bytes.count - pos >= 4 else { throw fail(.truncatedUnicodeEscape) }
             var value: UInt32 = 0
             for _ in 0..<4 {
                 let b = bytes[pos]
@@ -318,7 +321,7 @@ enum CheckpointSafetensors {
                 case 0x30...0x39: digit = UInt32(b - 0x30)
                 case 0x41...0x46: digit = UInt32(b - 0x41 + 10)
                 case 0x61...0x66: digit = UInt32(b - 0x61 + 10)
-                default: throw fail("invalid hex digit in \\u escape")
+                default: throw fail(.invalidHexDigit)
                 }
                 value = value << 4 | digit
             }

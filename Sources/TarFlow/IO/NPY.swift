@@ -87,7 +87,7 @@ public enum NPY {
             headerLength = Int(bytes[8]) | Int(bytes[9]) << 8 | Int(bytes[10]) << 16 | Int(bytes[11]) << 24
         }
         guard headerLength <= maxHeaderBytes else {
-            throw TarFlowError.npy(.badHeader(path: path, reason: "header of \(headerLength) bytes exceeds \(maxHeaderBytes)"))
+            throw TarFlowError.npy(.badHeader(path: path, damage: .tooLong(length: headerLength, limit: maxHeaderBytes)))
         }
         let dataStart = headerStart + headerLength
         guard dataStart <= bytes.count else {
@@ -100,11 +100,11 @@ public enum NPY {
         let (element, bigEndian) = try dtype(from: header.descr, path: path)
 
         guard let count = elementCount(header.shape) else {
-            throw TarFlowError.npy(.badHeader(path: path, reason: "shape \(header.shape) overflows the element count"))
+            throw TarFlowError.npy(.badHeader(path: path, damage: .elementCountOverflows(shape: header.shape)))
         }
         let (byteLength, overflow) = count.multipliedReportingOverflow(by: element.byteSize)
         guard !overflow else {
-            throw TarFlowError.npy(.badHeader(path: path, reason: "shape \(header.shape) overflows the byte count"))
+            throw TarFlowError.npy(.badHeader(path: path, damage: .byteCountOverflows(shape: header.shape)))
         }
         return Layout(dataStart: dataStart, shape: header.shape, element: element, bigEndian: bigEndian, count: count, byteLength: byteLength)
     }
@@ -208,11 +208,62 @@ public enum NPY {
 extension TarFlowError {
     /// Failures of `.npy` reading and writing; each names the file and what to do.
     public enum NPYFailure: Sendable, Equatable, CustomStringConvertible {
+        /// How a `.npy` header is malformed (`NPYFailure.badHeader`); offsets count from the
+        /// start of the header dictionary.
+        public enum HeaderDamage: Sendable, Equatable, CustomStringConvertible {
+            /// The header length field declares `length` bytes, over `limit`.
+            case tooLong(length: Int, limit: Int)
+            case elementCountOverflows(shape: [Int])
+            case byteCountOverflows(shape: [Int])
+            case duplicateKey(String)
+            case trailingText
+            /// The dictionary's keys, sorted, are not exactly descr, fortran_order and shape.
+            case keys([String])
+            case descrNotString
+            case fortranOrderNotBool
+            case shapeNotTuple
+            /// The value of `key` is neither a string, a tuple nor True/False.
+            case unsupportedValue(key: String)
+            case expectedString(offset: Int)
+            /// A backslash or a control character inside a string.
+            case escapeInString
+            case unterminatedString
+            /// A shape dimension does not fit an `Int`.
+            case dimensionTooLarge
+            case expectedDimension(offset: Int)
+            case expectedCharacter(Character, offset: Int)
+            /// `True` or `False` expected.
+            case expectedWord(String, offset: Int)
+
+            public var description: String {
+                switch self {
+                case let .tooLong(length, limit): "header of \(length) bytes exceeds \(limit)"
+                case let .elementCountOverflows(shape): "shape \(shape) overflows the element count"
+                case let .byteCountOverflows(shape): "shape \(shape) overflows the byte count"
+                case let .duplicateKey(key): "duplicate key '\(key)'"
+                case .trailingText: "unexpected text after the dictionary"
+                case let .keys(keys): "keys are \(keys), expected descr, fortran_order, shape"
+                case .descrNotString: "'descr' must be a type string; structured dtypes are not supported"
+                case .fortranOrderNotBool: "'fortran_order' must be True or False"
+                case .shapeNotTuple: "'shape' must be a tuple of integers"
+                case let .unsupportedValue(key): "unsupported value for '\(key)'"
+                case let .expectedString(offset): "expected a quoted string at offset \(offset)"
+                case .escapeInString: "escape sequences are not supported in strings"
+                case .unterminatedString: "unterminated string"
+                case .dimensionTooLarge: "dimension too large"
+                case let .expectedDimension(offset): "expected a non-negative integer dimension at offset \(offset)"
+                case let .expectedCharacter(c, offset): "expected '\(c)' at offset \(offset)"
+                case let .expectedWord(word, offset): "expected \(word) at offset \(offset)"
+                }
+            }
+        }
+
         case notNPY(path: String)
         case unsupportedVersion(path: String, major: Int, minor: Int)
         case truncated(path: String, what: String, expected: Int, actual: Int)
         case trailingBytes(path: String, extra: Int)
-        case badHeader(path: String, reason: String)
+        /// The header dictionary, or the sizes it declares, cannot be read.
+        case badHeader(path: String, damage: HeaderDamage)
         case unsupportedDType(path: String, descr: String)
         case fortranOrder(path: String)
         case shapeMismatch(shape: [Int], count: Int)
@@ -226,7 +277,7 @@ extension TarFlowError {
                 "\(path) is truncated: the \(what) needs \(expected) bytes but the file has \(actual)"
             case let .trailingBytes(path, extra):
                 "\(path) has \(extra) bytes after the array data; is it an .npz or a concatenation of arrays?"
-            case let .badHeader(path, reason): "\(path): malformed .npy header: \(reason)"
+            case let .badHeader(path, damage): "\(path): malformed .npy header: \(damage)"
             case let .unsupportedDType(path, descr):
                 "\(path): dtype '\(descr)' is not supported; convert with arr.astype('<f4'), '<f8', '|u1', '<i4' or '<i8'"
             case let .fortranOrder(path): "\(path) is stored in Fortran order; save np.ascontiguousarray(arr) instead"
@@ -269,23 +320,23 @@ private struct NPYHeaderParser {
             let key = try parseString()
             try expect(UInt8(ascii: ":"))
             let value = try parseValue(for: key)
-            guard values.updateValue(value, forKey: key) == nil else { throw fail("duplicate key '\(key)'") }
+            guard values.updateValue(value, forKey: key) == nil else { throw fail(.duplicateKey(key)) }
             skipSpace()
             if peek() == UInt8(ascii: ",") { index += 1; continue }
             try expect(UInt8(ascii: "}"))
             break
         }
         skipSpace()
-        guard index == bytes.count else { throw fail("unexpected text after the dictionary") }
+        guard index == bytes.count else { throw fail(.trailingText) }
 
         guard Set(values.keys) == ["descr", "fortran_order", "shape"] else {
-            throw fail("keys are \(values.keys.sorted()), expected descr, fortran_order, shape")
+            throw fail(.keys(values.keys.sorted()))
         }
         guard case .string(let descr)? = values["descr"] else {
-            throw fail("'descr' must be a type string; structured dtypes are not supported")
+            throw fail(.descrNotString)
         }
-        guard case .bool(let fortran)? = values["fortran_order"] else { throw fail("'fortran_order' must be True or False") }
-        guard case .tuple(let shape)? = values["shape"] else { throw fail("'shape' must be a tuple of integers") }
+        guard case .bool(let fortran)? = values["fortran_order"] else { throw fail(.fortranOrderNotBool) }
+        guard case .tuple(let shape)? = values["shape"] else { throw fail(.shapeNotTuple) }
         return Header(descr: descr, fortranOrder: fortran, shape: shape)
     }
 
@@ -303,22 +354,22 @@ private struct NPYHeaderParser {
             try expectWord("False")
             return .bool(false)
         default:
-            throw fail("unsupported value for '\(key)'")
+            throw fail(.unsupportedValue(key: key))
         }
     }
 
     private mutating func parseString() throws -> String {
         skipSpace()
         guard let quote = peek(), quote == UInt8(ascii: "'") || quote == UInt8(ascii: "\"") else {
-            throw fail("expected a quoted string at offset \(index)")
+            throw fail(.expectedString(offset: index))
         }
         index += 1
         let start = index
         while let c = peek(), c != quote {
-            guard c != UInt8(ascii: "\\"), c >= 0x20 else { throw fail("escape sequences are not supported in strings") }
+            guard c != UInt8(ascii: "\\"), c >= 0x20 else { throw fail(.escapeInString) }
             index += 1
         }
-        guard peek() == quote else { throw fail("unterminated string") }
+        guard peek() == quote else { throw fail(.unterminatedString) }
         let text = String(decoding: bytes[start..<index], as: UTF8.self)
         index += 1
         return text
@@ -344,12 +395,12 @@ private struct NPYHeaderParser {
         while let c = peek(), c >= UInt8(ascii: "0"), c <= UInt8(ascii: "9") {
             let (times10, o1) = value.multipliedReportingOverflow(by: 10)
             let (sum, o2) = times10.addingReportingOverflow(Int(c - UInt8(ascii: "0")))
-            guard !o1, !o2 else { throw fail("dimension too large") }
+            guard !o1, !o2 else { throw fail(.dimensionTooLarge) }
             value = sum
             digits += 1
             index += 1
         }
-        guard digits > 0 else { throw fail("expected a non-negative integer dimension at offset \(index)") }
+        guard digits > 0 else { throw fail(.expectedDimension(offset: index)) }
         if peek() == UInt8(ascii: "L") { index += 1 }  // Python 2 long literal
         return value
     }
@@ -357,7 +408,7 @@ private struct NPYHeaderParser {
     private mutating func expect(_ byte: UInt8) throws {
         skipSpace()
         guard peek() == byte else {
-            throw fail("expected '\(Character(Unicode.Scalar(byte)))' at offset \(index)")
+            throw fail(.expectedCharacter(Character(Unicode.Scalar(byte)), offset: index))
         }
         index += 1
     }
@@ -365,7 +416,7 @@ private struct NPYHeaderParser {
     private mutating func expectWord(_ word: String) throws {
         let w = Array(word.utf8)
         guard index + w.count <= bytes.count, Array(bytes[index..<index + w.count]) == w else {
-            throw fail("expected \(word) at offset \(index)")
+            throw fail(.expectedWord(word, offset: index))
         }
         index += w.count
     }
@@ -376,5 +427,5 @@ private struct NPYHeaderParser {
 
     private func peek() -> UInt8? { index < bytes.count ? bytes[index] : nil }
 
-    private func fail(_ reason: String) -> TarFlowError { .npy(.badHeader(path: path, reason: reason)) }
+    private func fail(_ damage: TarFlowError.NPYFailure.HeaderDamage) -> TarFlowError { .npy(.badHeader(path: path, damage: damage)) }
 }
