@@ -85,8 +85,9 @@ final class LinearJob: ParallelJob {
 
     /// Few rows against weights that stream from memory (a decode step at paper size): split
     /// by rows, every thread would read all the weights; split by columns, each is read once,
-    /// and the few rows of activations cost nothing to share between cores. AFHQ-256 f16
-    /// decode at batch 16, 2 threads, alternating runs: linear layers 22–36 → 18–22 ms per step (17–18 with the prefetch).
+    /// and the few rows of activations cost nothing to share between cores (AFHQ-256 f16 decode
+    /// at batch 16, 2 threads, alternating runs when this split was added: linear layers 22–36 →
+    /// 18–22 ms per step; the one-tile-per-thread count above: 5.8–6.8 → 4.8–5.4 ms).
     static func streamsWeights(bytes: Int, rows: Int, threads: Int) -> Bool {
         bytes > Int(FK_STREAMED_WEIGHT_BYTES) && rows < 64 * threads
     }
