@@ -47,28 +47,6 @@ public struct PassPipeline: Sendable {
 /// A failure inside the compiler (a bug, or a graph the compiler cannot handle). `kind` says
 /// which; `rule` is the graph rule (W…) broken, when the failure is one.
 public struct CompilerError: Error, CustomStringConvertible, Sendable {
-    public enum Kind: String, Sendable {
-        /// The graph handed to the compiler (or to `Differentiate`) breaks a graph rule.
-        case invalidInput
-        /// A pass or a vector-Jacobian rule produced a graph that breaks a rule: a compiler bug.
-        case invalidOutput
-        /// A constant the graph reads is not in the tensor table.
-        case missingConstant
-        /// An op's result type could not be inferred from its operands.
-        case shapeInference
-        /// A value's shape names a symbol the bindings leave unbound.
-        case unboundSymbol
-        /// The buffers for these bindings do not fit the address space.
-        case tooLarge
-        /// `Differentiate` was asked for something it does not do (not an output, not f32, ...).
-        case invalidRequest
-        /// An op has no derivative here.
-        case noDerivative
-        /// The rows of the batch symbol are not independent, so the batch cannot be split
-        /// (`BatchRows.check`); `rule` is the rule of Spec/IR.md §6 broken (`batchRowRule`).
-        case rowsNotIndependent
-    }
-
     /// What went wrong, with the graph, value, pass and the verifier's error as data; the
     /// message is worded once, in `Failure.description`.
     public var failure: Failure
@@ -182,5 +160,27 @@ public struct CompilerError: Error, CustomStringConvertible, Sendable {
             case let .invalidResult(e): "produced an invalid graph (a bug in a vector-Jacobian rule): \(e)"
             }
         }
+    }
+
+    public enum Kind: String, Sendable {
+        /// The graph handed to the compiler (or to `Differentiate`) breaks a graph rule.
+        case invalidInput
+        /// A pass or a vector-Jacobian rule produced a graph that breaks a rule: a compiler bug.
+        case invalidOutput
+        /// A constant the graph reads is not in the tensor table.
+        case missingConstant
+        /// An op's result type could not be inferred from its operands.
+        case shapeInference
+        /// A value's shape names a symbol the bindings leave unbound.
+        case unboundSymbol
+        /// The buffers for these bindings do not fit the address space.
+        case tooLarge
+        /// `Differentiate` was asked for something it does not do (not an output, not f32, ...).
+        case invalidRequest
+        /// An op has no derivative here.
+        case noDerivative
+        /// The rows of the batch symbol are not independent, so the batch cannot be split
+        /// (`BatchRows.check`); `rule` is the rule of Spec/IR.md §6 broken (`batchRowRule`).
+        case rowsNotIndependent
     }
 }

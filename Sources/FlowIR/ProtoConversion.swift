@@ -1,15 +1,19 @@
 /// Conversion between the in-memory IR and its protobuf form (Spec/flowir.proto).
 /// Decoding never traps: indices are range-checked by the verifier, unknown op codes and
 /// empty dims are rejected here (rule F10).
+extension CaseIterable where Self: Equatable {
+    /// The case whose protobuf value is `proto`: the inverse of an exhaustive `proto` switch,
+    /// so each mapping is written once and a new case cannot be forgotten in one direction.
+    /// Nil for a value no case maps to, and for `unmapped` (what cases without one encode as).
+    static func mirroring<P: Equatable>(_ proto: P, via map: (Self) -> P, unmapped: P? = nil) -> Self? {
+        proto == unmapped ? nil : allCases.first { map($0) == proto }
+    }
+}
+
 extension DType {
     init?(proto: Flowir_DType) {
-        switch proto {
-        case .float32: self = .float32
-        case .float16: self = .float16
-        case .bfloat16: self = .bfloat16
-        case .int64: self = .int64
-        default: return nil
-        }
+        guard let d = DType.mirroring(proto, via: \.proto, unmapped: .unspecified) else { return nil }
+        self = d
     }
 
     /// Host-only dtypes have no proto value: they encode as unspecified, which every reader

@@ -32,7 +32,7 @@ public enum FileAccessError: Error, Sendable, CustomStringConvertible, Equatable
     public var description: String {
         switch self {
         case let .system(operation, path, code):
-            return "\(operation.rawValue) failed for \(path): \(String(cString: strerror(code))) (errno \(code))\(Self.hint(operation, code))"
+            return "\(operation.rawValue) failed for \(path): \(Self.text(errno: code)) (errno \(code))\(Self.hint(operation, code))"
         case let .tooLarge(path, size, limit):
             return "\(path) is \(size) bytes, more than the \(limit) bytes accepted for this format"
         case let .notRegularFile(path):
@@ -43,6 +43,9 @@ public enum FileAccessError: Error, Sendable, CustomStringConvertible, Equatable
             return "\(path): \(reason)"
         }
     }
+
+    /// The system's words for `errno` (strerror).
+    public static func text(errno code: Int32) -> String { String(cString: strerror(code)) }
 
     /// What to do when a mapping finds no address space (the usual cause is `ulimit -v`).
     static func hint(_ operation: Operation, _ code: Int32) -> String {
@@ -72,13 +75,13 @@ public enum FileAccessError: Error, Sendable, CustomStringConvertible, Equatable
     /// What went wrong, without the path (for a caller whose message already names the file).
     public var reason: String {
         switch self {
-        case let .system(operation, _, code): String(cString: strerror(code)) + Self.hint(operation, code)
+        case let .system(operation, _, code): Self.text(errno: code) + Self.hint(operation, code)
         case .tooLarge(_, let size, let limit): "\(size) bytes, more than the \(limit) bytes accepted for this format"
         case .notRegularFile: "not a regular file"
         case .changedWhileReading: "the file changed while it was being read; retry once the writer has finished"
-        case let .cannotCreateTemporary(_, directory, code): "cannot create a temporary file in \(directory): \(String(cString: strerror(code)))"
-        case let .writeFailed(_, code): "write failed: \(String(cString: strerror(code)))"
-        case let .cannotRename(_, code): "cannot rename into place: \(String(cString: strerror(code)))"
+        case let .cannotCreateTemporary(_, directory, code): "cannot create a temporary file in \(directory): \(Self.text(errno: code))"
+        case let .writeFailed(_, code): "write failed: \(Self.text(errno: code))"
+        case let .cannotRename(_, code): "cannot rename into place: \(Self.text(errno: code))"
         case let .modelFile(e): Self.modelFileVerb(e) + e.reason
         }
     }

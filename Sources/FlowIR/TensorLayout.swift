@@ -18,11 +18,8 @@ public enum TensorLayout: String, Sendable, Hashable, CaseIterable, CustomString
     }
 
     init?(proto: Flowir_Layout) {
-        switch proto {
-        case .rowMajor: self = .rowMajor
-        case .panels32: self = .panels32
-        default: return nil
-        }
+        guard let l = TensorLayout.mirroring(proto, via: \.proto) else { return nil }
+        self = l
     }
 
     var proto: Flowir_Layout {

@@ -5,6 +5,14 @@ public typealias Tensor = FlowIR.Tensor
 
 /// A failure while running a plan: bad inputs, or data the kernels refuse (e.g. an index out of range).
 public struct RuntimeError: Error, CustomStringConvertible, Sendable {
+    /// What went wrong, with the names and numbers as data; the message is worded once, in
+    /// `Failure.description`.
+    public var failure: Failure
+    public var kind: Kind { failure.kind }
+    public var description: String { failure.description }
+
+    public init(_ failure: Failure) { self.failure = failure }
+
     public enum Kind: String, Sendable {
         /// The caller's inputs do not fit the graph (missing, extra, wrong dtype or shape).
         case invalidInput
@@ -19,14 +27,6 @@ public struct RuntimeError: Error, CustomStringConvertible, Sendable {
         /// A batch split that cannot be made (unbound symbol, wrong number of arenas).
         case invalidSplit
     }
-
-    /// What went wrong, with the names and numbers as data; the message is worded once, in
-    /// `Failure.description`.
-    public var failure: Failure
-    public var kind: Kind { failure.kind }
-    public var description: String { failure.description }
-
-    public init(_ failure: Failure) { self.failure = failure }
 
     public enum Failure: Sendable, Equatable, CustomStringConvertible {
         // invalidInput

@@ -210,11 +210,21 @@ final class TarFlowFailureKindTests: XCTestCase {
         // Without its end-of-central-directory record the zip cannot be opened at all.
         let truncated = try temporaryFile(Array(zip.dropLast(22)), "truncated.pth")
         f = try checkpointFailure { try Checkpoint.read(contentsOf: truncated) }
-        guard case .notAZipArchive(let detail) = f.reason else { return XCTFail("\(f)") }
+        XCTAssertEqual(f.reason, .notAZipArchive(.noEndOfCentralDirectory))
         XCTAssertEqual(f.kind, .truncated)
-        XCTAssertFalse(detail.isEmpty)
-        XCTAssertEqual(f.description, "checkpoint \(truncated.path): not a readable zip archive (\(detail)); the end-of-archive directory "
+        XCTAssertEqual(f.description, "checkpoint \(truncated.path): not a readable zip archive (no end-of-central-directory record); the end-of-archive directory "
                        + "is missing or damaged (the file is truncated or corrupted; download or save it again)")
+
+        // A deflated entry whose stream is not deflate: the zip library's refusal, by name.
+        let garbage: [UInt8] = [0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF]
+        let inflate = try temporaryFile(StoredZip.make(entries: [
+            .init(name: "archive/data.pkl", method: 8, crc: 0, data: garbage, size: 12),
+        ]), "inflate.pth")
+        f = try checkpointFailure { try Checkpoint.read(contentsOf: inflate) }
+        XCTAssertEqual(f.reason, .cannotExtract(.other(name: "CompressionError.corruptedData")), "\(f)")
+        XCTAssertEqual(f.kind, .truncated)
+        XCTAssertEqual(f.description, "checkpoint \(inflate.path): archive/data.pkl: cannot extract entry (CompressionError.corruptedData) "
+                       + "(the file is truncated or corrupted; download or save it again)")
 
         let header = Array(#"{"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#.utf8)
         let length = UInt64(header.count)

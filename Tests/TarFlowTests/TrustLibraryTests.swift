@@ -182,8 +182,8 @@ extension TarFlowHardeningTests {
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: dir) }
         let a = dir.appendingPathComponent("a").path, b = dir.appendingPathComponent("b").path
-        FileManager.default.createFile(atPath: a, contents: Data([1]))
-        FileManager.default.createFile(atPath: b, contents: Data([2]))
+        _ = FileManager.default.createFile(atPath: a, contents: Data([1]))
+        _ = FileManager.default.createFile(atPath: b, contents: Data([2]))
         let sa = TemporaryFiles.register(a), sb = TemporaryFiles.register(b)
         XCTAssertNotNil(sa)
         TemporaryFiles.unregister(sb)

@@ -134,7 +134,7 @@ final class CheckpointFile {
         } catch .notRegularFile {
             throw TarFlowError.checkpoint(.notRegularFile, file: url.path)
         } catch {
-            throw TarFlowError.checkpoint(.cannotOpen(detail: error.reason), file: url.path)
+            throw TarFlowError.checkpoint(.cannotOpen(error), file: url.path)
         }
         size = file.size
     }
@@ -149,7 +149,7 @@ final class CheckpointFile {
         if count == 0 { return [] }
         let out: [UInt8]
         do { out = try file.read(at: offset, count: count) } catch {
-            throw TarFlowError.checkpoint(.readFailed(detail: error.reason), file: path, subject: what)
+            throw TarFlowError.checkpoint(.readFailed(error), file: path, subject: what)
         }
         guard out.count == count else {
             throw TarFlowError.checkpoint(.shortRead(got: out.count, count: count, offset: offset), file: path, subject: what)

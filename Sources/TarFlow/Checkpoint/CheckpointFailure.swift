@@ -5,6 +5,26 @@ extension TarFlowError {
     /// what is wrong and what to do: the `reason` is a closed case with the sizes, offsets,
     /// names and limits as data, worded once in `Reason.description`.
     public struct CheckpointFailure: Sendable, Equatable, CustomStringConvertible {
+        public var reason: Reason
+        /// The checkpoint file.
+        public var file: String
+        /// The tensor, opcode, global or entry concerned, when there is one.
+        public var subject: String?
+
+        public init(_ reason: Reason, file: String, subject: String? = nil) {
+            self.reason = reason
+            self.file = file
+            self.subject = subject
+        }
+
+        public var kind: Kind { reason.kind }
+
+        public var description: String {
+            var text = "checkpoint \(file): "
+            if let subject { text += "\(subject): " }
+            return text + reason.description
+        }
+
         public enum Kind: String, Sendable {
             /// The file could not be opened or read.
             case unreadableFile
@@ -194,15 +214,36 @@ extension TarFlowError {
             }
         }
 
+        /// Why the zip reader (ZIPFoundation) refused an archive or an entry, as data.
+        public enum ZipRefusal: Sendable, Equatable, CustomStringConvertible {
+            /// No end-of-central-directory record: not a zip archive, or its end is cut off.
+            case noEndOfCentralDirectory
+            /// An entry's data disagrees with its stored CRC-32.
+            case checksum
+            /// A system call failed with `errno`.
+            case system(errno: Int32)
+            /// Another of the reader's errors, by its type and case (e.g. `CompressionError.corruptedData`).
+            case other(name: String)
+
+            public var description: String {
+                switch self {
+                case .noEndOfCentralDirectory: "no end-of-central-directory record"
+                case .checksum: "the data disagrees with its CRC-32"
+                case let .system(code): "\(FileAccessError.text(errno: code)) (errno \(code))"
+                case let .other(name): name
+                }
+            }
+        }
+
         /// What is wrong, with its data. The `subject` (tensor, entry, opcode) is not repeated here.
         public enum Reason: Sendable, Equatable, CustomStringConvertible {
             // MARK: The file
             case notRegularFile
-            /// Opening failed; `detail` is the system's reason.
-            case cannotOpen(detail: String)
+            /// Opening failed (the system call and errno are in the error).
+            case cannotOpen(FileAccessError)
             /// Bytes `offset..<offset+count` lie outside a file of `fileSize` bytes.
             case rangeOutsideFile(offset: Int, count: Int, fileSize: Int)
-            case readFailed(detail: String)
+            case readFailed(FileAccessError)
             case shortRead(got: Int, count: Int, offset: Int)
             /// A pickle without the zip archive around it.
             case barePickle
@@ -229,8 +270,8 @@ extension TarFlowError {
             case notATensor(type: String)
 
             // MARK: Zip archive
-            /// ZIPFoundation could not open the archive; `detail` is its error.
-            case notAZipArchive(detail: String)
+            /// ZIPFoundation could not open the archive.
+            case notAZipArchive(ZipRefusal)
             case duplicateEntry
             /// No `<name>/data.pkl` entry (`prefixes` empty) or several.
             case pickleEntries(prefixes: [String])
@@ -244,7 +285,8 @@ extension TarFlowError {
             case entryRatio(size: Int, stored: UInt64)
             case storedEntrySizes(stored: UInt64, size: Int)
             case entryOverflows(size: Int)
-            case cannotExtract(detail: String)
+            /// ZIPFoundation could not extract the entry.
+            case cannotExtract(ZipRefusal)
             case entryShort(got: Int, size: Int)
             case crcMismatch(computed: UInt32, recorded: UInt32)
 
@@ -323,10 +365,10 @@ extension TarFlowError {
             private var explained: (kind: Kind, message: String, hint: String?) {
                 switch self {
                 case .notRegularFile: (.unreadableFile, "not a regular file", "pass the checkpoint file itself")
-                case let .cannotOpen(detail): (.unreadableFile, "cannot open: \(detail)", "check the path and permissions")
+                case let .cannotOpen(e): (.unreadableFile, "cannot open: \(e.reason)", "check the path and permissions")
                 case let .rangeOutsideFile(offset, count, size):
                     (.truncated, "needs bytes \(offset)..<\(offset &+ count) but the file has \(size) bytes", Hint.redownload)
-                case let .readFailed(detail): (.unreadableFile, "read failed: \(detail)", nil)
+                case let .readFailed(e): (.unreadableFile, "read failed: \(e.reason)", nil)
                 case let .shortRead(got, count, offset):
                     (.truncated, "short read: got \(got) of \(count) bytes at offset \(offset)", "the file changed or is truncated")
                 case .barePickle:
@@ -365,8 +407,8 @@ extension TarFlowError {
                     (.notAStateDict, "entry is a \(t), not a tensor",
                      "save a flat model.state_dict() (name -> tensor), or a training checkpoint with it under \(CheckpointUnpickler.stateDictKeys.joined(separator: ", "))")
 
-                case let .notAZipArchive(detail):
-                    (.truncated, "not a readable zip archive (\(detail)); the end-of-archive directory is missing or damaged", Hint.redownload)
+                case let .notAZipArchive(refusal):
+                    (.truncated, "not a readable zip archive (\(refusal)); the end-of-archive directory is missing or damaged", Hint.redownload)
                 case .duplicateEntry:
                     (.malformedArchive, "the archive holds two entries with this name", "the file is corrupted or was tampered with")
                 case let .pickleEntries(prefixes):
@@ -392,7 +434,7 @@ extension TarFlowError {
                     (.malformedArchive, "stored entry has compressed size \(stored) but size \(size)", Hint.archive)
                 case let .entryOverflows(size):
                     (.malformedArchive, "entry decompresses to more than its declared \(size) bytes", Hint.redownload)
-                case let .cannotExtract(detail): (.truncated, "cannot extract entry (\(detail))", Hint.redownload)
+                case let .cannotExtract(refusal): (.truncated, "cannot extract entry (\(refusal))", Hint.redownload)
                 case let .entryShort(got, size): (.truncated, "entry yielded \(got) of \(size) bytes", Hint.redownload)
                 case let .crcMismatch(computed, recorded):
                     (.malformedArchive, String(format: "CRC-32 mismatch (computed %08x, recorded %08x)", computed, recorded),
@@ -487,26 +529,6 @@ extension TarFlowError {
                 case .noStop: (.truncated, "pickle ended without STOP", Hint.saveAgain)
                 }
             }
-        }
-
-        public var reason: Reason
-        /// The checkpoint file.
-        public var file: String
-        /// The tensor, opcode, global or entry concerned, when there is one.
-        public var subject: String?
-
-        public init(_ reason: Reason, file: String, subject: String? = nil) {
-            self.reason = reason
-            self.file = file
-            self.subject = subject
-        }
-
-        public var kind: Kind { reason.kind }
-
-        public var description: String {
-            var text = "checkpoint \(file): "
-            if let subject { text += "\(subject): " }
-            return text + reason.description
         }
     }
 

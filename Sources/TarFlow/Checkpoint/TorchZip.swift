@@ -22,7 +22,7 @@ enum CheckpointTorchZip {
         do {
             archive = try Archive(url: url, accessMode: .read)
         } catch {
-            throw TarFlowError.checkpoint(.notAZipArchive(detail: "\(error)"), file: path)
+            throw TarFlowError.checkpoint(.notAZipArchive(.init(error)), file: path)
         }
         let reader = EntryReader(archive: archive, file: path, fileSize: fileSize)
 
@@ -267,7 +267,7 @@ enum CheckpointTorchZip {
                     out.append(contentsOf: chunk)
                 }
             } catch {
-                throw TarFlowError.checkpoint(overflow ? .entryOverflows(size: size) : .cannotExtract(detail: "\(error)"), file: file, subject: name)
+                throw TarFlowError.checkpoint(overflow ? .entryOverflows(size: size) : .cannotExtract(.init(error)), file: file, subject: name)
             }
             guard out.count == size else {
                 throw TarFlowError.checkpoint(.entryShort(got: out.count, size: size), file: file, subject: name)
@@ -276,6 +276,18 @@ enum CheckpointTorchZip {
                 throw TarFlowError.checkpoint(.crcMismatch(computed: crc, recorded: entry.checksum), file: file, subject: name)
             }
             return out
+        }
+    }
+}
+
+extension TarFlowError.CheckpointFailure.ZipRefusal {
+    /// The refusal an error of ZIPFoundation (or of the system under it) stands for.
+    init(_ error: any Error) {
+        switch error {
+        case Archive.ArchiveError.missingEndOfCentralDirectoryRecord: self = .noEndOfCentralDirectory
+        case Archive.ArchiveError.invalidCRC32: self = .checksum
+        case let e as POSIXError: self = .system(errno: e.code.rawValue)
+        default: self = .other(name: "\(type(of: error)).\(error)")
         }
     }
 }

@@ -98,13 +98,20 @@ enum CheckpointUnpickler {
     /// A mutable list or dict. Containers are reference types because pickle mutates them
     /// through memo references; once a container is nested into another value it is sealed,
     /// which rules out cycles and keeps every nesting depth final and bounded.
-    final class ListBox {
+    /// A list or dict a pickle builds: `depth` is its nesting depth, `sealed` says that another
+    /// value holds it (after which it may not change: the reader keeps no cycles).
+    protocol Container: AnyObject {
+        var depth: Int { get }
+        var sealed: Bool { get }
+    }
+
+    final class ListBox: Container {
         var items: [Value] = []
         var depth = 1
         var sealed = false
     }
 
-    final class DictBox {
+    final class DictBox: Container {
         var keys: [Key] = []
         var values: [Value] = []
         var index: [Key: Int] = [:]
@@ -397,14 +404,7 @@ enum CheckpointUnpickler {
                 throw malformed(.setItemsTarget(target.typeName))
             }
             guard pairs.count % 2 == 0 else { throw malformed(.oddSetItems) }
-            var newDepth = box.depth
-            for value in pairs { newDepth = max(newDepth, seal(value) + 1) }
-            guard !box.sealed else {
-                throw malformed(.dictModifiedAfterNesting)
-            }
-            guard newDepth <= limits.maxNesting else {
-                throw fail(.nestingTooDeep(limit: limits.maxNesting))
-            }
+            let newDepth = try depth(of: box, adding: pairs, modified: .dictModifiedAfterNesting)
             var i = 0
             while i < pairs.count {
                 let k = try key(pairs[i])
@@ -424,16 +424,21 @@ enum CheckpointUnpickler {
             guard case .list(let box) = target else {
                 throw malformed(.appendTarget(target.typeName))
             }
+            box.depth = try depth(of: box, adding: items, modified: .listModifiedAfterNesting)
+            box.items.append(contentsOf: items)
+        }
+
+        /// The nesting depth of `box` once `items` are added, sealing each (it is now held);
+        /// refuses a box that is itself sealed by then (`modified`: nested elsewhere, or in
+        /// `items`, a cycle) and one deeper than the limit.
+        func depth(of box: some Container, adding items: [Value], modified: TarFlowError.CheckpointFailure.PickleDamage) throws -> Int {
             var newDepth = box.depth
             for value in items { newDepth = max(newDepth, seal(value) + 1) }
-            guard !box.sealed else {
-                throw malformed(.listModifiedAfterNesting)
-            }
+            guard !box.sealed else { throw malformed(modified) }
             guard newDepth <= limits.maxNesting else {
                 throw fail(.nestingTooDeep(limit: limits.maxNesting))
             }
-            box.items.append(contentsOf: items)
-            box.depth = newDepth
+            return newDepth
         }
 
         mutating func memoPut(_ index: Int) throws {
@@ -681,30 +686,25 @@ enum CheckpointUnpickler {
                     try push(try makeTuple([a, b, c]))
                 case 0x5D:  // EMPTY_LIST
                     try push(.list(ListBox()))
-                case 0x6C:  // LIST
-                    let items = try popMark()
-                    let list = ListBox()
-                    try append(items, to: .list(list))
-                    try push(.list(list))
+                case 0x6C:  // LIST: the items since the mark, in a new list
+                    let list = Value.list(ListBox())
+                    try append(try popMark(), to: list)
+                    try push(list)
                 case 0x61:  // APPEND
-                    let value = try pop()
-                    try append([value], to: try top())
+                    try append([try pop()], to: try top())
                 case 0x65:  // APPENDS
-                    let items = try popMark()
-                    try append(items, to: try top())
+                    try append(try popMark(), to: try top())
                 case 0x7D:  // EMPTY_DICT
                     try push(.dict(DictBox()))
-                case 0x64:  // DICT
-                    let items = try popMark()
-                    let dict = DictBox()
-                    try setItems(items, into: .dict(dict))
-                    try push(.dict(dict))
+                case 0x64:  // DICT: the key, value pairs since the mark, in a new dict
+                    let dict = Value.dict(DictBox())
+                    try setItems(try popMark(), into: dict)
+                    try push(dict)
                 case 0x73:  // SETITEM
                     let value = try pop(), key = try pop()
                     try setItems([key, value], into: try top())
                 case 0x75:  // SETITEMS
-                    let items = try popMark()
-                    try setItems(items, into: try top())
+                    try setItems(try popMark(), into: try top())
                 case 0x63:  // GLOBAL
                     let module = try readLine()
                     let name = try readLine()
